@@ -1,0 +1,51 @@
+"""The backend contract: open, send one message at a time, close.
+
+``send`` returns normally when the message was accepted, and otherwise
+raises ``TransientDeliveryError`` (try again later) or
+``PermanentDeliveryError`` (do not). Nothing is swallowed: the delivery
+stage needs every failure to decide between retry and bounce.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import date
+from types import TracebackType
+from typing import Self
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    """The whole RFC 5322 message, CRLF line endings."""
+    edition: date
+    html: str | None = None
+    """The HTML part, for backends that keep a browser copy (test mode)."""
+
+
+class EmailBackend(abc.ABC):
+    async def open(self) -> None:  # noqa: B027 (optional hook)
+        """Acquire connections or directories; called once before sending."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release what ``open`` acquired."""
+
+    @abc.abstractmethod
+    async def send(self, message: OutgoingMessage) -> None:
+        """Hand one message over, or raise a DeliveryError subclass."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,502 @@
+"""The operator's commands: ``newsletter --help`` lists them.
+
+Errors print as one line on stderr with a non-zero exit code; list commands
+take ``--json`` for scripts; long steps show a progress bar on a terminal and
+stay quiet in a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from sqlmodel import select
+from typer.exceptions import TyperException
+
+from newsletter import db, render
+from newsletter.config import Settings, describe, env_example, load_settings, secret_key
+from newsletter.errors import NewsletterError, SubscriberError
+from newsletter.links import Links
+from newsletter.models import Delivery, Paper, Subscriber, utcnow
+
+app = typer.Typer(
+    help="Emails researchers the new papers they care about.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(
+    help="Database schema: apply migrations, show the revision.", no_args_is_help=True
+)
+papers_app = typer.Typer(help="Papers stored from the corpus.", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscribers and their topic filters.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(papers_app, name="papers")
+app.add_typer(subs_app, name="subscribers")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class SchemaOutOfDate(NewsletterError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    settings: Settings
+    engine: sa.Engine
+
+    def links(self) -> Links:
+        return Links(base_url=self.settings.base_url, key=secret_key(settings=self.settings))
+
+
+def _context(*, check_schema: bool = True) -> Context:
+    settings = load_settings()
+    engine = db.make_engine(settings.database_url)
+    if check_schema and not db.is_up_to_date(engine=engine):
+        raise SchemaOutOfDate("the database schema is not up to date: run `newsletter db upgrade`")
+    return Context(settings=settings, engine=engine)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def _parse_day(value: str | None, *, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a date YYYY-MM-DD, got {value!r}", param_hint=option
+        ) from None
+
+
+# --- db -----------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations up to the newest (safe to run again)."""
+    ctx = _context(check_schema=False)
+    db.upgrade(engine=ctx.engine)
+    revision = db.current_revision(engine=ctx.engine)
+    out.print(f"database at revision {revision}: {ctx.engine.url.render_as_string()}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the database's schema revision and whether it is current."""
+    ctx = _context(check_schema=False)
+    current, head = db.current_revision(engine=ctx.engine), db.head_revision()
+    verdict = "up to date" if current == head else "run `newsletter db upgrade`"
+    out.print(f"current {current or '(empty)'}, newest {head}: {verdict}")
+
+
+# --- ingest and papers ----------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files or directories (default: the corpus directory)."),
+    ] = None,
+) -> None:
+    """Read new or changed corpus dumps and store their papers once each."""
+    from newsletter.corpus.ingest import corpus_files
+    from newsletter.corpus.ingest import ingest as run_ingest
+
+    ctx = _context()
+    targets = corpus_files(paths=paths or [ctx.settings.corpus_dir])
+    with _progress() as progress:
+        task = progress.add_task("ingesting", total=len(targets))
+        report = run_ingest(
+            engine=ctx.engine,
+            paths=targets,
+            now=utcnow(),
+            on_file=lambda _r: progress.advance(task),
+        )
+    for result in report.files:
+        if result.error is not None:
+            err.print(f"[red]skipped[/red] {result.error}", markup=True)
+    states = Counter(f.status for f in report.files)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no files"
+    out.print(f"{len(report.files)} files ({summary}); {report.new_papers} new papers")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@papers_app.command("list")
+def papers_list(
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only papers first seen on or after this date (YYYY-MM-DD, UTC)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List stored papers, newest first."""
+    ctx = _context()
+    day = _parse_day(since, option="--since")
+    query = select(Paper).order_by(Paper.first_seen_at.desc(), Paper.id)  # type: ignore[attr-defined]
+    if day is not None:
+        query = query.where(
+            Paper.first_seen_at >= datetime(day.year, day.month, day.day, tzinfo=UTC)
+        )
+    if limit:
+        query = query.limit(limit)
+    with db.session_scope(engine=ctx.engine) as session:
+        papers = list(session.exec(query))
+    if as_json:
+        _print_json([p.model_dump(exclude={"key"}) for p in papers])
+        return
+    table = Table("id", "first seen", "published", "▲", "title", box=None)
+    for p in papers:
+        table.add_row(
+            str(p.id),
+            f"{p.first_seen_at:%Y-%m-%d}",
+            str(p.published_on or ""),
+            str(p.upvotes or ""),
+            p.title,
+        )
+    out.print(table)
+    out.print(f"{len(papers)} papers")
+
+
+# --- subscribers -------------------------------------------------------------------
+
+
+@subs_app.command("add")
+def subscribers_add(
+    email: Annotated[str, typer.Argument(help="The subscriber's address.")],
+    topic: Annotated[
+        list[str],
+        typer.Option("--topic", "-t", help='A topic filter: keywords or "a phrase". Repeatable.'),
+    ],
+    name: Annotated[str | None, typer.Option(help="Display name for the To header.")] = None,
+    tz: Annotated[
+        str | None, typer.Option("--tz", help="IANA time zone, e.g. Europe/Paris.")
+    ] = None,
+    send_at: Annotated[str | None, typer.Option("--send-at", help="Local send time HH:MM.")] = None,
+) -> None:
+    """Subscribe an address with one or more topic filters."""
+    from newsletter.subscribers import add_subscriber, validate_subscriber
+
+    ctx = _context()
+    sub = validate_subscriber(
+        email=email,
+        topics=topic,
+        name=name,
+        timezone=tz or ctx.settings.default_timezone,
+        send_at=send_at or ctx.settings.default_send_at,
+    )
+    with db.session_scope(engine=ctx.engine) as session:
+        add_subscriber(session=session, subscriber=sub, now=utcnow())
+    out.print(f"subscribed {sub.email} ({len(sub.topics)} topics, {sub.send_at} {sub.timezone})")
+
+
+@subs_app.command("import")
+def subscribers_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (email,name,topics,timezone,send_at; topics split by ';') or JSON."
+        ),
+    ],
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip addresses already subscribed instead of reporting them.")
+    ] = False,
+) -> None:
+    """Import subscribers; every bad row is reported with its line, the good ones are kept."""
+    from newsletter.subscribers import import_subscribers
+
+    ctx = _context()
+    report = import_subscribers(
+        engine=ctx.engine,
+        path=file,
+        now=utcnow(),
+        default_timezone=ctx.settings.default_timezone,
+        default_send_at=ctx.settings.default_send_at,
+        skip_existing=skip_existing,
+    )
+    for row in report.errors:
+        err.print(f"{file}:{row.line}: {row.message}")
+    skipped = f", {len(report.skipped)} already subscribed" if report.skipped else ""
+    out.print(
+        f"imported {len(report.added)} subscribers{skipped}, {len(report.errors)} rows refused"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@subs_app.command("list")
+def subscribers_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List subscribers with their topics and schedule."""
+    from newsletter.subscribers import topics_by_subscriber
+
+    ctx = _context()
+    with db.session_scope(engine=ctx.engine) as session:
+        subs = list(session.exec(select(Subscriber).order_by(Subscriber.id)))
+        topics = topics_by_subscriber(session=session)
+    rows = [
+        {
+            "email": s.email,
+            "name": s.name,
+            "status": s.status,
+            "timezone": s.timezone,
+            "send_at": s.send_at,
+            "topics": topics.get(s.id, []),  # type: ignore[arg-type]
+        }
+        for s in subs
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("email", "name", "status", "sends at", "topics", box=None)
+    for r in rows:
+        table.add_row(
+            r["email"],
+            r["name"] or "",
+            r["status"],
+            f"{r['send_at']} {r['timezone']}",
+            " | ".join(r["topics"]),
+        )
+    out.print(table)
+    out.print(f"{len(rows)} subscribers")
+
+
+@subs_app.command("remove")
+def subscribers_remove(
+    email: Annotated[str, typer.Argument(help="The address to forget.")],
+) -> None:
+    """Delete a subscriber, their filters and their digest history."""
+    from newsletter.subscribers import remove_subscriber
+
+    ctx = _context()
+    with db.session_scope(engine=ctx.engine) as session:
+        remove_subscriber(session=session, email=email, now=utcnow())
+    out.print(f"removed {email}")
+
+
+# --- send and preview ---------------------------------------------------------------
+
+
+def _subscriber_id(ctx: Context, email: str) -> int:
+    from newsletter.subscribers import normalize_email
+
+    address = normalize_email(email)
+    with db.session_scope(engine=ctx.engine) as session:
+        sid = session.exec(select(Subscriber.id).where(Subscriber.email == address)).first()
+    if sid is None:
+        raise SubscriberError(f"no subscriber {address}", field="email")
+    return sid
+
+
+@app.command()
+def send(
+    now_: Annotated[
+        bool,
+        typer.Option(
+            "--now",
+            help="Plan every active subscriber now, not only those whose send time has passed.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent; record and send nothing.")
+    ] = False,
+    subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's digest.")] = None,
+) -> None:
+    """Plan today's digests and deliver everything due."""
+    from newsletter.backends import get_backend
+    from newsletter.backends.file import FileBackend
+    from newsletter.deliver import deliver_due
+    from newsletter.plan import plan_digests
+
+    ctx = _context()
+    email = None
+    sid = None
+    if subscriber is not None:
+        sid = _subscriber_id(ctx, subscriber)
+        from newsletter.subscribers import normalize_email
+
+        email = normalize_email(subscriber)
+    report = plan_digests(
+        engine=ctx.engine,
+        settings=ctx.settings,
+        now=utcnow(),
+        only_email=email,
+        due_only=not now_,
+        dry_run=dry_run,
+    )
+    for p in report.planned:
+        verb = "would send" if dry_run else "planned"
+        out.print(
+            f"{verb} {p.email}: {len(p.ranked.matches)} papers"
+            + (f" (+{p.ranked.more} more)" if p.ranked.more else "")
+        )
+    notes = [
+        f"{len(report.no_match)} with nothing new matching",
+        f"{len(report.already_planned)} already planned for their edition",
+    ]
+    if report.not_due:
+        notes.append(f"{len(report.not_due)} not due yet")
+    out.print(
+        f"{len(report.planned)} digests {'to send' if dry_run else 'planned'}; " + ", ".join(notes)
+    )
+    if dry_run:
+        return
+
+    backend = get_backend(settings=ctx.settings)
+    with _progress() as progress:
+        task = progress.add_task("delivering", total=None)
+        result = asyncio.run(
+            deliver_due(
+                engine=ctx.engine,
+                settings=ctx.settings,
+                backend=backend,
+                links=ctx.links(),
+                now=utcnow,
+                subscriber_id=sid,
+                on_outcome=lambda _o: progress.advance(task),
+            )
+        )
+    counts = Counter(o.status for o in result.outcomes)
+    out.print(
+        "delivered: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing due")
+    )
+    for o in result.outcomes:
+        if o.error and o.status != "sent":
+            err.print(f"{o.email}: {o.status}: {o.error}")
+    if isinstance(backend, FileBackend) and counts.get("sent"):
+        editions = sorted({p.edition for p in report.planned}) or [date.today()]
+        for edition in editions:
+            out.print(f"digests written to {(backend.directory / edition.isoformat()).resolve()}")
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    email: Annotated[str, typer.Argument(help="The subscriber whose next digest to render.")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the message here (.eml), or its HTML (.html)."),
+    ] = None,
+) -> None:
+    """Render a subscriber's next digest without recording or sending anything."""
+    from newsletter.deliver import outgoing
+    from newsletter.plan import preview_digest
+
+    ctx = _context()
+    digest = preview_digest(
+        engine=ctx.engine, settings=ctx.settings, email=email, now=utcnow(), links=ctx.links()
+    )
+    if digest is None:
+        out.print("nothing new matches this subscriber's topics: no digest would be sent")
+        return
+    sender = render.Sender(address=ctx.settings.from_address, name=ctx.settings.from_name or None)
+    message = outgoing(digest=digest, sender=sender)
+    if out_file is None:
+        out.print(render.render_digest(digest=digest, sender=sender).text, markup=False)
+        return
+    out_file.write_bytes(
+        message.html.encode() if out_file.suffix == ".html" and message.html else message.data
+    )
+    out.print(f"wrote {out_file} ({len(digest.papers)} papers)")
+
+
+@app.command("deliveries")
+def deliveries_list(
+    status: Annotated[str | None, typer.Option(help="Only deliveries in this state.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List digests in the ledger with their state."""
+    ctx = _context()
+    query = select(Delivery).order_by(Delivery.id.desc())  # type: ignore[union-attr]
+    if status:
+        query = query.where(Delivery.status == status)
+    with db.session_scope(engine=ctx.engine) as session:
+        rows = list(session.exec(query))
+    if as_json:
+        _print_json([r.model_dump() for r in rows])
+        return
+    table = Table("id", "edition", "to", "status", "papers", "attempts", "last error", box=None)
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            str(r.edition),
+            r.to_address,
+            r.status,
+            str(r.paper_count),
+            str(r.attempts),
+            r.last_error or "",
+        )
+    out.print(table)
+
+
+@app.command("config")
+def show_config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    example: Annotated[
+        bool, typer.Option("--example", help="Print a documented .env file.")
+    ] = False,
+) -> None:
+    """Show the settings in effect (secrets masked), or a documented .env example."""
+    if example:
+        sys.stdout.write(env_example())
+        return
+    shown = describe(load_settings())
+    if as_json:
+        _print_json(shown)
+        return
+    for k, v in shown.items():
+        out.print(f"{k} = {v}", markup=False)
+
+
+def main() -> None:
+    """Run the CLI; every failure ends as one line on stderr and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # usage errors: bad option values, unknown commands
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (try `{ctx.command_path} --help`)" if ctx is not None else ""
+        if exc.format_message():  # empty when the help was shown for a bare group
+            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except NewsletterError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except sa.exc.OperationalError as exc:
+        err.print(f"error: database: {str(exc.orig).strip().splitlines()[0]}", markup=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,261 @@
+"""Settings from the environment and a ``.env`` file: the only module reading os.environ.
+
+Every setting is ``NEWSLETTER_<NAME>`` (plus ``DATABASE_URL``); the defaults
+make the embedded mode work with no configuration at all: SQLite under
+``data/``, corpus from ``corpus/``, file delivery into ``outbox/``, all relative
+to the working directory (``NEWSLETTER_HOME`` moves them together).
+``config/.env.example`` documents each one; keep the two in step
+(tests/test_config.py checks that).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zoneinfo
+from dataclasses import dataclass, fields
+from email.headerregistry import Address
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from newsletter.errors import ConfigError
+
+PREFIX = "NEWSLETTER_"
+REPO_ENV_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / ".env.example"
+DELIVERY_BACKENDS = ("file", "smtp", "memory")
+# Variables with our prefix that are not settings: read by scripts and tests.
+NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
+# Settings of stages still being built; accepted so a prepared .env does not fail.
+LATER_PREFIXES = ("NEWSLETTER_SMTP_", "NEWSLETTER_RETRY_", "NEWSLETTER_WEB_", "NEWSLETTER_LOG_")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    database_url: str
+    corpus_dir: Path
+    outbox_dir: Path
+    delivery: str
+    from_address: str
+    from_name: str
+    base_url: str
+    secret_key: str
+    default_timezone: str
+    default_send_at: str
+    digest_max_papers: int
+    first_digest_days: int
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
+
+
+# name -> (default, description). The description is what .env.example shows.
+SETTINGS_DOC: dict[str, tuple[str, str]] = {
+    "NEWSLETTER_HOME": (".", "Directory the relative defaults below live in."),
+    "DATABASE_URL": (
+        "sqlite:///data/newsletter.db",
+        "SQLAlchemy URL; e.g. postgresql+psycopg://user@127.0.0.1:5432/newsletter. "
+        "A relative SQLite path is taken from NEWSLETTER_HOME.",
+    ),
+    "NEWSLETTER_CORPUS_DIR": ("corpus", "Where page dumps (*.txt) arrive."),
+    "NEWSLETTER_OUTBOX_DIR": ("outbox", "Test mode: where the file backend writes .eml files."),
+    "NEWSLETTER_DELIVERY": ("file", "How digests leave: file (test mode), smtp, memory."),
+    "NEWSLETTER_FROM": ("papers@localhost", "Sender address of every digest."),
+    "NEWSLETTER_FROM_NAME": ("Paper Digest", "Sender display name."),
+    "NEWSLETTER_BASE_URL": (
+        "http://localhost:8000",
+        "Public URL of the web app; unsubscribe and preference links start with it.",
+    ),
+    "NEWSLETTER_SECRET_KEY": (
+        "",
+        "Signs unsubscribe and preference tokens (32+ random characters). Unset: one is "
+        "generated once into data/secret_key; set it in production.",
+    ),
+    "NEWSLETTER_DEFAULT_TIMEZONE": ("UTC", "IANA zone for subscribers added without --tz."),
+    "NEWSLETTER_DEFAULT_SEND_AT": ("08:00", "Local send time for subscribers added without one."),
+    "NEWSLETTER_DIGEST_MAX_PAPERS": ("20", "Most papers in one digest; the rest are counted."),
+    "NEWSLETTER_FIRST_DIGEST_DAYS": (
+        "7",
+        "A subscriber's first digest covers papers first seen this many days back.",
+    ),
+}
+
+
+def _env(dotenv_path: Path | None, environ: dict[str, str] | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    path = dotenv_path if dotenv_path is not None else Path(".env")
+    if path.is_file():
+        # The real environment wins over the file, as python-dotenv's load_dotenv does.
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return values
+
+
+def _int(name: str, raw: str, *, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
+    return value
+
+
+def validate_send_at(value: str, *, setting: str) -> str:
+    """``HH:MM`` (24-hour), normalized to two digits each."""
+    hh, sep, mm = value.strip().partition(":")
+    if not (
+        sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60 and len(mm) == 2
+    ):
+        raise ConfigError(setting=setting, message=f"expected a time HH:MM, got {value!r}")
+    return f"{int(hh):02d}:{mm}"
+
+
+def validate_timezone(value: str, *, setting: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(setting=setting, message=f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+def load_settings(
+    *, dotenv_path: Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read and validate every setting; a bad value raises ConfigError naming it."""
+    env = _env(dotenv_path, environ)
+
+    def get(name: str) -> str:
+        return env.get(name, SETTINGS_DOC[name][0]).strip()
+
+    unknown = [
+        k
+        for k in sorted(env)
+        if k.startswith(PREFIX)
+        and k not in SETTINGS_DOC
+        and k not in NOT_SETTINGS
+        and not k.startswith(LATER_PREFIXES)
+    ]
+    if unknown:
+        raise ConfigError(setting=unknown[0], message="unknown setting (a typo?)")
+
+    home = Path(get("NEWSLETTER_HOME")).expanduser()
+
+    def path(name: str) -> Path:
+        p = Path(get(name)).expanduser()
+        return p if p.is_absolute() else home / p
+
+    database_url = get("DATABASE_URL")
+    if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
+        rel = database_url.removeprefix("sqlite:///")
+        if rel and rel != ":memory:" and not Path(rel).is_absolute():
+            database_url = f"sqlite:///{(home / rel).resolve()}"
+    if not database_url.startswith(("sqlite:", "postgresql")):
+        raise ConfigError(
+            setting="DATABASE_URL",
+            message="only sqlite:/// and postgresql+psycopg:// are supported",
+        )
+
+    delivery = get("NEWSLETTER_DELIVERY").lower()
+    if delivery not in DELIVERY_BACKENDS:
+        raise ConfigError(
+            setting="NEWSLETTER_DELIVERY",
+            message=f"expected one of {', '.join(DELIVERY_BACKENDS)}, got {delivery!r}",
+        )
+
+    from_address = get("NEWSLETTER_FROM")
+    try:
+        Address(addr_spec=from_address)
+    except (ValueError, IndexError):
+        raise ConfigError(
+            setting="NEWSLETTER_FROM", message=f"not an email address: {from_address!r}"
+        ) from None
+    if "@" not in from_address:
+        raise ConfigError(
+            setting="NEWSLETTER_FROM", message=f"not an email address: {from_address!r}"
+        )
+
+    base_url = get("NEWSLETTER_BASE_URL").rstrip("/")
+    parts = urlsplit(base_url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or any(c in base_url for c in '\r\n <>"')
+    ):
+        raise ConfigError(
+            setting="NEWSLETTER_BASE_URL", message=f"expected an http(s) URL, got {base_url!r}"
+        )
+
+    secret_key = get("NEWSLETTER_SECRET_KEY")
+    if secret_key and len(secret_key) < 32:
+        raise ConfigError(
+            setting="NEWSLETTER_SECRET_KEY", message="must be at least 32 characters long"
+        )
+
+    return Settings(
+        home=home,
+        database_url=database_url,
+        corpus_dir=path("NEWSLETTER_CORPUS_DIR"),
+        outbox_dir=path("NEWSLETTER_OUTBOX_DIR"),
+        delivery=delivery,
+        from_address=from_address,
+        from_name=get("NEWSLETTER_FROM_NAME"),
+        base_url=base_url,
+        secret_key=secret_key,
+        default_timezone=validate_timezone(
+            get("NEWSLETTER_DEFAULT_TIMEZONE"), setting="NEWSLETTER_DEFAULT_TIMEZONE"
+        ),
+        default_send_at=validate_send_at(
+            get("NEWSLETTER_DEFAULT_SEND_AT"), setting="NEWSLETTER_DEFAULT_SEND_AT"
+        ),
+        digest_max_papers=_int(
+            "NEWSLETTER_DIGEST_MAX_PAPERS", get("NEWSLETTER_DIGEST_MAX_PAPERS"), minimum=1
+        ),
+        first_digest_days=_int(
+            "NEWSLETTER_FIRST_DIGEST_DAYS", get("NEWSLETTER_FIRST_DIGEST_DAYS"), minimum=0
+        ),
+    )
+
+
+def secret_key(*, settings: Settings) -> bytes:
+    """The signing key: from the environment, else generated once into data/secret_key.
+
+    The generated file is the zero-configuration fallback for a single machine
+    (mode 0600); production sets NEWSLETTER_SECRET_KEY.
+    """
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def env_example() -> str:
+    """The text of config/.env.example, generated from SETTINGS_DOC so the two cannot drift."""
+    lines = [
+        "# newsletter settings. Copy to .env (or set in the environment) and edit.",
+        "# Every line shows the default; the embedded mode needs none of them.",
+        "",
+    ]
+    for name, (default, doc) in SETTINGS_DOC.items():
+        lines += [f"# {doc}", f"# {name}={default}", ""]
+    return "\n".join(lines)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Settings for display, the secret masked."""
+    shown = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
+    return {k: str(v) for k, v in shown.items()}

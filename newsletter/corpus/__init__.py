@@ -1,0 +1,1 @@
+"""Corpus stage: page dumps in, deduplicated papers out."""

@@ -1,0 +1,188 @@
+"""Tables. The database is the ledger between stages: what is stored here is the truth.
+
+Times are stored in UTC (``UTCDateTime`` gives back aware datetimes on SQLite
+and PostgreSQL alike). Schema changes ship as Alembic migrations under
+``newsletter/migrations``; tests/test_db.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones: store naive UTC so string comparison orders correctly.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> object:
+    return Field(default=None, sa_type=UTCDateTime(), nullable=nullable, index=index)
+
+
+class SubscriberStatus(enum.StrEnum):
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    SUPPRESSED = "suppressed"  # hard bounces: no more email until reactivated
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # the subscriber left before it went out
+
+
+class Paper(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=512, unique=True, description="normalized title: the dedupe key")
+    title: str = Field(max_length=1000)
+    abstract: str = Field(sa_type=sa.Text())
+    authors: int | None = None
+    organization: str | None = Field(default=None, max_length=300)
+    organization_handle: str | None = Field(default=None, max_length=200)
+    published_on: date | None = None
+    upvotes: int | None = None
+    page_date: date | None = None
+    source_file: str = Field(max_length=1000, description="first corpus file it was seen in")
+    first_seen_at: datetime = _ts(index=True)  # type: ignore[assignment]
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class CorpusFile(SQLModel, table=True):
+    """One row per corpus file ever read: its hash makes re-ingest a no-op."""
+
+    __tablename__ = "corpus_files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(max_length=1000, unique=True)
+    sha256: str = Field(max_length=64)
+    size: int
+    status: str = Field(max_length=16, description="ok | error")
+    papers: int = 0
+    new_papers: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text())
+    ingested_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    name: str | None = Field(default=None, max_length=200)
+    timezone: str = Field(max_length=64, default="UTC")
+    send_at: str = Field(max_length=5, default="08:00", description="local HH:MM")
+    status: str = Field(max_length=16, default=SubscriberStatus.ACTIVE, index=True)
+    created_at: datetime = _ts()  # type: ignore[assignment]
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class TopicFilter(SQLModel, table=True):
+    __tablename__ = "topic_filters"
+    __table_args__ = (sa.UniqueConstraint("subscriber_id", "query", name="uq_topic_filter"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    query: str = Field(max_length=1000)
+    created_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class Delivery(SQLModel, table=True):
+    """The outbox and sent-ledger: one digest per subscriber and edition, enforced here."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("subscriber_id", "edition", name="uq_delivery_edition"),
+        sa.Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    edition: date
+    status: str = Field(max_length=16, default=DeliveryStatus.PENDING)
+    message_id: str = Field(max_length=255, unique=True)
+    to_address: str = Field(max_length=320)
+    covers_until: datetime = _ts()  # type: ignore[assignment]
+    paper_count: int = 0
+    more_count: int = 0
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+    next_attempt_at: datetime = _ts()  # type: ignore[assignment]
+    lease_until: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    created_at: datetime = _ts()  # type: ignore[assignment]
+    sent_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+
+
+class DeliveryItem(SQLModel, table=True):
+    """The papers of one digest, in order, with why each matched."""
+
+    __tablename__ = "delivery_items"
+    __table_args__ = (sa.UniqueConstraint("delivery_id", "paper_id", name="uq_delivery_item"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    paper_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("papers.id"), nullable=False, index=True)
+    )
+    position: int
+    matched_topics: str = Field(default="[]", sa_type=sa.Text(), description="JSON list")
+    matched_terms: str = Field(default="[]", sa_type=sa.Text(), description="JSON list")
+
+
+class Event(SQLModel, table=True):
+    """Append-only history: ingests, bounces, unsubscribes, operator actions."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)  # type: ignore[assignment]
+    kind: str = Field(max_length=64, index=True)
+    subscriber_id: int | None = Field(default=None, index=True)
+    delivery_id: int | None = None
+    detail: str = Field(default="{}", sa_type=sa.Text(), description="JSON object")

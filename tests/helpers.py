@@ -1,0 +1,85 @@
+"""Small builders shared by tests: papers and subscribers straight into the database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from newsletter import db
+from newsletter.backends.base import EmailBackend, OutgoingMessage
+from newsletter.config import Settings
+from newsletter.corpus.keys import canonical_key
+from newsletter.deliver import DeliverReport, deliver_due
+from newsletter.links import Links
+from newsletter.models import Paper
+from newsletter.subscribers import add_subscriber, validate_subscriber
+
+
+def add_paper(
+    engine: sa.Engine, *, title: str, abstract: str, seen: datetime, upvotes: int | None = None
+) -> int:
+    with db.session_scope(engine=engine) as session:
+        paper = Paper(
+            key=canonical_key(title),
+            title=title,
+            abstract=abstract,
+            upvotes=upvotes,
+            source_file="test",
+            first_seen_at=seen,
+            updated_at=seen,
+        )
+        session.add(paper)
+        session.flush()
+        return paper.id  # type: ignore[return-value]
+
+
+def subscribe(
+    engine: sa.Engine,
+    *,
+    email: str,
+    topics: list[str],
+    now: datetime,
+    tz: str = "UTC",
+    send_at: str = "08:00",
+    name: str | None = None,
+) -> int:
+    sub = validate_subscriber(email=email, topics=topics, name=name, timezone=tz, send_at=send_at)
+    with db.session_scope(engine=engine) as session:
+        return add_subscriber(session=session, subscriber=sub, now=now).id  # type: ignore[return-value]
+
+
+def links_for(settings: Settings) -> Links:
+    return Links(base_url=settings.base_url, key=settings.secret_key.encode())
+
+
+def deliver(
+    engine: sa.Engine, settings: Settings, backend: EmailBackend, now: datetime
+) -> DeliverReport:
+    return asyncio.run(
+        deliver_due(
+            engine=engine,
+            settings=settings,
+            backend=backend,
+            links=links_for(settings),
+            now=lambda: now,
+        )
+    )
+
+
+class ScriptedBackend(EmailBackend):
+    """Keeps what it accepts; raises the scripted errors first, one per send, in order.
+
+    A stand-in only for the transport: the ledger, rendering and retry logic
+    under test are all real.
+    """
+
+    def __init__(self, errors: list[Exception] | None = None) -> None:
+        self.errors = list(errors or [])
+        self.sent: list[OutgoingMessage] = []
+
+    async def send(self, message: OutgoingMessage) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.sent.append(message)

@@ -1,0 +1,67 @@
+"""Settings: defaults need nothing, a bad value names its setting, .env is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import REPO_ENV_EXAMPLE, SETTINGS_DOC, env_example, load_settings, secret_key
+from newsletter.errors import ConfigError
+
+
+def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
+    s = load_settings(environ={"NEWSLETTER_HOME": str(tmp_path)}, dotenv_path=tmp_path / "none")
+    assert s.database_url == f"sqlite:///{(tmp_path / 'data/newsletter.db').resolve()}"
+    assert s.corpus_dir == tmp_path / "corpus"
+    assert s.outbox_dir == tmp_path / "outbox"
+    assert s.delivery == "file"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("NEWSLETTER_DELIVERY", "carrier-pigeon", "expected one of file, smtp, memory"),
+        ("NEWSLETTER_FROM", "not an address", "not an email address"),
+        ("NEWSLETTER_BASE_URL", "ftp://x", "expected an http(s) URL"),
+        ("NEWSLETTER_BASE_URL", "https://x\r\nBcc: a@b", "expected an http(s) URL"),
+        ("NEWSLETTER_DIGEST_MAX_PAPERS", "lots", "expected a whole number"),
+        ("NEWSLETTER_DIGEST_MAX_PAPERS", "0", "must be at least 1"),
+        ("NEWSLETTER_DEFAULT_TIMEZONE", "Mars/Olympus", "unknown IANA time zone"),
+        ("NEWSLETTER_DEFAULT_SEND_AT", "25:00", "expected a time HH:MM"),
+        ("NEWSLETTER_SECRET_KEY", "short", "at least 32 characters"),
+        ("DATABASE_URL", "mysql://x", "only sqlite"),
+        ("NEWSLETTER_OUTBOX", "x", "unknown setting"),
+    ],
+)
+def test_wrong_value_fails_naming_the_setting(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={name: value}, dotenv_path=tmp_path / "none")
+    assert info.value.setting == name
+    assert str(info.value).startswith(f"{name}: ")
+    assert says in str(info.value)
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("NEWSLETTER_FROM=file@example.org\nNEWSLETTER_DIGEST_MAX_PAPERS=7\n")
+    s = load_settings(environ={"NEWSLETTER_DIGEST_MAX_PAPERS": "9"}, dotenv_path=env_file)
+    assert s.from_address == "file@example.org"
+    assert s.digest_max_papers == 9
+
+
+def test_env_example_documents_every_setting_with_its_default() -> None:
+    text = REPO_ENV_EXAMPLE.read_text()
+    assert text == env_example(), "regenerate: newsletter config --example > config/.env.example"
+    for name, (default, _doc) in SETTINGS_DOC.items():
+        assert f"# {name}={default}\n" in text
+
+
+def test_generated_secret_key_is_private_and_stable(tmp_path: Path) -> None:
+    s = load_settings(environ={"NEWSLETTER_HOME": str(tmp_path)}, dotenv_path=tmp_path / "none")
+    first = secret_key(settings=s)
+    assert len(first) >= 48
+    assert secret_key(settings=s) == first
+    assert (tmp_path / "data/secret_key").stat().st_mode & 0o077 == 0

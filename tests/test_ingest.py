@@ -1,0 +1,2 @@
+def test_probe(engine):
+    assert engine is not None

@@ -1,0 +1,159 @@
+"""Planning and the sent-ledger: one digest per subscriber and edition, nothing sent twice."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.backends.memory import MemoryBackend
+from newsletter.config import Settings
+from newsletter.models import Delivery, DeliveryItem
+from newsletter.plan import plan_digests
+from tests.conftest import make_settings
+from tests.helpers import add_paper, deliver, subscribe
+
+
+def _plan(engine: sa.Engine, settings: Settings, now: datetime, **kw):  # type: ignore[no-untyped-def]
+    return plan_digests(engine=engine, settings=settings, now=now, due_only=False, **kw)
+
+
+def _deliveries(engine: sa.Engine) -> list[Delivery]:
+    with db.session_scope(engine=engine) as session:
+        return list(session.exec(select(Delivery).order_by(Delivery.id)))
+
+
+def test_second_send_the_same_day_plans_and_sends_nothing(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion for all", abstract="A.", seen=now - timedelta(hours=2))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    backend = MemoryBackend()
+    first = _plan(engine, settings, now)
+    assert [p.email for p in first.planned] == ["a@example.org"]
+    assert deliver(engine, settings, backend, now).count("sent") == 1
+
+    later = now + timedelta(hours=3)
+    add_paper(engine, title="More diffusion", abstract="B.", seen=later - timedelta(minutes=5))
+    second = _plan(engine, settings, later)
+    assert second.planned == [] and second.already_planned == ["a@example.org"]
+    assert deliver(engine, settings, backend, later).outcomes == []
+    assert len(backend.sent) == 1 and len(_deliveries(engine)) == 1
+
+
+def test_subscriber_with_nothing_matching_gets_no_email(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=['"protein folding"'], now=now)
+    report = _plan(engine, settings, now)
+    assert report.no_match == ["a@example.org"] and report.planned == []
+    assert _deliveries(engine) == []
+
+
+def test_next_digest_holds_only_papers_new_since_the_previous_one(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    old = add_paper(engine, title="Diffusion one", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    _plan(engine, settings, now)
+    tomorrow = now + timedelta(days=1)
+    new = add_paper(
+        engine, title="Diffusion two", abstract="B.", seen=tomorrow - timedelta(hours=1)
+    )
+    report = _plan(engine, settings, tomorrow)
+    assert [m.paper_id for m in report.planned[0].ranked.matches] == [new]
+    with db.session_scope(engine=engine) as session:
+        items = [(i.delivery_id, i.paper_id) for i in session.exec(select(DeliveryItem))]
+    assert sorted(p for _, p in items) == sorted([old, new])
+
+
+def test_first_digest_looks_back_the_configured_days(engine, tmp_path, database_url, now) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_FIRST_DIGEST_DAYS="2")
+    add_paper(engine, title="Diffusion old", abstract="A.", seen=now - timedelta(days=3))
+    recent = add_paper(
+        engine, title="Diffusion recent", abstract="A.", seen=now - timedelta(days=1)
+    )
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    report = _plan(engine, settings, now)
+    assert [m.paper_id for m in report.planned[0].ranked.matches] == [recent]
+
+
+def test_dry_run_records_nothing(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    report = _plan(engine, settings, now, dry_run=True)
+    assert report.planned[0].delivery_id is None
+    assert _deliveries(engine) == []
+
+
+def test_digest_is_capped_and_counts_the_rest(engine, tmp_path, database_url, now) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_DIGEST_MAX_PAPERS="3")
+    for i in range(5):
+        add_paper(
+            engine, title=f"Diffusion {i}", abstract="A.", seen=now - timedelta(minutes=i + 1)
+        )
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    _plan(engine, settings, now)
+    (row,) = _deliveries(engine)
+    assert (row.paper_count, row.more_count) == (3, 2)
+
+
+def test_title_hits_rank_above_abstract_hits_and_upvotes_break_ties(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    seen = now - timedelta(hours=1)
+    in_abstract = add_paper(
+        engine, title="Something", abstract="About diffusion.", seen=seen, upvotes=99
+    )
+    in_title = add_paper(engine, title="Diffusion", abstract="A.", seen=seen)
+    in_title_popular = add_paper(
+        engine, title="Diffusion again", abstract="A.", seen=seen, upvotes=10
+    )
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    ranked = _plan(engine, settings, now).planned[0].ranked
+    assert [m.paper_id for m in ranked.matches] == [in_title_popular, in_title, in_abstract]
+
+
+def test_only_subscribers_past_their_local_send_time_are_due(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    # now is 09:00 UTC: 18:00 in Tokyo, 01:00 in Los Angeles.
+    add_paper(engine, title="Diffusion", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="tokyo@example.org", topics=["diffusion"], now=now, tz="Asia/Tokyo")
+    subscribe(
+        engine, email="la@example.org", topics=["diffusion"], now=now, tz="America/Los_Angeles"
+    )
+    report = plan_digests(engine=engine, settings=settings, now=now)
+    assert [p.email for p in report.planned] == ["tokyo@example.org"]
+    assert report.not_due == ["la@example.org"]
+    assert report.planned[0].edition.isoformat() == "2026-11-23"
+
+
+def test_message_id_is_chosen_once_at_planning(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    _plan(engine, settings, now)
+    (row,) = _deliveries(engine)
+    assert row.message_id.startswith("<20261123.") and row.message_id.endswith("@papers.example>")
+    backend = MemoryBackend()
+    deliver(engine, settings, backend, now)
+    assert backend.sent[0].message_id == row.message_id
+    assert f"Message-ID: {row.message_id}".encode() in backend.sent[0].data
+
+
+def test_concurrent_planners_make_one_digest_each(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion", abstract="A.", seen=now - timedelta(hours=1))
+    for i in range(20):
+        subscribe(engine, email=f"s{i}@example.org", topics=["diffusion"], now=now)
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            _plan(engine, settings, now)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = _deliveries(engine)
+    assert len(rows) == 20 and len({r.subscriber_id for r in rows}) == 20

@@ -1,0 +1,164 @@
+"""Subscribers: addresses validated and normalized, duplicates refused, imports report bad rows by line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.errors import DuplicateSubscriberError, SubscriberError
+from newsletter.models import Subscriber, TopicFilter
+from newsletter.subscribers import (
+    add_subscriber,
+    import_subscribers,
+    remove_subscriber,
+    topics_by_subscriber,
+    validate_subscriber,
+)
+
+
+def _valid(**overrides: object):  # type: ignore[no-untyped-def]
+    fields: dict[str, object] = {
+        "email": "Ada@Example.ORG",
+        "topics": ["diffusion"],
+        "timezone": "Europe/Paris",
+        "send_at": "8:05",
+    } | overrides
+    return validate_subscriber(**fields)  # type: ignore[arg-type]
+
+
+def test_address_is_normalized_and_times_padded() -> None:
+    sub = _valid()
+    assert sub.email == "ada@example.org"
+    assert sub.send_at == "08:05"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "says"),
+    [
+        ({"email": "not-an-address"}, "email", "not a valid address"),
+        ({"email": "a@b@c.org"}, "email", "not a valid address"),
+        ({"email": "ada@example.org\r\nBcc: x@y.org"}, "email", "not a valid address"),
+        ({"topics": []}, "topic", "at least one topic"),
+        ({"topics": ['"unclosed']}, "topic", "never closed (column 1)"),
+        ({"timezone": "Europe/Atlantis"}, "timezone", "unknown IANA time zone"),
+        ({"send_at": "noon"}, "send_at", "expected a time HH:MM"),
+        ({"name": "x" * 201}, "name", "at most 200"),
+    ],
+)
+def test_bad_field_is_named(overrides: dict[str, object], field: str, says: str) -> None:
+    with pytest.raises(SubscriberError) as info:
+        _valid(**overrides)
+    assert info.value.field == field
+    assert says in str(info.value)
+
+
+def test_name_with_line_breaks_is_folded_to_one_line() -> None:
+    assert _valid(name="Ada\r\nBcc: evil@example.org").name == "Ada Bcc: evil@example.org"
+
+
+def test_duplicate_is_refused_whatever_the_case(engine: sa.Engine, now) -> None:  # type: ignore[no-untyped-def]
+    with db.session_scope(engine=engine) as session:
+        add_subscriber(session=session, subscriber=_valid(), now=now)
+    with pytest.raises(DuplicateSubscriberError, match="already subscribed"):
+        with db.session_scope(engine=engine) as session:
+            add_subscriber(session=session, subscriber=_valid(email="ADA@example.org"), now=now)
+    with db.session_scope(engine=engine) as session:
+        assert len(session.exec(select(Subscriber)).all()) == 1
+
+
+def test_remove_deletes_subscriber_and_topics(engine: sa.Engine, now) -> None:  # type: ignore[no-untyped-def]
+    with db.session_scope(engine=engine) as session:
+        add_subscriber(session=session, subscriber=_valid(topics=["a", "b"]), now=now)
+    with db.session_scope(engine=engine) as session:
+        remove_subscriber(session=session, email="ada@example.org", now=now)
+    with db.session_scope(engine=engine) as session:
+        assert session.exec(select(TopicFilter)).all() == []
+        with pytest.raises(SubscriberError, match="no subscriber"):
+            remove_subscriber(session=session, email="ada@example.org", now=now)
+
+
+CSV = r'''email,name,topics,timezone,send_at
+ada@example.org,Ada,"""large language models"";reasoning",Europe/London,08:00
+bad-address,Bob,diffusion,UTC,08:00
+carol@example.org,Carol,diffusion,Mars/Base,08:00
+dan@example.org,Dan,,UTC,08:00
+erin@example.org,,"""unclosed",UTC,08:00
+ADA@example.org,Ada again,x,UTC,08:00
+fay@example.org,,pruning,,
+'''
+
+
+def _import(engine: sa.Engine, path: Path, now, **kw):  # type: ignore[no-untyped-def]
+    return import_subscribers(
+        engine=engine, path=path, now=now, default_timezone="UTC", default_send_at="07:00", **kw
+    )
+
+
+def test_csv_import_reports_every_bad_row_with_its_line_and_keeps_the_good(
+    engine: sa.Engine,
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    path = tmp_path / "subs.csv"
+    path.write_text(CSV)
+    report = _import(engine, path, now)
+    assert report.added == ["ada@example.org", "fay@example.org"]
+    assert [(e.line, e.message.split(":")[0]) for e in report.errors] == [
+        (3, "email"),
+        (4, "timezone"),
+        (5, "topic"),
+        (6, "topic"),
+        (7, "email"),
+    ]
+    assert "appears twice" in report.errors[-1].message
+    with db.session_scope(engine=engine) as session:
+        topics = topics_by_subscriber(session=session)
+        fay = session.exec(select(Subscriber).where(Subscriber.email == "fay@example.org")).one()
+    assert sorted(map(sorted, topics.values())) == [
+        ['"large language models"', "reasoning"],
+        ["pruning"],
+    ]
+    assert (fay.timezone, fay.send_at) == ("UTC", "07:00")
+
+
+def test_json_array_import_reports_lines_of_bad_items(
+    engine: sa.Engine, tmp_path: Path, now
+) -> None:  # type: ignore[no-untyped-def]
+    items = [
+        {"email": "ada@example.org", "topics": ["diffusion"]},
+        {"email": "nope", "topics": ["x"]},
+        "not an object",
+        {"email": "bo@example.org", "topics": ["a"], "send_at": "9:30", "timezone": "Asia/Tokyo"},
+    ]
+    path = tmp_path / "subs.json"
+    path.write_text(json.dumps(items, indent=2))
+    report = _import(engine, path, now)
+    assert report.added == ["ada@example.org", "bo@example.org"]
+    text = path.read_text().splitlines()
+    lines = [e.line for e in report.errors]
+    assert '"email": "nope"' in text[lines[0]]  # the line after the item's "{"
+    assert text[lines[1] - 1].strip().startswith('"not an object"')
+
+
+def test_jsonl_import_and_skip_existing(engine: sa.Engine, tmp_path: Path, now) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.jsonl"
+    path.write_text('{"email": "ada@example.org", "topics": ["x"]}\n{broken\n')
+    first = _import(engine, path, now)
+    assert first.added == ["ada@example.org"]
+    assert [(e.line, e.message[:12]) for e in first.errors] == [(2, "invalid JSON")]
+    again = _import(engine, path, now, skip_existing=True)
+    assert again.added == [] and again.skipped == ["ada@example.org"]
+    refused = _import(engine, path, now)
+    assert "already subscribed" in refused.errors[0].message
+
+
+def test_csv_without_email_column_is_refused(engine: sa.Engine, tmp_path: Path, now) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text("address,topics\na@b.org,x\n")
+    with pytest.raises(SubscriberError, match="'email' column"):
+        _import(engine, path, now)
