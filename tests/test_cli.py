@@ -15,9 +15,13 @@ from tests.conftest import CORPUS
 CORPUS_FILES = sorted(CORPUS.glob("*.txt"))
 
 
-def run(home: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    home: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "DATABASE_URL"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEWSLETTER_") and k != "DATABASE_URL"
     }
     full_env |= {"NEWSLETTER_HOME": str(home), "NEWSLETTER_CORPUS_DIR": str(CORPUS), **(env or {})}
     proc = subprocess.run(
@@ -44,7 +48,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: st
 
 def test_help_lists_every_command_with_its_purpose(tmp_path: Path) -> None:
     out = run(tmp_path, "--help").stdout
-    for command in ("ingest", "send", "preview", "papers", "subscribers", "db", "deliveries", "config"):
+    for command in (
+        "ingest",
+        "send",
+        "preview",
+        "papers",
+        "subscribers",
+        "db",
+        "deliveries",
+        "config",
+    ):
         assert command in out
     sub = run(tmp_path, "subscribers", "--help").stdout
     for command in ("add", "import", "list", "remove"):
@@ -70,15 +83,37 @@ def test_whole_flow_from_corpus_to_outbox(tmp_path: Path) -> None:
 
     papers = json.loads(run(tmp_path, "papers", "list", "--json", "--since", "2000-01-01").stdout)
     assert len(papers) == 575 and {"title", "abstract", "first_seen_at"} <= papers[0].keys()
-    assert json.loads(run(tmp_path, "papers", "list", "--json", "--since", "2999-01-01").stdout) == []
-    assert_one_line_error(run(tmp_path, "papers", "list", "--since", "May 1", ok=False), "YYYY-MM-DD")
+    assert (
+        json.loads(run(tmp_path, "papers", "list", "--json", "--since", "2999-01-01").stdout) == []
+    )
+    assert_one_line_error(
+        run(tmp_path, "papers", "list", "--since", "May 1", ok=False), "YYYY-MM-DD"
+    )
 
     bad = run(tmp_path, "subscribers", "add", "ada@example.org", "--topic", '"open', ok=False)
     assert_one_line_error(bad, "topic:", "never closed", "column 1")
-    run(tmp_path, "subscribers", "add", "Ada@Example.org", "--topic", '"reinforcement learning"', "--name", "Ada")
+    run(
+        tmp_path,
+        "subscribers",
+        "add",
+        "Ada@Example.org",
+        "--topic",
+        '"reinforcement learning"',
+        "--name",
+        "Ada",
+    )
     dup = run(tmp_path, "subscribers", "add", "ada@example.org", "--topic", "x", ok=False)
     assert_one_line_error(dup, "already subscribed")
-    run(tmp_path, "subscribers", "add", "bo@example.org", "--topic", "crystallography", "--tz", "Asia/Tokyo")
+    run(
+        tmp_path,
+        "subscribers",
+        "add",
+        "bo@example.org",
+        "--topic",
+        "crystallography",
+        "--tz",
+        "Asia/Tokyo",
+    )
     listed = json.loads(run(tmp_path, "subscribers", "list", "--json").stdout)
     assert [(s["email"], s["topics"]) for s in listed] == [
         ("ada@example.org", ['"reinforcement learning"']),
@@ -108,7 +143,9 @@ def test_whole_flow_from_corpus_to_outbox(tmp_path: Path) -> None:
     assert [(d["to_address"], d["status"]) for d in deliveries] == [("ada@example.org", "sent")]
 
     run(tmp_path, "subscribers", "remove", "ada@example.org")
-    assert_one_line_error(run(tmp_path, "subscribers", "remove", "ada@example.org", ok=False), "no subscriber")
+    assert_one_line_error(
+        run(tmp_path, "subscribers", "remove", "ada@example.org", ok=False), "no subscriber"
+    )
 
 
 def test_ingest_reports_a_bad_file_and_keeps_the_good_ones(tmp_path: Path) -> None:
@@ -130,7 +167,11 @@ def test_import_reports_bad_rows_by_line(tmp_path: Path, fmt: str) -> None:
     if fmt == "csv":
         path.write_text("email,topics\nok@example.org,diffusion\nbroken,diffusion\n")
     else:
-        path.write_text('[\n{"email": "ok@example.org", "topics": ["diffusion"]},\n{"email": "broken", "topics": ["x"]}\n]\n')
+        items = [
+            '{"email": "ok@example.org", "topics": ["diffusion"]}',
+            '{"email": "broken", "topics": ["x"]}',
+        ]
+        path.write_text("[\n" + ",\n".join(items) + "\n]\n")
     proc = run(tmp_path, "subscribers", "import", str(path), ok=False)
     assert proc.returncode == 1
     assert f"{path}:3: email:" in proc.stderr

@@ -25,7 +25,12 @@ from tests.helpers import ScriptedBackend, add_paper, deliver, subscribe
 @pytest.fixture
 def planned(engine, settings, now) -> int:  # type: ignore[no-untyped-def]
     """One subscriber with one planned digest; returns the subscriber id."""
-    add_paper(engine, title="Diffusion <b>bold</b> & co", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    add_paper(
+        engine,
+        title="Diffusion <b>bold</b> & co",
+        abstract="About diffusion.",
+        seen=now - timedelta(hours=1),
+    )
     sid = subscribe(engine, email="ada@example.org", topics=["diffusion"], now=now, name="Ada")
     plan_digests(engine=engine, settings=settings, now=now, due_only=False)
     return sid
@@ -36,7 +41,9 @@ def _row(engine) -> Delivery:  # type: ignore[no-untyped-def]
         return session.exec(select(Delivery)).one()
 
 
-def test_file_backend_writes_one_eml_and_its_html_per_digest(engine, settings, now, planned, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_file_backend_writes_one_eml_and_its_html_per_digest(
+    engine, settings, now, planned, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     backend = FileBackend(directory=tmp_path / "outbox")
     assert deliver(engine, settings, backend, now).count("sent") == 1
     (eml,) = (tmp_path / "outbox" / "2026-11-23").glob("*.eml")
@@ -51,17 +58,26 @@ def test_file_backend_writes_one_eml_and_its_html_per_digest(engine, settings, n
     url = msg["List-Unsubscribe"].strip("<>")
     assert url.startswith("https://papers.example/u/")
     token = url.rsplit("/", 1)[1]
-    assert tokens.verify_token(key=settings.secret_key.encode(), purpose=tokens.UNSUBSCRIBE, token=token) == planned
+    assert (
+        tokens.verify_token(
+            key=settings.secret_key.encode(), purpose=tokens.UNSUBSCRIBE, token=token
+        )
+        == planned
+    )
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html = msg.get_body(("html",)).get_content()
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html and "<b>bold</b>" not in html
     assert _row(engine).status == "sent"
 
 
-def test_resend_after_a_crash_overwrites_the_same_file(engine, settings, now, planned, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_resend_after_a_crash_overwrites_the_same_file(
+    engine, settings, now, planned, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     backend = FileBackend(directory=tmp_path / "outbox")
     deliver(engine, settings, backend, now)
-    with db.session_scope(engine=engine) as session:  # as if the worker died before recording "sent"
+    with db.session_scope(
+        engine=engine
+    ) as session:  # as if the worker died before recording "sent"
         row = session.exec(select(Delivery)).one()
         row.status, row.lease_until = "sending", now - timedelta(seconds=1)
     deliver(engine, settings, backend, now + LEASE)
@@ -100,7 +116,9 @@ def test_unsubscribed_while_pending_is_not_sent(engine, settings, now, planned) 
 def test_claim_skips_live_leases_and_takes_expired_ones(engine, now, planned) -> None:  # type: ignore[no-untyped-def]
     assert claim(engine=engine, now=now, limit=10) == [_row(engine).id]
     assert claim(engine=engine, now=now + LEASE - timedelta(seconds=1), limit=10) == []
-    assert claim(engine=engine, now=now + LEASE + timedelta(seconds=1), limit=10) == [_row(engine).id]
+    assert claim(engine=engine, now=now + LEASE + timedelta(seconds=1), limit=10) == [
+        _row(engine).id
+    ]
 
 
 def test_resent_message_is_byte_identical(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]
@@ -126,7 +144,9 @@ class _Contract:
     def test_accepts_and_keeps_each_message(self, tmp_path: Path, now) -> None:  # type: ignore[no-untyped-def]
         backend = self.make(tmp_path)
         messages = [
-            OutgoingMessage(f"<{i}@x>", "a@x.org", (f"r{i}@x.org",), b"Subject: hi\r\n\r\nbody\r\n", now.date())
+            OutgoingMessage(
+                f"<{i}@x>", "a@x.org", (f"r{i}@x.org",), b"Subject: hi\r\n\r\nbody\r\n", now.date()
+            )
             for i in range(3)
         ]
 

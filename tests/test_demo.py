@@ -29,9 +29,18 @@ def _copy_repo(dest: Path) -> Path:
 
 
 def _run_demo(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "DATABASE_URL"}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEWSLETTER_") and k != "DATABASE_URL"
+    }
     return subprocess.run(
-        ["bash", "scripts/demo"], cwd=root, env=clean | env, capture_output=True, text=True, timeout=600
+        ["bash", "scripts/demo"],
+        cwd=root,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -49,9 +58,13 @@ def _check_outbox(root: Path, stdout: str) -> list[Path]:
     return emls
 
 
-def test_demo_writes_one_digest_per_matching_subscriber_and_is_safe_to_rerun(tmp_path: Path) -> None:
+def test_demo_writes_one_digest_per_matching_subscriber_and_is_safe_to_rerun(
+    tmp_path: Path,
+) -> None:
     root = _copy_repo(tmp_path / "repo")
-    venv = str(Path(sys.executable).parent.parent)  # reuse this environment: no install in the fast suite
+    venv = str(
+        Path(sys.executable).parent.parent
+    )  # reuse this environment: no install in the fast suite
     first = _run_demo(root, {"NEWSLETTER_VENV": venv})
     assert first.returncode == 0, first.stderr
     emls = _check_outbox(root, first.stdout)

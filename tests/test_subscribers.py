@@ -1,4 +1,4 @@
-"""Subscribers: addresses validated and normalized, duplicates refused, imports report bad rows by line."""
+"""Subscribers: addresses validated and normalized, duplicates refused, bad import rows by line."""
 
 from __future__ import annotations
 
@@ -64,9 +64,12 @@ def test_name_with_line_breaks_is_folded_to_one_line() -> None:
 def test_duplicate_is_refused_whatever_the_case(engine: sa.Engine, now) -> None:  # type: ignore[no-untyped-def]
     with db.session_scope(engine=engine) as session:
         add_subscriber(session=session, subscriber=_valid(), now=now)
-    with pytest.raises(DuplicateSubscriberError, match="already subscribed"):
-        with db.session_scope(engine=engine) as session:
-            add_subscriber(session=session, subscriber=_valid(email="ADA@example.org"), now=now)
+    again = _valid(email="ADA@example.org")
+    with (
+        pytest.raises(DuplicateSubscriberError, match="already subscribed"),
+        db.session_scope(engine=engine) as session,
+    ):
+        add_subscriber(session=session, subscriber=again, now=now)
     with db.session_scope(engine=engine) as session:
         assert len(session.exec(select(Subscriber)).all()) == 1
 

@@ -104,6 +104,22 @@ def _merge_into(paper: Paper, rec: PaperRecord) -> bool:
     return changed
 
 
+def _check_fits(records: dict[str, PaperRecord], *, source: str) -> None:
+    """Refuse as a broken file what the database would refuse (PostgreSQL enforces lengths)."""
+    columns = Paper.__table__.c  # type: ignore[attr-defined]
+    for key, rec in records.items():
+        for name, value in (
+            ("key", key),
+            ("title", rec.title),
+            ("organization", rec.organization),
+            ("organization_handle", rec.organization_handle),
+        ):
+            limit = columns[name].type.length
+            if value is not None and limit is not None and len(value) > limit:
+                message = f"the paper's {name} is longer than {limit} characters"
+                raise CorpusError(path=source, line=rec.line, message=message)
+
+
 def _store(session: Session, *, records: dict[str, PaperRecord], source: str, now: datetime) -> tuple[int, int]:
     keys = list(records)
     existing: dict[str, Paper] = {}
@@ -143,28 +159,34 @@ def ingest_file(*, engine: sa.Engine, path: Path, now: datetime) -> FileResult:
     digest = hashlib.sha256(data).hexdigest()
     with session_scope(engine=engine) as session:
         row = session.exec(select(CorpusFile).where(CorpusFile.path == source)).first()
-        if row is not None and row.sha256 == digest:
-            return FileResult(path=source, status="unchanged", papers=row.papers)
+        unchanged = row is not None and row.sha256 == digest
+        if unchanged and row.status == "ok":  # type: ignore[union-attr]
+            return FileResult(path=source, status="unchanged", papers=row.papers)  # type: ignore[union-attr]
+        # A file that failed before is parsed again even when unchanged, so every
+        # run keeps reporting it until it is fixed (but records its event once).
         status = "new" if row is None else "changed"
         row = row or CorpusFile(path=source, sha256=digest, size=len(data), status="ok")
         row.sha256, row.size, row.ingested_at = digest, len(data), now
         try:
-            parsed = parse_dump(text=decode_dump(data=data, source=source), source=source, today=now.date())
+            text = decode_dump(data=data, source=source)
+            parsed = parse_dump(text=text, source=source, today=now.date())
+            records = merge_records(parsed.papers)
+            _check_fits(records, source=source)
         except CorpusError as exc:
             row.status, row.error, row.papers, row.new_papers = "error", str(exc), 0, 0
             session.add(row)
-            session.add(
-                Event(at=now, kind="ingest.file_failed", detail=json.dumps({"path": source, "line": exc.line, "error": exc.message}))
-            )
+            if not unchanged:
+                detail = {"path": source, "line": exc.line, "error": exc.message}
+                session.add(Event(at=now, kind="ingest.file_failed", detail=json.dumps(detail)))
             return FileResult(path=source, status="error", error=exc)
-        records = merge_records(parsed.papers)
         new, updated = _store(session, records=records, source=source, now=now)
         row.status, row.error, row.papers, row.new_papers = "ok", None, len(records), new
         session.add(row)
-        session.add(
-            Event(at=now, kind="ingest.file", detail=json.dumps({"path": source, "papers": len(records), "new": new, "updated": updated}))
-        )
-    return FileResult(path=source, status=status, papers=len(records), new_papers=new, updated_papers=updated)
+        detail = {"path": source, "papers": len(records), "new": new, "updated": updated}
+        session.add(Event(at=now, kind="ingest.file", detail=json.dumps(detail)))
+    return FileResult(
+        path=source, status=status, papers=len(records), new_papers=new, updated_papers=updated
+    )
 
 
 def ingest(
@@ -180,7 +202,15 @@ def ingest(
         try:
             result = ingest_file(engine=engine, path=path, now=now)
         except OSError as exc:
-            result = FileResult(path=str(path), status="error", error=CorpusError(path=str(path), line=0, message=exc.strerror or str(exc)))
+            error = CorpusError(path=str(path), line=0, message=exc.strerror or str(exc))
+            result = FileResult(path=str(path), status="error", error=error)
+        except sa.exc.DBAPIError as exc:
+            # E.g. two ingesters racing on one new paper: this file's transaction
+            # rolled back whole; the next run takes it again. The others go on.
+            message = f"database error, will retry: {str(exc.orig).strip().splitlines()[0]}"
+            result = FileResult(
+                path=str(path), status="error", error=CorpusError(path=str(path), line=0, message=message)
+            )
         report.files.append(result)
         if on_file is not None:
             on_file(result)

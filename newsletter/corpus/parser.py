@@ -174,7 +174,9 @@ def parse_dump(*, text: str, source: str, today: date) -> ParsedDump:
             )
             i += 1
             continue
-        if line.startswith(GLUED_PREFIX) and line != GLUED_PREFIX and not papers:
+        glued = line.removeprefix(GLUED_PREFIX)
+        # "SubscribeUnderstanding …" is glued; "Subscriber Churn …" is a title.
+        if glued != line and glued[:1].isupper():
             lines[i] = (lineno, line[len(GLUED_PREFIX) :].strip())
         break
 
@@ -252,6 +254,12 @@ def parse_dump(*, text: str, source: str, today: date) -> ParsedDump:
     return ParsedDump(papers=papers, page_date=page_date)
 
 
+def _line_at(data: bytes, offset: int) -> int:
+    """1-based line of a byte offset, counting line breaks as the parser does (LF, CRLF, CR)."""
+    head = data[:offset].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return head.count(b"\n") + 1
+
+
 def decode_dump(*, data: bytes, source: str) -> str:
     """Bytes to text, refusing binary files and other encodings with a line number."""
     if not data.strip():
@@ -259,17 +267,18 @@ def decode_dump(*, data: bytes, source: str) -> str:
     nul = data.find(b"\x00")
     if nul >= 0:
         raise CorpusError(
-            path=source, line=data.count(b"\n", 0, nul) + 1, message="binary data (NUL byte)"
+            path=source, line=_line_at(data, nul), message="binary data (NUL byte)"
         )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CorpusError(
             path=source,
-            line=data.count(b"\n", 0, exc.start) + 1,
+            line=_line_at(data, exc.start),
             message=f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
         ) from None
 
 
 def read_dump(*, path: Path, today: date) -> ParsedDump:
-    return parse_dump(text=decode_dump(data=path.read_bytes(), source=str(path)), source=str(path), today=today)
+    source = str(path)
+    return parse_dump(text=decode_dump(data=path.read_bytes(), source=source), source=source, today=today)
