@@ -128,6 +128,10 @@ def test_whole_flow_from_corpus_to_outbox(tmp_path: Path) -> None:
     run(tmp_path, "preview", "ada@example.org", "--out", str(preview))
     assert b"List-Unsubscribe-Post" in preview.read_bytes()
 
+    only_bo = run(tmp_path, "send", "--now", "--subscriber", "BO@example.org")
+    assert "0 digests planned; 1 with nothing new matching" in only_bo.stdout
+    assert not (tmp_path / "outbox").exists()
+
     sent = run(tmp_path, "send", "--now")
     assert "delivered: 1 sent" in sent.stdout
     assert "1 with nothing new matching" in sent.stdout
@@ -176,3 +180,36 @@ def test_import_reports_bad_rows_by_line(tmp_path: Path, fmt: str) -> None:
     assert proc.returncode == 1
     assert f"{path}:3: email:" in proc.stderr
     assert "imported 1 subscribers" in proc.stdout
+
+
+def test_ingest_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    run(tmp_path, "db", "upgrade")
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"NEWSLETTER_HOME": str(tmp_path), "NEWSLETTER_CORPUS_DIR": str(CORPUS), "TERM": "xterm"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "newsletter", "ingest"],
+        cwd=tmp_path,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        timeout=120,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "ingesting" in screen and "\x1b[" in screen  # the bar, drawn with terminal codes
+    assert "575 new papers" in screen

@@ -250,7 +250,9 @@ def parse_dump(*, text: str, source: str, today: date) -> ParsedDump:
         )
 
     if not papers:
-        raise CorpusError(path=source, line=lines[-1][0], message="no paper found, only page chrome")
+        raise CorpusError(
+            path=source, line=lines[-1][0], message="no paper found, only page chrome"
+        )
     return ParsedDump(papers=papers, page_date=page_date)
 
 
@@ -266,9 +268,7 @@ def decode_dump(*, data: bytes, source: str) -> str:
         raise CorpusError(path=source, line=1, message="the file is empty")
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise CorpusError(
-            path=source, line=_line_at(data, nul), message="binary data (NUL byte)"
-        )
+        raise CorpusError(path=source, line=_line_at(data, nul), message="binary data (NUL byte)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -281,4 +281,6 @@ def decode_dump(*, data: bytes, source: str) -> str:
 
 def read_dump(*, path: Path, today: date) -> ParsedDump:
     source = str(path)
-    return parse_dump(text=decode_dump(data=path.read_bytes(), source=source), source=source, today=today)
+    return parse_dump(
+        text=decode_dump(data=path.read_bytes(), source=source), source=source, today=today
+    )
