@@ -83,5 +83,6 @@ def main() -> None:
     for label, seconds in rows:
         print(f"{label:32} {seconds * 1e3:8.1f} ms {seconds / t_read:7.1f}x baseline")
 
+
 if __name__ == "__main__":
     main()
