@@ -26,7 +26,7 @@ from typer.exceptions import TyperException
 
 from newsletter import db, render
 from newsletter.config import Settings, describe, env_example, load_settings, secret_key
-from newsletter.errors import NewsletterError, SubscriberError
+from newsletter.errors import FilterSyntaxError, NewsletterError, SubscriberError
 from newsletter.links import Links
 from newsletter.models import Delivery, Paper, Subscriber, utcnow
 
@@ -41,9 +41,13 @@ db_app = typer.Typer(
 )
 papers_app = typer.Typer(help="Papers stored from the corpus.", no_args_is_help=True)
 subs_app = typer.Typer(help="Subscribers and their topic filters.", no_args_is_help=True)
+filters_app = typer.Typer(
+    help="Topic filters: try one against the stored papers.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(papers_app, name="papers")
 app.add_typer(subs_app, name="subscribers")
+app.add_typer(filters_app, name="filters")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -305,6 +309,57 @@ def subscribers_remove(
     out.print(f"removed {email}")
 
 
+# --- filters ----------------------------------------------------------------------
+
+
+@filters_app.command("test")
+def filters_test(
+    query: Annotated[
+        str, typer.Argument(help="A filter, e.g. 'diffusion AND NOT video' or 'org:\"ZIP Lab\"'.")
+    ],
+    limit: Annotated[int, typer.Option(help="Show this many of the best matches.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show how many stored papers a filter matches and the best ones, matched words highlighted."""
+    from rich.text import Text
+
+    from newsletter.filters import DayIndex, Ranker, compile_filter, to_query
+    from newsletter.plan import paper_doc
+
+    flt = compile_filter(query)  # a syntax error goes to main(), which draws the caret
+    ctx = _context()
+    with db.session_scope(engine=ctx.engine) as session:
+        docs = [
+            paper_doc(p)
+            for p in session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id))
+        ]
+    ranker = Ranker(DayIndex(docs))
+    ranked = ranker.rank([flt], limit=limit)
+    if as_json:
+        _print_json(
+            {
+                "query": query,
+                "canonical": to_query(flt.tree),
+                "matched": ranked.total,
+                "papers": [
+                    {
+                        "id": m.paper_id,
+                        "title": docs[m.index].title,
+                        "score": round(m.score, 4),
+                        "words": m.words,
+                    }
+                    for m in ranked.matches
+                ],
+            }
+        )
+        return
+    out.print(f"{ranked.total} of {len(docs)} papers match {to_query(flt.tree)}", markup=False)
+    for rank, m in enumerate(ranked.matches, start=1):
+        title = Text(f"{rank:3}. {docs[m.index].title}")
+        title.highlight_words(m.words, style="bold underline", case_sensitive=False)
+        out.print(title, Text(f"  [{m.score:.2f}] {', '.join(m.words)}", style="dim"))
+
+
 # --- send and preview ---------------------------------------------------------------
 
 
@@ -495,6 +550,9 @@ def main() -> None:
         sys.exit(130)
     except NewsletterError as exc:
         err.print(f"error: {exc}", markup=False)
+        syntax = exc if isinstance(exc, FilterSyntaxError) else exc.__cause__
+        if isinstance(syntax, FilterSyntaxError):  # point at the mistake
+            err.print("  " + syntax.caret().replace("\n", "\n  "), markup=False)
         sys.exit(1)
     except sa.exc.OperationalError as exc:
         err.print(f"error: database: {str(exc.orig).strip().splitlines()[0]}", markup=False)

@@ -8,13 +8,17 @@ planners at once, cannot make two digests: the loser's insert fails and it
 moves on. The Message-ID is chosen here, once, so a resend carries it.
 
 The edition is the subscriber's local calendar date at planning time.
+
+Matching indexes the candidate papers once (``filters.DayIndex``) and
+evaluates each distinct filter once for all papers; a subscriber's digest is
+then the union of their filters' matches, restricted to what is new for them.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -26,7 +30,7 @@ from newsletter import render
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.errors import SubscriberError
-from newsletter.filters import CompiledTopic, Document, compile_topic
+from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filter
 from newsletter.links import Links
 from newsletter.models import (
     Delivery,
@@ -38,68 +42,6 @@ from newsletter.models import (
     UTCDateTime,
 )
 from newsletter.subscribers import normalize_email, topics_by_subscriber
-
-TITLE_WEIGHT = 3.0
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A paper as the matcher sees it: text prepared once, shared by all subscribers."""
-
-    id: int
-    doc: Document
-    upvotes: int
-    first_seen_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    paper_id: int
-    score: float
-    topics: tuple[str, ...]
-    terms: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    matches: tuple[Match, ...]
-    total: int
-
-    @property
-    def more(self) -> int:
-        return self.total - len(self.matches)
-
-
-def rank(*, topics: Sequence[CompiledTopic], candidates: Sequence[Candidate], limit: int) -> Ranked:
-    """Pure core: every candidate any topic matches, best first, capped at ``limit``.
-
-    Score: each matching topic adds its hits (title hits weigh TITLE_WEIGHT).
-    Equal scores are ordered by upvotes, then freshness, then id, so the order
-    is stable and popularity never outranks relevance.
-    """
-    found: list[Match] = []
-    for cand in candidates:
-        score = 0.0
-        matched_topics: list[str] = []
-        terms: dict[str, None] = {}
-        for topic in topics:
-            hits = topic.match(cand.doc)
-            if hits:
-                matched_topics.append(topic.query)
-                score += sum(TITLE_WEIGHT if h.in_title else 1.0 for h in hits)
-                terms.update((h.term, None) for h in hits)
-        if matched_topics:
-            found.append(Match(cand.id, score, tuple(matched_topics), tuple(terms)))
-    order = {c.id: c for c in candidates}
-    found.sort(
-        key=lambda m: (
-            -m.score,
-            -order[m.paper_id].upvotes,
-            -order[m.paper_id].first_seen_at.timestamp(),
-            m.paper_id,
-        )
-    )
-    return Ranked(matches=tuple(found[:limit]), total=len(found))
 
 
 def local_edition(*, now: datetime, timezone: str) -> date:
@@ -133,16 +75,28 @@ class PlanReport:
     not_due: list[str] = field(default_factory=list)
 
 
-def load_candidates(*, session: Session, since: datetime, until: datetime) -> list[Candidate]:
+def load_candidates(*, session: Session, since: datetime, until: datetime) -> list[PaperDoc]:
+    """Papers first seen in (since, until], oldest first (the since-masks rely on the order)."""
     rows = session.exec(
-        select(Paper.id, Paper.title, Paper.abstract, Paper.upvotes, Paper.first_seen_at)
+        select(Paper)
         .where(Paper.first_seen_at > since, Paper.first_seen_at <= until)
-        .order_by(Paper.id)
+        .order_by(Paper.first_seen_at, Paper.id)
     )
-    return [
-        Candidate(id=pid, doc=Document.of(title=t, abstract=a), upvotes=u or 0, first_seen_at=fs)
-        for pid, t, a, u, fs in rows
-    ]
+    return [paper_doc(p) for p in rows]
+
+
+def paper_doc(paper: Paper) -> PaperDoc:
+    organization = " ".join(x for x in (paper.organization_handle, paper.organization) if x)
+    return PaperDoc(
+        id=paper.id,  # type: ignore[arg-type]
+        title=paper.title,
+        abstract=paper.abstract,
+        organization=organization or None,
+        upvotes=paper.upvotes,
+        authors=paper.authors,
+        published_on=paper.published_on,
+        first_seen_at=paper.first_seen_at,
+    )
 
 
 def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
@@ -213,12 +167,20 @@ def plan_digests(
         min_since = min(since for _, _, since in work)
         candidates = load_candidates(session=session, since=min_since, until=now)
         sent = _sent_papers(session=session, since=min_since)
-        compiled: dict[str, CompiledTopic] = {}
+        index = DayIndex(candidates)
+        ranker = Ranker(index)
+        position = {doc.id: i for i, doc in enumerate(candidates)}
+        seen = [doc.first_seen_at for doc in candidates]
         for sub, edition, since in work:
-            filters = [compiled.setdefault(q, compile_topic(q)) for q in topics.get(sub.id, [])]  # type: ignore[arg-type]
-            already = sent.get(sub.id, set())  # type: ignore[arg-type]
-            mine = [c for c in candidates if c.first_seen_at > since and c.id not in already]
-            ranked = rank(topics=filters, candidates=mine, limit=settings.digest_max_papers)
+            filters = [compile_filter(q) for q in topics.get(sub.id, [])]  # type: ignore[arg-type]
+            # New for this subscriber: first seen after `since` (a suffix, the list
+            # is in first-seen order), minus what one of their digests already held.
+            first_new = bisect.bisect_right(seen, since)
+            within = index.everything & ~((1 << first_new) - 1)
+            for paper_id in sent.get(sub.id, ()):  # type: ignore[arg-type]
+                if paper_id in position:
+                    within &= ~(1 << position[paper_id])
+            ranked = ranker.rank(filters, within=within, limit=settings.digest_max_papers)
             if not ranked.matches:
                 report.no_match.append(sub.email)
                 continue
@@ -271,8 +233,8 @@ def _record(
                     delivery_id=delivery.id,  # type: ignore[arg-type]
                     paper_id=m.paper_id,
                     position=pos,
-                    matched_topics=json.dumps(m.topics),
-                    matched_terms=json.dumps(m.terms),
+                    matched_topics=json.dumps(m.filters),
+                    matched_terms=json.dumps(m.words),
                 )
                 for pos, m in enumerate(ranked.matches)
             )
@@ -318,8 +280,8 @@ def preview_digest(
                     delivery_id=0,
                     paper_id=m.paper_id,
                     position=i,
-                    matched_topics=json.dumps(m.topics),
-                    matched_terms=json.dumps(m.terms),
+                    matched_topics=json.dumps(m.filters),
+                    matched_terms=json.dumps(m.words),
                 ),
             )
             for i, m in enumerate(planned.ranked.matches)

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import re
 import textwrap
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -36,6 +35,7 @@ from markupsafe import Markup, escape
 from mjml import mjml2html
 
 from newsletter.errors import NewsletterError
+from newsletter.text import latex_to_text
 
 __all__ = [
     "Digest",
@@ -110,54 +110,6 @@ class RenderedDigest:
 
 
 # --- text helpers -----------------------------------------------------------------------
-
-# Accent commands → combining marks; NFC then composes "e" + U+0301 into "é".
-_ACCENTS = {
-    "'": "\u0301", '"': "\u0308", "`": "\u0300", "^": "\u0302", "~": "\u0303",
-    "=": "\u0304", ".": "\u0307", "u": "\u0306", "v": "\u030c", "H": "\u030b",
-    "c": "\u0327", "k": "\u0328", "r": "\u030a",
-}  # fmt: skip
-# Symbol accents take a bare or braced letter (\'e, \'{e}, \"{\i}); letter accents (\v, \c, …)
-# only a braced one (\v{s}), so that \url, \cite and friends are never touched. An outer
-# brace ({\'e}) is consumed only when it is closed again; a bare \i eats one space, as in TeX.
-_ACCENT_RE = re.compile(
-    r"""(?P<open>\{)?
-        \\(?: (?P<sym>['"`^~=.])
-               (?: \{\s*(?P<b1>\\[ij]|[A-Za-z])\s*\}
-                 | (?P<b2>\\[ij](?![A-Za-z])|[A-Za-z]) (?:(?<=\\[ij])\ )? )
-           | (?P<word>[uvHckr]) \{\s*(?P<b3>\\[ij]|[A-Za-z])\s*\} )
-        (?(open)\})""",
-    re.VERBOSE,
-)
-_SPECIALS = {"i": "ı", "j": "ȷ", "o": "ø", "O": "Ø", "l": "ł", "L": "Ł", "ss": "ß",
-             "aa": "å", "AA": "Å", "ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ"}  # fmt: skip
-_SPECIAL_RE = re.compile(r"\{\\(" + "|".join(sorted(_SPECIALS, key=len, reverse=True)) + r")\}")
-_ESCAPED_RE = re.compile(r"\\([%&_#])")
-# Scraped abstracts also use \' as an escaped apostrophe ("models\' decisions",
-# "model\'s"); an accent can only be meant when a letter follows and it is not a possessive.
-_APOSTROPHE_RE = re.compile(r"""(?<=[A-Za-z])\\'(?=s\b)|\\(['"])(?![A-Za-z{\\])""")
-
-
-def _accent(match: re.Match[str]) -> str:
-    mark = _ACCENTS[match["sym"] or match["word"]]
-    base = match["b1"] or match["b2"] or match["b3"]
-    base = {"\\i": "i", "\\j": "j"}.get(base, base)  # í is i + acute, not dotless ı + acute
-    return unicodedata.normalize("NFC", base + mark)
-
-
-def latex_to_text(s: str) -> str:
-    """Turn the common LaTeX escapes of the corpus into Unicode, for display only.
-
-    ``Poincar\\'e`` → ``Poincaré``, ``na\\"{\\i}ve`` → ``naïve``, ``\\%`` → ``%``; any other
-    command (``\\emph``, ``$\\alpha$``, ``{\\it x}``) is left exactly as it is.
-    """
-    if "\\" not in s:
-        return s
-    s = _APOSTROPHE_RE.sub(lambda m: m[1] or "'", s)
-    s = _ACCENT_RE.sub(_accent, s)
-    s = _SPECIAL_RE.sub(lambda m: _SPECIALS[m[1]], s)
-    return _ESCAPED_RE.sub(r"\1", s)
-
 
 # Characters that must never reach a header: C0/C1 controls, DEL, the Unicode line and
 # paragraph separators (str.splitlines() breaks on them) and lone surrogates.

@@ -23,7 +23,7 @@ from newsletter.errors import (
     FilterSyntaxError,
     SubscriberError,
 )
-from newsletter.filters import compile_topic
+from newsletter.filters import compile_filter
 from newsletter.models import Event, Subscriber, SubscriberStatus, TopicFilter
 
 MAX_TOPICS = 50
@@ -68,15 +68,15 @@ def validate_subscriber(
         if not topic:
             continue
         try:
-            compile_topic(topic)
+            compile_filter(topic)
         except FilterSyntaxError as exc:
+            # Chained, so the CLI (and the web form) can show the caret under the column.
             raise SubscriberError(
                 f"{topic!r}: {exc.message} (column {exc.column})", field="topic"
-            ) from None
+            ) from exc
         if topic not in clean_topics:
             clean_topics.append(topic)
-    if not clean_topics:
-        raise SubscriberError("at least one topic is required", field="topic")
+    # No topic at all is allowed: it asks for everything, ranked by upvotes (like "*").
     if len(clean_topics) > MAX_TOPICS:
         raise SubscriberError(f"at most {MAX_TOPICS} topics", field="topic")
     if name is not None:

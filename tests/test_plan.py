@@ -101,7 +101,7 @@ def test_title_hits_rank_above_abstract_hits_and_upvotes_break_ties(engine, sett
     in_abstract = add_paper(
         engine, title="Something", abstract="About diffusion.", seen=seen, upvotes=99
     )
-    in_title = add_paper(engine, title="Diffusion", abstract="A.", seen=seen)
+    in_title = add_paper(engine, title="Diffusion today", abstract="A.", seen=seen)
     in_title_popular = add_paper(
         engine, title="Diffusion again", abstract="A.", seen=seen, upvotes=10
     )

@@ -1,10 +1,24 @@
-"""Topic filters: the query a subscriber stores, compiled once, matched against papers.
+"""Topic filters: the language, the indexed matcher, ranking and explanations.
 
-The rest of the package uses only ``compile_topic``, ``Document`` and
-``CompiledTopic.match``; the filter language behind them can grow without
-the planner noticing.
+``compile_filter`` parses a stored filter once (``FilterSyntaxError`` with a
+column when it does not parse); ``DayIndex`` indexes a batch of papers;
+``Ranker`` matches and ranks a subscriber's filters against it.
 """
 
-from newsletter.filters.simple import CompiledTopic, Document, compile_topic
+from newsletter.filters.ast import to_query
+from newsletter.filters.index import CorpusStats, DayIndex, PaperDoc
+from newsletter.filters.parser import parse_filter
+from newsletter.filters.rank import CompiledFilter, PaperMatch, Ranked, Ranker, compile_filter
 
-__all__ = ["CompiledTopic", "Document", "compile_topic"]
+__all__ = [
+    "CompiledFilter",
+    "CorpusStats",
+    "DayIndex",
+    "PaperDoc",
+    "PaperMatch",
+    "Ranked",
+    "Ranker",
+    "compile_filter",
+    "parse_filter",
+    "to_query",
+]
