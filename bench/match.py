@@ -9,7 +9,7 @@ corpus (575 papers) and a synthetic 1,000-paper day (the corpus plus papers
 recombined from its titles and abstract sentences).
 
 For each day it prints, measured in this run:
-  index     building the DayIndex once
+  index     building the DayIndex once (best of 3, as is match)
   compile   parsing every distinct filter once (done when a filter is stored;
             the planner's cache keeps them)
   match     every subscriber's matching papers (the OR of their filters)
@@ -23,6 +23,8 @@ For each day it prints, measured in this run:
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import random
 import re
 import time
@@ -31,14 +33,50 @@ from pathlib import Path
 
 from newsletter.corpus.ingest import merge_records
 from newsletter.corpus.parser import read_dump
-from newsletter.filters import DayIndex, PaperDoc, Ranker, compile_filter
-from newsletter.filters import naive
+from newsletter.filters import DayIndex, PaperDoc, Ranker, compile_filter, naive
 from newsletter.filters.index import iter_bits
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
-STOP = set(
-    "a an and are as at be by for from in is it its of on or our the to we with via using "
-    "towards toward than that this these their into over under not no new".split()
+STOP = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "our",
+        "the",
+        "to",
+        "we",
+        "with",
+        "via",
+        "using",
+        "towards",
+        "toward",
+        "than",
+        "that",
+        "this",
+        "these",
+        "their",
+        "into",
+        "over",
+        "under",
+        "not",
+        "no",
+        "new",
+    }
 )
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,}")
 
@@ -90,7 +128,7 @@ def make_filters(docs: list[PaperDoc], *, count: int, rng: random.Random) -> lis
     phrases = []
     for d in docs:
         words = [w for w in WORD_RE.findall(d.title)]
-        phrases.extend(f'"{a} {b}"' for a, b in zip(words, words[1:], strict=False))
+        phrases.extend(f'"{a} {b}"' for a, b in itertools.pairwise(words))
     orgs = sorted({d.organization for d in docs if d.organization})
 
     title_words = [w for w in title_words if re.match("[A-Za-z]{3}", w)]
@@ -125,12 +163,23 @@ def timed(fn):  # type: ignore[no-untyped-def]
 
 def bench_day(name: str, docs: list[PaperDoc], subscribers: list[list[str]], sample: int) -> None:
     distinct = sorted({q for subs in subscribers for q in subs})
+    compile_filter.cache_clear()
     compiled, t_compile = timed(lambda: {q: compile_filter(q) for q in distinct})
     per_sub = [[compiled[q] for q in subs] for subs in subscribers]
+    # Long-lived objects (the compiled filters) out of the collector's way, as a
+    # planner that keeps its filter cache would have them; otherwise every gen-2
+    # collection rescans millions of tree nodes and the figures measure that.
+    gc.collect()
+    gc.freeze()
 
-    index, t_index = timed(lambda: DayIndex(docs))
-    ranker = Ranker(index)
-    matched, t_match = timed(lambda: [ranker.matching(fs) for fs in per_sub])
+    # Best of three: this machine is shared and noisy; the minimum is the code's cost.
+    t_index = t_match = float("inf")
+    for _ in range(3):
+        index, took = timed(lambda: DayIndex(docs))
+        t_index = min(t_index, took)
+        ranker = Ranker(index)
+        matched, took = timed(lambda: [ranker.matching(fs) for fs in per_sub])  # noqa: B023
+        t_match = min(t_match, took)
     with_matches = [fs for fs, bits in zip(per_sub, matched, strict=True) if bits]
     _, t_rank = timed(lambda: [ranker.rank(fs, limit=20) for fs in with_matches])
 
@@ -155,12 +204,17 @@ def bench_day(name: str, docs: list[PaperDoc], subscribers: list[list[str]], sam
     t_indexed = t_index + t_match
     pairs = sum(bin(b).count("1") for b in matched)
 
-    print(f"\n{name}: {len(docs)} papers, {len(subscribers):,} subscribers x 3 filters "
-          f"({len(distinct):,} distinct), {len(with_matches):,} with matches, {pairs:,} matched pairs")
+    print(
+        f"\n{name}: {len(docs)} papers, {len(subscribers):,} subscribers x 3 filters "
+        f"({len(distinct):,} distinct), {len(with_matches):,} with matches, "
+        f"{pairs:,} matched pairs"
+    )
     print(f"  compile  {t_compile:7.3f} s   (once, when filters are stored)")
     print(f"  index    {t_index:7.3f} s")
     print(f"  match    {t_match:7.3f} s   index + match = {t_indexed:.3f} s")
-    print(f"  rank     {t_rank:7.3f} s   (top 20 with explanations, {len(with_matches):,} subscribers)")
+    print(
+        f"  rank     {t_rank:7.3f} s   (top 20 + explanations, {len(with_matches):,} subscribers)"
+    )
     print(f"  naive    {t_naive:7.1f} s   (measured on {sample:,} subscribers, scaled)")
     print(f"  speed-up {t_naive / t_indexed:7.0f}x  the naive loop (index + match)")
 
@@ -168,7 +222,7 @@ def bench_day(name: str, docs: list[PaperDoc], subscribers: list[list[str]], sam
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
-    parser.add_argument("--sample", type=int, default=300, help="subscribers timed in the naive loop")
+    parser.add_argument("--sample", type=int, default=300, help="subscribers in the naive loop")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)

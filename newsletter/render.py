@@ -38,6 +38,7 @@ from newsletter.errors import NewsletterError
 from newsletter.text import latex_to_text
 
 __all__ = [
+    "MARK_OPEN",
     "Digest",
     "DigestPaper",
     "HeaderInjectionError",
@@ -55,6 +56,9 @@ SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox 
 EXCERPT_CHARS = 400
 TEXT_WIDTH = 78
 ELLIPSIS = "…"
+# <mark> says "this matched" to screen readers too; the inline colour keeps it visible
+# in bold titles and in clients that drop <style> blocks.
+MARK_OPEN = '<mark style="background-color:#fff0a8;color:inherit;">'
 
 
 class RenderError(NewsletterError):
@@ -147,7 +151,7 @@ def _terms_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def highlight(text: str, terms: Iterable[str]) -> Markup:
-    """Escape ``text`` and wrap each whole-word, case-insensitive match of ``terms`` in <strong>.
+    """Escape ``text`` and wrap each whole-word, case-insensitive match of ``terms`` in <mark>.
 
     Matching runs on the raw text and every piece is escaped on its own, so highlighting
     can never split an entity or let user text through unescaped.
@@ -158,7 +162,7 @@ def highlight(text: str, terms: Iterable[str]) -> Markup:
     pieces: list[str] = []
     last = 0
     for m in pattern.finditer(text):
-        pieces += [escape(text[last : m.start()]), "<strong>", escape(m[0]), "</strong>"]
+        pieces += [escape(text[last : m.start()]), MARK_OPEN, escape(m[0]), "</mark>"]
         last = m.end()
     pieces.append(escape(text[last:]))
     return Markup("".join(pieces))  # safe: every piece of user text went through escape()

@@ -90,8 +90,13 @@ def test_whole_flow_from_corpus_to_outbox(tmp_path: Path) -> None:
         run(tmp_path, "papers", "list", "--since", "May 1", ok=False), "YYYY-MM-DD"
     )
 
-    bad = run(tmp_path, "subscribers", "add", "ada@example.org", "--topic", '"open', ok=False)
-    assert_one_line_error(bad, "topic:", "never closed", "column 1")
+    bad = run(tmp_path, "subscribers", "add", "ada@example.org", "--topic", 'rl OR "open', ok=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.splitlines() == [
+        "error: topic: 'rl OR \"open': this quote is never closed (column 7)",
+        '  rl OR "open',
+        "        ^",
+    ]
     run(
         tmp_path,
         "subscribers",
@@ -213,3 +218,27 @@ def test_ingest_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "ingesting" in screen and "\x1b[" in screen  # the bar, drawn with terminal codes
     assert "575 new papers" in screen
+
+
+def test_filters_test_counts_ranks_and_explains(tmp_path: Path) -> None:
+    run(tmp_path, "db", "upgrade")
+    run(tmp_path, "ingest")
+    shown = run(tmp_path, "filters", "test", 'org:"ZIP Lab" OR (GPT-4 poker)', "--json")
+    result = json.loads(shown.stdout)
+    assert result["canonical"] == 'org:"zip lab" OR ("gpt 4" AND poker)'
+    assert result["matched"] == 2
+    titles = [p["title"] for p in result["papers"]]
+    assert any(t.startswith("ZPressor") for t in titles) and any("Poker" in t for t in titles)
+    poker = next(p for p in result["papers"] if "Poker" in p["title"])
+    assert poker["words"][:2] == ["GPT-4", "Poker"]
+
+    text = run(tmp_path, "filters", "test", "poincare", "--limit", "1").stdout
+    assert text.splitlines()[0] == "2 of 575 papers match poincare"
+    assert "Poincaré" in text
+
+    bad = run(tmp_path, "filters", "test", "diffusion AND (video OR", ok=False)
+    assert bad.stderr.splitlines() == [
+        "error: column 22: OR needs something on both sides",
+        "  diffusion AND (video OR",
+        "                       ^",
+    ]

@@ -46,8 +46,8 @@ def _run_demo(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 def _check_outbox(root: Path, stdout: str) -> list[Path]:
     emls = sorted((root / "outbox").rglob("*.eml"))
-    # config/subscribers.csv: seven subscribers, one of whom (Marie) matches nothing.
-    assert len(emls) == 6, stdout
+    # config/subscribers.csv: eight subscribers, one of whom (Marie) matches nothing.
+    assert len(emls) == 7, stdout
     assert not any(p.name.startswith("marie@") for p in emls)
     assert str(emls[0].parent) in stdout  # it says where the digests are
     for path in emls:

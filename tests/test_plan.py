@@ -157,3 +157,36 @@ def test_concurrent_planners_make_one_digest_each(engine, settings, now) -> None
     assert errors == []
     rows = _deliveries(engine)
     assert len(rows) == 20 and len({r.subscriber_id for r in rows}) == 20
+
+
+def test_star_or_no_topic_gets_the_day_ranked_by_upvotes_then_freshness(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    older_popular = add_paper(
+        engine, title="A", abstract="x.", seen=now - timedelta(hours=5), upvotes=9
+    )
+    fresh = add_paper(engine, title="B", abstract="x.", seen=now - timedelta(hours=1), upvotes=2)
+    stale = add_paper(engine, title="C", abstract="x.", seen=now - timedelta(hours=3), upvotes=2)
+    subscribe(engine, email="star@example.org", topics=["*"], now=now)
+    subscribe(engine, email="none@example.org", topics=[], now=now)
+    report = _plan(engine, settings, now)
+    for planned in report.planned:
+        assert [m.paper_id for m in planned.ranked.matches] == [older_popular, fresh, stale]
+    assert len(report.planned) == 2
+
+
+def test_each_item_records_which_filters_and_words_matched(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    add_paper(
+        engine,
+        title="Poincaré Embeddings",
+        abstract="Hyperbolic models.",
+        seen=now - timedelta(hours=1),
+    )
+    subscribe(engine, email="a@example.org", topics=["poincare", "model -video", "graph"], now=now)
+    _plan(engine, settings, now)
+    with db.session_scope(engine=engine) as session:
+        (item,) = session.exec(select(DeliveryItem)).all()
+    assert json.loads(item.matched_topics) == ["poincare", "model -video"]
+    assert json.loads(item.matched_terms) == ["Poincaré", "models"]

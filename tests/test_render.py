@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from newsletter.errors import NewsletterError
 from newsletter.render import (
+    MARK_OPEN,
     Digest,
     DigestPaper,
     HeaderInjectionError,
@@ -30,6 +31,8 @@ from newsletter.render import (
 SENDER = Sender(address="papers@example.org")
 UNSUBSCRIBE = "https://news.example.org/u/" + "T" * 43
 TOKENFORMER = "TokenFormer: Rethinking Transformer Scaling with Tokenized Model Parameters"
+
+M = MARK_OPEN  # how a highlighted word opens
 
 
 def make_paper(**kw) -> DigestPaper:
@@ -164,9 +167,9 @@ def test_user_text_is_escaped_in_html_and_intact_in_text():
     lowered = html.lower()
     for raw_markup in ("<script", "<b>", "<img", "<svg", "<i>"):
         assert raw_markup not in lowered
-    script, b = "<strong>script</strong>", "<strong>b</strong>"
+    script, b = f"{M}script</mark>", f"{M}b</mark>"
     assert f"&lt;{script}&gt;alert(1)&lt;/{script}&gt; &amp; Friends" in html
-    assert f"&lt;{b}&gt;boldly&lt;/{b}&gt; compare A &amp; <strong>B</strong>" in html
+    assert f"&lt;{b}&gt;boldly&lt;/{b}&gt; compare A &amp; {M}B</mark>" in html
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
 
     assert XSS_TITLE in plain
@@ -291,32 +294,30 @@ def test_address_without_name():
 
 def test_highlight_whole_words_case_insensitively():
     out = highlight("Model remodel model-based MODELS MODEL.", ["model"])
-    assert out == (
-        "<strong>Model</strong> remodel <strong>model</strong>-based MODELS <strong>MODEL</strong>."
-    )
+    assert out == (f"{M}Model</mark> remodel {M}model</mark>-based MODELS {M}MODEL</mark>.")
 
 
 def test_highlight_escapes_every_segment():
     assert highlight("<model> & co", ["model", "co"]) == (
-        "&lt;<strong>model</strong>&gt; &amp; <strong>co</strong>"
+        f"&lt;{M}model</mark>&gt; &amp; {M}co</mark>"
     )
     assert highlight("a <b> c", []) == "a &lt;b&gt; c"
     # a term that is itself markup-ish is matched on the raw text, then escaped
-    assert highlight("x <b> y", ["<b>"]) == "x <strong>&lt;b&gt;</strong> y"
+    assert highlight("x <b> y", ["<b>"]) == f"x {M}&lt;b&gt;</mark> y"
 
 
 def test_highlight_phrases_and_symbols():
     assert highlight("A Diffusion\n model and diffusion", ["diffusion model", "diffusion"]) == (
-        "A <strong>Diffusion\n model</strong> and <strong>diffusion</strong>"
+        f"A {M}Diffusion\n model</mark> and {M}diffusion</mark>"
     )
-    assert highlight("Use C++ not C", ["c++"]) == "Use <strong>C++</strong> not C"
+    assert highlight("Use C++ not C", ["c++"]) == f"Use {M}C++</mark> not C"
 
 
 def test_rendered_html_highlights_title_and_excerpt():
     html = render().html
-    assert "Tokenized <strong>Model</strong> Parameters" in html
-    assert "Our <strong>Model</strong> scales" in html
-    assert "re<strong>" not in html and "remodel" in html
+    assert f"Tokenized {M}Model</mark> Parameters" in html
+    assert f"Our {M}Model</mark> scales" in html
+    assert "re<mark" not in html and "remodel" in html
 
 
 # --- content ----------------------------------------------------------------------------

@@ -16,8 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
-from newsletter.filters.index import K1, TITLE_BOOST, B, DayIndex, anchors, iter_bits
+from newsletter.filters.index import (
+    K1,
+    TITLE_BOOST,
+    B,
+    DayIndex,
+    Evaluator,
+    anchors,
+    compile_tree,
+    iter_bits,
+)
 from newsletter.filters.parser import parse_filter
 from newsletter.filters.tokens import stem
 
@@ -33,9 +44,10 @@ class CompiledFilter:
     tree: Node
     anchors: frozenset[tuple[str, str]] | None
     leaves: tuple[Term | Phrase, ...]
+    run: Evaluator  # the tree as closures: run(index) -> bitset
 
 
-@lru_cache(maxsize=100_000)
+@lru_cache(maxsize=500_000)
 def compile_filter(query: str) -> CompiledFilter:
     """Parse and analyse; raises FilterSyntaxError. Cached: subscribers share filters."""
     tree = parse_filter(query)
@@ -44,6 +56,7 @@ def compile_filter(query: str) -> CompiledFilter:
         tree=tree,
         anchors=anchors(tree),
         leaves=tuple(dict.fromkeys(positive_leaves(tree))),
+        run=compile_tree(tree),
     )
 
 
@@ -67,18 +80,42 @@ class Ranked:
 
 
 class Ranker:
-    """Matches and ranks subscribers' filters against one DayIndex, caching shared work."""
+    """Matches and ranks subscribers' filters against one DayIndex, caching shared work.
+
+    Matching is bitsets (see index.py). Ranking is vectors: each distinct
+    word or phrase gets its BM25F score for every paper once, each distinct
+    filter the sum of its words' vectors, and a subscriber's scores are the
+    sum of their filters' vectors, so ranking a subscriber costs a few array
+    operations plus sorting their own matches. Explanations are worked out
+    only for the papers that make the digest.
+    """
 
     def __init__(self, index: DayIndex) -> None:
         self.index = index
+        n = index.n
         self._filter_bits: dict[str, int] = {}
-        self._leaf: dict[tuple[Term | Phrase, int], tuple[float, tuple[str, ...]]] = {}
+        self._filter_scores: dict[str, np.ndarray] = {}
+        self._leaf_scores: dict[Term | Phrase, np.ndarray] = {}
+        self._shown: dict[tuple[Term | Phrase, int], tuple[str, ...]] = {}
+        upvotes = np.array([p.upvotes or 0 for p in index.papers], dtype=np.float64)
+        self.upvotes = upvotes
+        self.popularity = 1 + UPVOTE_BOOST * np.minimum(
+            1.0, np.log1p(upvotes) / math.log1p(UPVOTES_FOR_FULL_BOOST)
+        )
+        self.seen = np.array(
+            [p.first_seen_at.timestamp() if p.first_seen_at else 0.0 for p in index.papers]
+        )
+        self.ids = np.array([p.id for p in index.papers], dtype=np.int64)
+        self._zeros = np.zeros(n)
+        self._nbytes = (n + 7) // 8
+
+    # --- matching -------------------------------------------------------------------
 
     def filter_bits(self, flt: CompiledFilter) -> int:
         bits = self._filter_bits.get(flt.query)
         if bits is None:
             # Presearch: when none of the words the filter needs occurs, skip evaluating it.
-            bits = self.index.evaluate(flt.tree) if self.index.could_match(flt.anchors) else 0
+            bits = flt.run(self.index) if self.index.could_match(flt.anchors) else 0
             self._filter_bits[flt.query] = bits
         return bits
 
@@ -91,31 +128,51 @@ class Ranker:
             bits |= self.filter_bits(flt)
         return bits
 
-    def leaf(self, leaf: Term | Phrase, i: int) -> tuple[float, tuple[str, ...]]:
-        """BM25F score of one word or phrase in paper i, and the words as written."""
-        key = (leaf, i)
-        cached = self._leaf.get(key)
+    # --- scoring ----------------------------------------------------------------------
+
+    def leaf_scores(self, leaf: Term | Phrase) -> np.ndarray:
+        """BM25F score of one word or phrase in every paper (0 where absent)."""
+        cached = self._leaf_scores.get(leaf)
         if cached is not None:
             return cached
-        hits = self.index.leaf_hits(leaf, i)
-        if not hits:
-            cached = (0.0, ())
-        else:
-            stats = self.index.stats
-            tf = sum((TITLE_BOOST if f == "title" else 1.0) * n for f, n, _ in hits)
-            fields = self.index.fields[i]
+        index, stats = self.index, self.index.stats
+        words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
+        idf = sum(stats.idf(stem(w)) for w in words)
+        scores = np.zeros(index.n)
+        for i in iter_bits(index.evaluate(leaf)):
+            tf = sum(
+                (TITLE_BOOST if f == "title" else 1.0) * n for f, n in index.leaf_counts(leaf, i)
+            )
+            fields = index.fields[i]
             length = TITLE_BOOST * len(fields["title"].stems) + len(fields["abstract"].stems)
-            words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
-            idf = sum(stats.idf(stem(w)) for w in words)
             norm = K1 * (1 - B + B * length / stats.avg_len)
-            cached = (idf * tf * (K1 + 1) / (tf + norm), tuple(shown for _, _, shown in hits))
-        self._leaf[key] = cached
+            scores[i] = idf * tf * (K1 + 1) / (tf + norm)
+        self._leaf_scores[leaf] = scores
+        return scores
+
+    def filter_scores(self, flt: CompiledFilter) -> np.ndarray:
+        """Relevance of every paper to one filter: its words' scores where it matches."""
+        cached = self._filter_scores.get(flt.query)
+        if cached is None:
+            total = self._zeros
+            for leaf in flt.leaves:
+                total = total + self.leaf_scores(leaf)
+            cached = self._filter_scores[flt.query] = total * self.mask(self.filter_bits(flt))
         return cached
 
-    def popularity(self, i: int) -> float:
-        """The factor upvotes multiply relevance by: 1 to 1 + UPVOTE_BOOST."""
-        upvotes = self.index.papers[i].upvotes or 0
-        return 1 + UPVOTE_BOOST * min(1.0, math.log1p(upvotes) / math.log1p(UPVOTES_FOR_FULL_BOOST))
+    def mask(self, bits: int) -> np.ndarray:
+        """A bitset as a boolean array over the papers."""
+        raw = np.frombuffer(bits.to_bytes(self._nbytes, "little"), dtype=np.uint8)
+        return np.unpackbits(raw, bitorder="little")[: self.index.n].astype(bool)
+
+    def shown(self, leaf: Term | Phrase, i: int) -> tuple[str, ...]:
+        key = (leaf, i)
+        cached = self._shown.get(key)
+        if cached is None:
+            cached = self._shown[key] = tuple(shown for _, shown in self.index.leaf_hits(leaf, i))
+        return cached
+
+    # --- ranking ----------------------------------------------------------------------
 
     def rank(
         self, filters: Sequence[CompiledFilter], *, within: int | None = None, limit: int
@@ -124,33 +181,30 @@ class Ranker:
         bits = self.matching(filters)
         if within is not None:
             bits &= within
-        found: list[PaperMatch] = []
-        for i in iter_bits(bits):
-            score = 0.0
+        if not bits:
+            return Ranked(matches=(), total=0)
+        candidates = np.flatnonzero(self.mask(bits))
+        relevance = self._zeros
+        for flt in filters:
+            relevance = relevance + self.filter_scores(flt)
+        score = relevance[candidates] * self.popularity[candidates]
+        # Best first: score, then upvotes, then the fresher, then the lower id (stable).
+        order = np.lexsort(
+            (self.ids[candidates], -self.seen[candidates], -self.upvotes[candidates], -score)
+        )
+        matches = []
+        for j in order[:limit]:
+            i = int(candidates[j])
             names: list[str] = []
             words: dict[str, None] = {}
             for flt in filters:
-                if not (self._filter_bits.get(flt.query, 0) >> i) & 1:
-                    continue
-                names.append(flt.query)
-                for leaf in flt.leaves:
-                    leaf_score, shown = self.leaf(leaf, i)
-                    score += leaf_score
-                    words.update(dict.fromkeys(shown))
-            doc = self.index.papers[i]
-            score *= self.popularity(i)
-            found.append(PaperMatch(i, doc.id, score, tuple(names) or ("*",), tuple(words)))
-        papers = self.index.papers
-        found.sort(
-            key=lambda m: (
-                -m.score,
-                -(papers[m.index].upvotes or 0),
-                -self._seen(m.index),
-                m.paper_id,
+                if (self._filter_bits[flt.query] >> i) & 1:
+                    names.append(flt.query)
+                    for leaf in flt.leaves:
+                        words.update(dict.fromkeys(self.shown(leaf, i)))
+            matches.append(
+                PaperMatch(
+                    i, int(self.ids[i]), float(score[j]), tuple(names) or ("*",), tuple(words)
+                )
             )
-        )
-        return Ranked(matches=tuple(found[:limit]), total=len(found))
-
-    def _seen(self, i: int) -> float:
-        seen = self.index.papers[i].first_seen_at
-        return seen.timestamp() if seen is not None else 0.0
+        return Ranked(matches=tuple(matches), total=len(candidates))
