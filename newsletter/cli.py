@@ -41,6 +41,7 @@ db_app = typer.Typer(
 )
 papers_app = typer.Typer(help="Papers stored from the corpus.", no_args_is_help=True)
 subs_app = typer.Typer(help="Subscribers and their topic filters.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="The sent-ledger: list digests, requeue failures.")
 filters_app = typer.Typer(
     help="Topic filters: try one against the stored papers.", no_args_is_help=True
 )
@@ -48,6 +49,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(papers_app, name="papers")
 app.add_typer(subs_app, name="subscribers")
 app.add_typer(filters_app, name="filters")
+app.add_typer(deliveries_app, name="deliveries")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -395,6 +397,9 @@ def send(
     from newsletter.plan import plan_digests
 
     ctx = _context()
+    backend = get_backend(
+        settings=ctx.settings
+    )  # a delivery misconfiguration stops us before planning
     email = None
     sid = None
     if subscriber is not None:
@@ -428,7 +433,6 @@ def send(
     if dry_run:
         return
 
-    backend = get_backend(settings=ctx.settings)
     with _progress() as progress:
         task = progress.add_task("delivering", total=None)
         result = asyncio.run(
@@ -487,12 +491,18 @@ def preview(
     out.print(f"wrote {out_file} ({len(digest.papers)} papers)")
 
 
-@app.command("deliveries")
+@deliveries_app.callback(invoke_without_command=True)
 def deliveries_list(
-    status: Annotated[str | None, typer.Option(help="Only deliveries in this state.")] = None,
+    typer_ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this state: pending, sending, sent, failed, cancelled."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List digests in the ledger with their state."""
+    """List digests in the ledger with their state, attempts and last error."""
+    if typer_ctx.invoked_subcommand is not None:
+        return
     ctx = _context()
     query = select(Delivery).order_by(Delivery.id.desc())  # type: ignore[union-attr]
     if status:
@@ -514,6 +524,73 @@ def deliveries_list(
             r.last_error or "",
         )
     out.print(table)
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    failed: Annotated[bool, typer.Option("--failed", help="Requeue every failed digest.")] = False,
+    subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's.")] = None,
+) -> None:
+    """Requeue failed digests once their cause is fixed (reactivates suppressed subscribers)."""
+    from newsletter.deliver import retry_failed
+
+    if not failed:
+        raise typer.BadParameter("say which: --failed", param_hint="--failed")
+    ctx = _context()
+    sid = _subscriber_id(ctx, subscriber) if subscriber else None
+    count = retry_failed(engine=ctx.engine, now=utcnow(), subscriber_id=sid)
+    out.print(f"requeued {count} failed digests; `newsletter send` or a worker delivers them")
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Counts: digests by state, retries, bounces, suppressed subscribers."""
+    from newsletter.deliver import stats as ledger_stats
+
+    counts = ledger_stats(engine=_context().engine)
+    if as_json:
+        _print_json(counts)
+        return
+    table = Table("", "count", box=None)
+    for name, n in counts.items():
+        table.add_row(name.replace("_", " "), str(n))
+    out.print(table)
+
+
+@app.command()
+def worker(
+    poll: Annotated[float, typer.Option(help="Seconds between looks for due digests.")] = 5.0,
+) -> None:
+    """Deliver due digests continuously, retries included, until SIGTERM or Ctrl-C."""
+    import signal
+
+    from newsletter.backends import get_backend
+    from newsletter.deliver import run_worker
+
+    ctx = _context()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_worker(
+            engine=ctx.engine,
+            settings=ctx.settings,
+            backend=get_backend(settings=ctx.settings),
+            links=ctx.links(),
+            now=utcnow,
+            stop=stop,
+            poll_seconds=poll,
+            on_outcome=lambda o: err.print(
+                f"{o.email}: {o.status}" + (f" ({o.error})" if o.error else ""), markup=False
+            ),
+        )
+
+    attempts = asyncio.run(main())
+    out.print(f"worker stopped after {attempts} delivery attempts")
 
 
 @app.command("config")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import secrets
 import zoneinfo
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,29 @@ DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
 # Settings of stages still being built; accepted so a prepared .env does not fail.
-LATER_PREFIXES = ("NEWSLETTER_SMTP_", "NEWSLETTER_RETRY_", "NEWSLETTER_WEB_", "NEWSLETTER_LOG_")
+LATER_PREFIXES = ("NEWSLETTER_WEB_", "NEWSLETTER_LOG_")
+SMTP_TLS_MODES = ("none", "starttls", "implicit")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str
+    port: int
+    tls: str  # one of SMTP_TLS_MODES
+    username: str
+    password: str = field(repr=False)  # never printed, never logged
+    timeout: float
+    pool_size: int
+    max_per_connection: int
+    rate: float  # messages per second across all connections; 0: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_seconds: float
+    max_seconds: float
+    deadline_hours: float
+    soft_bounce_limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +70,8 @@ class Settings:
     default_send_at: str
     digest_max_papers: int
     first_digest_days: int
+    smtp: SmtpSettings
+    retry: RetryPolicy
 
     @property
     def data_dir(self) -> Path:
@@ -85,6 +110,31 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "NEWSLETTER_FIRST_DIGEST_DAYS": (
         "7",
         "A subscriber's first digest covers papers first seen this many days back.",
+    ),
+    "NEWSLETTER_SMTP_HOST": ("localhost", "SMTP relay (with NEWSLETTER_DELIVERY=smtp)."),
+    "NEWSLETTER_SMTP_PORT": ("25", "Relay port: 25 or 587 (starttls), 465 (implicit)."),
+    "NEWSLETTER_SMTP_TLS": ("none", "none, starttls or implicit."),
+    "NEWSLETTER_SMTP_USERNAME": ("", "Relay login; empty: no AUTH."),
+    "NEWSLETTER_SMTP_PASSWORD": ("", "Relay password (a secret: set it in the environment)."),
+    "NEWSLETTER_SMTP_TIMEOUT": (
+        "30",
+        "Seconds to wait for the relay before a try counts as failed.",
+    ),
+    "NEWSLETTER_SMTP_POOL_SIZE": ("4", "Parallel connections to the relay."),
+    "NEWSLETTER_SMTP_MAX_PER_CONNECTION": (
+        "100",
+        "Messages sent on one connection before reconnecting.",
+    ),
+    "NEWSLETTER_SMTP_RATE": ("0", "Most messages per second in all (0: no limit)."),
+    "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
+    "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
+    "NEWSLETTER_RETRY_DEADLINE_HOURS": (
+        "48",
+        "Give up on a digest this long after it was planned (a soft bounce).",
+    ),
+    "NEWSLETTER_SOFT_BOUNCE_LIMIT": (
+        "3",
+        "Soft bounces in a row that suppress a subscriber (a hard bounce suppresses at once).",
     ),
 }
 
@@ -222,6 +272,56 @@ def load_settings(
         first_digest_days=_int(
             "NEWSLETTER_FIRST_DIGEST_DAYS", get("NEWSLETTER_FIRST_DIGEST_DAYS"), minimum=0
         ),
+        smtp=_smtp(get),
+        retry=RetryPolicy(
+            base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
+            max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
+            deadline_hours=_number("NEWSLETTER_RETRY_DEADLINE_HOURS", get, minimum=0),
+            soft_bounce_limit=_int(
+                "NEWSLETTER_SOFT_BOUNCE_LIMIT", get("NEWSLETTER_SOFT_BOUNCE_LIMIT"), minimum=1
+            ),
+        ),
+    )
+
+
+def _number(name: str, get: Callable[[str], str], *, minimum: float) -> float:
+    raw = get(name)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(setting=name, message=f"expected a number, got {raw!r}") from None
+    if not value >= minimum:  # also refuses NaN
+        raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
+    return value
+
+
+def _smtp(get: Callable[[str], str]) -> SmtpSettings:
+    tls = get("NEWSLETTER_SMTP_TLS").lower()
+    if tls not in SMTP_TLS_MODES:
+        raise ConfigError(
+            setting="NEWSLETTER_SMTP_TLS",
+            message=f"expected one of {', '.join(SMTP_TLS_MODES)}, got {tls!r}",
+        )
+    host = get("NEWSLETTER_SMTP_HOST")
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(setting="NEWSLETTER_SMTP_HOST", message=f"not a host name: {host!r}")
+    port = _int("NEWSLETTER_SMTP_PORT", get("NEWSLETTER_SMTP_PORT"), minimum=1)
+    if port > 65535:
+        raise ConfigError(setting="NEWSLETTER_SMTP_PORT", message=f"not a port: {port}")
+    return SmtpSettings(
+        host=host,
+        port=port,
+        tls=tls,
+        username=get("NEWSLETTER_SMTP_USERNAME"),
+        password=get("NEWSLETTER_SMTP_PASSWORD"),
+        timeout=_number("NEWSLETTER_SMTP_TIMEOUT", get, minimum=0.001),
+        pool_size=_int("NEWSLETTER_SMTP_POOL_SIZE", get("NEWSLETTER_SMTP_POOL_SIZE"), minimum=1),
+        max_per_connection=_int(
+            "NEWSLETTER_SMTP_MAX_PER_CONNECTION",
+            get("NEWSLETTER_SMTP_MAX_PER_CONNECTION"),
+            minimum=1,
+        ),
+        rate=_number("NEWSLETTER_SMTP_RATE", get, minimum=0),
     )
 
 
@@ -258,4 +358,5 @@ def describe(settings: Settings) -> dict[str, Any]:
     """Settings for display, the secret masked."""
     shown = {f.name: getattr(settings, f.name) for f in fields(settings)}
     shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
+    shown["smtp"] = repr(settings.smtp) + (" password=(set)" if settings.smtp.password else "")
     return {k: str(v) for k, v in shown.items()}

@@ -10,6 +10,7 @@ the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from sqlmodel import Session, select
 
 from newsletter import render
 from newsletter.backends.base import EmailBackend, OutgoingMessage
-from newsletter.config import Settings
+from newsletter.config import RetryPolicy, Settings
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from newsletter.links import Links
@@ -36,8 +37,6 @@ from newsletter.models import (
 )
 
 LEASE = timedelta(minutes=5)
-RETRY_BASE = timedelta(seconds=60)
-RETRY_MAX = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +115,10 @@ def claim(
         )
         if subscriber_id is not None:
             due = sa.and_(due, Delivery.subscriber_id == subscriber_id)
-        ids = list(session.exec(select(Delivery.id).where(due).order_by(Delivery.id).limit(limit)))
+        # PostgreSQL: rows another worker holds are skipped, not waited for, so any
+        # number of workers share the queue; SQLite has one writer and ignores it.
+        query = select(Delivery.id).where(due).order_by(Delivery.id).limit(limit)
+        ids = list(session.exec(query.with_for_update(skip_locked=True)))
         if not ids:
             return []
         # The guard repeats ``due`` so a row another worker claimed in between is not taken twice.
@@ -129,43 +131,86 @@ def claim(
         return sorted(r[0] for r in result)
 
 
-def backoff(*, attempts: int, rng: random.Random | None = None) -> timedelta:
-    """Exponential backoff with full jitter, capped."""
-    ceiling = min(RETRY_MAX.total_seconds(), RETRY_BASE.total_seconds() * 2 ** (attempts - 1))
+def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with jitter: base * 2^(attempts-1), capped, then drawn from
+    its upper half, so retries of many digests spread out instead of arriving together."""
+    ceiling = min(policy.max_seconds, policy.base_seconds * 2 ** min(attempts - 1, 60))
     return timedelta(seconds=(rng or random).uniform(ceiling / 2, ceiling))
 
 
-def _finish(
+def _event(session: Session, *, kind: str, row: Delivery, now: datetime, **detail: object) -> None:
+    session.add(
+        Event(
+            at=now,
+            kind=kind,
+            subscriber_id=row.subscriber_id,
+            delivery_id=row.id,
+            detail=json.dumps(detail),
+        )
+    )
+
+
+def _suppress(
+    session: Session, *, subscriber: Subscriber | None, row: Delivery, now: datetime, why: str
+) -> None:
+    if subscriber is None or subscriber.status != SubscriberStatus.ACTIVE:
+        return
+    subscriber.status, subscriber.updated_at = SubscriberStatus.SUPPRESSED, now
+    _event(session, kind="subscriber.suppressed", row=row, now=now, reason=why)
+
+
+def record_outcome(
     *,
     engine: sa.Engine,
     delivery_id: int,
     now: datetime,
     error: DeliveryError | None,
+    policy: RetryPolicy,
     cancelled: bool = False,
 ) -> str:
+    """Record one attempt on the ledger, and what it means for the subscriber.
+
+    Transient: retried with backoff until ``deadline_hours`` after planning;
+    past that it fails as a soft bounce, and ``soft_bounce_limit`` of those in
+    a row suppress the subscriber. Permanent and the recipient's fault (RCPT
+    5xx): a hard bounce, the subscriber is suppressed at once. Permanent
+    otherwise (the message refused): this digest fails, the subscriber stays.
+    """
     with session_scope(engine=engine) as session:
         row = session.get(Delivery, delivery_id)
         assert row is not None
-        row.attempts += 0 if cancelled else 1
+        subscriber = session.get(Subscriber, row.subscriber_id)
         row.lease_until = None
         if cancelled:
             row.status, row.last_error = DeliveryStatus.CANCELLED, "subscriber is no longer active"
-        elif error is None:
+            return row.status
+        row.attempts += 1
+        if error is None:
             row.status, row.sent_at, row.last_error = DeliveryStatus.SENT, now, None
-        elif isinstance(error, TransientDeliveryError):
-            row.status, row.last_error = DeliveryStatus.PENDING, str(error)
-            row.next_attempt_at = now + backoff(attempts=row.attempts)
+            if subscriber is not None and subscriber.soft_bounces:
+                subscriber.soft_bounces = 0  # "in a row": a delivered digest resets the count
+            return row.status
+        row.last_error = str(error)
+        detail = {"code": error.code, "text": error.text, "attempt": row.attempts}
+        if isinstance(error, TransientDeliveryError):
+            retry_at = now + backoff(attempts=row.attempts, policy=policy)
+            if retry_at <= row.created_at + timedelta(hours=policy.deadline_hours):
+                row.status, row.next_attempt_at = DeliveryStatus.PENDING, retry_at
+                _event(session, kind="delivery.retry", row=row, now=now, **detail)
+                return "retrying"
+            row.status = DeliveryStatus.FAILED
+            _event(session, kind="bounce.soft", row=row, now=now, **detail)
+            if subscriber is not None:
+                subscriber.soft_bounces += 1
+                if subscriber.soft_bounces >= policy.soft_bounce_limit:
+                    _suppress(session, subscriber=subscriber, row=row, now=now, why="soft bounces")
+            return row.status
+        row.status = DeliveryStatus.FAILED
+        if error.recipient_fault:
+            _event(session, kind="bounce.hard", row=row, now=now, **detail)
+            _suppress(session, subscriber=subscriber, row=row, now=now, why="hard bounce")
         else:
-            row.status, row.last_error = DeliveryStatus.FAILED, str(error)
-            session.add(
-                Event(
-                    at=now,
-                    kind="delivery.failed",
-                    subscriber_id=row.subscriber_id,
-                    delivery_id=row.id,
-                    detail=json.dumps({"error": str(error)}),
-                )
-            )
+            _event(session, kind="delivery.failed", row=row, now=now, **detail)
         return row.status
 
 
@@ -177,28 +222,137 @@ async def deliver_due(
     links: Links,
     now: Callable[[], datetime],
     batch_size: int = 200,
-    on_outcome: Callable[[Outcome], None] | None = None,
+    concurrency: int | None = None,
     subscriber_id: int | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> DeliverReport:
-    """Send every due delivery once; returns when nothing due is left."""
+    """Send every due delivery once; returns when nothing due is left (or on ``stop``,
+    after the batch in hand is finished and recorded).
+
+    Up to ``concurrency`` sends are in flight at once (default: the SMTP pool
+    size), so a pool of connections is kept busy.
+    """
     report = DeliverReport()
     sender = render.Sender(address=settings.from_address, name=settings.from_name or None)
+    gate = asyncio.Semaphore(concurrency or settings.smtp.pool_size)
+
+    async def one(delivery_id: int) -> None:
+        async with gate:
+            outcome = await _deliver_one(
+                engine=engine,
+                delivery_id=delivery_id,
+                backend=backend,
+                links=links,
+                sender=sender,
+                now=now,
+                policy=settings.retry,
+            )
+        report.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
     async with backend:
-        while ids := claim(engine=engine, now=now(), limit=batch_size, subscriber_id=subscriber_id):
-            for delivery_id in ids:
-                outcome = await _deliver_one(
-                    engine=engine,
-                    delivery_id=delivery_id,
-                    backend=backend,
-                    links=links,
-                    sender=sender,
-                    now=now,
-                )
-                report.outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
-            await asyncio.sleep(0)
+        while not (stop and stop.is_set()) and (
+            ids := claim(engine=engine, now=now(), limit=batch_size, subscriber_id=subscriber_id)
+        ):
+            await asyncio.gather(*(one(i) for i in ids))
     return report
+
+
+async def run_worker(
+    *,
+    engine: sa.Engine,
+    settings: Settings,
+    backend: EmailBackend,
+    links: Links,
+    now: Callable[[], datetime],
+    stop: asyncio.Event,
+    poll_seconds: float = 5.0,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> int:
+    """Deliver continuously until ``stop`` is set; returns how many attempts were made.
+
+    The backend (the SMTP pool) stays open across polls.
+    """
+    attempts = 0
+    async with backend:
+        while not stop.is_set():
+            report = await deliver_due(
+                engine=engine,
+                settings=settings,
+                backend=backend,
+                links=links,
+                now=now,
+                on_outcome=on_outcome,
+                stop=stop,
+            )
+            attempts += len(report.outcomes)
+            with contextlib.suppress(TimeoutError):  # the poll interval passed: look again
+                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+    return attempts
+
+
+def stats(*, engine: sa.Engine) -> dict[str, int]:
+    """What an operator asks first: where every digest stands, and who is suppressed."""
+    with session_scope(engine=engine) as session:
+        by_status = dict(
+            session.exec(
+                select(Delivery.status, sa.func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
+            ).all()
+        )
+        retrying = session.exec(
+            select(sa.func.count())
+            .select_from(Delivery)
+            .where(Delivery.status == DeliveryStatus.PENDING, Delivery.attempts > 0)
+        ).one()
+        events = dict(
+            session.exec(
+                select(Event.kind, sa.func.count())  # type: ignore[call-overload]
+                .where(Event.kind.in_(["bounce.hard", "bounce.soft"]))  # type: ignore[attr-defined]
+                .group_by(Event.kind)
+            ).all()
+        )
+        subscribers = dict(
+            session.exec(
+                select(Subscriber.status, sa.func.count()).group_by(Subscriber.status)  # type: ignore[call-overload]
+            ).all()
+        )
+    return {
+        "pending": by_status.get(DeliveryStatus.PENDING, 0) - retrying,
+        "retrying": retrying,
+        "sending": by_status.get(DeliveryStatus.SENDING, 0),
+        "sent": by_status.get(DeliveryStatus.SENT, 0),
+        "failed": by_status.get(DeliveryStatus.FAILED, 0),
+        "cancelled": by_status.get(DeliveryStatus.CANCELLED, 0),
+        "hard_bounces": events.get("bounce.hard", 0),
+        "soft_bounces": events.get("bounce.soft", 0),
+        "subscribers_active": subscribers.get(SubscriberStatus.ACTIVE, 0),
+        "subscribers_suppressed": subscribers.get(SubscriberStatus.SUPPRESSED, 0),
+        "subscribers_unsubscribed": subscribers.get(SubscriberStatus.UNSUBSCRIBED, 0),
+    }
+
+
+def retry_failed(*, engine: sa.Engine, now: datetime, subscriber_id: int | None = None) -> int:
+    """Requeue failed digests an operator has fixed the cause of, and reactivate their
+    suppressed subscribers (otherwise the retry would only be cancelled)."""
+    with session_scope(engine=engine) as session:
+        query = select(Delivery).where(Delivery.status == DeliveryStatus.FAILED)
+        if subscriber_id is not None:
+            query = query.where(Delivery.subscriber_id == subscriber_id)
+        rows = list(session.exec(query))
+        for row in rows:
+            row.status, row.next_attempt_at, row.lease_until = DeliveryStatus.PENDING, now, None
+            _event(session, kind="delivery.requeued", row=row, now=now, by="operator")
+            subscriber = session.get(Subscriber, row.subscriber_id)
+            if subscriber is not None and subscriber.status == SubscriberStatus.SUPPRESSED:
+                subscriber.status, subscriber.soft_bounces, subscriber.updated_at = (
+                    SubscriberStatus.ACTIVE,
+                    0,
+                    now,
+                )
+                _event(session, kind="subscriber.reactivated", row=row, now=now, by="operator")
+        return len(rows)
 
 
 async def _deliver_one(
@@ -209,6 +363,7 @@ async def _deliver_one(
     links: Links,
     sender: render.Sender,
     now: Callable[[], datetime],
+    policy: RetryPolicy,
 ) -> Outcome:
     with session_scope(engine=engine) as session:
         delivery = session.get(Delivery, delivery_id)
@@ -219,16 +374,19 @@ async def _deliver_one(
         error: DeliveryError | None = None
         if active:
             try:
-                message = outgoing(
-                    digest=load_digest(session=session, delivery=delivery, links=links),
-                    sender=sender,
-                )
+                digest = load_digest(session=session, delivery=delivery, links=links)
+                message = outgoing(digest=digest, sender=sender)
             except (render.RenderError, render.HeaderInjectionError) as exc:
                 error = PermanentDeliveryError(f"cannot render: {exc}")
         email = delivery.to_address
     if not active:
-        status = _finish(
-            engine=engine, delivery_id=delivery_id, now=now(), error=None, cancelled=True
+        status = record_outcome(
+            engine=engine,
+            delivery_id=delivery_id,
+            now=now(),
+            error=None,
+            policy=policy,
+            cancelled=True,
         )
         return Outcome(delivery_id, email, status, "subscriber is no longer active")
     if message is not None:
@@ -236,5 +394,7 @@ async def _deliver_one(
             await backend.send(message)
         except DeliveryError as exc:
             error = exc
-    status = _finish(engine=engine, delivery_id=delivery_id, now=now(), error=error)
+    status = record_outcome(
+        engine=engine, delivery_id=delivery_id, now=now(), error=error, policy=policy
+    )
     return Outcome(delivery_id, email, status, str(error) if error else None)

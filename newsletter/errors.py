@@ -46,12 +46,38 @@ class DuplicateSubscriberError(SubscriberError):
 
 
 class DeliveryError(NewsletterError):
-    """A message could not be handed over; subclasses say whether to retry."""
+    """A message could not be handed over; subclasses say whether to retry.
+
+    ``code`` is the SMTP reply code when the server gave one (None for a
+    dropped connection, a timeout or a local failure); ``text`` what it said.
+    """
+
+    def __init__(
+        self, text: str, *, code: int | None = None, recipient_fault: bool = False
+    ) -> None:
+        self.code, self.text = code, text
+        # True when the recipient's server refused the address (RCPT): what makes a
+        # permanent failure a hard bounce that suppresses the subscriber.
+        self.recipient_fault = recipient_fault
+        super().__init__(f"{code} {text}" if code else text)
 
 
 class TransientDeliveryError(DeliveryError):
-    """Try again later (4xx reply, dropped connection, timeout, full disk)."""
+    """Try again later (4xx reply, 552, dropped connection, timeout, full disk)."""
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Do not retry (5xx reply, invalid message)."""
+    """Do not retry (5xx reply other than 552, a message that cannot be built)."""
+
+
+def classify_reply(code: int | None, text: str, *, recipient_fault: bool = False) -> DeliveryError:
+    """The error an SMTP outcome stands for.
+
+    RFC 5321 section 4.5.3.1.10: 552 ("exceeded storage allocation") is sent
+    as permanent but should be treated as temporary, as Mailman and Postfix do.
+    No code (a dropped connection, a timeout) is transient: the message may
+    not have arrived, and the same Message-ID lets the recipient spot a repeat.
+    """
+    if code is not None and code >= 500 and code != 552:
+        return PermanentDeliveryError(text, code=code, recipient_fault=recipient_fault)
+    return TransientDeliveryError(text, code=code, recipient_fault=recipient_fault)

@@ -101,6 +101,9 @@ class Subscriber(SQLModel, table=True):
     timezone: str = Field(max_length=64, default="UTC")
     send_at: str = Field(max_length=5, default="08:00", description="local HH:MM")
     status: str = Field(max_length=16, default=SubscriberStatus.ACTIVE, index=True)
+    soft_bounces: int = Field(
+        default=0, sa_column_kwargs={"server_default": "0"}, description="soft bounces in a row"
+    )
     created_at: datetime = _ts()  # type: ignore[assignment]
     updated_at: datetime = _ts()  # type: ignore[assignment]
 

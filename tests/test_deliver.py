@@ -86,7 +86,7 @@ def test_resend_after_a_crash_overwrites_the_same_file(
 
 def test_transient_error_is_retried_later_with_backoff(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]
     backend = ScriptedBackend([TransientDeliveryError("451 try later")])
-    assert deliver(engine, settings, backend, now).count("pending") == 1
+    assert deliver(engine, settings, backend, now).count("retrying") == 1
     row = _row(engine)
     assert (row.status, row.attempts, row.last_error) == ("pending", 1, "451 try later")
     assert now + timedelta(seconds=30) <= row.next_attempt_at <= now + timedelta(seconds=60)

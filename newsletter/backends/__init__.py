@@ -1,7 +1,8 @@
 """Where messages go: one small class per transport, one contract for all.
 
-``base`` holds the contract; ``file`` writes test-mode .eml files, ``memory``
-keeps messages for tests. ``get_backend`` picks one by the configured name.
+``base`` holds the contract; ``smtp`` sends through a relay, ``file``
+writes test-mode .eml files, ``memory`` keeps messages for tests.
+``get_backend`` picks one by the configured name.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ def get_backend(*, settings: Settings) -> EmailBackend:
         from newsletter.backends.memory import MemoryBackend
 
         return MemoryBackend()
-    from newsletter.errors import ConfigError
+    from newsletter.backends.smtp import SMTPBackend
 
-    raise ConfigError(
-        setting="NEWSLETTER_DELIVERY", message=f"{settings.delivery!r} is not available yet"
-    )
+    return SMTPBackend(settings=settings.smtp)
 
 
 __all__ = ["EmailBackend", "OutgoingMessage", "get_backend"]
