@@ -72,6 +72,7 @@ class Settings:
     first_digest_days: int
     smtp: SmtpSettings
     retry: RetryPolicy
+    lease_seconds: float
 
     @property
     def data_dir(self) -> Path:
@@ -126,6 +127,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Messages sent on one connection before reconnecting.",
     ),
     "NEWSLETTER_SMTP_RATE": ("0", "Most messages per second in all (0: no limit)."),
+    "NEWSLETTER_LEASE_SECONDS": (
+        "300",
+        "How long a worker holds a claimed digest; a dead worker's are taken back after this.",
+    ),
     "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
     "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
     "NEWSLETTER_RETRY_DEADLINE_HOURS": (
@@ -273,6 +278,7 @@ def load_settings(
             "NEWSLETTER_FIRST_DIGEST_DAYS", get("NEWSLETTER_FIRST_DIGEST_DAYS"), minimum=0
         ),
         smtp=_smtp(get),
+        lease_seconds=_number("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),

@@ -104,7 +104,12 @@ def outgoing(*, digest: render.Digest, sender: render.Sender) -> OutgoingMessage
 
 
 def claim(
-    *, engine: sa.Engine, now: datetime, limit: int, subscriber_id: int | None = None
+    *,
+    engine: sa.Engine,
+    now: datetime,
+    limit: int,
+    subscriber_id: int | None = None,
+    lease: timedelta = LEASE,
 ) -> list[int]:
     """Take up to ``limit`` due rows: pending ones whose time has come, and
     sending ones whose lease expired (their worker died mid-send)."""
@@ -125,7 +130,7 @@ def claim(
         result = session.execute(
             sa.update(Delivery)
             .where(Delivery.id.in_(ids), due)  # type: ignore[union-attr]
-            .values(status=DeliveryStatus.SENDING, lease_until=now + LEASE)
+            .values(status=DeliveryStatus.SENDING, lease_until=now + lease)
             .returning(Delivery.id)
         )
         return sorted(r[0] for r in result)
@@ -254,7 +259,13 @@ async def deliver_due(
 
     async with backend:
         while not (stop and stop.is_set()) and (
-            ids := claim(engine=engine, now=now(), limit=batch_size, subscriber_id=subscriber_id)
+            ids := claim(
+                engine=engine,
+                now=now(),
+                limit=batch_size,
+                subscriber_id=subscriber_id,
+                lease=timedelta(seconds=settings.lease_seconds),
+            )
         ):
             await asyncio.gather(*(one(i) for i in ids))
     return report

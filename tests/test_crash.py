@@ -1,0 +1,134 @@
+"""Crash safety: SIGKILL a sending process at random moments, restart it, until done.
+
+Afterwards no subscriber lacks their digest, and the only duplicates are
+messages that were in flight at a kill (handed to the server, not yet recorded
+as sent), each carrying the same Message-ID and the same bytes as its twin.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.models import Delivery, DeliveryStatus, Subscriber, TopicFilter
+from newsletter.plan import plan_digests
+from tests.conftest import make_settings
+from tests.helpers import add_paper
+from tests.smtp_server import SMTPServer
+
+LEASE_SECONDS = 1.0
+
+
+def _prepare(tmp_path: Path, count: int) -> tuple[str, sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    now = datetime.now(UTC)
+    for i in range(3):
+        add_paper(
+            engine,
+            title=f"Diffusion {i}",
+            abstract="About diffusion.",
+            seen=now - timedelta(hours=1),
+        )
+    with db.session_scope(engine=engine) as session:
+        subs = [
+            Subscriber(email=f"c{i}@example.org", created_at=now, updated_at=now)
+            for i in range(count)
+        ]
+        session.add_all(subs)
+        session.flush()
+        session.add_all(
+            TopicFilter(subscriber_id=s.id, query="diffusion", created_at=now) for s in subs
+        )  # type: ignore[arg-type]
+    planned = plan_digests(
+        engine=engine, settings=make_settings(tmp_path, url), now=now, due_only=False
+    )
+    assert len(planned.planned) == count
+    return url, engine
+
+
+def _sender(tmp_path: Path, url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {
+        "NEWSLETTER_HOME": str(tmp_path),
+        "DATABASE_URL": url,
+        "NEWSLETTER_SECRET_KEY": "c" * 40,
+        "NEWSLETTER_DELIVERY": "smtp",
+        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+        "NEWSLETTER_SMTP_PORT": str(port),
+        "NEWSLETTER_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _left(engine: sa.Engine) -> tuple[int, int]:
+    with db.session_scope(engine=engine) as session:
+        rows = session.exec(
+            select(Delivery.status, sa.func.count()).group_by(Delivery.status)  # type: ignore[call-overload]
+        ).all()
+    counts = dict(rows)
+    return counts.get(DeliveryStatus.PENDING, 0), counts.get(DeliveryStatus.SENDING, 0)
+
+
+def _kill_until_done(tmp_path: Path, count: int, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
+    url, engine = _prepare(tmp_path, count)
+    server = SMTPServer().start()
+    in_flight_at_kills = 0
+    try:
+        for _ in range(kills):
+            proc = _sender(tmp_path, url, server.port)
+            time.sleep(rng.uniform(1.0, 2.5))  # interpreter start-up is ~1 s: kill mid-send
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            in_flight_at_kills += _left(engine)[1]  # claimed, maybe handed over, not recorded
+            time.sleep(LEASE_SECONDS + 0.2)  # the dead process's leases run out
+        for _ in range(20):
+            proc = _sender(tmp_path, url, server.port)
+            assert proc.wait(timeout=600) == 0
+            if _left(engine) == (0, 0):
+                break
+            time.sleep(LEASE_SECONDS + 0.2)
+        assert _left(engine) == (0, 0)
+
+        copies = server.handler.copies()
+        assert len(copies) == count and min(copies.values()) >= 1, "nobody lacks their digest"
+        duplicates = sum(n - 1 for n in copies.values())
+        assert duplicates <= in_flight_at_kills
+        by_rcpt: dict[str, set[tuple[str, bytes]]] = {}
+        for a in server.handler.accepted:
+            by_rcpt.setdefault(a.recipient, set()).add((a.message_id, a.data))
+        assert all(len(v) == 1 for v in by_rcpt.values()), "a resend is the same message"
+        with db.session_scope(engine=engine) as session:
+            ledger = {d.to_address: d.message_id for d in session.exec(select(Delivery))}
+        assert {r: next(iter(v))[0] for r, v in by_rcpt.items()} == ledger
+        assert in_flight_at_kills > 0, "the kills should have caught sends in flight"
+    finally:
+        server.stop()
+
+
+def test_sigkill_mid_send_loses_nothing_and_duplicates_only_in_flight(tmp_path: Path) -> None:
+    _kill_until_done(tmp_path, count=400, kills=3, seed=5)
+
+
+@pytest.mark.slow
+def test_sigkill_many_times_over_thousands_of_digests(tmp_path: Path) -> None:
+    _kill_until_done(tmp_path, count=3000, kills=6, seed=8)
