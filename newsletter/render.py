@@ -16,19 +16,18 @@ Two rules drive most of the code here:
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
 import re
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
-from email.message import EmailMessage
+from email.headerregistry import Address
 from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import jinja2
 from markupsafe import Markup, escape
@@ -111,6 +110,10 @@ class RenderedDigest:
     html: str
     text: str
     headers: tuple[tuple[str, str], ...]  # ordered (name, value) pairs, all validated
+    # The parts already quoted-printable encoded, when render_digest could assemble them
+    # from cached pieces (see _qp); to_mime_bytes encodes html and text itself otherwise.
+    html_qp: bytes | None = field(default=None, repr=False, compare=False)
+    text_qp: bytes | None = field(default=None, repr=False, compare=False)
 
 
 # --- text helpers -----------------------------------------------------------------------
@@ -193,18 +196,49 @@ def _fill(text: str, indent: str = "", first: str | None = None) -> str:
     )
 
 
-# --- templates --------------------------------------------------------------------------
+# --- compiled templates -----------------------------------------------------------------
+#
+# Rendering runs once per subscriber, so the templates are not rendered per digest. Each
+# is rendered once with sentinel values (Jinja, then MJML for the HTML shell) and split
+# at the sentinels into static text and named slots; a digest is then the static pieces
+# joined with its escaped values: string joins instead of a template engine and an MJML
+# compiler per message. Conditionals in the templates pick between variants, each
+# compiled on first use.
+
+_SLOT = "NLSLOT{}TOLSN"  # letters only: survives Jinja escaping and MJML untouched
+_SLOT_RE = re.compile(r"NLSLOT([a-z_]+)TOLSN")
 
 
-class _Templates(NamedTuple):
-    html: jinja2.Template
-    text: jinja2.Template
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    pieces: tuple[str, ...]  # static, slot name, static, slot name, ..., static
+
+    def fill(self, values: dict[str, str]) -> str:
+        out = list(self.pieces)
+        for i in range(1, len(out), 2):
+            out[i] = values[out[i]]
+        return "".join(out)
+
+    def around(self, slot: str, values: dict[str, str]) -> tuple[str, str]:
+        """The filled text before and after ``slot`` (which must occur once)."""
+        at = self.pieces.index(slot)
+        # Slots sit at odd positions, so both halves start and end with static text.
+        before = _Compiled(self.pieces[:at]).fill(values)
+        after = _Compiled(self.pieces[at + 1 :]).fill(values)
+        return before, after
+
+
+def _slots(*names: str) -> dict[str, Markup]:
+    return {name: Markup(_SLOT.format(name)) for name in names}
+
+
+def _compile(text: str) -> _Compiled:
+    return _Compiled(tuple(_SLOT_RE.split(text)))
 
 
 @functools.cache
-def _templates(templates_dir: Path) -> _Templates:
-    """One Environment and compiled templates per directory: rendering runs per subscriber."""
-    env = jinja2.Environment(
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
         # On for every template, .txt included: the text template opts out explicitly, so a
         # forgotten opt-out shows up as "&amp;" in a text part, never as live HTML.
@@ -212,30 +246,88 @@ def _templates(templates_dir: Path) -> _Templates:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
-        auto_reload=False,  # templates ship with the code; skip a stat() per render
+        auto_reload=False,
     )
-    env.filters["fill"] = _fill
+
+
+def _render_template(templates_dir: Path, name: str, context: dict[str, object]) -> str:
     try:
-        return _Templates(env.get_template("digest.mjml.j2"), env.get_template("digest.txt.j2"))
+        return _environment(templates_dir).get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"cannot load template {exc.name} from {templates_dir}") from exc
     except jinja2.TemplateError as exc:
-        raise RenderError(f"cannot load digest templates from {templates_dir}: {exc}") from exc
+        raise RenderError(f"cannot render {name} from {templates_dir}: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class _PaperView:
-    """What the templates see of one paper: display text plus pre-highlighted markup."""
+_SHELL_SLOTS = (
+    "subject", "preview", "brand", "edition", "headline", "to_name", "papers_html",
+    "more", "to_address", "topics", "archive_url", "preferences_url", "unsubscribe_url",
+)  # fmt: skip
+_PAPER_SLOTS = ("title_html", "meta", "excerpt_html", "topics")
+_TEXT_SLOTS = (
+    "brand", "edition", "headline", "to_name", "papers_text", "more", "footer",
+    "archive_url", "preferences_url", "unsubscribe_url",
+)  # fmt: skip
 
-    title: str
-    title_html: Markup
-    meta: tuple[str, ...]
-    excerpt: str
-    excerpt_html: Markup
-    topics: tuple[str, ...]
+
+@functools.cache
+def _shell(templates_dir: Path, *, named: bool, more: bool) -> _Compiled:
+    """The whole HTML email around the papers, through Jinja and MJML once."""
+    context: dict[str, object] = _slots(*_SHELL_SLOTS)
+    if not named:
+        context["to_name"] = ""
+    if not more:
+        context["more"] = ""
+    return _compile(_mjml_to_html(_render_template(templates_dir, "digest.mjml.j2", context)))
 
 
-def _paper_view(paper: DigestPaper) -> _PaperView:
-    title = _clean(latex_to_text(paper.title)) or "(untitled)"
-    excerpt = _shorten(_clean(latex_to_text(paper.abstract)), EXCERPT_CHARS)
+@functools.cache
+def _paper_html(templates_dir: Path, *, meta: bool, topics: bool) -> _Compiled:
+    context: dict[str, object] = _slots(*_PAPER_SLOTS)
+    context["meta"] = context["meta"] if meta else ""
+    context["topics"] = context["topics"] if topics else ""
+    return _compile(_render_template(templates_dir, "paper.html.j2", context))
+
+
+@functools.cache
+def _text(templates_dir: Path, *, named: bool, more: bool) -> _Compiled:
+    context: dict[str, object] = _slots(*_TEXT_SLOTS)
+    if not named:
+        context["to_name"] = ""
+    if not more:
+        context["more"] = ""
+    return _compile(_render_template(templates_dir, "digest.txt.j2", context))
+
+
+_HTML_LANG_RE = re.compile(r'(<html\b[^>]*?\blang=")[^"]*"')
+
+
+def _mjml_to_html(mjml: str) -> str:
+    try:
+        # Returns a plain str and raises a bare ValueError on malformed input. fonts={}
+        # drops the Google Fonts <link> it adds by default (we use system fonts only).
+        html = mjml2html(mjml, disable_comments=True, fonts={})
+    except ValueError as exc:
+        raise RenderError(f"MJML rejected the digest markup: {exc}") from exc
+    if "<mj-" in html:  # unknown MJML tags are copied through silently, not reported
+        raise RenderError("MJML output still contains <mj-…> tags (misspelled component?)")
+    if '<html lang="en"' not in html[:200]:
+        # mjml-python 1.4 honours <mjml lang="en">; older ones wrote lang="und".
+        html = _HTML_LANG_RE.sub(r'\1en"', html, count=1)
+    return html
+
+
+# --- per paper, cached: subscribers share papers, and often the words that matched -------
+
+
+@functools.lru_cache(maxsize=20_000)
+def _paper_text_parts(title: str, abstract: str) -> tuple[str, str]:
+    return _clean(latex_to_text(title)) or "(untitled)", _shorten(
+        _clean(latex_to_text(abstract)), EXCERPT_CHARS
+    )
+
+
+def _meta(paper: DigestPaper) -> str:
     meta = []
     if paper.organization and _clean(paper.organization):
         meta.append(_clean(paper.organization))
@@ -245,14 +337,60 @@ def _paper_view(paper: DigestPaper) -> _PaperView:
         meta.append(_format_date(paper.published_on))
     if paper.upvotes is not None:
         meta.append("▲ " + _plural(paper.upvotes, "upvote"))
-    return _PaperView(
-        title=title,
-        title_html=highlight(title, paper.matched_terms),
-        meta=tuple(meta),
-        excerpt=excerpt,
-        excerpt_html=highlight(excerpt, paper.matched_terms),
-        topics=tuple(t for t in map(_clean, paper.matched_topics) if t),
+    return " · ".join(meta)
+
+
+def _topics_line(topics: tuple[str, ...]) -> str:
+    if topics == ("*",):
+        return "Among the day's most upvoted papers"
+    return "Matched: " + ", ".join(topics) if topics else ""
+
+
+@functools.lru_cache(maxsize=50_000)
+def _paper_block_html(templates_dir: Path, paper: DigestPaper) -> tuple[str, bytes]:
+    """A paper's HTML block ending in a line break, and its quoted-printable form.
+
+    Quoted-printable works line by line, so blocks that start and end on line
+    boundaries encode separately and concatenate into the encoding of the whole:
+    the per-digest work is encoding the short head and tail around them.
+    """
+    html = _paper_block_html_text(templates_dir, paper)
+    return html, _qp(html)
+
+
+def _paper_block_html_text(templates_dir: Path, paper: DigestPaper) -> str:
+    title, excerpt = _paper_text_parts(paper.title, paper.abstract)
+    meta = _meta(paper)
+    topics = _topics_line(tuple(t for t in map(_clean, paper.matched_topics) if t))
+    compiled = _paper_html(templates_dir, meta=bool(meta), topics=bool(topics))
+    block = compiled.fill(
+        {
+            "title_html": highlight(title, paper.matched_terms),
+            "meta": escape(meta),
+            "excerpt_html": highlight(excerpt, paper.matched_terms),
+            "topics": escape(topics),
+        }
     )
+    return block if block.endswith("\n") else block + "\n"
+
+
+@functools.lru_cache(maxsize=50_000)
+def _paper_block_text(index: int, paper: DigestPaper) -> tuple[str, bytes]:
+    text = _paper_block_text_plain(index, paper)
+    return text, _qp(text)
+
+
+def _paper_block_text_plain(index: int, paper: DigestPaper) -> str:
+    title, excerpt = _paper_text_parts(paper.title, paper.abstract)
+    lines = [_fill(title, indent="    ", first=f"{index}.".ljust(4))]
+    meta = _meta(paper)
+    if meta:
+        lines.append(_fill(meta, indent="    "))
+    lines += ["", _fill(excerpt, indent="    ")]
+    topics = _topics_line(tuple(t for t in map(_clean, paper.matched_topics) if t))
+    if topics:
+        lines += ["", _fill(topics, indent="    ")]
+    return "\n".join(lines) + "\n\n"
 
 
 def _subject(digest: Digest) -> str:
@@ -329,98 +467,127 @@ def _headers(digest: Digest, sender: Sender, subject: str) -> tuple[tuple[str, s
 
 # --- the public entry points ------------------------------------------------------------
 
-_HTML_LANG_RE = re.compile(r'(<html\b[^>]*?\blang=")[^"]*"')
-
-
-def _mjml_to_html(mjml: str) -> str:
-    try:
-        # Returns a plain str and raises a bare ValueError on malformed input. fonts={}
-        # drops the Google Fonts <link> it adds by default (we use system fonts only).
-        html = mjml2html(mjml, disable_comments=True, fonts={})
-    except ValueError as exc:
-        raise RenderError(f"MJML rejected the digest markup: {exc}") from exc
-    if "<mj-" in html:  # unknown MJML tags are copied through silently, not reported
-        raise RenderError("MJML output still contains <mj-…> tags (misspelled component?)")
-    if '<html lang="en"' not in html[:200]:
-        # mjml-python 1.4 honours <mjml lang="en">; older ones wrote lang="und".
-        html = _HTML_LANG_RE.sub(r'\1en"', html, count=1)
-    return html
-
 
 def render_digest(
     *, digest: Digest, sender: Sender, templates_dir: Path | None = None
 ) -> RenderedDigest:
     """Render the subject, HTML and text parts and the ordered, checked headers."""
     subject = _subject(digest)
-    headers = _headers(digest, sender, subject)  # validate before doing the expensive work
-    for field in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
-        _check_url(field, getattr(digest, field))
+    headers = _headers(digest, sender, subject)  # validate before doing any other work
+    for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
+        _check_url(name, getattr(digest, name))
+    root = (templates_dir or TEMPLATES_DIR).resolve()
 
-    papers = [_paper_view(p) for p in digest.papers]
-    topics = sorted({t for p in papers for t in p.topics}, key=str.casefold)
-    context = {
-        "subject": subject,
-        "headline": (
-            f"{_plural(len(papers) + digest.more_count, 'new paper')} in your topics"
-            if papers
-            else "No new papers this time"
-        ),
-        "preview": papers[0].title if papers else subject,
-        "brand": _clean(sender.name or "") or "Paper Digest",
+    topics = sorted(
+        {t for p in digest.papers for t in map(_clean, p.matched_topics) if t and t != "*"},
+        key=str.casefold,
+    )
+    brand = _clean(sender.name or "") or "Paper Digest"
+    to_name = _clean(digest.to_name or "")
+    total = len(digest.papers) + digest.more_count
+    headline = (
+        f"{_plural(total, 'new paper')} in your topics"
+        if digest.papers
+        else "No new papers this time"
+    )
+    more = f"{digest.more_count} more {'paper' if digest.more_count == 1 else 'papers'}"
+    footer_topics = f" ({', '.join(topics)} matched this time)" if topics else ""
+    if digest.papers:
+        html_blocks = [_paper_block_html(root, p) for p in digest.papers]
+        text_blocks = [_paper_block_text(i, p) for i, p in enumerate(digest.papers, 1)]
+    else:
+        none = "No new papers matched your topics this time."
+        html_blocks = [(str(escape(none)) + "\n", _qp(str(escape(none)) + "\n"))]
+        text_blocks = [(none + "\n\n", _qp(none + "\n\n"))]
+    preview = _paper_text_parts(digest.papers[0].title, "")[0] if digest.papers else subject
+    common = {
+        "brand": brand,
         "edition": _format_date(digest.edition),
-        "to_name": _clean(digest.to_name or ""),
-        "to_address": _clean(digest.to_address),
-        "papers": papers,
-        "more_count": digest.more_count,
-        "topics": topics,
-        "unsubscribe_url": digest.unsubscribe_url,
-        "preferences_url": digest.preferences_url,
+        "headline": headline,
+        "to_name": to_name,
+        "more": more,
         "archive_url": digest.archive_url,
+        "preferences_url": digest.preferences_url,
+        "unsubscribe_url": digest.unsubscribe_url,
     }
-    templates = _templates((templates_dir or TEMPLATES_DIR).resolve())
-    try:
-        mjml = templates.html.render(context)
-        text = templates.text.render(context)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"digest template failed: {exc}") from exc
-    return RenderedDigest(subject=subject, html=_mjml_to_html(mjml), text=text, headers=headers)
+    named, has_more = bool(to_name), digest.more_count > 0
+    html_head, html_tail = _shell(root, named=named, more=has_more).around(
+        "papers_html",
+        {k: str(escape(v)) for k, v in common.items()}
+        | {
+            "subject": str(escape(subject)),
+            "preview": str(escape(preview)),
+            "to_address": str(escape(_clean(digest.to_address))),
+            "topics": str(escape(footer_topics)),
+        },
+    )
+    footer = _fill(
+        f"You receive this because {_clean(digest.to_address)} subscribed to {brand} topics"
+        f"{footer_topics}."
+    )
+    text_head, text_tail = _text(root, named=named, more=has_more).around(
+        "papers_text", common | {"footer": footer}
+    )
+    html_head += "\n"  # blocks start on a line of their own (see _paper_block_html)
+    if not text_head.endswith("\n"):
+        text_head += "\n"
+    html = html_head + "".join(h for h, _ in html_blocks) + html_tail
+    text = text_head + "".join(t for t, _ in text_blocks) + text_tail
+    html_qp = b"".join([_qp(html_head), *(q for _, q in html_blocks), _qp(html_tail)])
+    text_qp = b"".join([_qp(text_head), *(q for _, q in text_blocks), _qp(text_tail)])
+    return RenderedDigest(
+        subject=subject, html=html, text=text, headers=headers, html_qp=html_qp, text_qp=text_qp
+    )
 
 
-class _VerbatimHeader(UnstructuredHeader):
-    """Emit a checked ASCII header unfolded. The stdlib otherwise RFC 2047-encodes an
-    unbreakable value longer than 78 columns (a long List-Unsubscribe <URL>), which mail
-    clients then cannot use; RFC 5322 allows up to 998."""
+def _header_line(name: str, value: str) -> bytes:
+    """One header, CRLF-terminated: as it is when short ASCII (the usual case), else
+    folded and RFC 2047-encoded by the standard library's SMTP policy."""
+    line = f"{name}: {value}"
+    if line.isascii() and len(line) <= 78:
+        return line.encode("ascii") + b"\r\n"
+    if name.lower().startswith("list-unsubscribe") and line.isascii() and len(line) <= 998:
+        # Encoding a long <URL> would make it unusable to mail clients; RFC 5322 allows 998.
+        return line.encode("ascii") + b"\r\n"
+    return SMTP.header_factory(name, value).fold(policy=SMTP).encode("utf-8")
 
-    def fold(self, *, policy):
-        line = f"{self.name}: {self}"
-        if line.isascii() and len(line) <= 998:
-            return line + policy.linesep
-        return super().fold(policy=policy)
 
-
-_registry = HeaderRegistry()  # our own: the default registry is shared process-wide
-_registry.map_to_type("list-unsubscribe", _VerbatimHeader)
-_registry.map_to_type("list-unsubscribe-post", _VerbatimHeader)
-_POLICY = SMTP.clone(header_factory=_registry)  # CRLF line endings
+def _qp(text: str) -> bytes:
+    """Quoted-printable in C (binascii): lines of at most 76 characters, CRLF endings."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
 def to_mime_bytes(*, rendered: RenderedDigest) -> bytes:
     """Build the RFC 5322 message: multipart/alternative, text/plain then text/html.
 
     Both parts are UTF-8 quoted-printable, so no line exceeds 998 octets whatever MJML
-    emits. The same ``rendered`` always gives the same bytes. Kept in one function so a
-    faster builder can replace it.
+    emits. Built directly rather than through email.message (about 1.3 ms a message
+    there, a few hundred microseconds here); tests parse the result back with the
+    standard library. The boundary comes from the content, so a resend after a crash
+    is byte-identical; "==" never occurs in quoted-printable output, so it cannot collide.
     """
-    msg = EmailMessage(policy=_POLICY)
-    for name, value in rendered.headers:
-        msg[name] = value
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    for part in msg.iter_parts():
-        del part["MIME-Version"]  # add_alternative copies it into the part; top level only
-    # The stdlib picks a random boundary; derive it from the content instead so a resend
-    # after a crash is byte-identical. "==" never occurs in quoted-printable output, so the
-    # boundary cannot collide with a body line.
-    content = repr(rendered.headers).encode() + rendered.text.encode() + rendered.html.encode()
-    msg.set_boundary(f"=={hashlib.sha256(content).hexdigest()[:32]}==")
-    return msg.as_bytes()
+    headers = b"".join(_header_line(name, value) for name, value in rendered.headers)
+    text = rendered.text_qp if rendered.text_qp is not None else _qp(rendered.text)
+    html = rendered.html_qp if rendered.html_qp is not None else _qp(rendered.html)
+    # The headers hold the Message-ID, unique per digest and kept across resends.
+    boundary = f"=={hashlib.sha256(headers).hexdigest()[:32]}==".encode("ascii")
+    return b"".join(
+        (
+            headers,
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="',
+            boundary,
+            b'"\r\n\r\n--',
+            boundary,
+            b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+            text,
+            b"\r\n--",
+            boundary,
+            b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+            html,
+            b"\r\n--",
+            boundary,
+            b"--\r\n",
+        )
+    )
