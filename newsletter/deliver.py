@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -89,6 +90,117 @@ def load_digest(*, session: Session, delivery: Delivery, links: Links) -> render
         preferences_url=links.preferences(subscriber_id=delivery.subscriber_id),
         archive_url=links.archive(delivery_id=delivery.id),  # type: ignore[arg-type]
     )
+
+
+@functools.lru_cache(maxsize=20_000)
+def _json_tuple(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))  # items repeat the same filter lists: parse each once
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    message: OutgoingMessage | None
+    error: DeliveryError | None
+    active: bool
+
+
+def _prepare(
+    *, engine: sa.Engine, ids: list[int], links: Links, sender: render.Sender
+) -> list[_Job]:
+    """Load a claimed batch in three queries and render every digest in it."""
+    with session_scope(engine=engine) as session:
+        deliveries = list(session.exec(select(Delivery).where(Delivery.id.in_(ids))))  # type: ignore[union-attr]
+        subscribers = {
+            sid: (status, name)
+            for sid, status, name in session.exec(
+                select(Subscriber.id, Subscriber.status, Subscriber.name).where(
+                    Subscriber.id.in_({d.subscriber_id for d in deliveries})  # type: ignore[union-attr]
+                )
+            )
+        }
+        papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
+        for row in session.exec(
+            select(
+                DeliveryItem.delivery_id,
+                DeliveryItem.matched_topics,
+                DeliveryItem.matched_terms,
+                Paper.title,
+                Paper.abstract,
+                Paper.authors,
+                Paper.organization,
+                Paper.published_on,
+                Paper.upvotes,
+            )
+            .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
+            .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
+            .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
+        ):
+            delivery_id, topics, terms, title, abstract, authors, org, published, upvotes = row
+            papers[delivery_id].append(
+                render.DigestPaper(
+                    title=title,
+                    abstract=abstract,
+                    authors=authors,
+                    organization=org,
+                    published_on=published,
+                    upvotes=upvotes,
+                    matched_topics=_json_tuple(topics),
+                    matched_terms=_json_tuple(terms),
+                )
+            )
+    jobs = []
+    for d in deliveries:
+        status, name = subscribers.get(d.subscriber_id, (None, None))
+        active = status == SubscriberStatus.ACTIVE
+        message, error = None, None
+        if active:
+            digest = render.Digest(
+                to_address=d.to_address,
+                to_name=name,
+                edition=d.edition,
+                papers=tuple(papers[d.id]),  # type: ignore[index]
+                more_count=d.more_count,
+                message_id=d.message_id,
+                date=d.created_at,
+                unsubscribe_url=links.unsubscribe(subscriber_id=d.subscriber_id),
+                preferences_url=links.preferences(subscriber_id=d.subscriber_id),
+                archive_url=links.archive(delivery_id=d.id),  # type: ignore[arg-type]
+            )
+            try:
+                message = outgoing(digest=digest, sender=sender)
+            except (render.RenderError, render.HeaderInjectionError) as exc:
+                error = PermanentDeliveryError(f"cannot render: {exc}")
+        jobs.append(_Job(d.id, d.subscriber_id, d.to_address, message, error, active))  # type: ignore[arg-type]
+    return jobs
+
+
+def _record_sent(*, engine: sa.Engine, jobs: list[_Job], now: datetime) -> None:
+    """The common case in two statements: these digests were accepted."""
+    if not jobs:
+        return
+    with session_scope(engine=engine) as session:
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id.in_([j.delivery_id for j in jobs]))  # type: ignore[union-attr]
+            .values(
+                status=DeliveryStatus.SENT,
+                sent_at=now,
+                attempts=Delivery.attempts + 1,
+                last_error=None,
+                lease_until=None,
+            )
+        )
+        session.execute(  # "soft bounces in a row": a delivered digest resets the count
+            sa.update(Subscriber)
+            .where(
+                Subscriber.id.in_({j.subscriber_id for j in jobs}),  # type: ignore[attr-defined]
+                Subscriber.soft_bounces > 0,
+            )
+            .values(soft_bounces=0)
+        )
 
 
 def outgoing(*, digest: render.Digest, sender: render.Sender) -> OutgoingMessage:
@@ -241,21 +353,17 @@ async def deliver_due(
     report = DeliverReport()
     sender = render.Sender(address=settings.from_address, name=settings.from_name or None)
     gate = asyncio.Semaphore(concurrency or settings.smtp.pool_size)
+    policy = settings.retry
 
-    async def one(delivery_id: int) -> None:
+    async def send(job: _Job) -> DeliveryError | None:
+        if job.message is None:
+            return job.error
         async with gate:
-            outcome = await _deliver_one(
-                engine=engine,
-                delivery_id=delivery_id,
-                backend=backend,
-                links=links,
-                sender=sender,
-                now=now,
-                policy=settings.retry,
-            )
-        report.outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+            try:
+                await backend.send(job.message)
+            except DeliveryError as exc:
+                return exc
+        return None
 
     async with backend:
         while not (stop and stop.is_set()) and (
@@ -267,7 +375,42 @@ async def deliver_due(
                 lease=timedelta(seconds=settings.lease_seconds),
             )
         ):
-            await asyncio.gather(*(one(i) for i in ids))
+            jobs = _prepare(engine=engine, ids=ids, links=links, sender=sender)
+            live = [j for j in jobs if j.active]
+            errors = await asyncio.gather(*(send(j) for j in live))
+            finished = now()
+            accepted = [j for j, e in zip(live, errors, strict=True) if e is None]
+            _record_sent(engine=engine, jobs=accepted, now=finished)
+            outcomes = [Outcome(j.delivery_id, j.email, DeliveryStatus.SENT) for j in accepted]
+            for job, error in zip(live, errors, strict=True):
+                if error is not None:
+                    status = record_outcome(
+                        engine=engine,
+                        delivery_id=job.delivery_id,
+                        now=finished,
+                        error=error,
+                        policy=policy,
+                    )
+                    outcomes.append(Outcome(job.delivery_id, job.email, status, str(error)))
+            for job in jobs:
+                if not job.active:
+                    status = record_outcome(
+                        engine=engine,
+                        delivery_id=job.delivery_id,
+                        now=finished,
+                        error=None,
+                        policy=policy,
+                        cancelled=True,
+                    )
+                    outcomes.append(
+                        Outcome(
+                            job.delivery_id, job.email, status, "subscriber is no longer active"
+                        )
+                    )
+            for outcome in outcomes:
+                report.outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
     return report
 
 
@@ -364,48 +507,3 @@ def retry_failed(*, engine: sa.Engine, now: datetime, subscriber_id: int | None 
                 )
                 _event(session, kind="subscriber.reactivated", row=row, now=now, by="operator")
         return len(rows)
-
-
-async def _deliver_one(
-    *,
-    engine: sa.Engine,
-    delivery_id: int,
-    backend: EmailBackend,
-    links: Links,
-    sender: render.Sender,
-    now: Callable[[], datetime],
-    policy: RetryPolicy,
-) -> Outcome:
-    with session_scope(engine=engine) as session:
-        delivery = session.get(Delivery, delivery_id)
-        assert delivery is not None
-        subscriber = session.get(Subscriber, delivery.subscriber_id)
-        active = subscriber is not None and subscriber.status == SubscriberStatus.ACTIVE
-        message = None
-        error: DeliveryError | None = None
-        if active:
-            try:
-                digest = load_digest(session=session, delivery=delivery, links=links)
-                message = outgoing(digest=digest, sender=sender)
-            except (render.RenderError, render.HeaderInjectionError) as exc:
-                error = PermanentDeliveryError(f"cannot render: {exc}")
-        email = delivery.to_address
-    if not active:
-        status = record_outcome(
-            engine=engine,
-            delivery_id=delivery_id,
-            now=now(),
-            error=None,
-            policy=policy,
-            cancelled=True,
-        )
-        return Outcome(delivery_id, email, status, "subscriber is no longer active")
-    if message is not None:
-        try:
-            await backend.send(message)
-        except DeliveryError as exc:
-            error = exc
-    status = record_outcome(
-        engine=engine, delivery_id=delivery_id, now=now(), error=error, policy=policy
-    )
-    return Outcome(delivery_id, email, status, str(error) if error else None)

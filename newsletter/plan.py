@@ -19,11 +19,13 @@ from __future__ import annotations
 import bisect
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from newsletter import render
@@ -171,6 +173,7 @@ def plan_digests(
         ranker = Ranker(index)
         position = {doc.id: i for i, doc in enumerate(candidates)}
         seen = [doc.first_seen_at for doc in candidates]
+        batch: list[tuple[Subscriber, date, Ranked, int]] = []
         for sub, edition, since in work:
             filters = [compile_filter(q) for q in topics.get(sub.id, [])]  # type: ignore[arg-type]
             # New for this subscriber: first seen after `since` (a suffix, the list
@@ -184,64 +187,84 @@ def plan_digests(
             if not ranked.matches:
                 report.no_match.append(sub.email)
                 continue
-            delivery_id = None
+            report.planned.append(PlannedDigest(sub.email, edition, ranked, None))
             if not dry_run:
-                delivery_id = _record(
-                    session, sub=sub, edition=edition, ranked=ranked, now=now, settings=settings
-                )
-                if delivery_id is None:
-                    report.already_planned.append(sub.email)
-                    continue
-            report.planned.append(PlannedDigest(sub.email, edition, ranked, delivery_id))
+                batch.append((sub, edition, ranked, len(report.planned) - 1))
+                if len(batch) >= RECORD_BATCH:
+                    _record_batch(session, batch, now=now, settings=settings, report=report)
+                    batch = []
+        if batch:
+            _record_batch(session, batch, now=now, settings=settings, report=report)
+        if not dry_run:  # digests another planner recorded first are not ours to report
+            lost = [p for p in report.planned if p.delivery_id is None]
+            report.already_planned.extend(p.email for p in lost)
+            report.planned[:] = [p for p in report.planned if p.delivery_id is not None]
         if dry_run:
             session.rollback()
     return report
 
 
-def _record(
+RECORD_BATCH = 1000  # digests written per round trip batch
+
+
+def _record_batch(
     session: Session,
+    batch: list[tuple[Subscriber, date, Ranked, int]],
     *,
-    sub: Subscriber,
-    edition: date,
-    ranked: Ranked,
     now: datetime,
     settings: Settings,
-) -> int | None:
-    """Insert the delivery and its items; None if another planner got there first."""
-    try:
-        with session.begin_nested():
-            delivery = Delivery(
-                subscriber_id=sub.id,  # type: ignore[arg-type]
+    report: PlanReport,
+) -> None:
+    """Insert deliveries and their items in bulk.
+
+    ON CONFLICT DO NOTHING on (subscriber, edition): a digest another planner
+    inserted first is skipped, not an error that would undo the whole batch.
+    """
+    rows = [
+        {
+            "subscriber_id": sub.id,
+            "edition": edition,
+            "status": DeliveryStatus.PENDING,
+            "message_id": new_message_id(
                 edition=edition,
-                status=DeliveryStatus.PENDING,
-                message_id=new_message_id(
-                    edition=edition,
-                    subscriber_id=sub.id,
-                    domain=settings.message_id_domain,  # type: ignore[arg-type]
-                ),
-                to_address=sub.email,
-                covers_until=now,
-                paper_count=len(ranked.matches),
-                more_count=ranked.more,
-                next_attempt_at=now,
-                created_at=now,
-            )
-            session.add(delivery)
-            session.flush()
-            session.add_all(
-                DeliveryItem(
-                    delivery_id=delivery.id,  # type: ignore[arg-type]
-                    paper_id=m.paper_id,
-                    position=pos,
-                    matched_topics=json.dumps(m.filters),
-                    matched_terms=json.dumps(m.words),
-                )
-                for pos, m in enumerate(ranked.matches)
-            )
-            session.flush()
-    except sa.exc.IntegrityError:
-        return None
-    return delivery.id
+                subscriber_id=sub.id,  # type: ignore[arg-type]
+                domain=settings.message_id_domain,
+            ),
+            "to_address": sub.email,
+            "covers_until": now,
+            "paper_count": len(ranked.matches),
+            "more_count": ranked.more,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for sub, edition, ranked, _ in batch
+    ]
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(Delivery)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "edition"])
+        .returning(Delivery.id, Delivery.subscriber_id)
+    )
+    created = dict((sid, did) for did, sid in session.execute(statement, rows))
+    items = []
+    for sub, _edition, ranked, at in batch:
+        delivery_id = created.get(sub.id)  # type: ignore[arg-type]
+        if delivery_id is None:
+            continue  # lost the race: left without an id, dropped from the report
+        report.planned[at] = replace(report.planned[at], delivery_id=delivery_id)
+        items.extend(
+            {
+                "delivery_id": delivery_id,
+                "paper_id": m.paper_id,
+                "position": pos,
+                "matched_topics": json.dumps(m.filters),
+                "matched_terms": json.dumps(m.words),
+            }
+            for pos, m in enumerate(ranked.matches)
+        )
+    if items:
+        session.execute(sa.insert(DeliveryItem), items)
 
 
 def preview_digest(

@@ -125,8 +125,11 @@ _HEADER_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _DISPLAY_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
 
 
+@functools.lru_cache(maxsize=100_000)
 def _clean(s: str) -> str:
-    """Single-line display text: unsafe characters become spaces, whitespace collapses."""
+    """Single-line display text: unsafe characters become spaces, whitespace collapses.
+
+    Cached: the same titles, filters and names come back digest after digest."""
     return " ".join(_DISPLAY_UNSAFE_RE.sub(" ", s).split())
 
 
@@ -184,8 +187,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+@functools.lru_cache(maxsize=100_000)
 def _fill(text: str, indent: str = "", first: str | None = None) -> str:
-    """Jinja filter for the text part: wrap at 78 columns, never breaking URLs or words."""
+    """Wrap text-part paragraphs at 78 columns, never breaking URLs or words (cached: the
+    same excerpts recur across subscribers)."""
     return textwrap.fill(
         text,
         width=TEXT_WIDTH,
@@ -422,9 +427,20 @@ def _check_url(field: str, url: str) -> str:
     return url
 
 
+# A plain dot-atom address and a display name of letters, digits and spaces need no
+# quoting or encoding: the common case skips the (slow) email.headerregistry parser.
+_PLAIN_ADDR_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                            r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")  # fmt: skip
+_PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9 ]*")
+
+
+@functools.lru_cache(maxsize=100_000)
 def _address(header: str, name: str | None, addr_spec: str) -> str:
     _check(header, addr_spec)
     _check(header, name or "")
+    display = _clean(name or "")
+    if _PLAIN_ADDR_RE.fullmatch(addr_spec) and _PLAIN_NAME_RE.fullmatch(display):
+        return f"{display} <{addr_spec}>" if display else addr_spec
     local, at, domain = addr_spec.rpartition("@")
     if at and not domain.isascii():
         # The stdlib would emit an RFC 2047 encoded-word inside the domain, which is

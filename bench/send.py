@@ -1,0 +1,221 @@
+"""Benchmark: plan + render + send 10,000 digests to Postfix's smtp-sink on loopback.
+
+Run: .venv/bin/python bench/send.py [--subscribers N] [--naive-sample N] [--profile]
+
+Needs Postfix's smtp-sink and smtp-source (Debian package ``postfix``); the
+script installs it with apt-get when they are missing and it runs as root.
+
+Three figures, measured in the same run against the same sink:
+  ours     end to end: plan every subscriber's digest (10-20 papers each), then
+           deliver them all through the SMTP pool (render + MIME + send + ledger)
+  naive    the paper-digest scripts' loop for the same digests: build each with
+           email.message.EmailMessage, send it with smtplib, one at a time
+           (timed on a sample and scaled)
+  source   smtp-source pushing messages of the same size with as many sessions:
+           what this box's loopback SMTP can take at all
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import random
+import shutil
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.backends.smtp import SMTPBackend
+from newsletter.config import load_settings
+from newsletter.corpus.ingest import ingest
+from newsletter.deliver import deliver_due, load_digest
+from newsletter.links import Links
+from newsletter.models import Delivery, Subscriber, TopicFilter
+from newsletter.plan import plan_digests
+from newsletter.render import Sender, render_digest
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+# Filters that each match 10 to 60 of the bundled papers, so every digest holds 10-20.
+FILTERS = [
+    '"language model"', "diffusion", "reinforcement", "quantiz* OR pruning", '"vision transformer"',
+    "3D", "LoRA OR adapter", "continual", "distillation", "reasoning", "attention", "benchmark",
+    "video", "graph", "agent*", '"in-context"', "retrieval", "robot*", "speech OR audio", "sparse",
+]  # fmt: skip
+
+
+def ensure_postfix() -> None:
+    if shutil.which("smtp-sink") and shutil.which("smtp-source"):
+        return
+    print("installing postfix (for smtp-sink and smtp-source) from Debian's packages")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    sink = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", "-m", "1000", f"127.0.0.1:{port}", "1024"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("smtp-sink did not start")
+
+
+def setup(home: Path, port: int, count: int, pool: int) -> tuple[object, object]:
+    settings = load_settings(
+        environ={
+            "NEWSLETTER_HOME": str(home),
+            "NEWSLETTER_DELIVERY": "smtp",
+            "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+            "NEWSLETTER_SMTP_PORT": str(port),
+            "NEWSLETTER_SMTP_POOL_SIZE": str(pool),
+            "NEWSLETTER_SMTP_MAX_PER_CONNECTION": "1000",
+            "NEWSLETTER_SECRET_KEY": "b" * 40,
+            "NEWSLETTER_FROM": "digest@papers.example",
+        },
+        dotenv_path=home / "none",
+    )
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine=engine)
+    now = datetime.now(UTC)
+    ingest(engine=engine, paths=[CORPUS], now=now)
+    rng = random.Random(3)
+    with db.session_scope(engine=engine) as session:
+        subs = [
+            Subscriber(email=f"r{i}@example.org", created_at=now, updated_at=now)
+            for i in range(count)
+        ]
+        session.add_all(subs)
+        session.flush()
+        session.add_all(
+            TopicFilter(subscriber_id=s.id, query=q, created_at=now)  # type: ignore[arg-type]
+            for s in subs
+            for q in rng.sample(FILTERS, 2)
+        )
+    return settings, engine
+
+
+def ours(settings, engine) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
+    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+    start = time.perf_counter()
+    planned = plan_digests(engine=engine, settings=settings, now=datetime.now(UTC), due_only=False)
+    planned_at = time.perf_counter()
+    report = asyncio.run(
+        deliver_due(
+            engine=engine,
+            settings=settings,
+            backend=SMTPBackend(settings=settings.smtp),
+            links=links,
+            now=lambda: datetime.now(UTC),
+            batch_size=500,
+        )
+    )
+    end = time.perf_counter()
+    assert report.count("sent") == len(planned.planned), report.outcomes[:3]
+    return len(planned.planned), planned_at - start, end - planned_at
+
+
+def naive(settings, engine, port: int, sample: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """Per message: EmailMessage (what the digest scripts build) and smtplib, one at a time."""
+    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+    sender = Sender(address=settings.from_address, name=settings.from_name)
+    with db.session_scope(engine=engine) as session:
+        rows = list(session.exec(select(Delivery).limit(sample)))
+        rendered = [
+            render_digest(
+                digest=load_digest(session=session, delivery=d, links=links), sender=sender
+            )
+            for d in rows
+        ]
+    size = 0
+    start = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        for r in rendered:
+            msg = EmailMessage(policy=SMTP)
+            for name, value in r.headers:
+                msg[name] = value
+            msg.set_content(r.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+            msg.add_alternative(r.html, subtype="html", charset="utf-8", cte="quoted-printable")
+            data = msg.as_bytes()
+            size += len(data)
+            smtp.sendmail(
+                settings.from_address, [dict(r.headers)["To"].rpartition("<")[2].rstrip(">")], data
+            )
+    return (time.perf_counter() - start) / len(rendered), size // len(rendered)
+
+
+def source(port: int, count: int, size: int, sessions: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size),
+         "-f", "digest@papers.example", "-t", "r@example.org", f"127.0.0.1:{port}"],
+        check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--naive-sample", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=32, help="SMTP sessions (as smtp-source's -s)")
+    parser.add_argument("--profile", action="store_true", help="print where our time goes")
+    args = parser.parse_args()
+    ensure_postfix()
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings, engine = setup(Path(tmp), port, args.subscribers, args.pool)
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler:
+                profiler.enable()
+            count, t_plan, t_send = ours(settings, engine)
+            if profiler:
+                profiler.disable()
+            per_naive, size = naive(settings, engine, port, args.naive_sample)
+            t_source = source(port, count, size, args.pool)
+        ours_rate = count / (t_plan + t_send)
+        naive_rate = 1 / per_naive
+        source_rate = count / t_source
+        print(f"{count:,} digests, ~{size / 1000:.0f} kB each, {args.pool} SMTP sessions")
+        print(f"ours     {ours_rate:8.0f} digests/s end to end", end=" ")
+        print(f"(plan {t_plan:.2f} s + deliver {t_send:.2f} s)")
+        print(f"naive    {naive_rate:8.0f} digests/s", end=" ")
+        print(f"(EmailMessage + smtplib, {args.naive_sample} sampled)")
+        print(f"source   {source_rate:8.0f} messages/s (smtp-source, same size and sessions)")
+        print(f"ratios   ours/naive {ours_rate / naive_rate:.1f}x", end="   ")
+        print(f"ours/source {ours_rate / source_rate:.2f}")
+        if profiler:
+            stats = pstats.Stats(profiler).sort_stats("tottime")
+            stats.print_stats(25)
+            stats.print_callers("method .sub. of")
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+if __name__ == "__main__":
+    main()
