@@ -397,9 +397,8 @@ def send(
     from newsletter.plan import plan_digests
 
     ctx = _context()
-    backend = get_backend(
-        settings=ctx.settings
-    )  # a delivery misconfiguration stops us before planning
+    # Built before planning, so a delivery misconfiguration stops us before anything is recorded.
+    backend = get_backend(settings=ctx.settings, engine=ctx.engine)
     email = None
     sid = None
     if subscriber is not None:
@@ -579,7 +578,7 @@ def worker(
         return await run_worker(
             engine=ctx.engine,
             settings=ctx.settings,
-            backend=get_backend(settings=ctx.settings),
+            backend=get_backend(settings=ctx.settings, engine=ctx.engine),
             links=ctx.links(),
             now=utcnow,
             stop=stop,

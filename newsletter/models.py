@@ -189,3 +189,13 @@ class Event(SQLModel, table=True):
     subscriber_id: int | None = Field(default=None, index=True)
     delivery_id: int | None = None
     detail: str = Field(default="{}", sa_type=sa.Text(), description="JSON object")
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket shared by every worker (PostgreSQL): the relay's rate is global."""
+
+    __tablename__ = "rate_buckets"
+
+    name: str = Field(primary_key=True, max_length=64)
+    tokens: float = 0.0
+    updated_at: datetime = _ts()  # type: ignore[assignment]

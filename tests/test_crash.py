@@ -70,12 +70,13 @@ def _sender(tmp_path: Path, url: str, port: int) -> subprocess.Popen[bytes]:
         "NEWSLETTER_SMTP_PORT": str(port),
         "NEWSLETTER_LEASE_SECONDS": str(LEASE_SECONDS),
     }
+    log = open(tmp_path / "send.log", "ab")  # noqa: SIM115 (the child writes to it)
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter", "send"],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -103,7 +104,7 @@ def _kill_until_done(tmp_path: Path, count: int, kills: int, seed: int) -> None:
             time.sleep(LEASE_SECONDS + 0.2)  # the dead process's leases run out
         for _ in range(20):
             proc = _sender(tmp_path, url, server.port)
-            assert proc.wait(timeout=600) == 0
+            assert proc.wait(timeout=600) == 0, (tmp_path / "send.log").read_text()[-2000:]
             if _left(engine) == (0, 0):
                 break
             time.sleep(LEASE_SECONDS + 0.2)

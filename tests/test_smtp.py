@@ -20,11 +20,12 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.backends.base import EmailBackend
-from newsletter.backends.smtp import SMTPBackend, TokenBucket
+from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import Settings
 from newsletter.deliver import DeliverReport
 from newsletter.models import Delivery, Event, Subscriber
 from newsletter.plan import plan_digests
+from newsletter.ratelimit import TokenBucket
 from tests.conftest import make_settings
 from tests.helpers import add_paper, deliver, subscribe
 from tests.smtp_server import Faults, SMTPServer
@@ -368,3 +369,32 @@ def test_worker_delivers_continuously_and_stops_cleanly_on_sigterm(tmp_path: Pat
         assert states == {"sent"}
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+def test_rate_limit_is_shared_by_every_worker_on_postgresql(pg_server: str) -> None:
+    from newsletter.ratelimit import SharedTokenBucket
+    from tests.conftest import drop_pg_database, make_pg_database
+
+    url = make_pg_database(pg_server)
+    try:
+        engine = db.make_engine(url)
+        db.upgrade(engine=engine)
+
+        async def worker(bucket: SharedTokenBucket, n: int) -> None:
+            for _ in range(n):
+                await bucket.acquire()
+
+        async def run() -> float:
+            # Two workers' buckets over one row: 20/s in all, not 20/s each.
+            buckets = [SharedTokenBucket(engine=engine, rate=20) for _ in range(2)]
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await asyncio.gather(worker(buckets[0], 30), worker(buckets[1], 30))
+            return loop.time() - start
+
+        elapsed = asyncio.run(run())
+        # 60 tokens at 20/s with a 20-token burst: at least 2 s; separate buckets: 1 s.
+        assert 1.8 <= elapsed <= 6, elapsed
+    finally:
+        drop_pg_database(pg_server, url)

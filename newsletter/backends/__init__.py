@@ -7,11 +7,15 @@ writes test-mode .eml files, ``memory`` keeps messages for tests.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.config import Settings
 
 
-def get_backend(*, settings: Settings) -> EmailBackend:
+def get_backend(*, settings: Settings, engine: sa.Engine | None = None) -> EmailBackend:
+    """The configured backend. With ``engine`` on PostgreSQL, the SMTP rate limit is
+    shared by every worker on that database rather than applied per process."""
     if settings.delivery == "file":
         from newsletter.backends.file import FileBackend
 
@@ -21,8 +25,11 @@ def get_backend(*, settings: Settings) -> EmailBackend:
 
         return MemoryBackend()
     from newsletter.backends.smtp import SMTPBackend
+    from newsletter.ratelimit import SharedTokenBucket
 
-    return SMTPBackend(settings=settings.smtp)
+    shared = engine is not None and engine.dialect.name == "postgresql" and settings.smtp.rate > 0
+    bucket = SharedTokenBucket(engine=engine, rate=settings.smtp.rate) if shared else None  # type: ignore[arg-type]
+    return SMTPBackend(settings=settings.smtp, bucket=bucket)
 
 
 __all__ = ["EmailBackend", "OutgoingMessage", "get_backend"]

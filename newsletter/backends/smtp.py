@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -26,32 +25,9 @@ import aiosmtplib
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.config import SmtpSettings
 from newsletter.errors import DeliveryError, TransientDeliveryError, classify_reply
+from newsletter.ratelimit import SharedTokenBucket, TokenBucket
 
 log = logging.getLogger(__name__)
-
-
-class TokenBucket:
-    """At most ``rate`` acquisitions per second on average, bursts up to one second's worth."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        if self.rate <= 0:
-            return
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 @dataclass(slots=True)
@@ -61,10 +37,16 @@ class _Connection:
 
 
 class SMTPBackend(EmailBackend):
-    def __init__(self, *, settings: SmtpSettings, local_hostname: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: SmtpSettings,
+        local_hostname: str | None = None,
+        bucket: TokenBucket | SharedTokenBucket | None = None,
+    ) -> None:
         self.settings = settings
         self.local_hostname = local_hostname
-        self.bucket = TokenBucket(settings.rate)
+        self.bucket = bucket or TokenBucket(settings.rate)
         self._slots: asyncio.Queue[_Connection | None] | None = None
 
     async def open(self) -> None:
