@@ -50,6 +50,25 @@ def subscribe(
         return add_subscriber(session=session, subscriber=sub, now=now).id  # type: ignore[return-value]
 
 
+def bulk_subscribe(
+    engine: sa.Engine, *, prefix: str, count: int, query: str, now: datetime
+) -> None:
+    """Many subscribers with one filter each, in one transaction (one by one takes minutes)."""
+    from newsletter.models import Subscriber, TopicFilter
+
+    with db.session_scope(engine=engine) as session:
+        subs = [
+            Subscriber(email=f"{prefix}{i}@example.org", created_at=now, updated_at=now)
+            for i in range(count)
+        ]
+        session.add_all(subs)
+        session.flush()
+        session.add_all(
+            TopicFilter(subscriber_id=s.id, query=query, created_at=now)  # type: ignore[arg-type]
+            for s in subs
+        )
+
+
 def links_for(settings: Settings) -> Links:
     return Links(base_url=settings.base_url, key=settings.secret_key.encode())
 

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter import db
-from newsletter.models import Delivery, DeliveryStatus, Subscriber, TopicFilter
+from newsletter.models import Delivery, DeliveryStatus
 from newsletter.plan import plan_digests
 from tests.conftest import make_settings
-from tests.helpers import add_paper
+from tests.helpers import add_paper, bulk_subscribe
 from tests.smtp_server import SMTPServer
 
 LEASE_SECONDS = 1.0
@@ -42,16 +42,7 @@ def _prepare(tmp_path: Path, count: int) -> tuple[str, sa.Engine]:
             abstract="About diffusion.",
             seen=now - timedelta(hours=1),
         )
-    with db.session_scope(engine=engine) as session:
-        subs = [
-            Subscriber(email=f"c{i}@example.org", created_at=now, updated_at=now)
-            for i in range(count)
-        ]
-        session.add_all(subs)
-        session.flush()
-        session.add_all(
-            TopicFilter(subscriber_id=s.id, query="diffusion", created_at=now) for s in subs
-        )  # type: ignore[arg-type]
+    bulk_subscribe(engine, prefix="c", count=count, query="diffusion", now=now)
     planned = plan_digests(
         engine=engine, settings=make_settings(tmp_path, url), now=now, due_only=False
     )

@@ -14,10 +14,10 @@ import pytest
 from sqlmodel import select
 
 from newsletter import db
-from newsletter.models import Delivery, Subscriber, TopicFilter
+from newsletter.models import Delivery
 from newsletter.plan import plan_digests
 from tests.conftest import drop_pg_database, make_pg_database, make_settings
-from tests.helpers import add_paper
+from tests.helpers import add_paper, bulk_subscribe
 from tests.smtp_server import Faults, SMTPServer
 
 pytestmark = pytest.mark.postgres
@@ -33,18 +33,7 @@ def _fill(url: str, tmp_path: Path, count: int) -> None:
         abstract="About diffusion.",
         seen=now - timedelta(hours=1),
     )
-    with db.session_scope(
-        engine=engine
-    ) as session:  # one transaction: 10,000 adds one by one take minutes
-        subs = [
-            Subscriber(email=f"w{i}@example.org", created_at=now, updated_at=now)
-            for i in range(count)
-        ]
-        session.add_all(subs)
-        session.flush()
-        session.add_all(
-            TopicFilter(subscriber_id=s.id, query="diffusion", created_at=now) for s in subs
-        )  # type: ignore[arg-type]
+    bulk_subscribe(engine, prefix="w", count=count, query="diffusion", now=now)
     settings = make_settings(tmp_path, url)
     assert (
         len(plan_digests(engine=engine, settings=settings, now=now, due_only=False).planned)
