@@ -39,7 +39,7 @@ from newsletter import db
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import load_settings
 from newsletter.corpus.ingest import ingest
-from newsletter.deliver import deliver_due, load_digest
+from newsletter.deliver import deliver_due, load_digests
 from newsletter.links import Links
 from newsletter.models import Delivery, Subscriber, TopicFilter
 from newsletter.plan import plan_digests
@@ -142,13 +142,9 @@ def naive(settings, engine, port: int, sample: int) -> tuple[float, int]:  # typ
     links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
     sender = Sender(address=settings.from_address, name=settings.from_name)
     with db.session_scope(engine=engine) as session:
-        rows = list(session.exec(select(Delivery).limit(sample)))
-        rendered = [
-            render_digest(
-                digest=load_digest(session=session, delivery=d, links=links), sender=sender
-            )
-            for d in rows
-        ]
+        ids = list(session.exec(select(Delivery.id).limit(sample)))
+        loaded = load_digests(session=session, ids=ids, links=links)  # type: ignore[arg-type]
+        rendered = [render_digest(digest=item.digest, sender=sender) for item in loaded]
     size = 0
     start = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port) as smtp:

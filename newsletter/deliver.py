@@ -64,31 +64,8 @@ def digest_paper(*, paper: Paper, item: DeliveryItem) -> render.DigestPaper:
         organization=paper.organization,
         published_on=paper.published_on,
         upvotes=paper.upvotes,
-        matched_topics=tuple(json.loads(item.matched_topics)),
-        matched_terms=tuple(json.loads(item.matched_terms)),
-    )
-
-
-def load_digest(*, session: Session, delivery: Delivery, links: Links) -> render.Digest:
-    """Rebuild a digest from the ledger alone: the same rows give the same bytes."""
-    subscriber = session.get(Subscriber, delivery.subscriber_id)
-    rows = session.exec(
-        select(DeliveryItem, Paper)
-        .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
-        .where(DeliveryItem.delivery_id == delivery.id)
-        .order_by(DeliveryItem.position)
-    ).all()
-    return render.Digest(
-        to_address=delivery.to_address,
-        to_name=subscriber.name if subscriber else None,
-        edition=delivery.edition,
-        papers=tuple(digest_paper(paper=p, item=i) for i, p in rows),
-        more_count=delivery.more_count,
-        message_id=delivery.message_id,
-        date=delivery.created_at,
-        unsubscribe_url=links.unsubscribe(subscriber_id=delivery.subscriber_id),
-        preferences_url=links.preferences(subscriber_id=delivery.subscriber_id),
-        archive_url=links.archive(delivery_id=delivery.id),  # type: ignore[arg-type]
+        matched_topics=_json_tuple(item.matched_topics),
+        matched_terms=_json_tuple(item.matched_terms),
     )
 
 
@@ -107,73 +84,89 @@ class _Job:
     active: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    delivery: Delivery
+    active: bool  # the subscriber is still active: otherwise the digest is not sent
+    digest: render.Digest
+
+
+def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Loaded]:
+    """Rebuild digests from the ledger alone, in three queries whatever the batch size:
+    the same rows give the same bytes, so a resend is the same message."""
+    deliveries = list(session.exec(select(Delivery).where(Delivery.id.in_(ids))))  # type: ignore[union-attr]
+    subscribers = {
+        sid: (status, name)
+        for sid, status, name in session.exec(
+            select(Subscriber.id, Subscriber.status, Subscriber.name).where(
+                Subscriber.id.in_({d.subscriber_id for d in deliveries})  # type: ignore[union-attr]
+            )
+        )
+    }
+    papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
+    for row in session.exec(
+        select(
+            DeliveryItem.delivery_id,
+            DeliveryItem.matched_topics,
+            DeliveryItem.matched_terms,
+            Paper.title,
+            Paper.abstract,
+            Paper.authors,
+            Paper.organization,
+            Paper.published_on,
+            Paper.upvotes,
+        )
+        .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
+        .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
+        .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
+    ):
+        delivery_id, topics, terms, title, abstract, authors, org, published, upvotes = row
+        papers[delivery_id].append(
+            render.DigestPaper(
+                title=title,
+                abstract=abstract,
+                authors=authors,
+                organization=org,
+                published_on=published,
+                upvotes=upvotes,
+                matched_topics=_json_tuple(topics),
+                matched_terms=_json_tuple(terms),
+            )
+        )
+    loaded = []
+    for d in deliveries:
+        status, name = subscribers.get(d.subscriber_id, (None, None))
+        digest = render.Digest(
+            to_address=d.to_address,
+            to_name=name,
+            edition=d.edition,
+            papers=tuple(papers[d.id]),  # type: ignore[index]
+            more_count=d.more_count,
+            message_id=d.message_id,
+            date=d.created_at,
+            unsubscribe_url=links.unsubscribe(subscriber_id=d.subscriber_id),
+            preferences_url=links.preferences(subscriber_id=d.subscriber_id),
+            archive_url=links.archive(delivery_id=d.id),  # type: ignore[arg-type]
+        )
+        loaded.append(Loaded(d, status == SubscriberStatus.ACTIVE, digest))
+    return loaded
+
+
 def _prepare(
     *, engine: sa.Engine, ids: list[int], links: Links, sender: render.Sender
 ) -> list[_Job]:
-    """Load a claimed batch in three queries and render every digest in it."""
+    """Load a claimed batch and render every digest in it that is still wanted."""
     with session_scope(engine=engine) as session:
-        deliveries = list(session.exec(select(Delivery).where(Delivery.id.in_(ids))))  # type: ignore[union-attr]
-        subscribers = {
-            sid: (status, name)
-            for sid, status, name in session.exec(
-                select(Subscriber.id, Subscriber.status, Subscriber.name).where(
-                    Subscriber.id.in_({d.subscriber_id for d in deliveries})  # type: ignore[union-attr]
-                )
-            )
-        }
-        papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
-        for row in session.exec(
-            select(
-                DeliveryItem.delivery_id,
-                DeliveryItem.matched_topics,
-                DeliveryItem.matched_terms,
-                Paper.title,
-                Paper.abstract,
-                Paper.authors,
-                Paper.organization,
-                Paper.published_on,
-                Paper.upvotes,
-            )
-            .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
-            .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
-            .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
-        ):
-            delivery_id, topics, terms, title, abstract, authors, org, published, upvotes = row
-            papers[delivery_id].append(
-                render.DigestPaper(
-                    title=title,
-                    abstract=abstract,
-                    authors=authors,
-                    organization=org,
-                    published_on=published,
-                    upvotes=upvotes,
-                    matched_topics=_json_tuple(topics),
-                    matched_terms=_json_tuple(terms),
-                )
-            )
+        loaded = load_digests(session=session, ids=ids, links=links)
     jobs = []
-    for d in deliveries:
-        status, name = subscribers.get(d.subscriber_id, (None, None))
-        active = status == SubscriberStatus.ACTIVE
-        message, error = None, None
-        if active:
-            digest = render.Digest(
-                to_address=d.to_address,
-                to_name=name,
-                edition=d.edition,
-                papers=tuple(papers[d.id]),  # type: ignore[index]
-                more_count=d.more_count,
-                message_id=d.message_id,
-                date=d.created_at,
-                unsubscribe_url=links.unsubscribe(subscriber_id=d.subscriber_id),
-                preferences_url=links.preferences(subscriber_id=d.subscriber_id),
-                archive_url=links.archive(delivery_id=d.id),  # type: ignore[arg-type]
-            )
+    for item in loaded:
+        d, message, error = item.delivery, None, None
+        if item.active:
             try:
-                message = outgoing(digest=digest, sender=sender)
+                message = outgoing(digest=item.digest, sender=sender)
             except (render.RenderError, render.HeaderInjectionError) as exc:
                 error = PermanentDeliveryError(f"cannot render: {exc}")
-        jobs.append(_Job(d.id, d.subscriber_id, d.to_address, message, error, active))  # type: ignore[arg-type]
+        jobs.append(_Job(d.id, d.subscriber_id, d.to_address, message, error, item.active))  # type: ignore[arg-type]
     return jobs
 
 
