@@ -103,24 +103,37 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
             )
         )
     }
-    papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
-    for row in session.exec(
-        select(
-            DeliveryItem.delivery_id,
-            DeliveryItem.matched_topics,
-            DeliveryItem.matched_terms,
-            Paper.title,
-            Paper.abstract,
-            Paper.authors,
-            Paper.organization,
-            Paper.published_on,
-            Paper.upvotes,
+    items = list(
+        session.exec(
+            select(
+                DeliveryItem.delivery_id,
+                DeliveryItem.paper_id,
+                DeliveryItem.matched_topics,
+                DeliveryItem.matched_terms,
+            )
+            .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
+            .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
         )
-        .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
-        .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
-    ):
-        delivery_id, topics, terms, title, abstract, authors, org, published, upvotes = row
+    )
+    # Each paper once per batch, not once per digest that holds it: a batch of 500
+    # digests of 15 papers names a few hundred distinct papers, not 7,500.
+    paper_rows = {
+        row[0]: row[1:]
+        for row in session.exec(
+            select(
+                Paper.id,
+                Paper.title,
+                Paper.abstract,
+                Paper.authors,
+                Paper.organization,
+                Paper.published_on,
+                Paper.upvotes,
+            ).where(Paper.id.in_({paper_id for _, paper_id, _, _ in items}))  # type: ignore[union-attr]
+        )
+    }
+    papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
+    for delivery_id, paper_id, topics, terms in items:
+        title, abstract, authors, org, published, upvotes = paper_rows[paper_id]
         papers[delivery_id].append(
             render.DigestPaper(
                 title=title,

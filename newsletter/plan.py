@@ -17,6 +17,7 @@ then the union of their filters' matches, restricted to what is new for them.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import secrets
 from dataclasses import dataclass, field, replace
@@ -258,13 +259,19 @@ def _record_batch(
                 "delivery_id": delivery_id,
                 "paper_id": m.paper_id,
                 "position": pos,
-                "matched_topics": json.dumps(m.filters),
-                "matched_terms": json.dumps(m.words),
+                "matched_topics": _json(m.filters),
+                "matched_terms": _json(m.words),
             }
             for pos, m in enumerate(ranked.matches)
         )
     if items:
-        session.execute(sa.insert(DeliveryItem), items)
+        # The table, not the model: a Core executemany, without the ORM's per-row bookkeeping.
+        session.connection().execute(sa.insert(DeliveryItem.__table__), items)  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=50_000)
+def _json(values: tuple[str, ...]) -> str:
+    return json.dumps(values)  # digests share rankings, so the same lists recur
 
 
 def preview_digest(

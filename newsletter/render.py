@@ -351,51 +351,107 @@ def _topics_line(topics: tuple[str, ...]) -> str:
     return "Matched: " + ", ".join(topics) if topics else ""
 
 
+# A paper's block is two cached pieces, both starting and ending on line boundaries so
+# their quoted-printable forms concatenate (quoted-printable works line by line): the
+# paper itself with its highlights, shared by every subscriber whose words matched the
+# same way, and the "Matched: …" line, shared by every paper that matched the same
+# filters. Per digest, only the short head and tail around the blocks are encoded.
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    text: str
+    qp: bytes
+
+
+def _block(text: str) -> _Block:
+    return _Block(text, _qp(text))
+
+
+_TOPICS_MARK = "\x00"  # cannot occur in filled text: _clean drops control characters
+
+
+def _topics_line_start(text: str) -> int:
+    """Where the line holding the topics slot starts in a block filled with the mark."""
+    return text.rindex("\n", 0, text.index(_TOPICS_MARK)) + 1
+
+
+@functools.cache
+def _paper_html_tail_template(root: Path, meta: bool, topics: bool) -> tuple[str, str]:
+    """The static text of the block from the topics line on: (before, after) the topics
+    for the variant with the line, ("", all of it) for the one without."""
+    dummy = {"title_html": "t", "meta": "m", "excerpt_html": "e", "topics": _TOPICS_MARK}
+    with_line = _paper_html(root, meta=meta, topics=True).fill(dummy)
+    cut = _topics_line_start(with_line)
+    if topics:
+        before, _, after = with_line[cut:].partition(_TOPICS_MARK)
+        return before, after
+    without = _paper_html(root, meta=meta, topics=False).fill(dummy)
+    if without[:cut] != with_line[:cut]:  # the split below relies on this
+        raise RenderError("paper.html.j2: the topics line must come after everything else")
+    return "", without[cut:]
+
+
 @functools.lru_cache(maxsize=50_000)
-def _paper_block_html(templates_dir: Path, paper: DigestPaper) -> tuple[str, bytes]:
-    """A paper's HTML block ending in a line break, and its quoted-printable form.
-
-    Quoted-printable works line by line, so blocks that start and end on line
-    boundaries encode separately and concatenate into the encoding of the whole:
-    the per-digest work is encoding the short head and tail around them.
-    """
-    html = _paper_block_html_text(templates_dir, paper)
-    return html, _qp(html)
-
-
-def _paper_block_html_text(templates_dir: Path, paper: DigestPaper) -> str:
-    title, excerpt = _paper_text_parts(paper.title, paper.abstract)
-    meta = _meta(paper)
-    topics = _topics_line(tuple(t for t in map(_clean, paper.matched_topics) if t))
-    compiled = _paper_html(templates_dir, meta=bool(meta), topics=bool(topics))
-    block = compiled.fill(
+def _paper_html_head(
+    root: Path, title: str, abstract: str, meta: str, terms: tuple[str, ...]
+) -> _Block:
+    title_text, excerpt = _paper_text_parts(title, abstract)
+    filled = _paper_html(root, meta=bool(meta), topics=True).fill(
         {
-            "title_html": highlight(title, paper.matched_terms),
+            "title_html": highlight(title_text, terms),
             "meta": escape(meta),
-            "excerpt_html": highlight(excerpt, paper.matched_terms),
-            "topics": escape(topics),
+            "excerpt_html": highlight(excerpt, terms),
+            "topics": _TOPICS_MARK,
         }
     )
-    return block if block.endswith("\n") else block + "\n"
+    return _block(filled[: _topics_line_start(filled)])
+
+
+@functools.lru_cache(maxsize=20_000)
+def _paper_html_tail(root: Path, matched_topics: tuple[str, ...], meta: bool) -> _Block:
+    topics = _topics_line(tuple(t for t in map(_clean, matched_topics) if t))
+    before, after = _paper_html_tail_template(root, meta, bool(topics))
+    text = before + (escape(topics) if topics else "") + after
+    return _block(text if text.endswith("\n") else text + "\n")
 
 
 @functools.lru_cache(maxsize=50_000)
-def _paper_block_text(index: int, paper: DigestPaper) -> tuple[str, bytes]:
-    text = _paper_block_text_plain(index, paper)
-    return text, _qp(text)
-
-
-def _paper_block_text_plain(index: int, paper: DigestPaper) -> str:
-    title, excerpt = _paper_text_parts(paper.title, paper.abstract)
-    lines = [_fill(title, indent="    ", first=f"{index}.".ljust(4))]
-    meta = _meta(paper)
+def _paper_text_head(title: str, abstract: str, meta: str) -> _Block:
+    """Title, meta and excerpt, numbered "    " (see _numbered), up to the topics."""
+    title_text, excerpt = _paper_text_parts(title, abstract)
+    lines = [_fill(title_text, indent="    ")]
     if meta:
         lines.append(_fill(meta, indent="    "))
     lines += ["", _fill(excerpt, indent="    ")]
-    topics = _topics_line(tuple(t for t in map(_clean, paper.matched_topics) if t))
-    if topics:
-        lines += ["", _fill(topics, indent="    ")]
-    return "\n".join(lines) + "\n\n"
+    return _block("\n".join(lines) + "\n")
+
+
+@functools.lru_cache(maxsize=20_000)
+def _paper_text_tail(matched_topics: tuple[str, ...]) -> _Block:
+    topics = _topics_line(tuple(t for t in map(_clean, matched_topics) if t))
+    return _block(("\n" + _fill(topics, indent="    ") + "\n" if topics else "") + "\n")
+
+
+def _numbered(index: int, head: _Block) -> _Block:
+    """The head with its number in the indent: "1.  " is as wide as "    ", so the lines
+    wrap the same, and digits, dots and inner spaces are literal in quoted-printable."""
+    number = f"{index}.".ljust(4)
+    if len(number) != 4:  # a thousand papers in one digest: no shortcut
+        return _block(number + head.text[4:])
+    return _Block(number + head.text[4:], number.encode("ascii") + head.qp[4:])
+
+
+def _paper_blocks(root: Path, papers: tuple[DigestPaper, ...]) -> tuple[list[_Block], list[_Block]]:
+    html: list[_Block] = []
+    text: list[_Block] = []
+    for i, paper in enumerate(papers, 1):
+        meta = _meta(paper)
+        html.append(_paper_html_head(root, paper.title, paper.abstract, meta, paper.matched_terms))
+        html.append(_paper_html_tail(root, paper.matched_topics, bool(meta)))
+        text.append(_numbered(i, _paper_text_head(paper.title, paper.abstract, meta)))
+        text.append(_paper_text_tail(paper.matched_topics))
+    return html, text
 
 
 def _subject(digest: Digest) -> str:
@@ -457,6 +513,11 @@ def _address(header: str, name: str | None, addr_spec: str) -> str:
         raise HeaderInjectionError(f"{header}: invalid address {addr_spec!r}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=1024)
+def _date_header(at: datetime) -> str:
+    return format_datetime(at)  # a planning batch shares one time
+
+
 def _headers(digest: Digest, sender: Sender, subject: str) -> tuple[tuple[str, str], ...]:
     sent_at = digest.date
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
@@ -471,7 +532,7 @@ def _headers(digest: Digest, sender: Sender, subject: str) -> tuple[tuple[str, s
         ("From", _address("From", sender.name, sender.address)),
         ("To", _address("To", digest.to_name, digest.to_address)),
         ("Subject", subject),
-        ("Date", format_datetime(sent_at)),
+        ("Date", _date_header(sent_at)),
         ("Message-ID", digest.message_id),
         ("List-Unsubscribe", f"<{_check_url('List-Unsubscribe', digest.unsubscribe_url)}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),  # RFC 8058 one-click
@@ -509,12 +570,10 @@ def render_digest(
     more = f"{digest.more_count} more {'paper' if digest.more_count == 1 else 'papers'}"
     footer_topics = f" ({', '.join(topics)} matched this time)" if topics else ""
     if digest.papers:
-        html_blocks = [_paper_block_html(root, p) for p in digest.papers]
-        text_blocks = [_paper_block_text(i, p) for i, p in enumerate(digest.papers, 1)]
+        html_blocks, text_blocks = _paper_blocks(root, digest.papers)
     else:
         none = "No new papers matched your topics this time."
-        html_blocks = [(str(escape(none)) + "\n", _qp(str(escape(none)) + "\n"))]
-        text_blocks = [(none + "\n\n", _qp(none + "\n\n"))]
+        html_blocks, text_blocks = [_block(str(escape(none)) + "\n")], [_block(none + "\n\n")]
     preview = _paper_text_parts(digest.papers[0].title, "")[0] if digest.papers else subject
     common = {
         "brand": brand,
@@ -544,13 +603,13 @@ def render_digest(
     text_head, text_tail = _text(root, named=named, more=has_more).around(
         "papers_text", common | {"footer": footer}
     )
-    html_head += "\n"  # blocks start on a line of their own (see _paper_block_html)
+    html_head += "\n"  # blocks start on a line of their own (see _Block)
     if not text_head.endswith("\n"):
         text_head += "\n"
-    html = html_head + "".join(h for h, _ in html_blocks) + html_tail
-    text = text_head + "".join(t for t, _ in text_blocks) + text_tail
-    html_qp = b"".join([_qp(html_head), *(q for _, q in html_blocks), _qp(html_tail)])
-    text_qp = b"".join([_qp(text_head), *(q for _, q in text_blocks), _qp(text_tail)])
+    html = html_head + "".join(b.text for b in html_blocks) + html_tail
+    text = text_head + "".join(b.text for b in text_blocks) + text_tail
+    html_qp = b"".join([_qp(html_head), *(b.qp for b in html_blocks), _qp(html_tail)])
+    text_qp = b"".join([_qp(text_head), *(b.qp for b in text_blocks), _qp(text_tail)])
     return RenderedDigest(
         subject=subject, html=html, text=text, headers=headers, html_qp=html_qp, text_qp=text_qp
     )
@@ -565,6 +624,12 @@ def _header_line(name: str, value: str) -> bytes:
     if name.lower().startswith("list-unsubscribe") and line.isascii() and len(line) <= 998:
         # Encoding a long <URL> would make it unusable to mail clients; RFC 5322 allows 998.
         return line.encode("ascii") + b"\r\n"
+    return _folded(name, value)
+
+
+@functools.lru_cache(maxsize=10_000)
+def _folded(name: str, value: str) -> bytes:
+    # Cached: long subjects repeat across subscribers who share a top paper.
     return SMTP.header_factory(name, value).fold(policy=SMTP).encode("utf-8")
 
 

@@ -479,3 +479,26 @@ def test_rendering_arbitrary_text_never_raises_or_leaks(
     assert title not in rendered.html
     raw = to_mime_bytes(rendered=rendered)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    titles=st.lists(st.text(min_size=0, max_size=120), min_size=1, max_size=12),
+    topics=st.lists(st.text(max_size=30), max_size=3),
+    meta=st.booleans(),
+)
+def test_parts_assembled_from_cached_blocks_decode_to_the_whole(titles, topics, meta):
+    """The per-paper cache hands out pre-encoded pieces (numbers swapped in); what a mail
+    client decodes must be exactly the text and HTML, in every combination of parts."""
+    extra = {} if meta else {"organization": None, "authors": None, "upvotes": None,
+                             "published_on": None}  # fmt: skip
+    papers = [
+        make_paper(title=t, matched_topics=tuple(topics[: i % 4]), **extra)
+        for i, t in enumerate(titles)
+    ]
+    rendered = render(make_digest(papers=papers))
+    plain, html = parts(parse(to_mime_bytes(rendered=rendered)))
+    assert plain.replace("\r\n", "\n") == rendered.text
+    assert html.replace("\r\n", "\n") == rendered.html
+    for i in range(1, len(titles) + 1):
+        assert f"\n{i}.".ljust(5) in rendered.text

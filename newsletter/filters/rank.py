@@ -97,6 +97,7 @@ class Ranker:
         self._filter_scores: dict[str, np.ndarray] = {}
         self._leaf_scores: dict[Term | Phrase, np.ndarray] = {}
         self._shown: dict[tuple[Term | Phrase, int], tuple[str, ...]] = {}
+        self._ranked: dict[tuple[tuple[str, ...], int | None, int], Ranked] = {}
         upvotes = np.array([p.upvotes or 0 for p in index.papers], dtype=np.float64)
         self.upvotes = upvotes
         self.popularity = 1 + UPVOTE_BOOST * np.minimum(
@@ -177,7 +178,17 @@ class Ranker:
     def rank(
         self, filters: Sequence[CompiledFilter], *, within: int | None = None, limit: int
     ) -> Ranked:
-        """Papers matching any filter (restricted to ``within``), best first, at most ``limit``."""
+        """Papers matching any filter (restricted to ``within``), best first, at most ``limit``.
+
+        Memoized: subscribers who chose the same filters and are due the same
+        papers (the usual case for popular topics) share one ranking."""
+        key = (tuple(f.query for f in filters), within, limit)
+        ranked = self._ranked.get(key)
+        if ranked is None:
+            ranked = self._ranked[key] = self._rank(filters, within=within, limit=limit)
+        return ranked
+
+    def _rank(self, filters: Sequence[CompiledFilter], *, within: int | None, limit: int) -> Ranked:
         bits = self.matching(filters)
         if within is not None:
             bits &= within
