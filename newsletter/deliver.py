@@ -86,20 +86,33 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    delivery: Delivery
+    delivery_id: int
+    subscriber_id: int
     active: bool  # the subscriber is still active: otherwise the digest is not sent
     digest: render.Digest
 
 
 def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Loaded]:
-    """Rebuild digests from the ledger alone, in three queries whatever the batch size:
+    """Rebuild digests from the ledger alone, in four queries whatever the batch size:
     the same rows give the same bytes, so a resend is the same message."""
-    deliveries = list(session.exec(select(Delivery).where(Delivery.id.in_(ids))))  # type: ignore[union-attr]
+    deliveries = list(
+        session.exec(
+            select(
+                Delivery.id,
+                Delivery.subscriber_id,
+                Delivery.to_address,
+                Delivery.edition,
+                Delivery.more_count,
+                Delivery.message_id,
+                Delivery.created_at,
+            ).where(Delivery.id.in_(ids))  # type: ignore[union-attr]
+        )
+    )
     subscribers = {
         sid: (status, name)
         for sid, status, name in session.exec(
             select(Subscriber.id, Subscriber.status, Subscriber.name).where(
-                Subscriber.id.in_({d.subscriber_id for d in deliveries})  # type: ignore[union-attr]
+                Subscriber.id.in_({d[1] for d in deliveries})  # type: ignore[union-attr]
             )
         )
     }
@@ -131,11 +144,15 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
             ).where(Paper.id.in_({paper_id for _, paper_id, _, _ in items}))  # type: ignore[union-attr]
         )
     }
+    # And each (paper, why it matched) once: digests that share it share the object,
+    # which the renderer's caches then find by identity.
+    shared: dict[tuple[int, str, str], render.DigestPaper] = {}
     papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
     for delivery_id, paper_id, topics, terms in items:
-        title, abstract, authors, org, published, upvotes = paper_rows[paper_id]
-        papers[delivery_id].append(
-            render.DigestPaper(
+        paper = shared.get((paper_id, topics, terms))
+        if paper is None:
+            title, abstract, authors, org, published, upvotes = paper_rows[paper_id]
+            paper = shared[paper_id, topics, terms] = render.DigestPaper(
                 title=title,
                 abstract=abstract,
                 authors=authors,
@@ -145,23 +162,23 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
                 matched_topics=_json_tuple(topics),
                 matched_terms=_json_tuple(terms),
             )
-        )
+        papers[delivery_id].append(paper)
     loaded = []
-    for d in deliveries:
-        status, name = subscribers.get(d.subscriber_id, (None, None))
+    for delivery_id, subscriber_id, to_address, edition, more, message_id, created in deliveries:
+        status, name = subscribers.get(subscriber_id, (None, None))
         digest = render.Digest(
-            to_address=d.to_address,
+            to_address=to_address,
             to_name=name,
-            edition=d.edition,
-            papers=tuple(papers[d.id]),  # type: ignore[index]
-            more_count=d.more_count,
-            message_id=d.message_id,
-            date=d.created_at,
-            unsubscribe_url=links.unsubscribe(subscriber_id=d.subscriber_id),
-            preferences_url=links.preferences(subscriber_id=d.subscriber_id),
-            archive_url=links.archive(delivery_id=d.id),  # type: ignore[arg-type]
+            edition=edition,
+            papers=tuple(papers[delivery_id]),
+            more_count=more,
+            message_id=message_id,
+            date=created,
+            unsubscribe_url=links.unsubscribe(subscriber_id=subscriber_id),
+            preferences_url=links.preferences(subscriber_id=subscriber_id),
+            archive_url=links.archive(delivery_id=delivery_id),
         )
-        loaded.append(Loaded(d, status == SubscriberStatus.ACTIVE, digest))
+        loaded.append(Loaded(delivery_id, subscriber_id, status == SubscriberStatus.ACTIVE, digest))
     return loaded
 
 
@@ -173,13 +190,22 @@ def _prepare(
         loaded = load_digests(session=session, ids=ids, links=links)
     jobs = []
     for item in loaded:
-        d, message, error = item.delivery, None, None
+        message, error = None, None
         if item.active:
             try:
                 message = outgoing(digest=item.digest, sender=sender)
             except (render.RenderError, render.HeaderInjectionError) as exc:
                 error = PermanentDeliveryError(f"cannot render: {exc}")
-        jobs.append(_Job(d.id, d.subscriber_id, d.to_address, message, error, item.active))  # type: ignore[arg-type]
+        jobs.append(
+            _Job(
+                item.delivery_id,
+                item.subscriber_id,
+                item.digest.to_address,
+                message,
+                error,
+                item.active,
+            )
+        )
     return jobs
 
 
@@ -218,6 +244,7 @@ def outgoing(*, digest: render.Digest, sender: render.Sender) -> OutgoingMessage
         data=render.to_mime_bytes(rendered=rendered),
         edition=digest.edition,
         html=rendered.html,
+        crlf_only=True,  # to_mime_bytes writes CRLF only
     )
 
 

@@ -243,11 +243,11 @@ def _record_batch(
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
-        insert(Delivery)
+        insert(Delivery.__table__)  # type: ignore[attr-defined]
         .on_conflict_do_nothing(index_elements=["subscriber_id", "edition"])
         .returning(Delivery.id, Delivery.subscriber_id)
     )
-    created = dict((sid, did) for did, sid in session.execute(statement, rows))
+    created = dict((sid, did) for did, sid in session.connection().execute(statement, rows))
     items = []
     for sub, _edition, ranked, at in batch:
         delivery_id = created.get(sub.id)  # type: ignore[arg-type]
@@ -255,18 +255,20 @@ def _record_batch(
             continue  # lost the race: left without an id, dropped from the report
         report.planned[at] = replace(report.planned[at], delivery_id=delivery_id)
         items.extend(
-            {
-                "delivery_id": delivery_id,
-                "paper_id": m.paper_id,
-                "position": pos,
-                "matched_topics": _json(m.filters),
-                "matched_terms": _json(m.words),
-            }
+            (delivery_id, m.paper_id, pos, _json(m.filters), _json(m.words))
             for pos, m in enumerate(ranked.matches)
         )
     if items:
-        # The table, not the model: a Core executemany, without the ORM's per-row bookkeeping.
-        session.connection().execute(sa.insert(DeliveryItem.__table__), items)  # type: ignore[attr-defined]
+        # Ten to twenty rows per digest: straight to the driver's executemany, without
+        # SQLAlchemy's per-row parameter processing (half the cost of planning otherwise).
+        connection = session.connection()
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            "INSERT INTO delivery_items"
+            " (delivery_id, paper_id, position, matched_topics, matched_terms)"
+            f" VALUES ({', '.join([mark] * 5)})",
+            items,
+        )
 
 
 @functools.lru_cache(maxsize=50_000)

@@ -51,6 +51,13 @@ __all__ = [
 ]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(templates_dir: Path) -> Path:
+    return templates_dir.resolve()  # per digest otherwise: a realpath() of system calls
+
+
 SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox lists
 EXCERPT_CHARS = 400
 TEXT_WIDTH = 78
@@ -201,6 +208,21 @@ def _fill(text: str, indent: str = "", first: str | None = None) -> str:
     )
 
 
+def _wrap(text: str) -> str:
+    """What ``_fill`` gives for text whose whitespace ``_clean`` collapsed, without
+    textwrap's machinery: for the one paragraph per digest that is never the same twice."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > TEXT_WIDTH:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\n".join(lines)
+
+
 # --- compiled templates -----------------------------------------------------------------
 #
 # Rendering runs once per subscriber, so the templates are not rendered per digest. Each
@@ -224,14 +246,6 @@ class _Compiled:
             out[i] = values[out[i]]
         return "".join(out)
 
-    def around(self, slot: str, values: dict[str, str]) -> tuple[str, str]:
-        """The filled text before and after ``slot`` (which must occur once)."""
-        at = self.pieces.index(slot)
-        # Slots sit at odd positions, so both halves start and end with static text.
-        before = _Compiled(self.pieces[:at]).fill(values)
-        after = _Compiled(self.pieces[at + 1 :]).fill(values)
-        return before, after
-
 
 def _slots(*names: str) -> dict[str, Markup]:
     return {name: Markup(_SLOT.format(name)) for name in names}
@@ -239,6 +253,86 @@ def _slots(*names: str) -> dict[str, Markup]:
 
 def _compile(text: str) -> _Compiled:
     return _Compiled(tuple(_SLOT_RE.split(text)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    """Template text as runs of whole lines: runs without slots are kept ready, with
+    their quoted-printable form (see _Block); runs with slots are filled and encoded per
+    message. The shell around a digest's papers is mostly static markup, so this
+    encodes a few short lines per message instead of kilobytes of styles."""
+
+    runs: tuple[_Block | _Compiled, ...]
+
+    def fill(self, values: dict[str, str]) -> tuple[str, bytes]:
+        texts: list[str] = []
+        qps: list[bytes] = []
+        for run in self.runs:
+            if isinstance(run, _Block):
+                texts.append(run.text)
+                qps.append(run.qp)
+            else:
+                text = run.fill(values)
+                texts.append(text)
+                qps.append(_qp(text))
+        return "".join(texts), b"".join(qps)
+
+
+def _lines(pieces: tuple[str, ...]) -> _Lines:
+    """Split static, slot, static, ... pieces into runs of whole lines."""
+    runs: list[_Block | _Compiled] = []
+    static: list[str] = []  # whole lines without slots, not yet in a run
+    dynamic: list[tuple[bool, str]] = []  # whole lines with slots: (is_slot, text)
+
+    def flush() -> None:
+        if static:
+            runs.append(_block("".join(static)))
+            static.clear()
+        if dynamic:
+            out = [""]
+            for is_slot, text in dynamic:
+                if is_slot:
+                    out += [text, ""]
+                else:
+                    out[-1] += text
+            runs.append(_Compiled(tuple(out)))
+            dynamic.clear()
+
+    def end_line(line: list[tuple[bool, str]]) -> None:
+        if any(is_slot for is_slot, _ in line):
+            if static:
+                flush()
+            dynamic.extend(line)
+        else:
+            if dynamic:
+                flush()
+            static.append("".join(text for _, text in line))
+
+    line: list[tuple[bool, str]] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a slot
+            line.append((True, piece))
+            continue
+        *complete, rest = piece.split("\n")
+        for chunk in complete:
+            end_line([*line, (False, chunk + "\n")])
+            line = []
+        if rest:
+            line.append((False, rest))
+    if line:
+        end_line(line)
+    flush()
+    return _Lines(tuple(runs))
+
+
+def _halves(compiled: _Compiled, slot: str, *, newline: bool) -> tuple[_Lines, _Lines]:
+    """The template before and after ``slot``, the first ending in a line break when
+    ``newline`` (what follows starts on a line of its own)."""
+    at = compiled.pieces.index(slot)
+    before = list(compiled.pieces[:at])
+    if newline or not before[-1].endswith("\n"):
+        before[-1] += "\n"
+    return _lines(tuple(before)), _lines(compiled.pieces[at + 1 :])
 
 
 @functools.cache
@@ -284,6 +378,17 @@ def _shell(templates_dir: Path, *, named: bool, more: bool) -> _Compiled:
     if not more:
         context["more"] = ""
     return _compile(_mjml_to_html(_render_template(templates_dir, "digest.mjml.j2", context)))
+
+
+@functools.cache
+def _shell_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Lines, _Lines]:
+    # The papers' blocks start on a line of their own (see _Block).
+    return _halves(_shell(templates_dir, named=named, more=more), "papers_html", newline=True)
+
+
+@functools.cache
+def _text_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Lines, _Lines]:
+    return _halves(_text(templates_dir, named=named, more=more), "papers_text", newline=False)
 
 
 @functools.cache
@@ -358,7 +463,7 @@ def _topics_line(topics: tuple[str, ...]) -> str:
 # filters. Per digest, only the short head and tail around the blocks are encoded.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # cached instances: identity is equality
 class _Block:
     text: str
     qp: bytes
@@ -377,16 +482,16 @@ def _topics_line_start(text: str) -> int:
 
 
 @functools.cache
-def _paper_html_tail_template(root: Path, meta: bool, topics: bool) -> tuple[str, str]:
+def _paper_html_tail_template(root: str, meta: bool, topics: bool) -> tuple[str, str]:
     """The static text of the block from the topics line on: (before, after) the topics
     for the variant with the line, ("", all of it) for the one without."""
     dummy = {"title_html": "t", "meta": "m", "excerpt_html": "e", "topics": _TOPICS_MARK}
-    with_line = _paper_html(root, meta=meta, topics=True).fill(dummy)
+    with_line = _paper_html(Path(root), meta=meta, topics=True).fill(dummy)
     cut = _topics_line_start(with_line)
     if topics:
         before, _, after = with_line[cut:].partition(_TOPICS_MARK)
         return before, after
-    without = _paper_html(root, meta=meta, topics=False).fill(dummy)
+    without = _paper_html(Path(root), meta=meta, topics=False).fill(dummy)
     if without[:cut] != with_line[:cut]:  # the split below relies on this
         raise RenderError("paper.html.j2: the topics line must come after everything else")
     return "", without[cut:]
@@ -394,10 +499,10 @@ def _paper_html_tail_template(root: Path, meta: bool, topics: bool) -> tuple[str
 
 @functools.lru_cache(maxsize=50_000)
 def _paper_html_head(
-    root: Path, title: str, abstract: str, meta: str, terms: tuple[str, ...]
+    root: str, title: str, abstract: str, meta: str, terms: tuple[str, ...]
 ) -> _Block:
     title_text, excerpt = _paper_text_parts(title, abstract)
-    filled = _paper_html(root, meta=bool(meta), topics=True).fill(
+    filled = _paper_html(Path(root), meta=bool(meta), topics=True).fill(
         {
             "title_html": highlight(title_text, terms),
             "meta": escape(meta),
@@ -409,10 +514,11 @@ def _paper_html_head(
 
 
 @functools.lru_cache(maxsize=20_000)
-def _paper_html_tail(root: Path, matched_topics: tuple[str, ...], meta: bool) -> _Block:
+def _paper_html_tail(root: str, matched_topics: tuple[str, ...], meta: bool) -> _Block:
     topics = _topics_line(tuple(t for t in map(_clean, matched_topics) if t))
     before, after = _paper_html_tail_template(root, meta, bool(topics))
-    text = before + (escape(topics) if topics else "") + after
+    # str(): Markup on the right of "+" would escape the template text on its left.
+    text = before + str(escape(topics)) + after
     return _block(text if text.endswith("\n") else text + "\n")
 
 
@@ -433,6 +539,7 @@ def _paper_text_tail(matched_topics: tuple[str, ...]) -> _Block:
     return _block(("\n" + _fill(topics, indent="    ") + "\n" if topics else "") + "\n")
 
 
+@functools.lru_cache(maxsize=50_000)
 def _numbered(index: int, head: _Block) -> _Block:
     """The head with its number in the indent: "1.  " is as wide as "    ", so the lines
     wrap the same, and digits, dots and inner spaces are literal in quoted-printable."""
@@ -442,15 +549,25 @@ def _numbered(index: int, head: _Block) -> _Block:
     return _Block(number + head.text[4:], number.encode("ascii") + head.qp[4:])
 
 
-def _paper_blocks(root: Path, papers: tuple[DigestPaper, ...]) -> tuple[list[_Block], list[_Block]]:
+@functools.lru_cache(maxsize=50_000)
+def _paper_pieces(root: str, paper: DigestPaper) -> tuple[_Block, _Block, _Block, _Block]:
+    """HTML head and tail, text head (unnumbered) and tail of one paper's block."""
+    meta = _meta(paper)
+    return (
+        _paper_html_head(root, paper.title, paper.abstract, meta, paper.matched_terms),
+        _paper_html_tail(root, paper.matched_topics, bool(meta)),
+        _paper_text_head(paper.title, paper.abstract, meta),
+        _paper_text_tail(paper.matched_topics),
+    )
+
+
+def _paper_blocks(root: str, papers: tuple[DigestPaper, ...]) -> tuple[list[_Block], list[_Block]]:
     html: list[_Block] = []
     text: list[_Block] = []
     for i, paper in enumerate(papers, 1):
-        meta = _meta(paper)
-        html.append(_paper_html_head(root, paper.title, paper.abstract, meta, paper.matched_terms))
-        html.append(_paper_html_tail(root, paper.matched_topics, bool(meta)))
-        text.append(_numbered(i, _paper_text_head(paper.title, paper.abstract, meta)))
-        text.append(_paper_text_tail(paper.matched_topics))
+        html_head, html_tail, text_head, text_tail = _paper_pieces(root, paper)
+        html += (html_head, html_tail)
+        text += (_numbered(i, text_head), text_tail)
     return html, text
 
 
@@ -553,7 +670,7 @@ def render_digest(
     headers = _headers(digest, sender, subject)  # validate before doing any other work
     for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
         _check_url(name, getattr(digest, name))
-    root = (templates_dir or TEMPLATES_DIR).resolve()
+    root = _resolved(templates_dir or TEMPLATES_DIR)
 
     topics = sorted(
         {t for p in digest.papers for t in map(_clean, p.matched_topics) if t and t != "*"},
@@ -570,7 +687,7 @@ def render_digest(
     more = f"{digest.more_count} more {'paper' if digest.more_count == 1 else 'papers'}"
     footer_topics = f" ({', '.join(topics)} matched this time)" if topics else ""
     if digest.papers:
-        html_blocks, text_blocks = _paper_blocks(root, digest.papers)
+        html_blocks, text_blocks = _paper_blocks(str(root), digest.papers)
     else:
         none = "No new papers matched your topics this time."
         html_blocks, text_blocks = [_block(str(escape(none)) + "\n")], [_block(none + "\n\n")]
@@ -586,30 +703,27 @@ def render_digest(
         "unsubscribe_url": digest.unsubscribe_url,
     }
     named, has_more = bool(to_name), digest.more_count > 0
-    html_head, html_tail = _shell(root, named=named, more=has_more).around(
-        "papers_html",
-        {k: str(escape(v)) for k, v in common.items()}
-        | {
-            "subject": str(escape(subject)),
-            "preview": str(escape(preview)),
-            "to_address": str(escape(_clean(digest.to_address))),
-            "topics": str(escape(footer_topics)),
-        },
-    )
-    footer = _fill(
+    html_values = {k: str(escape(v)) for k, v in common.items()} | {
+        "subject": str(escape(subject)),
+        "preview": str(escape(preview)),
+        "to_address": str(escape(_clean(digest.to_address))),
+        "topics": str(escape(footer_topics)),
+    }
+    footer = _wrap(
         f"You receive this because {_clean(digest.to_address)} subscribed to {brand} topics"
         f"{footer_topics}."
     )
-    text_head, text_tail = _text(root, named=named, more=has_more).around(
-        "papers_text", common | {"footer": footer}
-    )
-    html_head += "\n"  # blocks start on a line of their own (see _Block)
-    if not text_head.endswith("\n"):
-        text_head += "\n"
-    html = html_head + "".join(b.text for b in html_blocks) + html_tail
-    text = text_head + "".join(b.text for b in text_blocks) + text_tail
-    html_qp = b"".join([_qp(html_head), *(b.qp for b in html_blocks), _qp(html_tail)])
-    text_qp = b"".join([_qp(text_head), *(b.qp for b in text_blocks), _qp(text_tail)])
+    text_values = common | {"footer": footer}
+    html_before, html_after = _shell_halves(root, named=named, more=has_more)
+    text_before, text_after = _text_halves(root, named=named, more=has_more)
+    head, head_qp = html_before.fill(html_values)
+    tail, tail_qp = html_after.fill(html_values)
+    html = head + "".join([b.text for b in html_blocks]) + tail
+    html_qp = b"".join([head_qp, *[b.qp for b in html_blocks], tail_qp])
+    head, head_qp = text_before.fill(text_values)
+    tail, tail_qp = text_after.fill(text_values)
+    text = head + "".join([b.text for b in text_blocks]) + tail
+    text_qp = b"".join([head_qp, *[b.qp for b in text_blocks], tail_qp])
     return RenderedDigest(
         subject=subject, html=html, text=text, headers=headers, html_qp=html_qp, text_qp=text_qp
     )

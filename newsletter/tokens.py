@@ -9,6 +9,7 @@ revokes every link at once.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 
@@ -18,9 +19,17 @@ ARCHIVE = "archive"
 _MAC_BYTES = 20
 
 
+@functools.lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    # HMAC's keyed inner and outer states, set up once: three links per digest otherwise
+    # re-derive them from the key every time.
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _mac(*, key: bytes, purpose: str, ident: int) -> str:
-    digest = hmac.new(key, f"{purpose}:{ident}".encode(), hashlib.sha256).digest()[:_MAC_BYTES]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    mac = _keyed(key).copy()
+    mac.update(f"{purpose}:{ident}".encode())
+    return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES]).rstrip(b"=").decode()
 
 
 def make_token(*, key: bytes, purpose: str, ident: int) -> str:

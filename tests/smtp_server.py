@@ -54,6 +54,12 @@ class FaultyHandler:
         self.accepted: list[Accepted] = []
         self.tries: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
+        self.sessions = 0  # connections greeted
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         f = self.faults

@@ -88,7 +88,12 @@ def _kill_until_done(tmp_path: Path, count: int, kills: int, seed: int) -> None:
     try:
         for _ in range(kills):
             proc = _sender(tmp_path, url, server.port)
-            time.sleep(rng.uniform(1.0, 2.5))  # interpreter start-up is ~1 s: kill mid-send
+            # Kill mid-send, at a random point of progress (not of time: sending speed
+            # varies with the machine): after some more messages reached the server.
+            target = len(server.handler.accepted) + rng.randint(1, count // (kills + 1))
+            deadline = time.monotonic() + 120
+            while len(server.handler.accepted) < target and time.monotonic() < deadline:
+                time.sleep(0.002)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             in_flight_at_kills += _left(engine)[1]  # claimed, maybe handed over, not recorded

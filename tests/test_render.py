@@ -22,6 +22,8 @@ from newsletter.render import (
     HeaderInjectionError,
     RenderError,
     Sender,
+    _fill,
+    _wrap,
     highlight,
     latex_to_text,
     render_digest,
@@ -328,7 +330,10 @@ def test_metadata_topics_and_footer_links():
     for body in (rendered.html, rendered.text):
         for piece in ("ZIP Lab", "4 authors", "28 May 2024", "▲ 5 upvotes", "29 May 2024"):
             assert piece in body
-    assert "Matched: org:&#34;ZIP Lab&#34;, transformer" in rendered.html
+    assert re.search(
+        r"<p [^>]*>Matched: org:&#34;ZIP Lab&#34;, transformer</p>\s*</div>", rendered.html
+    )
+    assert "&lt;" not in rendered.html  # no markup of ours escaped into text
     assert 'Matched: org:"ZIP Lab", transformer' in rendered.text
     for label, url in [
         ("View in browser", "https://news.example.org/d/42?x=1&amp;y=2"),
@@ -479,6 +484,8 @@ def test_rendering_arbitrary_text_never_raises_or_leaks(
     assert title not in rendered.html
     raw = to_mime_bytes(rendered=rendered)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    # What OutgoingMessage.crlf_only vouches for: no lone CR or LF anywhere.
+    assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -502,3 +509,12 @@ def test_parts_assembled_from_cached_blocks_decode_to_the_whole(titles, topics, 
     assert html.replace("\r\n", "\n") == rendered.html
     for i in range(1, len(titles) + 1):
         assert f"\n{i}.".ljust(5) in rendered.text
+
+
+words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")), min_size=1)
+
+
+@given(st.lists(words, max_size=30))
+def test_footer_wrap_matches_textwrap(ws):
+    text = " ".join(ws)
+    assert _wrap(text) == _fill(text)

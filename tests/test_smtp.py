@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter import db
-from newsletter.backends.base import EmailBackend
-from newsletter.backends.smtp import SMTPBackend
+from newsletter.backends.base import EmailBackend, OutgoingMessage
+from newsletter.backends.smtp import SMTPBackend, wire_bytes
 from newsletter.config import Settings
 from newsletter.deliver import DeliverReport
 from newsletter.models import Delivery, Event, Subscriber
@@ -257,6 +257,53 @@ def test_connections_are_reused_up_to_the_cap(
         SMTPBackend._connect = original  # type: ignore[method-assign]
     assert server.handler.copies() == {e: 1 for e in emails}
     assert 5 <= len(sessions) <= 7  # 30 messages / 7 per session, over 3 parallel connections
+
+
+@pytest.mark.parametrize("crlf_only", [True, False])
+def test_message_bytes_arrive_exactly_dots_and_all(server, crlf_only) -> None:  # type: ignore[no-untyped-def]
+    """Transparency (RFC 5321 4.5.2): lines starting with a dot, a lone "." line and a
+    last line without CRLF reach the server as written."""
+    body = b"Message-ID: <dots@x>\r\n\r\n.starts\r\n.\r\nmid . dot\r\n..two\r\nend"
+    message = OutgoingMessage(
+        message_id="<dots@x>",
+        sender="papers@example.org",
+        recipients=("dots@example.org",),
+        data=body,
+        edition=date(2024, 5, 29),
+        crlf_only=crlf_only,
+    )
+
+    async def send() -> None:
+        settings = smtp_settings(Path("."), "sqlite://", server.port).smtp
+        async with SMTPBackend(settings=settings) as backend:
+            await backend.send(message)
+
+    asyncio.run(send())
+    assert [a.data for a in server.handler.accepted] == [body + b"\r\n"]
+
+
+def test_wire_bytes_normalizes_lone_line_breaks_and_stuffs_dots() -> None:
+    assert wire_bytes(b".a\nb\r.c\r\n.") == b"..a\r\nb\r\n..c\r\n..\r\n.\r\n"
+    assert wire_bytes(b"a\r\n", crlf_only=True) == b"a\r\n.\r\n"
+
+
+def test_a_refused_recipient_does_not_cost_the_session(
+    tmp_path, sqlite_engine, sqlite_url, now
+) -> None:  # type: ignore[no-untyped-def]
+    bounced = [f"x{i}@example.org" for i in range(6)]
+    emails = [f"y{i}@example.org" for i in range(6)] + bounced
+    server = SMTPServer(Faults(permanent=dict.fromkeys(bounced, 550))).start()
+    try:
+        settings = smtp_settings(
+            tmp_path, sqlite_url, server.port, NEWSLETTER_SMTP_POOL_SIZE="1",
+            NEWSLETTER_SMTP_MAX_PER_CONNECTION="100",
+        )  # fmt: skip
+        populate(sqlite_engine, settings, now, emails)
+        deliver(sqlite_engine, settings, SMTPBackend(settings=settings.smtp), now)
+        assert_ledger(sqlite_engine, server, delivered=emails[:6], bounced=bounced)
+        assert server.handler.sessions == 1  # RSET after each 550, not a reconnect
+    finally:
+        server.stop()
 
 
 def test_token_bucket_holds_the_rate() -> None:

@@ -25,6 +25,9 @@ class OutgoingMessage:
     edition: date
     html: str | None = None
     """The HTML part, for backends that keep a browser copy (test mode)."""
+    crlf_only: bool = False
+    """``data`` has CRLF line endings and no lone CR or LF (``render.to_mime_bytes``
+    guarantees it), so the SMTP backend need not scan it for them."""
 
 
 class EmailBackend(abc.ABC):

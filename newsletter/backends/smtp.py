@@ -164,7 +164,7 @@ class SMTPBackend(EmailBackend):
             protocol = client.protocol
             if protocol is None:
                 raise TransientDeliveryError("the relay closed the connection before the message")
-            protocol.write(wire_bytes(message.data))
+            protocol.write(wire_bytes(message.data, crlf_only=message.crlf_only))
             reply = await protocol.read_response(timeout=timeout)
             if reply.code != 250:  # the message refused: this message only
                 raise classify_reply(reply.code, reply.message)
@@ -177,15 +177,17 @@ class SMTPBackend(EmailBackend):
 _LONE_EOL_RE = re.compile(rb"\r\n|\r|\n")
 
 
-def wire_bytes(data: bytes) -> bytes:
+def wire_bytes(data: bytes, *, crlf_only: bool = False) -> bytes:
     """The DATA payload: CRLF line endings, leading dots doubled, ending in CRLF.CRLF.
 
-    Messages we build have CRLF line endings only; counting in C proves it
-    without a regular expression, and anything else is normalized the slow way.
+    ``crlf_only`` vouches that ``data`` has CRLF line endings only (our own
+    messages); other data is checked by counting in C, and normalized the slow
+    way only when it has a lone CR or LF.
     """
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _LONE_EOL_RE.sub(b"\r\n", data)
+    if not crlf_only:
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            data = _LONE_EOL_RE.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     data = data.replace(b"\r\n.", b"\r\n..")
