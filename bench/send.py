@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import random
+import resource
 import shutil
 import smtplib
 import socket
@@ -42,6 +44,7 @@ from newsletter.corpus.ingest import ingest
 from newsletter.deliver import deliver_due, load_digests
 from newsletter.links import Links
 from newsletter.models import Delivery, Subscriber, TopicFilter
+from newsletter.parallel import DeliveryProcesses
 from newsletter.plan import plan_digests
 from newsletter.render import Sender, render_digest
 
@@ -117,22 +120,51 @@ def setup(home: Path, port: int, count: int, pool: int) -> tuple[object, object]
     return settings, engine
 
 
-def ours(settings, engine) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
-    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
+    """What `newsletter send --now --workers N` does: N delivery processes start,
+    then planning commits digests batch by batch while they deliver."""
     start = time.perf_counter()
-    planned = plan_digests(engine=engine, settings=settings, now=datetime.now(UTC), due_only=False)
-    planned_at = time.perf_counter()
-    report = asyncio.run(
-        deliver_due(
-            engine=engine,
-            settings=settings,
-            backend=SMTPBackend(settings=settings.smtp),
-            links=links,
-            now=lambda: datetime.now(UTC),
-            batch_size=500,
+    cpu_start = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    if workers > 1:
+        with DeliveryProcesses(settings=settings, workers=workers, batch_size=500) as pool:
+            planned = plan_digests(
+                engine=engine, settings=settings, now=datetime.now(UTC), due_only=False
+            )
+            planned_at = time.perf_counter()
+            report = pool.finish()
+    else:
+        planned = plan_digests(
+            engine=engine, settings=settings, now=datetime.now(UTC), due_only=False
+        )
+        planned_at = time.perf_counter()
+        links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+        report = asyncio.run(
+            deliver_due(
+                engine=engine,
+                settings=settings,
+                backend=SMTPBackend(settings=settings.smtp),
+                links=links,
+                now=lambda: datetime.now(UTC),
+                batch_size=500,
+            )
+        )
+    end = time.perf_counter()
+    own, children = (
+        (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        for before, after in zip(
+            cpu_start,
+            (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            ),
+            strict=True,
         )
     )
-    end = time.perf_counter()
+    print(f"CPU      this process {own:.2f} s, delivery processes {children:.2f} s", end="")
+    print(f" over {end - start:.2f} s wall")
     assert report.count("sent") == len(planned.planned), report.outcomes[:3]
     return len(planned.planned), planned_at - start, end - planned_at
 
@@ -172,12 +204,25 @@ def source(port: int, count: int, size: int, sessions: int) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--naive-sample", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=32, help="SMTP sessions (as smtp-source's -s)")
-    parser.add_argument("--profile", action="store_true", help="print where our time goes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="delivery processes (send --workers)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print where our time goes (1 worker)"
+    )
     args = parser.parse_args()
     ensure_postfix()
     port = free_port()
@@ -188,17 +233,29 @@ def main() -> None:
             profiler = cProfile.Profile() if args.profile else None
             if profiler:
                 profiler.enable()
-            count, t_plan, t_send = ours(settings, engine)
+            workers = 1 if args.profile else args.workers
+            count, t_plan, t_send = ours(settings, engine, workers)
             if profiler:
                 profiler.disable()
             per_naive, size = naive(settings, engine, port, args.naive_sample)
+            sink_cpu = _cpu_seconds(sink.pid)
+            print(f"CPU      smtp-sink {sink_cpu:.2f} s for our digests")
             t_source = source(port, count, size, args.pool)
         ours_rate = count / (t_plan + t_send)
         naive_rate = 1 / per_naive
         source_rate = count / t_source
-        print(f"{count:,} digests, ~{size / 1000:.0f} kB each, {args.pool} SMTP sessions")
+        print(
+            f"{count:,} digests, ~{size / 1000:.0f} kB each, {args.pool} SMTP sessions per process"
+        )
         print(f"ours     {ours_rate:8.0f} digests/s end to end", end=" ")
-        print(f"(plan {t_plan:.2f} s + deliver {t_send:.2f} s)")
+        if workers > 1:
+            print(
+                f"({workers} delivery processes; plan {t_plan:.2f} s, overlapping delivery,",
+                end=" ",
+            )
+            print(f"then {t_send:.2f} s more)")
+        else:
+            print(f"(plan {t_plan:.2f} s + deliver {t_send:.2f} s)")
         print(f"naive    {naive_rate:8.0f} digests/s", end=" ")
         print(f"(EmailMessage + smtplib, {args.naive_sample} sampled)")
         print(f"source   {source_rate:8.0f} messages/s (smtp-source, same size and sessions)")

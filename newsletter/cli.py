@@ -8,13 +8,14 @@ stay quiet in a pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import sqlalchemy as sa
 import typer
@@ -29,6 +30,9 @@ from newsletter.config import Settings, describe, env_example, load_settings, se
 from newsletter.errors import FilterSyntaxError, NewsletterError, SubscriberError
 from newsletter.links import Links
 from newsletter.models import Delivery, Paper, Subscriber, utcnow
+
+if TYPE_CHECKING:
+    from newsletter.plan import PlanReport
 
 app = typer.Typer(
     help="Emails researchers the new papers they care about.",
@@ -389,6 +393,13 @@ def send(
         bool, typer.Option("--dry-run", help="Show what would be sent; record and send nothing.")
     ] = False,
     subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's digest.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Delivery processes beside planning (default NEWSLETTER_SEND_WORKERS).",
+        ),
+    ] = None,
 ) -> None:
     """Plan today's digests and deliver everything due."""
     from newsletter.backends import get_backend
@@ -406,14 +417,57 @@ def send(
         from newsletter.subscribers import normalize_email
 
         email = normalize_email(subscriber)
-    report = plan_digests(
-        engine=ctx.engine,
-        settings=ctx.settings,
-        now=utcnow(),
-        only_email=email,
-        due_only=not now_,
-        dry_run=dry_run,
+    workers = workers or ctx.settings.send_workers
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1 and not dry_run and sid is None:
+            from newsletter.parallel import DeliveryProcesses
+
+            # Started first: they deliver what planning commits, batch by batch.
+            pool = stack.enter_context(DeliveryProcesses(settings=ctx.settings, workers=workers))
+        report = plan_digests(
+            engine=ctx.engine,
+            settings=ctx.settings,
+            now=utcnow(),
+            only_email=email,
+            due_only=not now_,
+            dry_run=dry_run,
+        )
+        _print_plan(report, dry_run=dry_run)
+        if dry_run:
+            return
+        with _progress() as progress:
+            task = progress.add_task("delivering", total=None)
+            if pool is not None:
+                result = pool.finish(on_outcome=lambda _o: progress.advance(task))
+            else:
+                result = asyncio.run(
+                    deliver_due(
+                        engine=ctx.engine,
+                        settings=ctx.settings,
+                        backend=backend,
+                        links=ctx.links(),
+                        now=utcnow,
+                        subscriber_id=sid,
+                        on_outcome=lambda _o: progress.advance(task),
+                    )
+                )
+    counts = Counter(o.status for o in result.outcomes)
+    out.print(
+        "delivered: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing due")
     )
+    for o in result.outcomes:
+        if o.error and o.status != "sent":
+            err.print(f"{o.email}: {o.status}: {o.error}")
+    if isinstance(backend, FileBackend) and counts.get("sent"):
+        editions = sorted({p.edition for p in report.planned}) or [date.today()]
+        for edition in editions:
+            out.print(f"digests written to {(backend.directory / edition.isoformat()).resolve()}")
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _print_plan(report: PlanReport, *, dry_run: bool) -> None:
     for p in report.planned:
         verb = "would send" if dry_run else "planned"
         out.print(
@@ -429,35 +483,6 @@ def send(
     out.print(
         f"{len(report.planned)} digests {'to send' if dry_run else 'planned'}; " + ", ".join(notes)
     )
-    if dry_run:
-        return
-
-    with _progress() as progress:
-        task = progress.add_task("delivering", total=None)
-        result = asyncio.run(
-            deliver_due(
-                engine=ctx.engine,
-                settings=ctx.settings,
-                backend=backend,
-                links=ctx.links(),
-                now=utcnow,
-                subscriber_id=sid,
-                on_outcome=lambda _o: progress.advance(task),
-            )
-        )
-    counts = Counter(o.status for o in result.outcomes)
-    out.print(
-        "delivered: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing due")
-    )
-    for o in result.outcomes:
-        if o.error and o.status != "sent":
-            err.print(f"{o.email}: {o.status}: {o.error}")
-    if isinstance(backend, FileBackend) and counts.get("sent"):
-        editions = sorted({p.edition for p in report.planned}) or [date.today()]
-        for edition in editions:
-            out.print(f"digests written to {(backend.directory / edition.isoformat()).resolve()}")
-    if counts.get("failed"):
-        raise typer.Exit(1)
 
 
 @app.command()

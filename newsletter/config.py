@@ -73,6 +73,7 @@ class Settings:
     smtp: SmtpSettings
     retry: RetryPolicy
     lease_seconds: float
+    send_workers: int
 
     @property
     def data_dir(self) -> Path:
@@ -130,6 +131,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "NEWSLETTER_LEASE_SECONDS": (
         "300",
         "How long a worker holds a claimed digest; a dead worker's are taken back after this.",
+    ),
+    "NEWSLETTER_SEND_WORKERS": (
+        "1",
+        "Delivery processes `newsletter send` runs beside planning (one per core is "
+        "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
     ),
     "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
     "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
@@ -279,6 +285,7 @@ def load_settings(
         ),
         smtp=_smtp(get),
         lease_seconds=_number("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
+        send_workers=_int("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),

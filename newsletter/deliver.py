@@ -265,18 +265,25 @@ def claim(
         )
         if subscriber_id is not None:
             due = sa.and_(due, Delivery.subscriber_id == subscriber_id)
-        # PostgreSQL: rows another worker holds are skipped, not waited for, so any
-        # number of workers share the queue; SQLite has one writer and ignores it.
         query = select(Delivery.id).where(due).order_by(Delivery.id).limit(limit)
+        claim_rows = sa.update(Delivery).values(
+            status=DeliveryStatus.SENDING, lease_until=now + lease
+        )
+        if session.get_bind().dialect.name == "sqlite":
+            # One statement, so the choice is made under SQLite's write lock: worker
+            # processes on one file take turns instead of picking the same rows.
+            result = session.execute(
+                claim_rows.where(Delivery.id.in_(query.scalar_subquery())).returning(Delivery.id)  # type: ignore[union-attr]
+            )
+            return sorted(r[0] for r in result)
+        # PostgreSQL: rows another worker holds are skipped, not waited for, so any
+        # number of workers share the queue.
         ids = list(session.exec(query.with_for_update(skip_locked=True)))
         if not ids:
             return []
         # The guard repeats ``due`` so a row another worker claimed in between is not taken twice.
         result = session.execute(
-            sa.update(Delivery)
-            .where(Delivery.id.in_(ids), due)  # type: ignore[union-attr]
-            .values(status=DeliveryStatus.SENDING, lease_until=now + lease)
-            .returning(Delivery.id)
+            claim_rows.where(Delivery.id.in_(ids), due).returning(Delivery.id)  # type: ignore[union-attr]
         )
         return sorted(r[0] for r in result)
 

@@ -193,6 +193,9 @@ def plan_digests(
                 batch.append((sub, edition, ranked, len(report.planned) - 1))
                 if len(batch) >= RECORD_BATCH:
                     _record_batch(session, batch, now=now, settings=settings, report=report)
+                    # Committed batch by batch: delivery workers start on these while the
+                    # rest is planned, and SQLite's write lock is not held for the whole run.
+                    session.commit()
                     batch = []
         if batch:
             _record_batch(session, batch, now=now, settings=settings, report=report)

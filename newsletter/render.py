@@ -256,83 +256,41 @@ def _compile(text: str) -> _Compiled:
 
 
 @dataclass(frozen=True, slots=True)
-class _Lines:
-    """Template text as runs of whole lines: runs without slots are kept ready, with
-    their quoted-printable form (see _Block); runs with slots are filled and encoded per
-    message. The shell around a digest's papers is mostly static markup, so this
-    encodes a few short lines per message instead of kilobytes of styles."""
+class _Encoded:
+    """A compiled template that fills its text and its quoted-printable form together.
 
-    runs: tuple[_Block | _Compiled, ...]
+    The static pieces are encoded once; per message only the values are. Each
+    piece's encoding ends at column 0 (a soft line break "=" CRLF where the piece does
+    not end a line), so the encodings concatenate: decoded, the extra soft breaks are
+    nothing. The shell around a digest's papers is kilobytes of static markup on a
+    few long lines, with short values in between.
+    """
+
+    pieces: tuple[str, ...]
+    encoded: tuple[bytes, ...]  # the static pieces' encodings (values: b"")
+
+    @classmethod
+    def of(cls, compiled: _Compiled) -> _Encoded:
+        pieces = compiled.pieces
+        return cls(pieces, tuple(b"" if i % 2 else _qp_piece(p) for i, p in enumerate(pieces)))
 
     def fill(self, values: dict[str, str]) -> tuple[str, bytes]:
-        texts: list[str] = []
-        qps: list[bytes] = []
-        for run in self.runs:
-            if isinstance(run, _Block):
-                texts.append(run.text)
-                qps.append(run.qp)
-            else:
-                text = run.fill(values)
-                texts.append(text)
-                qps.append(_qp(text))
+        texts = list(self.pieces)
+        qps = list(self.encoded)
+        for i in range(1, len(texts), 2):
+            value = texts[i] = values[texts[i]]
+            qps[i] = _qp_piece(value)
         return "".join(texts), b"".join(qps)
 
 
-def _lines(pieces: tuple[str, ...]) -> _Lines:
-    """Split static, slot, static, ... pieces into runs of whole lines."""
-    runs: list[_Block | _Compiled] = []
-    static: list[str] = []  # whole lines without slots, not yet in a run
-    dynamic: list[tuple[bool, str]] = []  # whole lines with slots: (is_slot, text)
-
-    def flush() -> None:
-        if static:
-            runs.append(_block("".join(static)))
-            static.clear()
-        if dynamic:
-            out = [""]
-            for is_slot, text in dynamic:
-                if is_slot:
-                    out += [text, ""]
-                else:
-                    out[-1] += text
-            runs.append(_Compiled(tuple(out)))
-            dynamic.clear()
-
-    def end_line(line: list[tuple[bool, str]]) -> None:
-        if any(is_slot for is_slot, _ in line):
-            if static:
-                flush()
-            dynamic.extend(line)
-        else:
-            if dynamic:
-                flush()
-            static.append("".join(text for _, text in line))
-
-    line: list[tuple[bool, str]] = []
-    for i, piece in enumerate(pieces):
-        if i % 2:  # a slot
-            line.append((True, piece))
-            continue
-        *complete, rest = piece.split("\n")
-        for chunk in complete:
-            end_line([*line, (False, chunk + "\n")])
-            line = []
-        if rest:
-            line.append((False, rest))
-    if line:
-        end_line(line)
-    flush()
-    return _Lines(tuple(runs))
-
-
-def _halves(compiled: _Compiled, slot: str, *, newline: bool) -> tuple[_Lines, _Lines]:
+def _halves(compiled: _Compiled, slot: str, *, newline: bool) -> tuple[_Encoded, _Encoded]:
     """The template before and after ``slot``, the first ending in a line break when
     ``newline`` (what follows starts on a line of its own)."""
     at = compiled.pieces.index(slot)
     before = list(compiled.pieces[:at])
     if newline or not before[-1].endswith("\n"):
         before[-1] += "\n"
-    return _lines(tuple(before)), _lines(compiled.pieces[at + 1 :])
+    return _Encoded.of(_Compiled(tuple(before))), _Encoded.of(_Compiled(compiled.pieces[at + 1 :]))
 
 
 @functools.cache
@@ -381,13 +339,13 @@ def _shell(templates_dir: Path, *, named: bool, more: bool) -> _Compiled:
 
 
 @functools.cache
-def _shell_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Lines, _Lines]:
+def _shell_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Encoded, _Encoded]:
     # The papers' blocks start on a line of their own (see _Block).
     return _halves(_shell(templates_dir, named=named, more=more), "papers_html", newline=True)
 
 
 @functools.cache
-def _text_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Lines, _Lines]:
+def _text_halves(templates_dir: Path, *, named: bool, more: bool) -> tuple[_Encoded, _Encoded]:
     return _halves(_text(templates_dir, named=named, more=more), "papers_text", newline=False)
 
 
@@ -750,6 +708,14 @@ def _folded(name: str, value: str) -> bytes:
 def _qp(text: str) -> bytes:
     """Quoted-printable in C (binascii): lines of at most 76 characters, CRLF endings."""
     return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+def _qp_piece(text: str) -> bytes:
+    """``_qp``, ending at column 0 whatever the text ends with: a soft line break after
+    text that does not end its line, so the next piece's encoding can follow."""
+    if not text:
+        return b""
+    return _qp(text) if text.endswith("\n") else _qp(text) + b"=\r\n"
 
 
 def to_mime_bytes(*, rendered: RenderedDigest) -> bytes:

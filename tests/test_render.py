@@ -504,7 +504,10 @@ def test_parts_assembled_from_cached_blocks_decode_to_the_whole(titles, topics, 
         for i, t in enumerate(titles)
     ]
     rendered = render(make_digest(papers=papers))
-    plain, html = parts(parse(to_mime_bytes(rendered=rendered)))
+    raw = to_mime_bytes(rendered=rendered)
+    body = raw.partition(b"\r\n\r\n")[2]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045 6.7 (5)
+    plain, html = parts(parse(raw))
     assert plain.replace("\r\n", "\n") == rendered.text
     assert html.replace("\r\n", "\n") == rendered.html
     for i in range(1, len(titles) + 1):

@@ -1,0 +1,186 @@
+"""Delivery in several processes beside planning: ``newsletter send`` on every core.
+
+One Python process renders and speaks SMTP on one core at most. ``DeliveryProcesses``
+forks ``workers`` delivery processes, each with its own SMTP pool, before the parent
+plans; they claim digests as the planner commits them (planning commits batch by
+batch), so planning and delivery overlap and both cores work. The ledger does the
+coordination, exactly as with separate ``newsletter worker`` processes: claims are
+atomic (one UPDATE under SQLite's write lock; ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so no digest is sent twice.
+
+The children report outcomes to the parent through a queue, in batches, so the
+command still prints one summary and every failure. They stop when the parent says
+planning is over and nothing due is left, on SIGTERM/SIGINT (after the batch in
+hand), or when the parent dies (they notice it is gone, finish their batch and exit,
+and their leases expire as any dead worker's do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+from newsletter import db
+from newsletter.config import Settings
+from newsletter.deliver import DeliverReport, Outcome, deliver_due
+from newsletter.errors import NewsletterError
+from newsletter.links import Links
+
+_REPORT_EVERY = 200  # outcomes sent to the parent per message on the queue
+_IDLE_SECONDS = 0.05  # how often an idle worker looks again while planning goes on
+
+
+class DeliveryWorkerError(NewsletterError):
+    """A delivery process ended abnormally (its claimed digests are retried after the lease)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def worker_settings(*, settings: Settings, workers: int, postgresql: bool) -> Settings:
+    """Each process's settings: the global SMTP rate split between them, unless it is
+    already shared through PostgreSQL (see backends.get_backend)."""
+    if postgresql or not settings.smtp.rate:
+        return settings
+    smtp = dataclasses.replace(settings.smtp, rate=settings.smtp.rate / workers)
+    return dataclasses.replace(settings, smtp=smtp)
+
+
+class DeliveryProcesses:
+    """``with DeliveryProcesses(...) as pool: plan(); report = pool.finish()``."""
+
+    def __init__(self, *, settings: Settings, workers: int, batch_size: int = 200) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.batch_size = batch_size
+        # fork: a child starts in milliseconds with everything imported; it drops the
+        # parent's pooled database connections before using the database (below).
+        self._mp = multiprocessing.get_context("fork")
+        self._done = self._mp.Event()
+        self._outcomes: multiprocessing.Queue[list[Outcome]] = self._mp.Queue()
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+
+    def __enter__(self) -> Self:
+        postgresql = self.settings.database_url.startswith("postgresql")
+        settings = worker_settings(
+            settings=self.settings, workers=self.workers, postgresql=postgresql
+        )
+        for _ in range(self.workers):
+            proc = self._mp.Process(
+                target=_child,
+                args=(settings, self._done, self._outcomes, os.getpid(), self.batch_size),
+                name="newsletter-deliver",
+            )
+            proc.start()
+            self._procs.append(proc)
+        return self
+
+    def finish(self, *, on_outcome: Callable[[Outcome], None] | None = None) -> DeliverReport:
+        """Planning is over: wait for the workers to deliver everything due, and report."""
+        self._done.set()
+        report = DeliverReport()
+
+        def take(batch: list[Outcome]) -> None:
+            for outcome in batch:
+                report.outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+
+        while any(p.is_alive() for p in self._procs):
+            with contextlib.suppress(queue.Empty):
+                take(self._outcomes.get(timeout=0.1))
+        while True:  # what the last ones sent before exiting
+            try:
+                take(self._outcomes.get(timeout=0.05))
+            except queue.Empty:
+                break
+        failed = [p.exitcode for p in self._procs if p.exitcode != 0]
+        self._procs.clear()
+        if failed:
+            raise DeliveryWorkerError(
+                f"{len(failed)} delivery process(es) failed (exit codes {failed}); "
+                "their digests are retried once their lease expires"
+            )
+        return report
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Planning failed or we were interrupted: the workers finish their batch and stop.
+        self._done.set()
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: handled as a stop request
+        for proc in self._procs:
+            proc.join()
+        self._outcomes.close()
+
+
+def _child(
+    settings: Settings,
+    done: multiprocessing.synchronize.Event,
+    outcomes: multiprocessing.Queue[list[Outcome]],
+    parent: int,
+    batch_size: int,
+) -> None:
+    from newsletter.backends import get_backend
+
+    engine = db.make_engine(settings.database_url)
+    engine.dispose(
+        close=False
+    )  # the parent's connections stay the parent's (SQLAlchemy's fork rule)
+    backend = get_backend(settings=settings, engine=engine)
+    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+    pending: list[Outcome] = []
+
+    def report(outcome: Outcome) -> None:
+        pending.append(outcome)
+        if len(pending) >= _REPORT_EVERY:
+            flush()
+
+    def flush() -> None:
+        if pending:
+            outcomes.put(list(pending))
+            pending.clear()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with backend:
+            while not stop.is_set():
+                # Read before delivering: "planning was over and still nothing was due".
+                last_round = done.is_set() or os.getppid() != parent
+                result = await deliver_due(
+                    engine=engine,
+                    settings=settings,
+                    backend=backend,
+                    links=links,
+                    now=_utcnow,
+                    batch_size=batch_size,
+                    on_outcome=report,
+                    stop=stop,
+                )
+                flush()
+                if last_round and not result.outcomes:
+                    return
+                if not result.outcomes:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=_IDLE_SECONDS)
+
+    asyncio.run(run())
+    flush()
