@@ -11,6 +11,7 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import zoneinfo
 from collections.abc import Callable
@@ -48,6 +49,13 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimSettings:
+    domain: str  # d=: the domain whose DNS publishes the key, normally the From domain
+    selector: str  # s=: the key's name under <selector>._domainkey.<domain>
+    key_file: Path  # PEM private key (a secret: a file the environment points to)
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     base_seconds: float
     max_seconds: float
@@ -74,6 +82,7 @@ class Settings:
     retry: RetryPolicy
     lease_seconds: float
     send_workers: int
+    dkim: DkimSettings | None
 
     @property
     def data_dir(self) -> Path:
@@ -136,6 +145,15 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "1",
         "Delivery processes `newsletter send` runs beside planning (one per core is "
         "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
+    ),
+    "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
+    "NEWSLETTER_DKIM_SELECTOR": (
+        "",
+        "DKIM selector (s=): the key is at <selector>._domainkey.<domain>.",
+    ),
+    "NEWSLETTER_DKIM_KEY_FILE": (
+        "",
+        "PEM RSA private key file for DKIM (keep it secret: mount it, never commit it).",
     ),
     "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
     "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
@@ -286,6 +304,7 @@ def load_settings(
         smtp=_smtp(get),
         lease_seconds=_number("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
         send_workers=_int("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1),
+        dkim=_dkim(get, home),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
@@ -306,6 +325,39 @@ def _number(name: str, get: Callable[[str], str], *, minimum: float) -> float:
     if not value >= minimum:  # also refuses NaN
         raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
     return value
+
+
+_DKIM_NAMES = ("NEWSLETTER_DKIM_DOMAIN", "NEWSLETTER_DKIM_SELECTOR", "NEWSLETTER_DKIM_KEY_FILE")
+_DNS_LABELS_RE = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
+)
+
+
+def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
+    """All three DKIM settings, or none (signing off); the key must be readable now."""
+    domain, selector, key = (get(name).strip() for name in _DKIM_NAMES)
+    if not (domain or selector or key):
+        return None
+    for name, value in zip(_DKIM_NAMES, (domain, selector, key), strict=True):
+        if not value:
+            raise ConfigError(
+                setting=name, message="DKIM signing needs all of " + ", ".join(_DKIM_NAMES)
+            )
+    for name, value in (("NEWSLETTER_DKIM_DOMAIN", domain), ("NEWSLETTER_DKIM_SELECTOR", selector)):
+        if not _DNS_LABELS_RE.fullmatch(value):
+            raise ConfigError(setting=name, message=f"not a DNS name: {value!r}")
+    path = Path(key) if Path(key).is_absolute() else home / key
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            setting="NEWSLETTER_DKIM_KEY_FILE", message=f"cannot read {path}: {exc.strerror}"
+        ) from None
+    if b"PRIVATE KEY-----" not in pem:
+        raise ConfigError(
+            setting="NEWSLETTER_DKIM_KEY_FILE", message=f"{path} is not a PEM private key"
+        )
+    return DkimSettings(domain=domain, selector=selector, key_file=path)
 
 
 def _smtp(get: Callable[[str], str]) -> SmtpSettings:

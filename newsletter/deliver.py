@@ -36,6 +36,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
+from newsletter.signing import Signer, signer_for
 
 LEASE = timedelta(minutes=5)
 
@@ -183,7 +184,12 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
 
 
 def _prepare(
-    *, engine: sa.Engine, ids: list[int], links: Links, sender: render.Sender
+    *,
+    engine: sa.Engine,
+    ids: list[int],
+    links: Links,
+    sender: render.Sender,
+    signer: Signer | None = None,
 ) -> list[_Job]:
     """Load a claimed batch and render every digest in it that is still wanted."""
     with session_scope(engine=engine) as session:
@@ -193,7 +199,7 @@ def _prepare(
         message, error = None, None
         if item.active:
             try:
-                message = outgoing(digest=item.digest, sender=sender)
+                message = outgoing(digest=item.digest, sender=sender, signer=signer)
             except (render.RenderError, render.HeaderInjectionError) as exc:
                 error = PermanentDeliveryError(f"cannot render: {exc}")
         jobs.append(
@@ -235,13 +241,16 @@ def _record_sent(*, engine: sa.Engine, jobs: list[_Job], now: datetime) -> None:
         )
 
 
-def outgoing(*, digest: render.Digest, sender: render.Sender) -> OutgoingMessage:
+def outgoing(
+    *, digest: render.Digest, sender: render.Sender, signer: Signer | None = None
+) -> OutgoingMessage:
     rendered = render.render_digest(digest=digest, sender=sender)
+    data = render.to_mime_bytes(rendered=rendered)
     return OutgoingMessage(
         message_id=digest.message_id,
         sender=sender.address,
         recipients=(digest.to_address,),
-        data=render.to_mime_bytes(rendered=rendered),
+        data=data if signer is None else signer.sign(data),
         edition=digest.edition,
         html=rendered.html,
         crlf_only=True,  # to_mime_bytes writes CRLF only
@@ -393,6 +402,7 @@ async def deliver_due(
     report = DeliverReport()
     sender = render.Sender(address=settings.from_address, name=settings.from_name or None)
     gate = asyncio.Semaphore(concurrency or settings.smtp.pool_size)
+    signer = signer_for(settings.dkim)
     policy = settings.retry
 
     async def send(job: _Job) -> DeliveryError | None:
@@ -415,7 +425,7 @@ async def deliver_due(
                 lease=timedelta(seconds=settings.lease_seconds),
             )
         ):
-            jobs = _prepare(engine=engine, ids=ids, links=links, sender=sender)
+            jobs = _prepare(engine=engine, ids=ids, links=links, sender=sender, signer=signer)
             live = [j for j in jobs if j.active]
             errors = await asyncio.gather(*(send(j) for j in live))
             finished = now()
