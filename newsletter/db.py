@@ -68,6 +68,14 @@ def upgrade(*, engine: sa.Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def downgrade(*, engine: sa.Engine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (an operator rolling back a release)."""
+    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, revision)
+
+
 def current_revision(*, engine: sa.Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

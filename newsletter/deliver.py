@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import random
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from newsletter import render
+from newsletter import render, snapshot
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.config import RetryPolicy, Settings
 from newsletter.db import session_scope
@@ -29,7 +28,6 @@ from newsletter.errors import DeliveryError, PermanentDeliveryError, TransientDe
 from newsletter.links import Links
 from newsletter.models import (
     Delivery,
-    DeliveryItem,
     DeliveryStatus,
     Event,
     Paper,
@@ -57,22 +55,25 @@ class DeliverReport:
         return sum(1 for o in self.outcomes if o.status == status)
 
 
-def digest_paper(*, paper: Paper, item: DeliveryItem) -> render.DigestPaper:
-    return render.DigestPaper(
-        title=paper.title,
-        abstract=paper.abstract,
-        authors=paper.authors,
-        organization=paper.organization,
-        published_on=paper.published_on,
-        upvotes=paper.upvotes,
-        matched_topics=_json_tuple(item.matched_topics),
-        matched_terms=_json_tuple(item.matched_terms),
-    )
-
-
-@functools.lru_cache(maxsize=20_000)
-def _json_tuple(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))  # items repeat the same filter lists: parse each once
+def digest_papers(
+    *, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+) -> tuple[render.DigestPaper, ...]:
+    """A digest's papers to render: the ledger's snapshot, titles and abstracts by paper id."""
+    try:
+        return tuple(
+            render.DigestPaper(
+                *texts[i.paper_id],
+                authors=i.authors,
+                organization=i.organization,
+                published_on=i.published_on,
+                upvotes=i.upvotes,
+                matched_topics=i.topics,
+                matched_terms=i.terms,
+            )
+            for i in items
+        )
+    except KeyError as exc:
+        raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +90,14 @@ class _Job:
 class Loaded:
     delivery_id: int
     subscriber_id: int
+    to_address: str
     active: bool  # the subscriber is still active: otherwise the digest is not sent
-    digest: render.Digest
+    digest: render.Digest | None  # None when the ledger row cannot be read back
+    problem: str | None = None  # why not
 
 
 def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Loaded]:
-    """Rebuild digests from the ledger alone, in four queries whatever the batch size:
+    """Rebuild digests from the ledger alone, in three queries whatever the batch size:
     the same rows give the same bytes, so a resend is the same message."""
     deliveries = list(
         session.exec(
@@ -106,6 +109,7 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
                 Delivery.more_count,
                 Delivery.message_id,
                 Delivery.created_at,
+                Delivery.items,
             ).where(Delivery.id.in_(ids))  # type: ignore[union-attr]
         )
     )
@@ -117,69 +121,50 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
             )
         )
     }
-    items = list(
-        session.exec(
-            select(
-                DeliveryItem.delivery_id,
-                DeliveryItem.paper_id,
-                DeliveryItem.matched_topics,
-                DeliveryItem.matched_terms,
-            )
-            .where(DeliveryItem.delivery_id.in_(ids))  # type: ignore[attr-defined]
-            .order_by(DeliveryItem.delivery_id, DeliveryItem.position)
-        )
-    )
-    # Each paper once per batch, not once per digest that holds it: a batch of 500
-    # digests of 15 papers names a few hundred distinct papers, not 7,500.
-    paper_rows = {
-        row[0]: row[1:]
-        for row in session.exec(
-            select(
-                Paper.id,
-                Paper.title,
-                Paper.abstract,
-                Paper.authors,
-                Paper.organization,
-                Paper.published_on,
-                Paper.upvotes,
-            ).where(Paper.id.in_({paper_id for _, paper_id, _, _ in items}))  # type: ignore[union-attr]
+    decoded: dict[str, tuple[snapshot.Item, ...] | str] = {}
+    for text in {d[7] for d in deliveries}:
+        try:
+            decoded[text] = snapshot.decode(text)
+        except snapshot.SnapshotError as exc:
+            decoded[text] = str(exc)
+    wanted = {i.paper_id for items in decoded.values() if not isinstance(items, str) for i in items}
+    texts = {
+        pid: (title, abstract)
+        for pid, title, abstract in session.exec(
+            select(Paper.id, Paper.title, Paper.abstract).where(Paper.id.in_(wanted))  # type: ignore[union-attr]
         )
     }
-    # And each (paper, why it matched) once: digests that share it share the object,
-    # which the renderer's caches then find by identity.
-    shared: dict[tuple[int, str, str], render.DigestPaper] = {}
-    papers: dict[int, list[render.DigestPaper]] = {i: [] for i in ids}
-    for delivery_id, paper_id, topics, terms in items:
-        paper = shared.get((paper_id, topics, terms))
-        if paper is None:
-            title, abstract, authors, org, published, upvotes = paper_rows[paper_id]
-            paper = shared[paper_id, topics, terms] = render.DigestPaper(
-                title=title,
-                abstract=abstract,
-                authors=authors,
-                organization=org,
-                published_on=published,
-                upvotes=upvotes,
-                matched_topics=_json_tuple(topics),
-                matched_terms=_json_tuple(terms),
+    # One tuple of papers per distinct snapshot: digests of the same ranking share the
+    # objects, which the renderer's caches then find by identity.
+    papers: dict[str, tuple[render.DigestPaper, ...] | str] = {}
+    for text, items in decoded.items():
+        try:
+            papers[text] = (
+                items if isinstance(items, str) else digest_papers(items=items, texts=texts)
             )
-        papers[delivery_id].append(paper)
+        except snapshot.SnapshotError as exc:
+            papers[text] = str(exc)
     loaded = []
-    for delivery_id, subscriber_id, to_address, edition, more, message_id, created in deliveries:
-        status, name = subscribers.get(subscriber_id, (None, None))
+    for delivery_id, sid, to_address, edition, more, message_id, created, text in deliveries:
+        status, name = subscribers.get(sid, (None, None))
+        active = status == SubscriberStatus.ACTIVE
+        shown = papers[text]
+        if isinstance(shown, str):
+            loaded.append(Loaded(delivery_id, sid, to_address, active, None, shown))
+            continue
         digest = render.Digest(
             to_address=to_address,
             to_name=name,
             edition=edition,
-            papers=tuple(papers[delivery_id]),
+            papers=shown,
             more_count=more,
             message_id=message_id,
             date=created,
-            unsubscribe_url=links.unsubscribe(subscriber_id=subscriber_id),
-            preferences_url=links.preferences(subscriber_id=subscriber_id),
+            unsubscribe_url=links.unsubscribe(subscriber_id=sid),
+            preferences_url=links.preferences(subscriber_id=sid),
             archive_url=links.archive(delivery_id=delivery_id),
         )
-        loaded.append(Loaded(delivery_id, subscriber_id, status == SubscriberStatus.ACTIVE, digest))
+        loaded.append(Loaded(delivery_id, sid, to_address, active, digest))
     return loaded
 
 
@@ -197,7 +182,9 @@ def _prepare(
     jobs = []
     for item in loaded:
         message, error = None, None
-        if item.active:
+        if item.active and item.digest is None:
+            error = PermanentDeliveryError(f"cannot render: {item.problem}")
+        elif item.active and item.digest is not None:
             try:
                 message = outgoing(digest=item.digest, sender=sender, signer=signer)
             except (render.RenderError, render.HeaderInjectionError) as exc:
@@ -206,7 +193,7 @@ def _prepare(
             _Job(
                 item.delivery_id,
                 item.subscriber_id,
-                item.digest.to_address,
+                item.to_address,
                 message,
                 error,
                 item.active,

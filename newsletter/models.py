@@ -153,29 +153,12 @@ class Delivery(SQLModel, table=True):
     lease_until: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
     created_at: datetime = _ts()  # type: ignore[assignment]
     sent_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
-
-
-class DeliveryItem(SQLModel, table=True):
-    """The papers of one digest, in order, with why each matched."""
-
-    __tablename__ = "delivery_items"
-    __table_args__ = (sa.UniqueConstraint("delivery_id", "paper_id", name="uq_delivery_item"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    delivery_id: int = Field(
-        sa_column=sa.Column(
-            sa.Integer,
-            sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
-            nullable=False,
-            index=True,
-        )
+    items: str = Field(
+        default="[]",
+        sa_type=sa.Text(),
+        sa_column_kwargs={"server_default": "[]"},
+        description="the digest's papers as planned: JSON, see newsletter.snapshot",
     )
-    paper_id: int = Field(
-        sa_column=sa.Column(sa.Integer, sa.ForeignKey("papers.id"), nullable=False, index=True)
-    )
-    position: int
-    matched_topics: str = Field(default="[]", sa_type=sa.Text(), description="JSON list")
-    matched_terms: str = Field(default="[]", sa_type=sa.Text(), description="JSON list")
 
 
 class Event(SQLModel, table=True):

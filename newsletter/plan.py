@@ -17,8 +17,6 @@ then the union of their filters' matches, restricted to what is new for them.
 from __future__ import annotations
 
 import bisect
-import functools
-import json
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
@@ -29,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
-from newsletter import render
+from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.errors import SubscriberError
@@ -37,7 +35,6 @@ from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filte
 from newsletter.links import Links
 from newsletter.models import (
     Delivery,
-    DeliveryItem,
     DeliveryStatus,
     Paper,
     Subscriber,
@@ -78,16 +75,6 @@ class PlanReport:
     not_due: list[str] = field(default_factory=list)
 
 
-def load_candidates(*, session: Session, since: datetime, until: datetime) -> list[PaperDoc]:
-    """Papers first seen in (since, until], oldest first (the since-masks rely on the order)."""
-    rows = session.exec(
-        select(Paper)
-        .where(Paper.first_seen_at > since, Paper.first_seen_at <= until)
-        .order_by(Paper.first_seen_at, Paper.id)
-    )
-    return [paper_doc(p) for p in rows]
-
-
 def paper_doc(paper: Paper) -> PaperDoc:
     organization = " ".join(x for x in (paper.organization_handle, paper.organization) if x)
     return PaperDoc(
@@ -103,16 +90,13 @@ def paper_doc(paper: Paper) -> PaperDoc:
 
 
 def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
-    """Per subscriber, the papers first seen after ``since`` already in one of their digests."""
-    rows = session.exec(
-        select(Delivery.subscriber_id, DeliveryItem.paper_id)
-        .join(DeliveryItem, DeliveryItem.delivery_id == Delivery.id)  # type: ignore[arg-type]
-        .join(Paper, Paper.id == DeliveryItem.paper_id)  # type: ignore[arg-type]
-        .where(Paper.first_seen_at > since)
-    )
+    """Per subscriber, the papers of their digests planned after ``since``: a superset of
+    those first seen after ``since`` (a digest holds only papers seen before it was planned)."""
     sent: dict[int, set[int]] = {}
-    for sid, pid in rows:
-        sent.setdefault(sid, set()).add(pid)
+    for sid, items in session.exec(
+        select(Delivery.subscriber_id, Delivery.items).where(Delivery.created_at > since)
+    ):
+        sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
     return sent
 
 
@@ -168,13 +152,22 @@ def plan_digests(
             return report
 
         min_since = min(since for _, _, since in work)
-        candidates = load_candidates(session=session, since=min_since, until=now)
+        papers = list(
+            session.exec(
+                select(Paper)
+                .where(Paper.first_seen_at > min_since, Paper.first_seen_at <= now)
+                .order_by(Paper.first_seen_at, Paper.id)
+            )
+        )
+        candidates = [paper_doc(p) for p in papers]  # oldest first: the since-masks need it
+        items_json = _ItemsJson(papers)
         sent = _sent_papers(session=session, since=min_since)
         index = DayIndex(candidates)
         ranker = Ranker(index)
         position = {doc.id: i for i, doc in enumerate(candidates)}
         seen = [doc.first_seen_at for doc in candidates]
-        batch: list[tuple[Subscriber, date, Ranked, int]] = []
+        batch: list[tuple[Subscriber, date, Ranked, str, int]] = []
+        batch_size = FIRST_RECORD_BATCH
         for sub, edition, since in work:
             filters = [compile_filter(q) for q in topics.get(sub.id, [])]  # type: ignore[arg-type]
             # New for this subscriber: first seen after `since` (a suffix, the list
@@ -190,13 +183,15 @@ def plan_digests(
                 continue
             report.planned.append(PlannedDigest(sub.email, edition, ranked, None))
             if not dry_run:
-                batch.append((sub, edition, ranked, len(report.planned) - 1))
-                if len(batch) >= RECORD_BATCH:
+                batch.append((sub, edition, ranked, items_json(ranked), len(report.planned) - 1))
+                if len(batch) >= batch_size:
                     _record_batch(session, batch, now=now, settings=settings, report=report)
                     # Committed batch by batch: delivery workers start on these while the
                     # rest is planned, and SQLite's write lock is not held for the whole run.
+                    # The first batches are small, so they start early.
                     session.commit()
                     batch = []
+                    batch_size = min(batch_size * 2, RECORD_BATCH)
         if batch:
             _record_batch(session, batch, now=now, settings=settings, report=report)
         if not dry_run:  # digests another planner recorded first are not ours to report
@@ -209,17 +204,37 @@ def plan_digests(
 
 
 RECORD_BATCH = 1000  # digests written per round trip batch
+FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
+
+
+class _ItemsJson:
+    """Each ranking's ledger snapshot, encoded once: subscribers who chose the same
+    topics share a ranking (the ranker memoizes them, which also keeps them alive, so
+    their ids are stable keys here)."""
+
+    def __init__(self, papers: list[Paper]) -> None:
+        self.shown = {p.id: (p.upvotes, p.authors, p.organization, p.published_on) for p in papers}
+        self.encoded: dict[int, str] = {}
+
+    def __call__(self, ranked: Ranked) -> str:
+        text = self.encoded.get(id(ranked))
+        if text is None:
+            text = self.encoded[id(ranked)] = snapshot.encode(
+                snapshot.Item(m.paper_id, m.filters, m.words, *self.shown[m.paper_id])
+                for m in ranked.matches
+            )
+        return text
 
 
 def _record_batch(
     session: Session,
-    batch: list[tuple[Subscriber, date, Ranked, int]],
+    batch: list[tuple[Subscriber, date, Ranked, str, int]],
     *,
     now: datetime,
     settings: Settings,
     report: PlanReport,
 ) -> None:
-    """Insert deliveries and their items in bulk.
+    """Insert deliveries in bulk.
 
     ON CONFLICT DO NOTHING on (subscriber, edition): a digest another planner
     inserted first is skipped, not an error that would undo the whole batch.
@@ -241,8 +256,9 @@ def _record_batch(
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
+            "items": items,
         }
-        for sub, edition, ranked, _ in batch
+        for sub, edition, ranked, items, _ in batch
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
@@ -251,39 +267,17 @@ def _record_batch(
         .returning(Delivery.id, Delivery.subscriber_id)
     )
     created = dict((sid, did) for did, sid in session.connection().execute(statement, rows))
-    items = []
-    for sub, _edition, ranked, at in batch:
+    for sub, _edition, _ranked, _items, at in batch:
         delivery_id = created.get(sub.id)  # type: ignore[arg-type]
-        if delivery_id is None:
-            continue  # lost the race: left without an id, dropped from the report
-        report.planned[at] = replace(report.planned[at], delivery_id=delivery_id)
-        items.extend(
-            (delivery_id, m.paper_id, pos, _json(m.filters), _json(m.words))
-            for pos, m in enumerate(ranked.matches)
-        )
-    if items:
-        # Ten to twenty rows per digest: straight to the driver's executemany, without
-        # SQLAlchemy's per-row parameter processing (half the cost of planning otherwise).
-        connection = session.connection()
-        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-        connection.exec_driver_sql(
-            "INSERT INTO delivery_items"
-            " (delivery_id, paper_id, position, matched_topics, matched_terms)"
-            f" VALUES ({', '.join([mark] * 5)})",
-            items,
-        )
-
-
-@functools.lru_cache(maxsize=50_000)
-def _json(values: tuple[str, ...]) -> str:
-    return json.dumps(values)  # digests share rankings, so the same lists recur
+        if delivery_id is not None:  # else lost the race: left without an id, dropped
+            report.planned[at] = replace(report.planned[at], delivery_id=delivery_id)
 
 
 def preview_digest(
     *, engine: sa.Engine, settings: Settings, email: str, now: datetime, links: Links
 ) -> render.Digest | None:
     """The digest ``email`` would get next, built without recording anything."""
-    from newsletter.deliver import digest_paper
+    from newsletter.deliver import digest_papers
 
     address = normalize_email(email)
     report = plan_digests(
@@ -302,30 +296,20 @@ def preview_digest(
         if not report.planned:
             return None
         planned = report.planned[0]
-        papers = {
-            p.id: p
-            for p in session.exec(
-                select(Paper).where(Paper.id.in_([m.paper_id for m in planned.ranked.matches]))
+        papers = list(
+            session.exec(
+                select(Paper).where(Paper.id.in_([m.paper_id for m in planned.ranked.matches]))  # type: ignore[union-attr]
             )
-        }  # type: ignore[union-attr]
-        items = [
-            digest_paper(
-                paper=papers[m.paper_id],
-                item=DeliveryItem(
-                    delivery_id=0,
-                    paper_id=m.paper_id,
-                    position=i,
-                    matched_topics=json.dumps(m.filters),
-                    matched_terms=json.dumps(m.words),
-                ),
-            )
-            for i, m in enumerate(planned.ranked.matches)
-        ]
+        )
+        shown = digest_papers(
+            items=snapshot.decode(_ItemsJson(papers)(planned.ranked)),
+            texts={p.id: (p.title, p.abstract) for p in papers},  # type: ignore[misc]
+        )
         return render.Digest(
             to_address=sub.email,
             to_name=sub.name,
             edition=planned.edition,
-            papers=tuple(items),
+            papers=shown,
             more_count=planned.ranked.more,
             message_id=new_message_id(
                 edition=planned.edition, subscriber_id=sub.id, domain=settings.message_id_domain

@@ -519,6 +519,36 @@ def _paper_pieces(root: str, paper: DigestPaper) -> tuple[_Block, _Block, _Block
     )
 
 
+_NO_PAPERS = "No new papers matched your topics this time."
+# Per tuple of papers, by identity: the loader hands every digest of one ranking the same
+# tuple, so its blocks and topics are worked out once per batch. Holding the tuple keeps
+# its id from being reused while the entry lives.
+_by_papers: dict[
+    int, tuple[tuple[DigestPaper, ...], tuple[list[_Block], list[_Block], list[str]]]
+] = {}
+
+
+def _papers_part(
+    root: str, papers: tuple[DigestPaper, ...]
+) -> tuple[list[_Block], list[_Block], list[str]]:
+    """The blocks of the papers (HTML, text) and the filters that matched, sorted."""
+    entry = _by_papers.get(id(papers))
+    if entry is not None and entry[1] is papers and entry[0] == root:
+        return entry[2]
+    if papers:
+        html, text = _paper_blocks(root, papers)
+    else:
+        html, text = [_block(str(escape(_NO_PAPERS)) + "\n")], [_block(_NO_PAPERS + "\n\n")]
+    topics = sorted(
+        {t for p in papers for t in map(_clean, p.matched_topics) if t and t != "*"},
+        key=str.casefold,
+    )
+    if len(_by_papers) >= 4096:
+        _by_papers.clear()
+    _by_papers[id(papers)] = (root, papers, (html, text, topics))
+    return html, text, topics
+
+
 def _paper_blocks(root: str, papers: tuple[DigestPaper, ...]) -> tuple[list[_Block], list[_Block]]:
     html: list[_Block] = []
     text: list[_Block] = []
@@ -630,10 +660,7 @@ def render_digest(
         _check_url(name, getattr(digest, name))
     root = _resolved(templates_dir or TEMPLATES_DIR)
 
-    topics = sorted(
-        {t for p in digest.papers for t in map(_clean, p.matched_topics) if t and t != "*"},
-        key=str.casefold,
-    )
+    html_blocks, text_blocks, topics = _papers_part(str(root), digest.papers)
     brand = _clean(sender.name or "") or "Paper Digest"
     to_name = _clean(digest.to_name or "")
     total = len(digest.papers) + digest.more_count
@@ -644,11 +671,6 @@ def render_digest(
     )
     more = f"{digest.more_count} more {'paper' if digest.more_count == 1 else 'papers'}"
     footer_topics = f" ({', '.join(topics)} matched this time)" if topics else ""
-    if digest.papers:
-        html_blocks, text_blocks = _paper_blocks(str(root), digest.papers)
-    else:
-        none = "No new papers matched your topics this time."
-        html_blocks, text_blocks = [_block(str(escape(none)) + "\n")], [_block(none + "\n\n")]
     preview = _paper_text_parts(digest.papers[0].title, "")[0] if digest.papers else subject
     common = {
         "brand": brand,
@@ -710,12 +732,34 @@ def _qp(text: str) -> bytes:
     return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
+@functools.lru_cache(maxsize=20_000)
 def _qp_piece(text: str) -> bytes:
     """``_qp``, ending at column 0 whatever the text ends with: a soft line break after
     text that does not end its line, so the next piece's encoding can follow."""
     if not text:
         return b""
-    return _qp(text) if text.endswith("\n") else _qp(text) + b"=\r\n"
+    encoded = _qp(text)
+    if text.endswith("\n"):
+        return encoded
+    head, _, last = encoded.rpartition(b"\r\n")
+    if len(last) < 76:  # room for the "=" (lines stay within 76 characters)
+        return encoded + b"=\r\n"
+    return (head + b"\r\n" if head else b"") + _soft_wrap(last)
+
+
+def _soft_wrap(line: bytes) -> bytes:
+    """An encoded line cut with soft breaks into lines of at most 75 characters plus
+    "=", never inside an "=XX" escape."""
+    out, current, i = [], b"", 0
+    while i < len(line):
+        token = line[i : i + 3] if line[i : i + 1] == b"=" else line[i : i + 1]
+        if len(current) + len(token) > 75:
+            out.append(current + b"=\r\n")
+            current = b""
+        current += token
+        i += len(token)
+    out.append(current + b"=\r\n")
+    return b"".join(out)
 
 
 def to_mime_bytes(*, rendered: RenderedDigest) -> bytes:

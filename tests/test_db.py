@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -10,8 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from newsletter import db
+from newsletter import db, snapshot
 from newsletter.models import Delivery, Paper, Subscriber
+from tests.conftest import drop_pg_database, make_pg_database
 
 
 def test_migrations_create_exactly_the_models_schema(engine: sa.Engine) -> None:
@@ -111,3 +113,72 @@ def test_deleting_a_subscriber_removes_their_ledger(engine: sa.Engine) -> None:
         session.delete(session.get(Subscriber, sub.id))
     with db.session_scope(engine=engine) as session:
         assert session.exec(select(Delivery)).all() == []
+
+
+def _carry_over(url: str) -> None:
+    """0004 moves delivery_items into deliveries.items and back, losing nothing."""
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine, revision="0003")
+    at = datetime(2024, 5, 29, 8, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO papers (id, key, title, abstract, upvotes, authors, organization,"
+                " published_on, source_file, first_seen_at, updated_at) VALUES"
+                " (1, 'a', 'A', 'x', 5, 3, 'Lab', '2024-05-28', 't', :at, :at),"
+                " (2, 'b', 'B', 'y', NULL, NULL, NULL, NULL, 't', :at, :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
+                " updated_at, soft_bounces) VALUES (1, 'a@example.org', 'UTC', '08:00',"
+                " 'active', :at, :at, 0)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO deliveries (id, subscriber_id, edition, status, message_id,"
+                " to_address, covers_until, paper_count, more_count, attempts, next_attempt_at,"
+                " created_at) VALUES (1, 1, '2024-05-29', 'pending', '<m@x>', 'a@example.org',"
+                " :at, 2, 0, 0, :at, :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery_items (delivery_id, paper_id, position, matched_topics,"
+                " matched_terms) VALUES (1, 2, 0, '[\"b\"]', '[\"B\"]'),"
+                ' (1, 1, 1, \'["a", "lab"]\', \'["A"]\')'
+            )
+        )
+    db.upgrade(engine=engine)
+    with engine.connect() as conn:
+        text = conn.execute(sa.text("SELECT items FROM deliveries")).scalar_one()
+    assert snapshot.decode(text) == (
+        snapshot.Item(2, ("b",), ("B",)),
+        snapshot.Item(1, ("a", "lab"), ("A",), 5, 3, "Lab", date(2024, 5, 28)),
+    )
+    db.downgrade(engine=engine, revision="0003")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT paper_id, position, matched_topics FROM delivery_items ORDER BY position"
+            )
+        ).all()
+    assert [(p, pos, json.loads(t)) for p, pos, t in rows] == [(2, 0, ["b"]), (1, 1, ["a", "lab"])]
+
+
+def test_migration_0004_carries_digest_items_over_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _carry_over(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+@pytest.mark.postgres
+def test_migration_0004_carries_digest_items_over_on_postgresql(pg_server: str) -> None:
+    url = make_pg_database(pg_server)
+    try:
+        _carry_over(url)
+    finally:
+        drop_pg_database(pg_server, url)

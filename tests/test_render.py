@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import re
@@ -23,6 +24,7 @@ from newsletter.render import (
     RenderError,
     Sender,
     _fill,
+    _qp_piece,
     _wrap,
     highlight,
     latex_to_text,
@@ -521,3 +523,16 @@ words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"
 def test_footer_wrap_matches_textwrap(ws):
     text = " ".join(ws)
     assert _wrap(text) == _fill(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(  # no CR: templates have LF line ends and values are cleaned of control characters
+    st.lists(st.text(st.characters(blacklist_characters="\r"), max_size=200), max_size=8)
+)
+def test_encoded_pieces_concatenate_to_the_encoding_of_the_whole(pieces):
+    """Pieces encoded apart (static template text once, values per message) must decode,
+    joined, to the joined text, in lines of at most 76 characters."""
+    joined = b"".join(_qp_piece(p) for p in pieces)
+    assert max((len(line) for line in joined.split(b"\r\n")), default=0) <= 76
+    decoded = binascii.a2b_qp(joined.replace(b"\r\n", b"\n")).decode("utf-8")
+    assert decoded == "".join(pieces)

@@ -1,0 +1,81 @@
+"""What a digest holds, as the ledger records it: ``deliveries.items``, one JSON array.
+
+Best first, one object per paper::
+
+    {"id": 42, "topics": ["diffusion"], "terms": ["Diffusion"],
+     "upvotes": 17, "authors": 5, "org": "ZIP Lab", "published": "2024-05-28"}
+
+``topics`` are the subscriber's filters that matched, as typed; ``terms`` the words
+to highlight, as the paper writes them. The metadata shown in the digest is kept
+as it was at planning: re-ingesting a page raises upvotes, and a resend after a
+crash must be the same message. Title and abstract are read from the paper, which
+never changes them.
+
+One column, not a row per paper: a digest is written once and read whole, and
+subscribers who chose the same topics share one ranking and so one JSON text,
+encoded once when planning and decoded once per batch when sending.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+from newsletter.errors import NewsletterError
+
+
+class SnapshotError(NewsletterError):
+    """A ledger row's items are not what planning writes (edited by hand, or corrupted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    paper_id: int
+    topics: tuple[str, ...]
+    terms: tuple[str, ...]
+    upvotes: int | None = None
+    authors: int | None = None
+    organization: str | None = None
+    published_on: date | None = None
+
+
+def encode(items: Iterable[Item]) -> str:
+    return json.dumps(
+        [
+            {
+                "id": i.paper_id,
+                "topics": list(i.topics),
+                "terms": list(i.terms),
+                "upvotes": i.upvotes,
+                "authors": i.authors,
+                "org": i.organization,
+                "published": i.published_on.isoformat() if i.published_on else None,
+            }
+            for i in items
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+@functools.lru_cache(maxsize=20_000)
+def decode(text: str) -> tuple[Item, ...]:
+    """The items of one digest (cached: digests of the same ranking share the text)."""
+    try:
+        return tuple(
+            Item(
+                paper_id=int(row["id"]),
+                topics=tuple(row["topics"]),
+                terms=tuple(row["terms"]),
+                upvotes=row.get("upvotes"),
+                authors=row.get("authors"),
+                organization=row.get("org"),
+                published_on=date.fromisoformat(row["published"]) if row.get("published") else None,
+            )
+            for row in json.loads(text)
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SnapshotError(f"deliveries.items: not a digest's item list: {exc}") from exc
