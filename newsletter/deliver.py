@@ -96,23 +96,31 @@ class Loaded:
     problem: str | None = None  # why not
 
 
+# What rendering needs of a ledger row; a claim hands them back with the claimed ids.
+_LEDGER_COLUMNS = (
+    Delivery.id,
+    Delivery.subscriber_id,
+    Delivery.to_address,
+    Delivery.edition,
+    Delivery.more_count,
+    Delivery.message_id,
+    Delivery.created_at,
+    Delivery.items,
+)
+
+
 def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Loaded]:
     """Rebuild digests from the ledger alone, in three queries whatever the batch size:
     the same rows give the same bytes, so a resend is the same message."""
-    deliveries = list(
-        session.exec(
-            select(
-                Delivery.id,
-                Delivery.subscriber_id,
-                Delivery.to_address,
-                Delivery.edition,
-                Delivery.more_count,
-                Delivery.message_id,
-                Delivery.created_at,
-                Delivery.items,
-            ).where(Delivery.id.in_(ids))  # type: ignore[union-attr]
-        )
-    )
+    rows = session.exec(select(*_LEDGER_COLUMNS).where(Delivery.id.in_(ids)))  # type: ignore[union-attr,call-overload]
+    return _digests(session=session, deliveries=list(rows), links=links)
+
+
+def _digests(
+    *, session: Session, deliveries: list[sa.Row[tuple[object, ...]]], links: Links
+) -> list[Loaded]:
+    """Digests from ledger rows (_LEDGER_COLUMNS): their subscribers and papers in two
+    more queries."""
     subscribers = {
         sid: (status, name)
         for sid, status, name in session.exec(
@@ -171,14 +179,14 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
 def _prepare(
     *,
     engine: sa.Engine,
-    ids: list[int],
+    rows: list[sa.Row[tuple[object, ...]]],
     links: Links,
     sender: render.Sender,
     signer: Signer | None = None,
 ) -> list[_Job]:
     """Load a claimed batch and render every digest in it that is still wanted."""
     with session_scope(engine=engine) as session:
-        loaded = load_digests(session=session, ids=ids, links=links)
+        loaded = _digests(session=session, deliveries=rows, links=links)
     jobs = []
     for item in loaded:
         message, error = None, None
@@ -254,6 +262,16 @@ def claim(
 ) -> list[int]:
     """Take up to ``limit`` due rows: pending ones whose time has come, and
     sending ones whose lease expired (their worker died mid-send)."""
+    rows = _claim_rows(
+        engine=engine, now=now, limit=limit, subscriber_id=subscriber_id, lease=lease
+    )
+    return sorted(r[0] for r in rows)
+
+
+def _claim_rows(
+    *, engine: sa.Engine, now: datetime, limit: int, subscriber_id: int | None, lease: timedelta
+) -> list[sa.Row[tuple[object, ...]]]:
+    """``claim``, handing back what rendering needs of each row (_LEDGER_COLUMNS)."""
     with session_scope(engine=engine) as session:
         due = sa.or_(
             sa.and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now),
@@ -261,27 +279,33 @@ def claim(
         )
         if subscriber_id is not None:
             due = sa.and_(due, Delivery.subscriber_id == subscriber_id)
-        query = select(Delivery.id).where(due).order_by(Delivery.id).limit(limit)
+        # No ORDER BY: it would make every claim sort the whole backlog to take its first
+        # `limit` (quadratic over a big send); the index hands out due rows oldest first.
+        query = select(Delivery.id).where(due).limit(limit)
         claim_rows = sa.update(Delivery).values(
             status=DeliveryStatus.SENDING, lease_until=now + lease
         )
         if session.get_bind().dialect.name == "sqlite":
             # One statement, so the choice is made under SQLite's write lock: worker
             # processes on one file take turns instead of picking the same rows.
-            result = session.execute(
-                claim_rows.where(Delivery.id.in_(query.scalar_subquery())).returning(Delivery.id)  # type: ignore[union-attr]
+            return list(
+                session.execute(
+                    claim_rows.where(Delivery.id.in_(query.scalar_subquery())).returning(  # type: ignore[union-attr]
+                        *_LEDGER_COLUMNS
+                    )
+                )
             )
-            return sorted(r[0] for r in result)
         # PostgreSQL: rows another worker holds are skipped, not waited for, so any
         # number of workers share the queue.
         ids = list(session.exec(query.with_for_update(skip_locked=True)))
         if not ids:
             return []
         # The guard repeats ``due`` so a row another worker claimed in between is not taken twice.
-        result = session.execute(
-            claim_rows.where(Delivery.id.in_(ids), due).returning(Delivery.id)  # type: ignore[union-attr]
+        return list(
+            session.execute(
+                claim_rows.where(Delivery.id.in_(ids), due).returning(*_LEDGER_COLUMNS)  # type: ignore[union-attr]
+            )
         )
-        return sorted(r[0] for r in result)
 
 
 def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = None) -> timedelta:
@@ -388,23 +412,35 @@ async def deliver_due(
     """
     report = DeliverReport()
     sender = render.Sender(address=settings.from_address, name=settings.from_name or None)
-    gate = asyncio.Semaphore(concurrency or settings.smtp.pool_size)
+    width = concurrency or settings.smtp.pool_size
     signer = signer_for(settings.dkim)
     policy = settings.retry
 
     async def send(job: _Job) -> DeliveryError | None:
         if job.message is None:
             return job.error
-        async with gate:
-            try:
-                await backend.send(job.message)
-            except DeliveryError as exc:
-                return exc
+        try:
+            await backend.send(job.message)
+        except DeliveryError as exc:
+            return exc
         return None
+
+    async def send_all(jobs: list[_Job]) -> list[DeliveryError | None]:
+        # `width` lanes take the next job from one shared iterator: as many sends in
+        # flight as connections, without a task and a semaphore round per message.
+        results: list[DeliveryError | None] = [None] * len(jobs)
+        queue = iter(enumerate(jobs))
+
+        async def lane() -> None:
+            for k, job in queue:
+                results[k] = await send(job)
+
+        await asyncio.gather(*(lane() for _ in range(min(width, len(jobs)))))
+        return results
 
     async with backend:
         while not (stop and stop.is_set()) and (
-            ids := claim(
+            rows := _claim_rows(
                 engine=engine,
                 now=now(),
                 limit=batch_size,
@@ -412,9 +448,9 @@ async def deliver_due(
                 lease=timedelta(seconds=settings.lease_seconds),
             )
         ):
-            jobs = _prepare(engine=engine, ids=ids, links=links, sender=sender, signer=signer)
+            jobs = _prepare(engine=engine, rows=rows, links=links, sender=sender, signer=signer)
             live = [j for j in jobs if j.active]
-            errors = await asyncio.gather(*(send(j) for j in live))
+            errors = await send_all(live)
             finished = now()
             accepted = [j for j, e in zip(live, errors, strict=True) if e is None]
             _record_sent(engine=engine, jobs=accepted, now=finished)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import queue
@@ -138,6 +139,9 @@ def _child(
 ) -> None:
     from newsletter.backends import get_backend
 
+    # Everything inherited from the parent is long-lived: keep it out of the cyclic
+    # collector's scans (and its pages unshared by them).
+    gc.freeze()
     engine = db.make_engine(settings.database_url)
     engine.dispose(
         close=False
