@@ -42,9 +42,15 @@ def surface_tokens(text: str) -> list[tuple[str, str]]:
     """
     pairs: list[tuple[str, str]] = []
     for word in text.split():
-        shown = latex_to_text(word).strip(".,;:!?()[]{}\"'“”‘’")
-        pairs.extend((tok, shown) for tok in tokens(word))
+        pairs.extend(_surface_word(word))
     return pairs
+
+
+@lru_cache(maxsize=100_000)
+def _surface_word(word: str) -> tuple[tuple[str, str], ...]:
+    # Cached: most words of an abstract ("the", "model", "we") recur across papers.
+    shown = latex_to_text(word).strip(".,;:!?()[]{}\"'“”‘’")
+    return tuple((tok, shown) for tok in tokens(word))
 
 
 @lru_cache(maxsize=200_000)
