@@ -18,7 +18,6 @@ Three figures, measured in the same run against the same sink:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import os
 import pstats
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from newsletter import db
+from newsletter import db, eventloop
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import load_settings
 from newsletter.corpus.ingest import ingest
@@ -141,7 +140,7 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
         )
         planned_at = time.perf_counter()
         links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
-        report = asyncio.run(
+        report = eventloop.run(
             deliver_due(
                 engine=engine,
                 settings=settings,
@@ -213,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--naive-sample", type=int, default=1000)
-    parser.add_argument("--pool", type=int, default=32, help="SMTP sessions (as smtp-source's -s)")
+    parser.add_argument("--pool", type=int, default=16, help="SMTP sessions per process")
     parser.add_argument(
         "--workers",
         type=int,
@@ -240,7 +239,8 @@ def main() -> None:
             per_naive, size = naive(settings, engine, port, args.naive_sample)
             sink_cpu = _cpu_seconds(sink.pid)
             print(f"CPU      smtp-sink {sink_cpu:.2f} s for our digests")
-            t_source = source(port, count, size, args.pool)
+            # as many sessions as all our processes opened together
+            t_source = source(port, count, size, args.pool * workers)
         ours_rate = count / (t_plan + t_send)
         naive_rate = 1 / per_naive
         source_rate = count / t_source

@@ -25,7 +25,7 @@ from rich.table import Table
 from sqlmodel import select
 from typer.exceptions import TyperException
 
-from newsletter import db, render
+from newsletter import db, eventloop, render
 from newsletter.config import Settings, describe, env_example, load_settings, secret_key
 from newsletter.errors import FilterSyntaxError, NewsletterError, SubscriberError
 from newsletter.links import Links
@@ -441,7 +441,7 @@ def send(
             if pool is not None:
                 result = pool.finish(on_outcome=lambda _o: progress.advance(task))
             else:
-                result = asyncio.run(
+                result = eventloop.run(
                     deliver_due(
                         engine=ctx.engine,
                         settings=ctx.settings,
@@ -613,7 +613,7 @@ def worker(
             ),
         )
 
-    attempts = asyncio.run(main())
+    attempts = eventloop.run(main())
     out.print(f"worker stopped after {attempts} delivery attempts")
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
-from newsletter import db
+from newsletter import db, eventloop
 from newsletter.config import Settings
 from newsletter.deliver import DeliverReport, Outcome, deliver_due
 from newsletter.errors import NewsletterError
@@ -186,5 +186,5 @@ def _child(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=_IDLE_SECONDS)
 
-    asyncio.run(run())
+    eventloop.run(run())
     flush()
