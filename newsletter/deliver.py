@@ -497,24 +497,34 @@ async def run_worker(
     stop: asyncio.Event,
     poll_seconds: float = 5.0,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_round: Callable[[], None] | None = None,
+    until: Callable[[], bool] | None = None,
+    batch_size: int = 200,
 ) -> int:
-    """Deliver continuously until ``stop`` is set; returns how many attempts were made.
+    """Deliver continuously until ``stop`` is set, or until ``until()`` held before a
+    round that found nothing due; returns how many attempts were made.
 
     The backend (the SMTP pool) stays open across polls.
     """
     attempts = 0
     async with backend:
         while not stop.is_set():
+            last_round = until is not None and until()  # read before delivering
             report = await deliver_due(
                 engine=engine,
                 settings=settings,
                 backend=backend,
                 links=links,
                 now=now,
+                batch_size=batch_size,
                 on_outcome=on_outcome,
                 stop=stop,
             )
             attempts += len(report.outcomes)
+            if on_round is not None:
+                on_round()
+            if last_round and not report.outcomes:
+                break
             with contextlib.suppress(TimeoutError):  # the poll interval passed: look again
                 await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
     return attempts

@@ -32,7 +32,7 @@ from typing import Self
 
 from newsletter import db, eventloop
 from newsletter.config import Settings
-from newsletter.deliver import DeliverReport, Outcome, deliver_due
+from newsletter.deliver import DeliverReport, Outcome, run_worker
 from newsletter.errors import NewsletterError
 from newsletter.links import Links
 
@@ -165,26 +165,20 @@ def _child(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with backend:
-            while not stop.is_set():
-                # Read before delivering: "planning was over and still nothing was due".
-                last_round = done.is_set() or os.getppid() != parent
-                result = await deliver_due(
-                    engine=engine,
-                    settings=settings,
-                    backend=backend,
-                    links=links,
-                    now=_utcnow,
-                    batch_size=batch_size,
-                    on_outcome=report,
-                    stop=stop,
-                )
-                flush()
-                if last_round and not result.outcomes:
-                    return
-                if not result.outcomes:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=_IDLE_SECONDS)
+        await run_worker(
+            engine=engine,
+            settings=settings,
+            backend=backend,
+            links=links,
+            now=_utcnow,
+            stop=stop,
+            poll_seconds=_IDLE_SECONDS,
+            on_outcome=report,
+            on_round=flush,
+            # Planning is over (or the parent is gone) and a round found nothing due.
+            until=lambda: done.is_set() or os.getppid() != parent,
+            batch_size=batch_size,
+        )
 
     eventloop.run(run())
     flush()
