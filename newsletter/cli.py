@@ -572,15 +572,47 @@ def stats(
 ) -> None:
     """Counts: digests by state, retries, bounces, suppressed subscribers."""
     from newsletter.deliver import stats as ledger_stats
+    from newsletter.deliver import unsubscribes_by_edition
 
-    counts = ledger_stats(engine=_context().engine)
+    engine = _context().engine
+    counts = ledger_stats(engine=engine)
+    per_edition = unsubscribes_by_edition(engine=engine)
     if as_json:
-        _print_json(counts)
+        _print_json(counts | {"unsubscribes_by_edition": per_edition})
         return
     table = Table("", "count", box=None)
     for name, n in counts.items():
         table.add_row(name.replace("_", " "), str(n))
+    for edition, n in per_edition.items():
+        table.add_row(f"  unsubscribes from {edition}", str(n))
     out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default NEWSLETTER_WEB_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port (default NEWSLETTER_WEB_PORT)."),
+    ] = None,
+) -> None:
+    """Serve the web pages: one-click unsubscribe, digest archive, /healthz, /metrics."""
+    import uvicorn
+
+    from newsletter.web import create_app
+
+    ctx = _context()
+    web = create_app(settings=ctx.settings, engine=ctx.engine)
+    uvicorn.run(
+        web,
+        host=host or ctx.settings.web_host,
+        port=port or ctx.settings.web_port,
+        log_level="info",
+        proxy_headers=True,
+        server_header=False,
+    )
 
 
 @app.command()

@@ -31,7 +31,7 @@ DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
 # Settings of stages still being built; accepted so a prepared .env does not fail.
-LATER_PREFIXES = ("NEWSLETTER_WEB_", "NEWSLETTER_LOG_")
+LATER_PREFIXES = ("NEWSLETTER_LOG_",)
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
 
 
@@ -83,6 +83,8 @@ class Settings:
     lease_seconds: float
     send_workers: int
     dkim: DkimSettings | None
+    web_host: str
+    web_port: int
 
     @property
     def data_dir(self) -> Path:
@@ -146,6 +148,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Delivery processes `newsletter send` runs beside planning (one per core is "
         "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
     ),
+    "NEWSLETTER_WEB_HOST": (
+        "127.0.0.1",
+        "Address `newsletter serve` listens on (0.0.0.0 in a container behind a proxy).",
+    ),
+    "NEWSLETTER_WEB_PORT": ("8000", "Port of the web pages (unsubscribe, archive, /healthz)."),
     "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
     "NEWSLETTER_DKIM_SELECTOR": (
         "",
@@ -305,6 +312,8 @@ def load_settings(
         lease_seconds=_number("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
         send_workers=_int("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1),
         dkim=_dkim(get, home),
+        web_host=get("NEWSLETTER_WEB_HOST"),
+        web_port=_port("NEWSLETTER_WEB_PORT", get),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
@@ -360,6 +369,13 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
     return DkimSettings(domain=domain, selector=selector, key_file=path)
 
 
+def _port(name: str, get: Callable[[str], str]) -> int:
+    port = _int(name, get(name), minimum=1)
+    if port > 65535:
+        raise ConfigError(setting=name, message=f"not a port: {port}")
+    return port
+
+
 def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     tls = get("NEWSLETTER_SMTP_TLS").lower()
     if tls not in SMTP_TLS_MODES:
@@ -370,9 +386,7 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     host = get("NEWSLETTER_SMTP_HOST")
     if not host or any(c.isspace() for c in host):
         raise ConfigError(setting="NEWSLETTER_SMTP_HOST", message=f"not a host name: {host!r}")
-    port = _int("NEWSLETTER_SMTP_PORT", get("NEWSLETTER_SMTP_PORT"), minimum=1)
-    if port > 65535:
-        raise ConfigError(setting="NEWSLETTER_SMTP_PORT", message=f"not a port: {port}")
+    port = _port("NEWSLETTER_SMTP_PORT", get)
     return SmtpSettings(
         host=host,
         port=port,

@@ -168,7 +168,7 @@ def _digests(
             more_count=more,
             message_id=message_id,
             date=created,
-            unsubscribe_url=links.unsubscribe(subscriber_id=sid),
+            unsubscribe_url=links.unsubscribe(subscriber_id=sid, delivery_id=delivery_id),
             preferences_url=links.preferences(subscriber_id=sid),
             archive_url=links.archive(delivery_id=delivery_id),
         )
@@ -555,6 +555,9 @@ def stats(*, engine: sa.Engine) -> dict[str, int]:
                 select(Subscriber.status, sa.func.count()).group_by(Subscriber.status)  # type: ignore[call-overload]
             ).all()
         )
+        unsubscribes = session.exec(
+            select(sa.func.count()).select_from(Event).where(Event.kind == UNSUBSCRIBED_EVENT)
+        ).one()
     return {
         "pending": by_status.get(DeliveryStatus.PENDING, 0) - retrying,
         "retrying": retrying,
@@ -567,7 +570,25 @@ def stats(*, engine: sa.Engine) -> dict[str, int]:
         "subscribers_active": subscribers.get(SubscriberStatus.ACTIVE, 0),
         "subscribers_suppressed": subscribers.get(SubscriberStatus.SUPPRESSED, 0),
         "subscribers_unsubscribed": subscribers.get(SubscriberStatus.UNSUBSCRIBED, 0),
+        "unsubscribes": unsubscribes,
     }
+
+
+UNSUBSCRIBED_EVENT = "subscriber.unsubscribed"
+
+
+def unsubscribes_by_edition(*, engine: sa.Engine) -> dict[str, int]:
+    """Unsubscribes per digest edition (the digest whose link was used; "no digest" for
+    the rest: an operator's removal, a link from a preview)."""
+    with session_scope(engine=engine) as session:
+        rows = session.exec(
+            select(Delivery.edition, sa.func.count())  # type: ignore[call-overload]
+            .select_from(Event)
+            .join(Delivery, Delivery.id == Event.delivery_id, isouter=True)  # type: ignore[arg-type]
+            .where(Event.kind == UNSUBSCRIBED_EVENT)
+            .group_by(Delivery.edition)
+        ).all()
+    return {(str(edition) if edition else "no digest"): n for edition, n in sorted(rows, key=str)}
 
 
 def retry_failed(*, engine: sa.Engine, now: datetime, subscriber_id: int | None = None) -> int:

@@ -16,11 +16,18 @@ class Links:
         token = tokens.make_token(key=self.key, purpose=purpose, ident=ident)
         return f"{self.base_url}/{prefix}/{token}"
 
-    def unsubscribe(self, *, subscriber_id: int) -> str:
-        return self._url("u", tokens.UNSUBSCRIBE, subscriber_id)
+    def unsubscribe(self, *, subscriber_id: int, delivery_id: int | None = None) -> str:
+        """The one-click link; it names the digest it came in, when there is one."""
+        token = tokens.unsubscribe_token(
+            key=self.key, subscriber_id=subscriber_id, delivery_id=delivery_id
+        )
+        return f"{self.base_url}/u/{token}"
 
     def preferences(self, *, subscriber_id: int) -> str:
         return self._url("p", tokens.PREFERENCES, subscriber_id)
 
     def archive(self, *, delivery_id: int) -> str:
         return self._url("d", tokens.ARCHIVE, delivery_id)
+
+    def confirm(self, *, subscriber_id: int) -> str:
+        return self._url("confirm", tokens.CONFIRM, subscriber_id)

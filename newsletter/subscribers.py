@@ -252,3 +252,49 @@ def import_subscribers(
             except SubscriberError as exc:
                 report.errors.append(RowError(line, str(exc)))
     return report
+
+
+UNSUBSCRIBE_SOURCES = ("one-click", "page", "admin", "bounce")
+
+
+def unsubscribe(
+    *,
+    session: Session,
+    subscriber_id: int,
+    now: datetime,
+    source: str,
+    delivery_id: int | None = None,
+) -> Subscriber | None:
+    """Stop all email to a subscriber; None when there is no such subscriber.
+
+    Idempotent: asking again changes nothing and records nothing more, so a mail
+    client retrying its one-click POST does not count twice. The event names the
+    source and the digest the link came from (unsubscribes per edition).
+    """
+    if source not in UNSUBSCRIBE_SOURCES:
+        raise ValueError(f"unknown unsubscribe source {source!r}")
+    row = session.get(Subscriber, subscriber_id)
+    if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
+        return row
+    row.status, row.updated_at = SubscriberStatus.UNSUBSCRIBED, now
+    session.add(
+        Event(
+            at=now,
+            kind="subscriber.unsubscribed",  # deliver.UNSUBSCRIBED_EVENT
+            subscriber_id=row.id,
+            delivery_id=delivery_id,
+            detail=json.dumps({"source": source}),
+        )
+    )
+    return row
+
+
+def resubscribe(*, session: Session, subscriber_id: int, now: datetime) -> Subscriber | None:
+    """Undo an unsubscribe (the confirmation page's button); a suppressed address stays
+    suppressed: bounces are the operator's to clear."""
+    row = session.get(Subscriber, subscriber_id)
+    if row is None or row.status != SubscriberStatus.UNSUBSCRIBED:
+        return row
+    row.status, row.updated_at = SubscriberStatus.ACTIVE, now
+    session.add(Event(at=now, kind="subscriber.resubscribed", subscriber_id=row.id))
+    return row
