@@ -85,6 +85,8 @@ class Settings:
     dkim: DkimSettings | None
     web_host: str
     web_port: int
+    confirm_hours: float
+    admin_token: str = field(repr=False)  # never printed, never logged
 
     @property
     def data_dir(self) -> Path:
@@ -153,6 +155,14 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Address `newsletter serve` listens on (0.0.0.0 in a container behind a proxy).",
     ),
     "NEWSLETTER_WEB_PORT": ("8000", "Port of the web pages (unsubscribe, archive, /healthz)."),
+    "NEWSLETTER_CONFIRM_HOURS": (
+        "48",
+        "A web sign-up not confirmed within this many hours is forgotten.",
+    ),
+    "NEWSLETTER_ADMIN_TOKEN": (
+        "",
+        "Bearer token for the admin API under /api/ (32+ characters); empty: API off.",
+    ),
     "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
     "NEWSLETTER_DKIM_SELECTOR": (
         "",
@@ -314,6 +324,8 @@ def load_settings(
         dkim=_dkim(get, home),
         web_host=get("NEWSLETTER_WEB_HOST"),
         web_port=_port("NEWSLETTER_WEB_PORT", get),
+        confirm_hours=_number("NEWSLETTER_CONFIRM_HOURS", get, minimum=0.01),
+        admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
@@ -367,6 +379,14 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
             setting="NEWSLETTER_DKIM_KEY_FILE", message=f"{path} is not a PEM private key"
         )
     return DkimSettings(domain=domain, selector=selector, key_file=path)
+
+
+def _admin_token(value: str) -> str:
+    if value and len(value) < 32:
+        raise ConfigError(
+            setting="NEWSLETTER_ADMIN_TOKEN", message="too short to be unguessable (32+ characters)"
+        )
+    return value
 
 
 def _port(name: str, get: Callable[[str], str]) -> int:
@@ -438,4 +458,5 @@ def describe(settings: Settings) -> dict[str, Any]:
     shown = {f.name: getattr(settings, f.name) for f in fields(settings)}
     shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
     shown["smtp"] = repr(settings.smtp) + (" password=(set)" if settings.smtp.password else "")
+    shown["admin_token"] = "(set)" if settings.admin_token else "(unset: admin API off)"
     return {k: str(v) for k, v in shown.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -62,18 +62,37 @@ def _alembic_config(url: str) -> Config:
 
 def upgrade(*, engine: sa.Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (idempotent)."""
-    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    _migrate(engine, command.upgrade, revision)
 
 
 def downgrade(*, engine: sa.Engine, revision: str) -> None:
     """Undo migrations down to ``revision`` (an operator rolling back a release)."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: sa.Engine, step: Callable[[Config, str], None], revision: str) -> None:
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.downgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            # SQLite changes a column by rebuilding its table, and dropping the old table
+            # with foreign keys on would cascade: deleting every subscriber's filters and
+            # ledger. Its documented procedure: keys off (outside a transaction), migrate,
+            # check, keys on.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # pysqlite sent no BEGIN for the pragma: it took effect
+        try:
+            with connection.begin():
+                cfg.attributes["connection"] = connection
+                step(cfg, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration left dangling references: {broken[:5]}")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def current_revision(*, engine: sa.Engine) -> str | None:

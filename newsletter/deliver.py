@@ -28,6 +28,7 @@ from newsletter.errors import DeliveryError, PermanentDeliveryError, TransientDe
 from newsletter.links import Links
 from newsletter.models import (
     Delivery,
+    DeliveryKind,
     DeliveryStatus,
     Event,
     Paper,
@@ -91,9 +92,10 @@ class Loaded:
     delivery_id: int
     subscriber_id: int
     to_address: str
-    active: bool  # the subscriber is still active: otherwise the digest is not sent
+    active: bool  # still wanted: the subscriber is active (pending, for a confirmation)
     digest: render.Digest | None  # None when the ledger row cannot be read back
     problem: str | None = None  # why not
+    confirmation: render.Confirmation | None = None  # a double opt-in mail, not a digest
 
 
 # What rendering needs of a ledger row; a claim hands them back with the claimed ids.
@@ -106,6 +108,7 @@ _LEDGER_COLUMNS = (
     Delivery.message_id,
     Delivery.created_at,
     Delivery.items,
+    Delivery.kind,
 )
 
 
@@ -117,7 +120,11 @@ def load_digests(*, session: Session, ids: list[int], links: Links) -> list[Load
 
 
 def _digests(
-    *, session: Session, deliveries: list[sa.Row[tuple[object, ...]]], links: Links
+    *,
+    session: Session,
+    deliveries: list[sa.Row[tuple[object, ...]]],
+    links: Links,
+    confirm_hours: float = 48,
 ) -> list[Loaded]:
     """Digests from ledger rows (_LEDGER_COLUMNS): their subscribers and papers in two
     more queries."""
@@ -153,8 +160,20 @@ def _digests(
         except snapshot.SnapshotError as exc:
             papers[text] = str(exc)
     loaded = []
-    for delivery_id, sid, to_address, edition, more, message_id, created, text in deliveries:
+    for delivery_id, sid, to_address, edition, more, message_id, created, text, kind in deliveries:
         status, name = subscribers.get(sid, (None, None))
+        if kind == DeliveryKind.CONFIRM:
+            confirmation = render.Confirmation(
+                to_address=to_address,
+                to_name=name,
+                confirm_url=links.confirm(subscriber_id=sid, delivery_id=delivery_id),
+                message_id=message_id,
+                date=created,
+                expires_hours=confirm_hours,
+            )
+            wanted = status == SubscriberStatus.PENDING
+            loaded.append(Loaded(delivery_id, sid, to_address, wanted, None, None, confirmation))
+            continue
         active = status == SubscriberStatus.ACTIVE
         shown = papers[text]
         if isinstance(shown, str):
@@ -183,14 +202,21 @@ def _prepare(
     links: Links,
     sender: render.Sender,
     signer: Signer | None = None,
+    confirm_hours: float = 48,
 ) -> list[_Job]:
     """Load a claimed batch and render every digest in it that is still wanted."""
     with session_scope(engine=engine) as session:
-        loaded = _digests(session=session, deliveries=rows, links=links)
+        loaded = _digests(
+            session=session, deliveries=rows, links=links, confirm_hours=confirm_hours
+        )
     jobs = []
     for item in loaded:
         message, error = None, None
-        if item.active and item.digest is None:
+        if item.active and item.confirmation is not None:
+            message = outgoing_confirmation(
+                confirmation=item.confirmation, sender=sender, signer=signer
+            )
+        elif item.active and item.digest is None:
             error = PermanentDeliveryError(f"cannot render: {item.problem}")
         elif item.active and item.digest is not None:
             try:
@@ -234,6 +260,22 @@ def _record_sent(*, engine: sa.Engine, jobs: list[_Job], now: datetime) -> None:
             )
             .values(soft_bounces=0)
         )
+
+
+def outgoing_confirmation(
+    *, confirmation: render.Confirmation, sender: render.Sender, signer: Signer | None = None
+) -> OutgoingMessage:
+    rendered = render.render_confirmation(confirmation=confirmation, sender=sender)
+    data = render.to_mime_bytes(rendered=rendered)
+    return OutgoingMessage(
+        message_id=confirmation.message_id,
+        sender=sender.address,
+        recipients=(confirmation.to_address,),
+        data=data if signer is None else signer.sign(data),
+        edition=confirmation.date.date(),
+        html=rendered.html,
+        crlf_only=True,
+    )
 
 
 def outgoing(
@@ -448,7 +490,14 @@ async def deliver_due(
                 lease=timedelta(seconds=settings.lease_seconds),
             )
         ):
-            jobs = _prepare(engine=engine, rows=rows, links=links, sender=sender, signer=signer)
+            jobs = _prepare(
+                engine=engine,
+                rows=rows,
+                links=links,
+                sender=sender,
+                signer=signer,
+                confirm_hours=settings.confirm_hours,
+            )
             live = [j for j in jobs if j.active]
             errors = await send_all(live)
             finished = now()

@@ -29,5 +29,9 @@ class Links:
     def archive(self, *, delivery_id: int) -> str:
         return self._url("d", tokens.ARCHIVE, delivery_id)
 
-    def confirm(self, *, subscriber_id: int) -> str:
-        return self._url("confirm", tokens.CONFIRM, subscriber_id)
+    def confirm(self, *, subscriber_id: int, delivery_id: int) -> str:
+        """The double opt-in link: it names the confirmation mail it came in."""
+        token = tokens.make_token(
+            key=self.key, purpose=tokens.CONFIRM, ident=f"{subscriber_id}-{delivery_id}"
+        )
+        return f"{self.base_url}/confirm/{token}"

@@ -45,9 +45,21 @@ def _ts(*, nullable: bool = False, index: bool = False) -> object:
 
 
 class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"  # signed up on the web, has not confirmed yet (double opt-in)
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     SUPPRESSED = "suppressed"  # hard bounces: no more email until reactivated
+
+
+class Cadence(enum.StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"  # on Subscriber.weekday
+    PAUSED = "paused"
+
+
+class DeliveryKind(enum.StrEnum):
+    DIGEST = "digest"
+    CONFIRM = "confirm"  # the double opt-in confirmation
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -104,6 +116,10 @@ class Subscriber(SQLModel, table=True):
     soft_bounces: int = Field(
         default=0, sa_column_kwargs={"server_default": "0"}, description="soft bounces in a row"
     )
+    cadence: str = Field(
+        default=Cadence.DAILY, max_length=8, sa_column_kwargs={"server_default": "daily"}
+    )
+    weekday: int | None = Field(default=None, description="weekly cadence: 0 = Monday")
     created_at: datetime = _ts()  # type: ignore[assignment]
     updated_at: datetime = _ts()  # type: ignore[assignment]
 
@@ -140,7 +156,12 @@ class Delivery(SQLModel, table=True):
             sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False
         )
     )
-    edition: date
+    edition: date | None = Field(
+        default=None, description="a digest's local date; NULL for other mail"
+    )
+    kind: str = Field(
+        default=DeliveryKind.DIGEST, max_length=16, sa_column_kwargs={"server_default": "digest"}
+    )
     status: str = Field(max_length=16, default=DeliveryStatus.PENDING)
     message_id: str = Field(max_length=255, unique=True)
     to_address: str = Field(max_length=320)

@@ -34,7 +34,9 @@ from newsletter.errors import SubscriberError
 from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filter
 from newsletter.links import Links
 from newsletter.models import (
+    Cadence,
     Delivery,
+    DeliveryKind,
     DeliveryStatus,
     Paper,
     Subscriber,
@@ -43,7 +45,8 @@ from newsletter.models import (
 )
 from newsletter.subscribers import normalize_email, topics_by_subscriber
 
-_Due = sa.Row[tuple[int, str, str, str]]  # a subscriber's id, email, timezone, send_at
+# A subscriber's id, email, timezone, send_at, cadence, weekday.
+_Due = sa.Row[tuple[int, str, str, str, str, int | None]]
 
 
 def local_edition(*, now: datetime, timezone: str) -> date:
@@ -122,8 +125,13 @@ def plan_digests(
     with session_scope(engine=engine) as session:
         # Columns, not ORM objects: planning reads four fields of every subscriber.
         query = select(
-            Subscriber.id, Subscriber.email, Subscriber.timezone, Subscriber.send_at
-        ).where(Subscriber.status == SubscriberStatus.ACTIVE)
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.timezone,
+            Subscriber.send_at,
+            Subscriber.cadence,
+            Subscriber.weekday,
+        ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
         if only_email is not None:
             query = query.where(Subscriber.email == only_email)
         subscribers = list(session.exec(query.order_by(Subscriber.id)))
@@ -138,7 +146,9 @@ def plan_digests(
                     # type_coerce keeps the column types' conversions on the aggregates
                     sa.type_coerce(sa.func.max(Delivery.edition), sa.Date()),
                     sa.type_coerce(sa.func.max(Delivery.covers_until), UTCDateTime()),
-                ).group_by(Delivery.subscriber_id)
+                )
+                .where(Delivery.kind == DeliveryKind.DIGEST)
+                .group_by(Delivery.subscriber_id)
             )
         }
 
@@ -148,6 +158,8 @@ def plan_digests(
             prev = last.get(sub.id)  # type: ignore[arg-type]
             if prev is not None and prev[0] >= edition and not next_edition:
                 report.already_planned.append(sub.email)
+            elif sub.cadence == Cadence.WEEKLY and edition.weekday() != sub.weekday:
+                report.not_due.append(sub.email)  # weekly: on their weekday only, even --now
             elif due_only and not is_due(now=now, timezone=sub.timezone, send_at=sub.send_at):
                 report.not_due.append(sub.email)
             else:

@@ -38,6 +38,7 @@ from newsletter.text import latex_to_text
 
 __all__ = [
     "MARK_OPEN",
+    "Confirmation",
     "Digest",
     "DigestPaper",
     "HeaderInjectionError",
@@ -46,6 +47,7 @@ __all__ = [
     "Sender",
     "highlight",
     "latex_to_text",
+    "render_confirmation",
     "render_digest",
     "to_mime_bytes",
 ]
@@ -707,6 +709,57 @@ def render_digest(
     return RenderedDigest(
         subject=subject, html=html, text=text, headers=headers, html_qp=html_qp, text_qp=text_qp
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """The double opt-in message: one link that activates a web sign-up."""
+
+    to_address: str
+    to_name: str | None
+    confirm_url: str
+    message_id: str
+    date: datetime
+    expires_hours: float
+
+
+def render_confirmation(
+    *, confirmation: Confirmation, sender: Sender, templates_dir: Path | None = None
+) -> RenderedDigest:
+    """Subject, HTML (MJML), text and headers of a confirmation; rendered per message
+    (one per sign-up, so nothing is worth caching)."""
+    brand = _clean(sender.name or "") or "Paper Digest"
+    subject = f"Confirm your subscription to {brand}"
+    url = _check_url("confirm_url", confirmation.confirm_url)
+    digest_like = Digest(
+        to_address=confirmation.to_address,
+        to_name=confirmation.to_name,
+        edition=confirmation.date.date(),
+        papers=(),
+        more_count=0,
+        message_id=confirmation.message_id,
+        date=confirmation.date,
+        unsubscribe_url=url,
+        preferences_url=url,
+        archive_url=url,
+    )
+    # A confirmation is transactional: no List-Unsubscribe (there is nothing to leave yet).
+    headers = tuple(
+        h for h in _headers(digest_like, sender, subject) if not h[0].startswith("List-")
+    )
+    root = _resolved(templates_dir or TEMPLATES_DIR)
+    context = {
+        "subject": subject,
+        "preview": "One click to start receiving your digests",
+        "brand": brand,
+        "to_name": _clean(confirmation.to_name or ""),
+        "to_address": _clean(confirmation.to_address),
+        "confirm_url": url,
+        "hours": f"{confirmation.expires_hours:g}",
+    }
+    html = _mjml_to_html(_render_template(root, "confirm.mjml.j2", context))
+    text = _render_template(root, "confirm.txt.j2", context).strip() + "\n"
+    return RenderedDigest(subject=subject, html=html, text=text, headers=headers)
 
 
 def _header_line(name: str, value: str) -> bytes:

@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ from newsletter.errors import (
     SubscriberError,
 )
 from newsletter.filters import compile_filter
-from newsletter.models import Event, Subscriber, SubscriberStatus, TopicFilter
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    Event,
+    Subscriber,
+    SubscriberStatus,
+    TopicFilter,
+)
 
 MAX_TOPICS = 50
 MAX_NAME_CHARS = 200
@@ -298,3 +305,101 @@ def resubscribe(*, session: Session, subscriber_id: int, now: datetime) -> Subsc
     row.status, row.updated_at = SubscriberStatus.ACTIVE, now
     session.add(Event(at=now, kind="subscriber.resubscribed", subscriber_id=row.id))
     return row
+
+
+# --- double opt-in ----------------------------------------------------------------------
+
+CONFIRM_RESEND_AFTER = timedelta(minutes=10)  # a second sign-up sooner sends nothing more
+
+
+def sign_up(
+    *, session: Session, subscriber: NewSubscriber, now: datetime, message_id: str
+) -> Delivery | None:
+    """A web sign-up: the address becomes pending and a confirmation goes on the ledger.
+
+    Returns the queued confirmation, or None when nothing is sent: the address is
+    already active or suppressed, or a confirmation went out moments ago. The web
+    page answers the same in every case, so it reveals no one's subscription.
+    """
+    row = session.exec(select(Subscriber).where(Subscriber.email == subscriber.email)).first()
+    if row is not None and row.status not in (
+        SubscriberStatus.PENDING,
+        SubscriberStatus.UNSUBSCRIBED,
+    ):
+        return None
+    if row is None:
+        row = Subscriber(email=subscriber.email, created_at=now)
+    elif row.status == SubscriberStatus.PENDING:
+        recent = session.exec(
+            select(Delivery.id).where(
+                Delivery.subscriber_id == row.id,
+                Delivery.kind == DeliveryKind.CONFIRM,
+                Delivery.created_at > now - CONFIRM_RESEND_AFTER,
+            )
+        ).first()
+        if recent is not None:
+            return None
+    # What they asked for this time; it takes effect when they confirm.
+    row.name, row.timezone, row.send_at = subscriber.name, subscriber.timezone, subscriber.send_at
+    row.status, row.updated_at = SubscriberStatus.PENDING, now
+    session.add(row)
+    session.flush()
+    replace_topics(session=session, subscriber_id=row.id, topics=subscriber.topics, now=now)  # type: ignore[arg-type]
+    confirmation = Delivery(
+        subscriber_id=row.id,  # type: ignore[arg-type]
+        kind=DeliveryKind.CONFIRM,
+        edition=None,
+        message_id=message_id,
+        to_address=row.email,
+        covers_until=now,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(confirmation)
+    session.add(Event(at=now, kind="subscriber.signed_up", subscriber_id=row.id))
+    session.flush()
+    return confirmation
+
+
+def confirm(
+    *, session: Session, subscriber_id: int, delivery_id: int, now: datetime
+) -> Subscriber | None:
+    """Activate a pending subscriber from their confirmation link (idempotent: a second
+    click finds them active). None when the link names no such confirmation."""
+    mail = session.get(Delivery, delivery_id)
+    row = session.get(Subscriber, subscriber_id)
+    if (
+        row is None
+        or mail is None
+        or mail.kind != DeliveryKind.CONFIRM
+        or mail.subscriber_id != subscriber_id
+    ):
+        return None
+    if row.status == SubscriberStatus.PENDING:
+        row.status, row.updated_at = SubscriberStatus.ACTIVE, now
+        session.add(Event(at=now, kind="subscriber.confirmed", subscriber_id=row.id))
+    return row
+
+
+def expire_pending(*, session: Session, now: datetime, hours: float) -> int:
+    """Forget sign-ups not confirmed within ``hours``: the address, filters and mail."""
+    rows = list(
+        session.exec(
+            select(Subscriber).where(
+                Subscriber.status == SubscriberStatus.PENDING,
+                Subscriber.updated_at < now - timedelta(hours=hours),
+            )
+        )
+    )
+    for row in rows:
+        session.add(Event(at=now, kind="subscriber.expired", subscriber_id=row.id))
+        session.delete(row)  # filters and the confirmation go with it (ON DELETE CASCADE)
+    return len(rows)
+
+
+def replace_topics(
+    *, session: Session, subscriber_id: int, topics: Sequence[str], now: datetime
+) -> None:
+    session.execute(sa.delete(TopicFilter).where(TopicFilter.subscriber_id == subscriber_id))  # type: ignore[arg-type]
+    for topic in topics:
+        session.add(TopicFilter(subscriber_id=subscriber_id, query=topic, created_at=now))
