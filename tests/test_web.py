@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -247,3 +247,179 @@ def test_healthz_metrics_and_unsubscribes_per_edition(site: Site, now, tmp_path)
     from newsletter.deliver import unsubscribes_by_edition
 
     assert unsubscribes_by_edition(engine=site.engine) == {now.date().isoformat(): 1}
+
+
+# --- double opt-in and the preference centre ---------------------------------------------
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+
+
+def _sign_up(site: Site, **fields: str) -> httpx.Response:
+    csrf = _csrf(site.client.get("/subscribe").text)
+    data = {"email": "", "name": "", "topics": "", "timezone": "UTC", "send_at": "08:00"}
+    return site.client.post("/subscribe", data=data | fields | {"csrf": csrf})
+
+
+def _deliver_now(site: Site) -> None:
+    """Sign-ups are stamped with the real clock: deliver what is due by it."""
+    deliver(
+        site.engine,
+        site.settings,
+        FileBackend(directory=site.settings.outbox_dir),
+        datetime.now(UTC),
+    )
+
+
+def _outbox(site: Site) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+        for p in sorted(site.settings.outbox_dir.rglob("*.eml"))
+    ]
+
+
+def test_sign_up_confirm_and_edit_preferences(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(
+        site.engine,
+        title="Diffusion today",
+        abstract="About diffusion.",
+        seen=now - timedelta(days=2),
+    )
+    reply = _sign_up(site, email="Jo@Example.org", name="Jo", topics='diffusion\n"video model"')
+    assert reply.status_code == 200 and "Check your inbox" in reply.text
+    assert _status(site, "jo@example.org") == "pending"
+    # The confirmation goes out through the delivery engine, like any digest.
+    _deliver_now(site)
+    (mail,) = _outbox(site)
+    assert (
+        mail["Subject"].startswith("Confirm your subscription") and "List-Unsubscribe" not in mail
+    )
+    link = re.search(
+        r"http://127\.0\.0\.1:\d+/confirm/\S+", mail.get_body(("plain",)).get_content()
+    ).group(0)  # type: ignore[union-attr]
+    page = site.client.get(_path(link))  # a scanner opening the link confirms nothing
+    assert page.status_code == 200 and _status(site, "jo@example.org") == "pending"
+    done = site.client.post(_path(link))
+    assert done.status_code == 200 and "You are subscribed" in done.text
+    assert _status(site, "jo@example.org") == "active"
+    prefs_url = re.search(r'href="([^"]+/p/[^"]+)"', done.text).group(1)  # type: ignore[union-attr]
+    prefs = site.client.get(_path(prefs_url))
+    assert prefs.status_code == 200
+    assert "diffusion" in prefs.text and "<code>diffusion</code>: 1 paper" in prefs.text
+    saved = site.client.post(
+        _path(prefs_url),
+        data={"csrf": _csrf(prefs.text), "topics": "diffusion\nquantum", "cadence": "weekly",
+              "weekday": "2", "timezone": "Asia/Tokyo", "send_at": "07:30", "action": "save"},
+    )  # fmt: skip
+    assert saved.status_code == 200 and "Saved." in saved.text
+    with db.session_scope(engine=site.engine) as session:
+        row = session.exec(select(Subscriber).where(Subscriber.email == "jo@example.org")).one()
+        assert (row.cadence, row.weekday, row.timezone, row.send_at) == (
+            "weekly",
+            2,
+            "Asia/Tokyo",
+            "07:30",
+        )
+    from newsletter.subscribers import topics_by_subscriber
+
+    with db.session_scope(engine=site.engine) as session:
+        assert topics_by_subscriber(session=session, ids=[row.id])[row.id] == [
+            "diffusion",
+            "quantum",
+        ]
+
+
+def test_sign_up_reveals_nothing_about_existing_addresses(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    subscribe(site.engine, email="old@example.org", topics=["diffusion"], now=now)
+    known = _sign_up(site, email="old@example.org")
+    new = _sign_up(site, email="new@example.org")
+    assert known.status_code == new.status_code == 200
+    assert known.text.replace("old@example.org", "X") == new.text.replace("new@example.org", "X")
+    _deliver_now(site)
+    assert [str(m["To"]) for m in _outbox(site)] == ["new@example.org"]  # nothing to the active one
+    assert _status(site, "old@example.org") == "active"
+
+
+def test_topic_errors_show_line_and_column_and_store_nothing(site: Site) -> None:
+    reply = _sign_up(site, email="kim@example.org", topics='diffusion\n"unclosed phrase')
+    assert reply.status_code == 422
+    error = re.search(r'<p class="error" id="topics-error">([^<]+)</p>', reply.text).group(1)  # type: ignore[union-attr]
+    assert error.startswith("Line 2, column 1:")
+    assert (
+        'aria-describedby="topics-hint topics-error"' in reply.text
+        and 'aria-invalid="true"' in reply.text
+    )
+    assert (
+        "&#34;unclosed phrase" in reply.text or "&quot;unclosed phrase" in reply.text
+    )  # echoed back, escaped
+    with db.session_scope(engine=site.engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+
+
+def test_forms_refuse_missing_forged_and_foreign_csrf_tokens(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    data = {"email": "lee@example.org", "topics": "", "timezone": "UTC", "send_at": "08:00"}
+    for csrf in ("", "123.abc", _csrf(site.client.get("/subscribe").text)[:-1] + "0"):
+        assert site.client.post("/subscribe", data=data | {"csrf": csrf}).status_code == 400
+    with db.session_scope(engine=site.engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+    # A preferences form token is good for its own subscriber only.
+    msgs = _digests(site, now, ["max@example.org", "mia@example.org"])
+    urls = {
+        a: re.search(r'href="(http://[^"]+/p/[^"]+)"', m.get_body(("html",)).get_content()).group(1)  # type: ignore[union-attr]
+        for a, m in msgs.items()
+    }
+    mia_csrf = _csrf(site.client.get(_path(urls["mia@example.org"])).text)
+    forged = site.client.post(
+        _path(urls["max@example.org"]),
+        data={"csrf": mia_csrf, "topics": "hijacked", "cadence": "paused", "timezone": "UTC",
+              "send_at": "08:00", "action": "save"},
+    )  # fmt: skip
+    assert forged.status_code == 400 and "Nothing was changed" in forged.text
+    with db.session_scope(engine=site.engine) as session:
+        row = session.exec(select(Subscriber).where(Subscriber.email == "max@example.org")).one()
+    assert row.cadence == "daily"
+
+
+def test_sign_ups_are_rate_limited_per_client(site: Site) -> None:
+    codes = [_sign_up(site, email=f"r{i}@example.org").status_code for i in range(7)]
+    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+
+
+def test_unconfirmed_sign_ups_expire(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    assert _sign_up(site, email="zed@example.org").status_code == 200
+    _deliver_now(site)
+    (mail,) = _outbox(site)
+    link = re.search(
+        r"http://127\.0\.0\.1:\d+/confirm/\S+", mail.get_body(("plain",)).get_content()
+    ).group(0)  # type: ignore[union-attr]
+    from newsletter.subscribers import expire_pending
+
+    with db.session_scope(engine=site.engine) as session:
+        later = datetime.now(UTC) + timedelta(hours=site.settings.confirm_hours + 1)
+        assert expire_pending(session=session, now=later, hours=site.settings.confirm_hours) == 1
+    assert site.client.post(_path(link)).status_code == 404
+    with db.session_scope(engine=site.engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+
+
+def test_weekly_and_paused_cadence_are_planned_accordingly(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    add_paper(
+        site.engine,
+        title="Diffusion day",
+        abstract="About diffusion.",
+        seen=now - timedelta(hours=1),
+    )
+    for address in ("wk@example.org", "wk2@example.org", "ps@example.org"):
+        subscribe(site.engine, email=address, topics=["diffusion"], now=now)
+    with db.session_scope(engine=site.engine) as session:
+        for row in session.exec(select(Subscriber)):
+            row.cadence, row.weekday = {
+                "wk@example.org": ("weekly", now.weekday()),
+                "wk2@example.org": ("weekly", (now.weekday() + 1) % 7),
+                "ps@example.org": ("paused", None),
+            }[row.email]
+            session.add(row)
+    report = plan_digests(engine=site.engine, settings=site.settings, now=now, due_only=False)
+    assert [p.email for p in report.planned] == ["wk@example.org"]
+    assert report.not_due == ["wk2@example.org"]

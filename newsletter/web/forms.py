@@ -1,0 +1,150 @@
+"""What the web forms need beyond the routes: CSRF tokens, a per-IP limit, and field
+validation with errors a person can act on (the filter's line and column).
+
+CSRF: the pages use no cookies, so a form carries a token signed with the secret
+key, bound to what it may change (the sign-up form, or one subscriber's
+preferences) and to when it was issued; a forged or stale one is refused. A site
+that cannot read our page cannot produce one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import threading
+import time
+from dataclasses import dataclass, field
+
+from newsletter.config import validate_send_at, validate_timezone
+from newsletter.errors import ConfigError, FilterSyntaxError, SubscriberError
+from newsletter.filters import compile_filter
+from newsletter.models import Cadence
+from newsletter.subscribers import MAX_NAME_CHARS, MAX_TOPICS, normalize_email
+
+CSRF_MAX_AGE = 2 * 3600  # seconds a form stays valid
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def csrf_token(*, key: bytes, scope: str, now: float | None = None) -> str:
+    issued = int(time.time() if now is None else now)
+    return f"{issued}.{_csrf_mac(key, scope, issued)}"
+
+
+def csrf_ok(*, key: bytes, scope: str, token: str, now: float | None = None) -> bool:
+    issued_text, dot, mac = token.partition(".")
+    if not dot or not issued_text.isdigit():
+        return False
+    issued = int(issued_text)
+    age = (time.time() if now is None else now) - issued
+    expected = _csrf_mac(key, scope, issued)
+    return 0 <= age <= CSRF_MAX_AGE and hmac.compare_digest(expected.encode(), mac.encode())
+
+
+def _csrf_mac(key: bytes, scope: str, issued: int) -> str:
+    return hmac.new(key, f"csrf:{scope}:{issued}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+class RateLimit:
+    """At most ``limit`` events per ``window`` seconds per key (a client address): a
+    sliding window, per process. Thread-safe: sync routes run in a thread pool."""
+
+    def __init__(self, *, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._events: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, *, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._events) > 10_000:  # forget idle clients now and then
+                self._events = {
+                    k: v for k, v in self._events.items() if v and v[-1] > now - self.window
+                }
+            events = self._events.setdefault(key, collections.deque())
+            while events and events[0] <= now - self.window:
+                events.popleft()
+            if len(events) >= self.limit:
+                return False
+            events.append(now)
+            return True
+
+
+@dataclass
+class Form:
+    """Submitted values (echoed back into the form) and errors by field name."""
+
+    values: dict[str, str]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def topic_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def check_topics(form: Form, name: str = "topics") -> list[str]:
+    """The topics, one per line, each parsed; the first bad one is reported with its
+    line and column, as the filter language's errors are everywhere else."""
+    topics: list[str] = []
+    for number, line in enumerate(form.values.get(name, "").splitlines(), 1):
+        topic = line.strip()
+        if not topic:
+            continue
+        try:
+            compile_filter(topic)
+        except FilterSyntaxError as exc:
+            form.errors[name] = f"Line {number}, column {exc.column}: {exc.message} ({topic})"
+            return topics
+        if topic not in topics:
+            topics.append(topic)
+    if len(topics) > MAX_TOPICS:
+        form.errors[name] = f"At most {MAX_TOPICS} topics."
+    return topics
+
+
+def check_schedule(form: Form) -> tuple[str, str]:
+    """Time zone and local send time."""
+    tz, at = form.values.get("timezone", "").strip(), form.values.get("send_at", "").strip()
+    try:
+        tz = validate_timezone(tz, setting="timezone")
+    except ConfigError:
+        form.errors["timezone"] = "Not a time zone we know: use a name such as Europe/Paris."
+    try:
+        at = validate_send_at(at, setting="send_at")
+    except ConfigError:
+        form.errors["send_at"] = "Use a 24-hour time such as 08:00."
+    return tz, at
+
+
+def check_email(form: Form) -> str:
+    try:
+        return normalize_email(form.values.get("email", ""))
+    except SubscriberError:
+        form.errors["email"] = "Enter an email address such as ada@example.org."
+        return ""
+
+
+def check_name(form: Form) -> str | None:
+    name = " ".join(form.values.get("name", "").split()) or None
+    if name and len(name) > MAX_NAME_CHARS:
+        form.errors["name"] = f"At most {MAX_NAME_CHARS} characters."
+    return name
+
+
+def check_cadence(form: Form) -> tuple[str, int | None]:
+    cadence = form.values.get("cadence", Cadence.DAILY)
+    if cadence not in tuple(Cadence):
+        form.errors["cadence"] = "Choose daily, weekly or paused."
+        return Cadence.DAILY, None
+    weekday: int | None = None
+    if cadence == Cadence.WEEKLY:
+        raw = form.values.get("weekday", "")
+        if not raw.isdigit() or not 0 <= int(raw) <= 6:
+            form.errors["weekday"] = "Choose the day of the week."
+        else:
+            weekday = int(raw)
+    return cadence, weekday

@@ -1,0 +1,53 @@
+"""How many recent papers each topic would have matched: the preference centre's preview."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter.db import session_scope
+from newsletter.filters import DayIndex, Ranker, compile_filter
+from newsletter.models import Paper
+from newsletter.plan import paper_doc
+
+WINDOW = timedelta(days=30)
+
+
+class RecentPapers:
+    """The last 30 days' papers, indexed once and again only when they change (an index
+    of the sample corpus takes a few hundred milliseconds; a page view must not)."""
+
+    def __init__(self, *, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._ranker: Ranker | None = None
+
+    def counts(self, *, topics: list[str], now: datetime) -> dict[str, int]:
+        ranker = self._current(now)
+        return {t: ranker.filter_bits(compile_filter(t)).bit_count() for t in topics}
+
+    def _current(self, now: datetime) -> Ranker:
+        since = now - WINDOW
+        with session_scope(engine=self.engine) as session:
+            key = (
+                now.date(),
+                *session.exec(
+                    select(
+                        sa.func.count(), sa.func.max(Paper.id), sa.func.max(Paper.updated_at)
+                    ).where(Paper.first_seen_at > since)
+                ).one(),
+            )
+            with self._lock:
+                if key != self._key or self._ranker is None:
+                    papers = session.exec(
+                        select(Paper)
+                        .where(Paper.first_seen_at > since)
+                        .order_by(Paper.first_seen_at, Paper.id)
+                    )
+                    self._ranker = Ranker(DayIndex([paper_doc(p) for p in papers]))
+                    self._key = key
+                return self._ranker
