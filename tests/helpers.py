@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -102,3 +106,24 @@ class ScriptedBackend(EmailBackend):
         if self.errors:
             raise self.errors.pop(0)
         self.sent.append(message)
+
+
+@contextlib.contextmanager
+def live_server(app: object, port: int) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:port in a thread: real HTTP for tests."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError("uvicorn did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

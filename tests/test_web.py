@@ -10,8 +10,6 @@ import email
 import email.policy
 import json
 import re
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from sqlmodel import select
 
 from newsletter import db
@@ -31,7 +28,7 @@ from newsletter.models import Delivery, Event, Subscriber
 from newsletter.plan import plan_digests
 from newsletter.web import create_app
 from tests.conftest import make_settings
-from tests.helpers import add_paper, deliver, subscribe
+from tests.helpers import add_paper, deliver, live_server, subscribe
 from tests.smtp_server import free_port
 
 
@@ -46,27 +43,13 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path, database_url: str) -> Iterator[Site]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    settings = make_settings(tmp_path, database_url, NEWSLETTER_BASE_URL=url)
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
     engine = db.make_engine(database_url)
-    config = uvicorn.Config(
-        create_app(settings=settings, engine=engine),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    with httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client:
+    with (
+        live_server(create_app(settings=settings, engine=engine), port) as url,
+        httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client,
+    ):
         yield Site(url, settings, engine, client)
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def _digests(site: Site, now, emails: list[str]) -> dict[str, email.message.EmailMessage]:  # type: ignore[no-untyped-def]

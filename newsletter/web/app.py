@@ -30,6 +30,7 @@ from newsletter.metrics import prometheus_text
 from newsletter.models import Delivery, Subscriber, SubscriberStatus
 from newsletter.subscribers import NewSubscriber, topics_by_subscriber
 from newsletter.web import forms
+from newsletter.web.api import api_routes
 from newsletter.web.preview import RecentPapers
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "web"
@@ -321,6 +322,7 @@ def create_app(*, settings: Settings, engine: sa.Engine) -> Starlette:
 
     return Starlette(
         routes=[
+            *api_routes(settings=settings, engine=engine),
             Route("/u/{token}", unsubscribe_page, methods=["GET"]),
             Route("/u/{token}", unsubscribe_post, methods=["POST"]),
             Route("/u/{token}/resubscribe", resubscribe_post, methods=["POST"]),
