@@ -376,6 +376,9 @@ def _suppress(
         return
     subscriber.status, subscriber.updated_at = SubscriberStatus.SUPPRESSED, now
     _event(session, kind="subscriber.suppressed", row=row, now=now, reason=why)
+    # Counted with the unsubscribes too (source "bounce"), against the digest that
+    # bounced: an operator reading unsubscribes per edition sees everyone the list lost.
+    _event(session, kind=UNSUBSCRIBED_EVENT, row=row, now=now, source="bounce")
 
 
 def record_outcome(

@@ -363,6 +363,10 @@ def test_cli_send_bounce_stats_and_operator_retry(tmp_path: Path) -> None:
             "hard_bounces": 1,
             "subscribers_suppressed": 1,
         }
+        # The bounce counts among the unsubscribes of its edition, with its source.
+        assert counts["unsubscribes"] == 1 and list(counts["unsubscribes_by_edition"].values()) == [
+            1
+        ]
         failed = json.loads(run(tmp_path, "deliveries", "--status", "failed", "--json").stdout)
         assert [(d["to_address"], d["attempts"]) for d in failed] == [("gone@example.org", 1)]
 
