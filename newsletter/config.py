@@ -31,7 +31,7 @@ DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
 # Settings of stages still being built; accepted so a prepared .env does not fail.
-LATER_PREFIXES = ("NEWSLETTER_LOG_",)
+LATER_PREFIXES: tuple[str, ...] = ()
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
 
 
@@ -86,6 +86,13 @@ class Settings:
     web_host: str
     web_port: int
     confirm_hours: float
+    log_format: str
+    log_level: str
+    ingest_minutes: float
+    plan_minutes: float
+    operator_email: str
+    report_at: str
+    send_empty: bool
     admin_token: str = field(repr=False)  # never printed, never logged
 
     @property
@@ -162,6 +169,16 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "NEWSLETTER_ADMIN_TOKEN": (
         "",
         "Bearer token for the admin API under /api/ (32+ characters); empty: API off.",
+    ),
+    "NEWSLETTER_LOG_FORMAT": ("text", "Log lines as text or json (one object per line)."),
+    "NEWSLETTER_LOG_LEVEL": ("info", "debug, info, warning or error."),
+    "NEWSLETTER_INGEST_MINUTES": ("5", "`newsletter run`: how often to look for new corpus files."),
+    "NEWSLETTER_PLAN_MINUTES": ("5", "`newsletter run`: how often to plan digests that are due."),
+    "NEWSLETTER_OPERATOR_EMAIL": ("", "Where the daily operator report goes; empty: no report."),
+    "NEWSLETTER_REPORT_AT": ("07:00", "UTC time of the daily operator report."),
+    "NEWSLETTER_SEND_EMPTY": (
+        "no",
+        "yes: a subscriber with nothing new gets a short 'nothing matched today' note.",
     ),
     "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
     "NEWSLETTER_DKIM_SELECTOR": (
@@ -325,6 +342,13 @@ def load_settings(
         web_host=get("NEWSLETTER_WEB_HOST"),
         web_port=_port("NEWSLETTER_WEB_PORT", get),
         confirm_hours=_number("NEWSLETTER_CONFIRM_HOURS", get, minimum=0.01),
+        log_format=_choice("NEWSLETTER_LOG_FORMAT", get, ("text", "json")),
+        log_level=_choice("NEWSLETTER_LOG_LEVEL", get, ("debug", "info", "warning", "error")),
+        ingest_minutes=_number("NEWSLETTER_INGEST_MINUTES", get, minimum=0.01),
+        plan_minutes=_number("NEWSLETTER_PLAN_MINUTES", get, minimum=0.01),
+        operator_email=_operator_email(get("NEWSLETTER_OPERATOR_EMAIL")),
+        report_at=validate_send_at(get("NEWSLETTER_REPORT_AT"), setting="NEWSLETTER_REPORT_AT"),
+        send_empty=_choice("NEWSLETTER_SEND_EMPTY", get, ("no", "yes")) == "yes",
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
@@ -379,6 +403,22 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
             setting="NEWSLETTER_DKIM_KEY_FILE", message=f"{path} is not a PEM private key"
         )
     return DkimSettings(domain=domain, selector=selector, key_file=path)
+
+
+def _choice(name: str, get: Callable[[str], str], options: tuple[str, ...]) -> str:
+    value = get(name).strip().lower()
+    if value not in options:
+        raise ConfigError(
+            setting=name, message=f"expected one of {', '.join(options)}, got {value!r}"
+        )
+    return value
+
+
+def _operator_email(value: str) -> str:
+    value = value.strip()
+    if value and ("@" not in value or any(c.isspace() or ord(c) < 32 for c in value)):
+        raise ConfigError(setting="NEWSLETTER_OPERATOR_EMAIL", message=f"not an address: {value!r}")
+    return value
 
 
 def _admin_token(value: str) -> str:

@@ -195,8 +195,8 @@ def plan_digests(
                 if paper_id in position:
                     within &= ~(1 << position[paper_id])
             ranked = ranker.rank(filters, within=within, limit=settings.digest_max_papers)
-            if not ranked.matches:
-                report.no_match.append(sub.email)
+            if not ranked.matches and not settings.send_empty:
+                report.no_match.append(sub.email)  # empty days send nothing by default
                 continue
             report.planned.append(PlannedDigest(sub.email, edition, ranked, None))
             if not dry_run:

@@ -234,12 +234,8 @@ def create_app(*, settings: Settings, engine: sa.Engine) -> Starlette:
         sid: int, form: forms.Form, *, email: str, saved: bool = False, status: int = 200
     ) -> HTMLResponse:
         topics = forms.topic_lines(form.values.get("topics", ""))
-        try:
-            counts = (
-                recent.counts(topics=topics, now=_utcnow()) if "topics" not in form.errors else {}
-            )
-        except Exception:
-            counts = {}
+        # Only topics that parsed: a form with a topic error shows the error, not counts.
+        counts = {} if "topics" in form.errors else recent.counts(topics=topics, now=_utcnow())
         return page(
             "preferences.html.j2",
             status=status,
