@@ -616,6 +616,32 @@ def serve(
 
 
 @app.command()
+def run(
+    web: Annotated[bool, typer.Option(help="Serve the web pages too.")] = True,
+) -> None:
+    """The service: ingest and plan on schedule, deliver, serve the web pages; until SIGTERM."""
+    _service(web=web, deliver=True, schedule=True)
+
+
+@app.command()
+def scheduler() -> None:
+    """Only the scheduled jobs (ingest, plan, expire sign-ups, daily report), until SIGTERM."""
+    _service(web=False, deliver=False, schedule=True)
+
+
+def _service(*, web: bool, deliver: bool, schedule: bool) -> None:
+    from newsletter import logs, service
+
+    ctx = _context()
+    logs.configure(fmt=ctx.settings.log_format, level=ctx.settings.log_level)
+    eventloop.run(
+        service.run(
+            settings=ctx.settings, engine=ctx.engine, web=web, deliver=deliver, schedule=schedule
+        )
+    )
+
+
+@app.command()
 def worker(
     poll: Annotated[float, typer.Option(help="Seconds between looks for due digests.")] = 5.0,
 ) -> None:

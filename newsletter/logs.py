@@ -16,8 +16,15 @@ from datetime import UTC, datetime
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+_NOISE = {"color_message"}  # uvicorn's ANSI-coloured copy of its message
+
+
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: v
+        for k, v in vars(record).items()
+        if k not in _STANDARD and k not in _NOISE and not k.startswith("_") and v is not None
+    }
 
 
 class JsonFormatter(logging.Formatter):

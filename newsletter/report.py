@@ -1,0 +1,137 @@
+"""The operator's daily report: what the pipeline did in the last 24 hours.
+
+Sent to ``NEWSLETTER_OPERATOR_EMAIL`` through the configured backend (plain text: an
+operator's inbox, not a subscriber's). A day with no new paper says so at the top,
+so a quiet day cannot look like a broken pipeline, nor the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter.backends import get_backend
+from newsletter.backends.base import OutgoingMessage
+from newsletter.config import Settings
+from newsletter.db import session_scope
+from newsletter.models import Delivery, DeliveryKind, DeliveryStatus, Event, Paper
+
+
+@dataclass(frozen=True, slots=True)
+class DailyFigures:
+    since: datetime
+    until: datetime
+    papers: int
+    planned: int
+    sent: int
+    retrying: int
+    failed: int
+    hard_bounces: int
+    soft_bounces: int
+    unsubscribes: int
+    files_failed: list[str]
+
+
+def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
+    since = now - timedelta(days=1)
+
+    def count(query: sa.Select[tuple[int]]) -> int:
+        return int(session.exec(query).one())  # type: ignore[call-overload]
+
+    def events(kind: str) -> int:
+        return count(
+            select(sa.func.count()).select_from(Event).where(Event.kind == kind, Event.at > since)
+        )
+
+    with session_scope(engine=engine) as session:
+        digests = (
+            select(sa.func.count())
+            .select_from(Delivery)
+            .where(Delivery.kind == DeliveryKind.DIGEST)
+        )
+        failed_files = [
+            json.loads(e.detail).get("path", "?")
+            for e in session.exec(
+                select(Event).where(Event.kind == "ingest.file_failed", Event.at > since)
+            )
+        ]
+        return DailyFigures(
+            since=since,
+            until=now,
+            papers=count(
+                select(sa.func.count()).select_from(Paper).where(Paper.first_seen_at > since)
+            ),
+            planned=count(digests.where(Delivery.created_at > since)),
+            sent=count(digests.where(Delivery.sent_at > since)),  # type: ignore[operator]
+            retrying=count(
+                digests.where(Delivery.status == DeliveryStatus.PENDING, Delivery.attempts > 0)
+            ),
+            failed=count(
+                digests.where(Delivery.status == DeliveryStatus.FAILED, Delivery.created_at > since)
+            ),
+            hard_bounces=events("bounce.hard"),
+            soft_bounces=events("bounce.soft"),
+            unsubscribes=events("subscriber.unsubscribed"),
+            files_failed=sorted(set(failed_files)),
+        )
+
+
+def report_text(figures: DailyFigures) -> str:
+    lines = []
+    if figures.papers == 0:
+        lines += [
+            "WARNING: no new paper arrived in the last 24 hours. Check that corpus files",
+            "are still being delivered to the corpus directory.",
+            "",
+        ]
+    lines += [
+        f"From {figures.since:%Y-%m-%d %H:%M} to {figures.until:%Y-%m-%d %H:%M} UTC:",
+        "",
+        f"  papers ingested      {figures.papers}",
+        f"  digests planned      {figures.planned}",
+        f"  digests sent         {figures.sent}",
+        f"  retrying now         {figures.retrying}",
+        f"  failed               {figures.failed}",
+        f"  bounces              {figures.hard_bounces} hard, {figures.soft_bounces} soft",
+        f"  unsubscribes         {figures.unsubscribes}",
+        f"  files failed to parse {len(figures.files_failed)}",
+    ]
+    lines += [f"    {path}" for path in figures.files_failed]
+    return "\n".join(lines) + "\n"
+
+
+def send_report(*, engine: sa.Engine, settings: Settings, now: datetime) -> str:
+    """Build and send today's report; returns the day it covers."""
+    figures = daily_figures(engine=engine, now=now)
+    message = EmailMessage(policy=SMTP)
+    message["From"] = settings.from_address
+    message["To"] = settings.operator_email
+    quiet = " (no new papers!)" if figures.papers == 0 else ""
+    message["Subject"] = f"newsletter daily report {now:%Y-%m-%d}{quiet}"
+    message["Date"] = format_datetime(now)
+    message_id = f"<report.{now:%Y%m%d}.{secrets.token_hex(6)}@{settings.message_id_domain}>"
+    message["Message-ID"] = message_id
+    message.set_content(report_text(figures))
+    outgoing = OutgoingMessage(
+        message_id=message_id,
+        sender=settings.from_address,
+        recipients=(settings.operator_email,),
+        data=message.as_bytes(),
+        edition=now.date(),
+    )
+
+    async def send() -> None:
+        async with get_backend(settings=settings, engine=engine) as backend:
+            await backend.send(outgoing)
+
+    asyncio.run(send())  # the scheduler runs jobs in worker threads: a loop of its own here
+    return now.date().isoformat()

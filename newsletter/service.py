@@ -1,0 +1,288 @@
+"""``newsletter run``: the whole pipeline as one long-lived process.
+
+One asyncio loop holds:
+  - the scheduler (APScheduler 3.11, AsyncIOScheduler): ingest every
+    ``NEWSLETTER_INGEST_MINUTES``, plan every ``NEWSLETTER_PLAN_MINUTES`` (both
+    once right at start-up too), forget unconfirmed sign-ups hourly, and the
+    operator's daily report at ``NEWSLETTER_REPORT_AT`` UTC;
+  - the delivery worker (``deliver.run_worker``);
+  - the web app (uvicorn), unless ``web`` is off.
+
+Planning and ingest are done by one process at a time: the *leader*, which holds
+a PostgreSQL advisory lock (or, on SQLite, an exclusive lock on a file next to the
+database). Another ``newsletter run`` against the same database delivers and
+serves, and takes over the scheduled jobs as soon as the leader is gone (the lock
+dies with its connection or process). Planning is safe to repeat anyway (one digest
+per subscriber and edition); the lock keeps the work from being done twice.
+
+Catch-up needs no bookkeeping: planning asks "whose local send time has passed
+today, without a digest for today?", so after downtime each subscriber gets one
+digest covering everything since their last one.
+
+SIGTERM or SIGINT: the scheduler stops, the worker finishes and records the batch
+in hand (leases cover anything cut short), the web server closes, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import sqlalchemy as sa
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from newsletter import db
+from newsletter.config import Settings
+from newsletter.corpus.ingest import ingest
+from newsletter.deliver import run_worker
+from newsletter.links import Links
+from newsletter.plan import plan_digests
+from newsletter.report import send_report
+from newsletter.subscribers import expire_pending
+
+log = logging.getLogger("newsletter.service")
+_LOCK_KEY = 0x6E6C7374  # "nlst": the advisory lock every scheduler of one database shares
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Leadership:
+    """Who runs the scheduled jobs: whoever holds the lock. ``held()`` tries to take it
+    (cheap when already held) and says whether this process leads now."""
+
+    def __init__(self, *, engine: sa.Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._pg: sa.Connection | None = None
+        self._file: IO[bytes] | None = None
+
+    def held(self) -> bool:
+        if self.engine.dialect.name == "postgresql":
+            return self._held_pg()
+        return self._held_file()
+
+    def _held_pg(self) -> bool:
+        if self._pg is not None:
+            try:  # still ours only while our connection lives
+                self._pg.execute(sa.text("SELECT 1"))
+                return True
+            except sa.exc.DBAPIError:
+                self._pg = None
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}
+            ).scalar()
+            conn.commit()
+        except sa.exc.DBAPIError:
+            conn.close()
+            return False
+        if got:
+            self._pg = conn
+            log.info("leading: this process plans and ingests")
+            return True
+        conn.close()
+        return False
+
+    def _held_file(self) -> bool:
+        if self._file is not None:
+            return True
+        path = self.settings.data_dir / "scheduler.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._file = handle
+        log.info("leading: this process plans and ingests")
+        return True
+
+    def release(self) -> None:
+        if self._pg is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                self._pg.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                self._pg.commit()
+            self._pg.close()
+            self._pg = None
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+@dataclass
+class Jobs:
+    """The scheduled jobs, as plain functions of a clock: tests call them with a
+    simulated one; the service with the real one."""
+
+    engine: sa.Engine
+    settings: Settings
+    leadership: Leadership
+    now: Callable[[], datetime] = _utcnow
+    last_report_day: str | None = field(default=None)
+
+    def ingest(self) -> None:
+        if not self.leadership.held():
+            return
+        report = ingest(engine=self.engine, paths=[self.settings.corpus_dir], now=self.now())
+        for result in report.files:
+            if result.status == "error":
+                log.warning(
+                    "corpus file failed to parse",
+                    extra={"path": result.path, "error": str(result.error)},
+                )
+            elif result.status != "unchanged":
+                log.info(
+                    "corpus file ingested",
+                    extra={
+                        "path": result.path,
+                        "new_papers": result.new_papers,
+                        "papers": result.papers,
+                    },
+                )
+
+    def plan(self) -> None:
+        if not self.leadership.held():
+            return
+        report = plan_digests(engine=self.engine, settings=self.settings, now=self.now())
+        for planned in report.planned:
+            log.info(
+                "digest planned",
+                extra={"delivery_id": planned.delivery_id, "edition": planned.edition.isoformat(),
+                       "papers": len(planned.ranked.matches)},
+            )  # fmt: skip
+        if report.planned:
+            log.info(
+                "planning done",
+                extra={"planned": len(report.planned), "no_match": len(report.no_match)},
+            )
+
+    def expire(self) -> None:
+        if not self.leadership.held():
+            return
+        with db.session_scope(engine=self.engine) as session:
+            n = expire_pending(session=session, now=self.now(), hours=self.settings.confirm_hours)
+        if n:
+            log.info("unconfirmed sign-ups forgotten", extra={"count": n})
+
+    def report(self) -> None:
+        if not self.settings.operator_email or not self.leadership.held():
+            return
+        sent = send_report(engine=self.engine, settings=self.settings, now=self.now())
+        log.info("operator report sent", extra={"to": self.settings.operator_email, "day": sent})
+
+
+async def run(
+    *,
+    settings: Settings,
+    engine: sa.Engine,
+    web: bool = True,
+    deliver: bool = True,
+    schedule: bool = True,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The service until SIGTERM/SIGINT (or ``stop``)."""
+    from newsletter.backends import get_backend
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    leadership = Leadership(engine=engine, settings=settings)
+    jobs = Jobs(engine=engine, settings=settings, leadership=leadership)
+    tasks: list[asyncio.Task[object]] = []
+    scheduler: AsyncIOScheduler | None = None
+    server = None
+    log.info(
+        "service starting",
+        extra={"pid": os.getpid(), "web": web, "deliver": deliver, "schedule": schedule},
+    )
+    if schedule:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        start = _utcnow()
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        every = {"ingest": settings.ingest_minutes, "plan": settings.plan_minutes}
+        scheduler.add_job(
+            jobs.ingest, "interval", minutes=every["ingest"], next_run_time=start, id="ingest",
+            **common,
+        )  # fmt: skip
+        # Planning starts a moment after ingest, so a first run plans what it just read.
+        scheduler.add_job(
+            jobs.plan, "interval", minutes=every["plan"], id="plan",
+            next_run_time=start + timedelta(seconds=1), **common,
+        )  # fmt: skip
+        scheduler.add_job(jobs.expire, "interval", hours=1, id="expire", **common)
+        hh, mm = (int(x) for x in settings.report_at.split(":"))
+        scheduler.add_job(jobs.report, "cron", hour=hh, minute=mm, id="report", **common)
+        scheduler.start()
+    if deliver:
+        backend = get_backend(settings=settings, engine=engine)
+        links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+        tasks.append(
+            asyncio.create_task(
+                run_worker(
+                    engine=engine,
+                    settings=settings,
+                    backend=backend,
+                    links=links,
+                    now=_utcnow,
+                    stop=stop,
+                    poll_seconds=2.0,
+                    on_outcome=_log_outcome,
+                )
+            )
+        )
+    if web:
+        import uvicorn
+
+        from newsletter.web import create_app
+
+        config = uvicorn.Config(
+            create_app(settings=settings, engine=engine),
+            host=settings.web_host,
+            port=settings.web_port,
+            log_config=None,  # our handlers, our format
+            lifespan="off",
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours stop it
+        tasks.append(asyncio.create_task(server.serve()))
+    try:
+        await stop.wait()
+    finally:
+        log.info("service stopping")
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if server is not None:
+            server.should_exit = True
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        leadership.release()
+        log.info("service stopped")
+
+
+def _log_outcome(outcome: object) -> None:
+    log.info(
+        "delivery " + getattr(outcome, "status", "?"),
+        extra={
+            "delivery_id": getattr(outcome, "delivery_id", None),
+            "error": getattr(outcome, "error", None),
+        },
+    )
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.data_dir / "scheduler.lock"
