@@ -632,7 +632,10 @@ def scheduler() -> None:
 def _service(*, web: bool, deliver: bool, schedule: bool) -> None:
     from newsletter import logs, service
 
-    ctx = _context()
+    # A service (a container) brings its schema up to date itself: migrations are
+    # idempotent, and concurrent starts on PostgreSQL take turns (see db._migrate).
+    ctx = _context(check_schema=False)
+    db.upgrade(engine=ctx.engine)
     logs.configure(fmt=ctx.settings.log_format, level=ctx.settings.log_level)
     eventloop.run(
         service.run(

@@ -83,6 +83,9 @@ def _migrate(engine: sa.Engine, step: Callable[[Config, str], None], revision: s
             connection.commit()  # pysqlite sent no BEGIN for the pragma: it took effect
         try:
             with connection.begin():
+                if engine.dialect.name == "postgresql":
+                    # Services starting together take turns; the later ones find nothing to do.
+                    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7238591)")
                 cfg.attributes["connection"] = connection
                 step(cfg, revision)
                 if sqlite:
