@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -45,6 +46,13 @@ def _setup(tmp_path: Path, **env: str) -> tuple[sa.Engine, Settings]:
     engine = db.make_engine(url)
     db.upgrade(engine=engine)
     return engine, make_settings(tmp_path, url, **env)
+
+
+def _jobs(engine: sa.Engine, settings: Settings, now: Callable[[], datetime] | None = None) -> Jobs:
+    lead = Leadership(engine=engine, settings=settings)
+    return Jobs(
+        engine=engine, settings=settings, leadership=lead, now=now or (lambda: datetime.now(UTC))
+    )
 
 
 def _digests(engine: sa.Engine) -> list[tuple[str, datetime, int]]:
@@ -236,3 +244,27 @@ def test_run_picks_up_a_new_file_writes_digests_and_stops_on_sigterm(tmp_path: P
     with db.session_scope(engine=engine) as session:
         states = Counter(d.status for d in session.exec(select(Delivery)))
     assert states == {"sent": 1}, "nothing left claimed or pending"
+
+
+@pytest.mark.parametrize("send_empty", ["no", "yes"])
+def test_empty_days_send_nothing_unless_asked(tmp_path: Path, send_empty: str) -> None:
+    engine, settings = _setup(tmp_path, NEWSLETTER_SEND_EMPTY=send_empty)
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    subscribe(engine, email="q@example.org", topics=["quantum"], now=now - timedelta(days=1))
+    add_paper(
+        engine, title="Diffusion only", abstract="Nothing else.", seen=now - timedelta(hours=1)
+    )
+    jobs = _jobs(engine, settings, lambda: now)
+    jobs.plan()
+    digests = _digests(engine)
+    if send_empty == "no":
+        assert digests == []
+        return
+    assert [(a, n) for a, _, n in digests] == [("q@example.org", 0)]
+    from newsletter.backends.memory import MemoryBackend
+    from tests.helpers import deliver
+
+    backend = MemoryBackend()
+    deliver(engine, settings, backend, now)
+    (message,) = backend.sent
+    assert b"No new papers matched your topics" in message.data
