@@ -7,7 +7,6 @@ stay quiet in a pipe.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -649,7 +648,6 @@ def worker(
     poll: Annotated[float, typer.Option(help="Seconds between looks for due digests.")] = 5.0,
 ) -> None:
     """Deliver due digests continuously, retries included, until SIGTERM or Ctrl-C."""
-    import signal
 
     from newsletter.backends import get_backend
     from newsletter.deliver import run_worker
@@ -657,10 +655,7 @@ def worker(
     ctx = _context()
 
     async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = eventloop.stop_on_signals()
         return await run_worker(
             engine=ctx.engine,
             settings=ctx.settings,

@@ -9,6 +9,7 @@ the same on the standard loop.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -25,3 +26,13 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     if uvloop is not None:
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+def stop_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: long-running loops finish their work in hand
+    and return, instead of dying mid-batch. Call from inside the running loop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -17,14 +17,12 @@ and their leases expire as any dead worker's do).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import gc
 import multiprocessing
 import os
 import queue
-import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -161,10 +159,7 @@ def _child(
             pending.clear()
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = eventloop.stop_on_signals()
         await run_worker(
             engine=engine,
             settings=settings,

@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,7 @@ from typing import IO
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from newsletter import db
+from newsletter import db, eventloop
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
 from newsletter.deliver import run_worker
@@ -196,10 +195,7 @@ async def run(
     """The service until SIGTERM/SIGINT (or ``stop``)."""
     from newsletter.backends import get_backend
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = eventloop.stop_on_signals(stop)
     leadership = Leadership(engine=engine, settings=settings)
     jobs = Jobs(engine=engine, settings=settings, leadership=leadership)
     tasks: list[asyncio.Task[object]] = []
