@@ -268,3 +268,61 @@ def test_empty_days_send_nothing_unless_asked(tmp_path: Path, send_empty: str) -
     deliver(engine, settings, backend, now)
     (message,) = backend.sent
     assert b"No new papers matched your topics" in message.data
+
+
+@pytest.mark.postgres
+def test_a_second_scheduler_process_waits_then_takes_over(tmp_path: Path, pg_server: str) -> None:
+    """Two `newsletter scheduler` processes on one PostgreSQL database: one leads; when
+    it is killed (no chance to clean up), the other takes the lock and plans."""
+    url = make_pg_database(pg_server)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEWSLETTER_") and k != "DATABASE_URL"
+    }
+    env |= {
+        "NEWSLETTER_HOME": str(tmp_path),
+        "DATABASE_URL": url,
+        "NEWSLETTER_SECRET_KEY": "k" * 40,
+        "NEWSLETTER_CORPUS_DIR": str(tmp_path / "corpus"),
+        "NEWSLETTER_INGEST_MINUTES": "0.01",
+        "NEWSLETTER_PLAN_MINUTES": "0.01",
+        "NEWSLETTER_LOG_FORMAT": "json",
+    }
+    (tmp_path / "corpus").mkdir()
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(name: str) -> subprocess.Popen[str]:
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (the child writes to it)
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
+                                cwd=tmp_path, stdout=log, stderr=log, text=True)  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    def leads(name: str) -> bool:
+        path = tmp_path / f"{name}.log"
+        return path.exists() and '"leading: this process plans and ingests"' in path.read_text()
+
+    def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.1)
+        return False
+
+    try:
+        first = start("first")
+        assert wait_for(lambda: leads("first")), (tmp_path / "first.log").read_text()
+        start("second")
+        time.sleep(3)  # many planning rounds: the second never leads while the first lives
+        assert not leads("second")
+        first.kill()  # SIGKILL: its session, and with it the advisory lock, just disappears
+        first.wait()
+        assert wait_for(lambda: leads("second")), (tmp_path / "second.log").read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        drop_pg_database(pg_server, url)
