@@ -526,8 +526,14 @@ def test_footer_wrap_matches_textwrap(ws):
 
 
 @settings(max_examples=300, deadline=None)
-@given(  # no CR: templates have LF line ends and values are cleaned of control characters
-    st.lists(st.text(st.characters(blacklist_characters="\r"), max_size=200), max_size=8)
+@given(  # no CR nor lone surrogates: templates are UTF-8 with LF line ends, and values are
+    # cleaned of both (_clean)
+    st.lists(
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200
+        ),
+        max_size=8,
+    )
 )
 def test_encoded_pieces_concatenate_to_the_encoding_of_the_whole(pieces):
     """Pieces encoded apart (static template text once, values per message) must decode,
