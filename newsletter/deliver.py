@@ -77,6 +77,30 @@ def digest_papers(
         raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
 
 
+# Across batches, per snapshot text: the same tuple of papers for every digest of one
+# ranking, so the renderer's per-tuple cache hits from one batch to the next. Kept only
+# while the papers' titles and abstracts are what they were.
+_SHARED: dict[str, tuple[tuple[tuple[str, str], ...], tuple[render.DigestPaper, ...]]] = {}
+_SHARED_MAX = 20_000
+
+
+def _shared_papers(
+    text: str, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+) -> tuple[render.DigestPaper, ...]:
+    try:
+        shown = tuple(texts[i.paper_id] for i in items)
+    except KeyError as exc:
+        raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
+    entry = _SHARED.get(text)
+    if entry is not None and entry[0] == shown:
+        return entry[1]
+    papers = digest_papers(items=items, texts=texts)
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[text] = (shown, papers)
+    return papers
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     delivery_id: int
@@ -154,9 +178,7 @@ def _digests(
     papers: dict[str, tuple[render.DigestPaper, ...] | str] = {}
     for text, items in decoded.items():
         try:
-            papers[text] = (
-                items if isinstance(items, str) else digest_papers(items=items, texts=texts)
-            )
+            papers[text] = items if isinstance(items, str) else _shared_papers(text, items, texts)
         except snapshot.SnapshotError as exc:
             papers[text] = str(exc)
     loaded = []
