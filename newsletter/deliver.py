@@ -46,6 +46,7 @@ class Outcome:
     email: str
     status: str
     error: str | None = None
+    subscriber_id: int | None = None  # for logs: ids, not addresses
 
 
 @dataclass(slots=True)
@@ -528,7 +529,10 @@ async def deliver_due(
             finished = now()
             accepted = [j for j, e in zip(live, errors, strict=True) if e is None]
             _record_sent(engine=engine, jobs=accepted, now=finished)
-            outcomes = [Outcome(j.delivery_id, j.email, DeliveryStatus.SENT) for j in accepted]
+            outcomes = [
+                Outcome(j.delivery_id, j.email, DeliveryStatus.SENT, None, j.subscriber_id)
+                for j in accepted
+            ]
             for job, error in zip(live, errors, strict=True):
                 if error is not None:
                     status = record_outcome(
@@ -538,7 +542,9 @@ async def deliver_due(
                         error=error,
                         policy=policy,
                     )
-                    outcomes.append(Outcome(job.delivery_id, job.email, status, str(error)))
+                    outcomes.append(
+                        Outcome(job.delivery_id, job.email, status, str(error), job.subscriber_id)
+                    )
             for job in jobs:
                 if not job.active:
                     status = record_outcome(
@@ -551,7 +557,11 @@ async def deliver_due(
                     )
                     outcomes.append(
                         Outcome(
-                            job.delivery_id, job.email, status, "subscriber is no longer active"
+                            job.delivery_id,
+                            job.email,
+                            status,
+                            "subscriber is no longer active",
+                            job.subscriber_id,
                         )
                     )
             for outcome in outcomes:

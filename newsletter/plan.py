@@ -70,6 +70,7 @@ class PlannedDigest:
     edition: date
     ranked: Ranked
     delivery_id: int | None  # None on a dry run
+    subscriber_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -198,7 +199,7 @@ def plan_digests(
             if not ranked.matches and not settings.send_empty:
                 report.no_match.append(sub.email)  # empty days send nothing by default
                 continue
-            report.planned.append(PlannedDigest(sub.email, edition, ranked, None))
+            report.planned.append(PlannedDigest(sub.email, edition, ranked, None, sub.id))
             if not dry_run:
                 batch.append((sub, edition, ranked, items_json(ranked), len(report.planned) - 1))
                 if len(batch) >= batch_size:

@@ -42,7 +42,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from newsletter import db, eventloop
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
-from newsletter.deliver import run_worker
+from newsletter.deliver import Outcome, run_worker
 from newsletter.links import Links
 from newsletter.plan import plan_digests
 from newsletter.report import send_report
@@ -159,7 +159,8 @@ class Jobs:
         for planned in report.planned:
             log.info(
                 "digest planned",
-                extra={"delivery_id": planned.delivery_id, "edition": planned.edition.isoformat(),
+                extra={"delivery_id": planned.delivery_id, "subscriber_id": planned.subscriber_id,
+                       "edition": planned.edition.isoformat(),
                        "papers": len(planned.ranked.matches)},
             )  # fmt: skip
         if report.planned:
@@ -270,12 +271,13 @@ async def run(
         log.info("service stopped")
 
 
-def _log_outcome(outcome: object) -> None:
+def _log_outcome(outcome: Outcome) -> None:
     log.info(
-        "delivery " + getattr(outcome, "status", "?"),
+        f"delivery {outcome.status}",
         extra={
-            "delivery_id": getattr(outcome, "delivery_id", None),
-            "error": getattr(outcome, "error", None),
+            "delivery_id": outcome.delivery_id,
+            "subscriber_id": outcome.subscriber_id,
+            "error": outcome.error,
         },
     )
 
