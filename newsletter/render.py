@@ -197,13 +197,13 @@ def _plural(n: int, word: str) -> str:
 
 
 @functools.lru_cache(maxsize=100_000)
-def _fill(text: str, indent: str = "", first: str | None = None) -> str:
+def _fill(text: str, indent: str = "") -> str:
     """Wrap text-part paragraphs at 78 columns, never breaking URLs or words (cached: the
     same excerpts recur across subscribers)."""
     return textwrap.fill(
         text,
         width=TEXT_WIDTH,
-        initial_indent=indent if first is None else first,
+        initial_indent=indent,
         subsequent_indent=indent,
         break_long_words=False,
         break_on_hyphens=False,

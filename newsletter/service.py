@@ -97,7 +97,7 @@ class Leadership:
     def _held_file(self) -> bool:
         if self._file is not None:
             return True
-        path = self.settings.data_dir / "scheduler.lock"
+        path = lock_path(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+b")
         try:
@@ -283,4 +283,5 @@ def _log_outcome(outcome: Outcome) -> None:
 
 
 def lock_path(settings: Settings) -> Path:
+    """The SQLite leader's lock file, beside the database."""
     return settings.data_dir / "scheduler.lock"
