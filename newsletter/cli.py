@@ -11,7 +11,6 @@ import contextlib
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,14 +20,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import select
 from typer.exceptions import TyperException
 
 from newsletter import db, eventloop, render
-from newsletter.config import Settings, describe, env_example, load_settings, secret_key
+from newsletter.config import describe, env_example, load_settings
 from newsletter.errors import FilterSyntaxError, NewsletterError, SubscriberError
-from newsletter.links import Links
 from newsletter.models import Delivery, Paper, Subscriber, utcnow
+from newsletter.runtime import Runtime, build_runtime
+from newsletter.text import terminal_safe
 
 if TYPE_CHECKING:
     from newsletter.plan import PlanReport
@@ -62,21 +63,12 @@ class SchemaOutOfDate(NewsletterError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    settings: Settings
-    engine: sa.Engine
-
-    def links(self) -> Links:
-        return Links(base_url=self.settings.base_url, key=secret_key(settings=self.settings))
-
-
-def _context(*, check_schema: bool = True) -> Context:
-    settings = load_settings()
-    engine = db.make_engine(settings.database_url)
-    if check_schema and not db.is_up_to_date(engine=engine):
+def _context(*, check_schema: bool = True) -> Runtime:
+    """The runtime every command works with (settings, engine, key, links)."""
+    runtime = build_runtime(settings=load_settings())
+    if check_schema and not db.is_up_to_date(engine=runtime.engine):
         raise SchemaOutOfDate("the database schema is not up to date: run `newsletter db upgrade`")
-    return Context(settings=settings, engine=engine)
+    return runtime
 
 
 def _progress() -> Progress:
@@ -148,11 +140,12 @@ def ingest(
             engine=ctx.engine,
             paths=targets,
             now=utcnow(),
+            max_bytes=ctx.settings.corpus_max_bytes,
             on_file=lambda _r: progress.advance(task),
         )
     for result in report.files:
         if result.error is not None:
-            err.print(f"[red]skipped[/red] {result.error}", markup=True)
+            err.print("skipped " + terminal_safe(str(result.error)), markup=False)
     states = Counter(f.status for f in report.files)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no files"
     out.print(f"{len(report.files)} files ({summary}); {report.new_papers} new papers")
@@ -242,19 +235,30 @@ def subscribers_import(
     ] = False,
 ) -> None:
     """Import subscribers; every bad row is reported with its line, the good ones are kept."""
-    from newsletter.subscribers import import_subscribers
+    from newsletter.importer import ImportFileError, import_subscribers
 
     ctx = _context()
-    report = import_subscribers(
-        engine=ctx.engine,
-        path=file,
-        now=utcnow(),
-        default_timezone=ctx.settings.default_timezone,
-        default_send_at=ctx.settings.default_send_at,
-        skip_existing=skip_existing,
-    )
+    try:
+        with _progress() as progress:
+            task = progress.add_task("checking", total=None)
+            report = import_subscribers(
+                engine=ctx.engine,
+                path=file,
+                now=utcnow(),
+                default_timezone=ctx.settings.default_timezone,
+                default_send_at=ctx.settings.default_send_at,
+                skip_existing=skip_existing,
+                on_row=lambda: progress.advance(task),
+            )
+    except ImportFileError as exc:
+        where = (
+            f":{exc.field.removeprefix('line ')}" if (exc.field or "").startswith("line ") else ""
+        )
+        err.print(terminal_safe(f"{file}{where}: {str(exc).split(': ', 1)[-1]}"), markup=False)
+        out.print("imported nothing: the file was not read as a whole")
+        raise typer.Exit(1) from None
     for row in report.errors:
-        err.print(f"{file}:{row.line}: {row.message}")
+        err.print(terminal_safe(f"{file}:{row.line}: {row.message}"), markup=False)
     skipped = f", {len(report.skipped)} already subscribed" if report.skipped else ""
     out.print(
         f"imported {len(report.added)} subscribers{skipped}, {len(report.errors)} rows refused"
@@ -291,11 +295,16 @@ def subscribers_list(
     table = Table("email", "name", "status", "sends at", "topics", box=None)
     for r in rows:
         table.add_row(
-            r["email"],
-            r["name"] or "",
-            r["status"],
-            f"{r['send_at']} {r['timezone']}",
-            " | ".join(r["topics"]),
+            *(
+                Text(terminal_safe(text))  # Text: data is never read as rich markup
+                for text in (
+                    r["email"],
+                    r["name"] or "",
+                    r["status"],
+                    f"{r['send_at']} {r['timezone']}",
+                    " | ".join(r["topics"]),
+                )
+            )
         )
     out.print(table)
     out.print(f"{len(rows)} subscribers")
@@ -312,6 +321,19 @@ def subscribers_remove(
     with db.session_scope(engine=ctx.engine) as session:
         remove_subscriber(session=session, email=email, now=utcnow())
     out.print(f"removed {email}")
+
+
+@subs_app.command("revoke-links")
+def subscribers_revoke_links(
+    email: Annotated[str, typer.Argument(help="Whose links to revoke.")],
+) -> None:
+    """Make every link this subscriber was ever sent stop working (a leaked mailbox)."""
+    from newsletter.subscribers import revoke_links
+
+    ctx = _context()
+    with db.session_scope(engine=ctx.engine) as session:
+        row = revoke_links(session=session, email=email, now=utcnow())
+    out.print(f"revoked every link of {row.email}; the next digest carries new ones", markup=False)
 
 
 # --- filters ----------------------------------------------------------------------
@@ -368,7 +390,7 @@ def filters_test(
 # --- send and preview ---------------------------------------------------------------
 
 
-def _subscriber_id(ctx: Context, email: str) -> int:
+def _subscriber_id(ctx: Runtime, email: str) -> int:
     from newsletter.subscribers import normalize_email
 
     address = normalize_email(email)
@@ -401,14 +423,13 @@ def send(
     ] = None,
 ) -> None:
     """Plan today's digests and deliver everything due."""
-    from newsletter.backends import get_backend
     from newsletter.backends.file import FileBackend
     from newsletter.deliver import deliver_due
     from newsletter.plan import plan_digests
 
     ctx = _context()
     # Built before planning, so a delivery misconfiguration stops us before anything is recorded.
-    backend = get_backend(settings=ctx.settings, engine=ctx.engine)
+    backend = ctx.backend()
     email = None
     sid = None
     if subscriber is not None:
@@ -423,7 +444,7 @@ def send(
             from newsletter.parallel import DeliveryProcesses
 
             # Started first: they deliver what planning commits, batch by batch.
-            pool = stack.enter_context(DeliveryProcesses(settings=ctx.settings, workers=workers))
+            pool = stack.enter_context(DeliveryProcesses(runtime=ctx, workers=workers))
         report = plan_digests(
             engine=ctx.engine,
             settings=ctx.settings,
@@ -442,10 +463,8 @@ def send(
             else:
                 result = eventloop.run(
                     deliver_due(
-                        engine=ctx.engine,
-                        settings=ctx.settings,
+                        runtime=ctx,
                         backend=backend,
-                        links=ctx.links(),
                         now=utcnow,
                         subscriber_id=sid,
                         on_outcome=lambda _o: progress.advance(task),
@@ -457,7 +476,7 @@ def send(
     )
     for o in result.outcomes:
         if o.error and o.status != "sent":
-            err.print(f"{o.email}: {o.status}: {o.error}")
+            err.print(terminal_safe(f"{o.email}: {o.status}: {o.error}"), markup=False)
     if isinstance(backend, FileBackend) and counts.get("sent"):
         editions = sorted({p.edition for p in report.planned}) or [date.today()]
         for edition in editions:
@@ -493,20 +512,19 @@ def preview(
     ] = None,
 ) -> None:
     """Render a subscriber's next digest without recording or sending anything."""
-    from newsletter.deliver import outgoing
     from newsletter.plan import preview_digest
 
     ctx = _context()
     digest = preview_digest(
-        engine=ctx.engine, settings=ctx.settings, email=email, now=utcnow(), links=ctx.links()
+        engine=ctx.engine, settings=ctx.settings, email=email, now=utcnow(), links=ctx.links
     )
     if digest is None:
         out.print("nothing new matches this subscriber's topics: no digest would be sent")
         return
-    sender = render.Sender(address=ctx.settings.from_address, name=ctx.settings.from_name or None)
-    message = outgoing(digest=digest, sender=sender)
+    message = render.outgoing(digest=digest, sender=ctx.sender)
     if out_file is None:
-        out.print(render.render_digest(digest=digest, sender=sender).text, markup=False)
+        text = render.render_digest(digest=digest, sender=ctx.sender).text
+        out.print(terminal_safe(text.replace("\n", "\0")).replace("\\x00", "\n"), markup=False)
         return
     out_file.write_bytes(
         message.html.encode() if out_file.suffix == ".html" and message.html else message.data
@@ -555,7 +573,7 @@ def deliveries_retry(
     subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's.")] = None,
 ) -> None:
     """Requeue failed digests once their cause is fixed (reactivates suppressed subscribers)."""
-    from newsletter.deliver import retry_failed
+    from newsletter.ledger import retry_failed
 
     if not failed:
         raise typer.BadParameter("say which: --failed", param_hint="--failed")
@@ -570,8 +588,8 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Counts: digests by state, retries, bounces, suppressed subscribers."""
-    from newsletter.deliver import stats as ledger_stats
-    from newsletter.deliver import unsubscribes_by_edition
+    from newsletter.ledger import stats as ledger_stats
+    from newsletter.ledger import unsubscribes_by_edition
 
     engine = _context().engine
     counts = ledger_stats(engine=engine)
@@ -600,17 +618,29 @@ def serve(
     """Serve the web pages: one-click unsubscribe, digest archive, /healthz, /metrics."""
     import uvicorn
 
+    from newsletter.service import proxy_options
     from newsletter.web import create_app
 
-    ctx = _context()
-    web = create_app(settings=ctx.settings, engine=ctx.engine)
+    ctx = _context(check_schema=False)
+    try:
+        if not db.is_up_to_date(engine=ctx.engine):
+            raise SchemaOutOfDate(
+                "the database schema is not up to date: run `newsletter db upgrade`"
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        # Serve anyway: /healthz answers 503 with the reason, which a supervisor sees,
+        # and pages answer 503 until the database is repaired or restored.
+        err.print(
+            f"warning: database: {terminal_safe(db.error_reason(exc))}; serving, /healthz says 503",
+            markup=False,
+        )
     uvicorn.run(
-        web,
+        create_app(runtime=ctx),
         host=host or ctx.settings.web_host,
         port=port or ctx.settings.web_port,
         log_level="info",
-        proxy_headers=True,
         server_header=False,
+        **proxy_options(ctx.settings),  # type: ignore[arg-type]
     )
 
 
@@ -636,11 +666,7 @@ def _service(*, web: bool, deliver: bool, schedule: bool) -> None:
     ctx = _context(check_schema=False)
     db.upgrade(engine=ctx.engine)
     logs.configure(fmt=ctx.settings.log_format, level=ctx.settings.log_level)
-    eventloop.run(
-        service.run(
-            settings=ctx.settings, engine=ctx.engine, web=web, deliver=deliver, schedule=schedule
-        )
-    )
+    eventloop.run(service.run(runtime=ctx, web=web, deliver=deliver, schedule=schedule))
 
 
 @app.command()
@@ -649,7 +675,6 @@ def worker(
 ) -> None:
     """Deliver due digests continuously, retries included, until SIGTERM or Ctrl-C."""
 
-    from newsletter.backends import get_backend
     from newsletter.deliver import run_worker
 
     ctx = _context()
@@ -657,15 +682,14 @@ def worker(
     async def main() -> int:
         stop = eventloop.stop_on_signals()
         return await run_worker(
-            engine=ctx.engine,
-            settings=ctx.settings,
-            backend=get_backend(settings=ctx.settings, engine=ctx.engine),
-            links=ctx.links(),
+            runtime=ctx,
+            backend=ctx.backend(),
             now=utcnow,
             stop=stop,
             poll_seconds=poll,
             on_outcome=lambda o: err.print(
-                f"{o.email}: {o.status}" + (f" ({o.error})" if o.error else ""), markup=False
+                terminal_safe(f"{o.email}: {o.status}" + (f" ({o.error})" if o.error else "")),
+                markup=False,
             ),
         )
 
@@ -706,12 +730,13 @@ def main() -> None:
         err.print("aborted", markup=False)
         sys.exit(130)
     except NewsletterError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(terminal_safe(f"error: {exc}"), markup=False)
         syntax = exc if isinstance(exc, FilterSyntaxError) else exc.__cause__
         if isinstance(syntax, FilterSyntaxError):  # point at the mistake
-            err.print("  " + syntax.caret().replace("\n", "\n  "), markup=False)
+            lines = (terminal_safe(line) for line in syntax.caret().split("\n"))
+            err.print("  " + "\n  ".join(lines), markup=False)
         sys.exit(1)
-    except sa.exc.OperationalError as exc:
-        err.print(f"error: database: {str(exc.orig).strip().splitlines()[0]}", markup=False)
+    except sa.exc.SQLAlchemyError as exc:  # unreachable, locked, corrupt: one line
+        err.print(f"error: database: {terminal_safe(db.error_reason(exc))}", markup=False)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

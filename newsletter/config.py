@@ -10,6 +10,8 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import secrets
@@ -73,7 +75,7 @@ class Settings:
     from_address: str
     from_name: str
     base_url: str
-    secret_key: str
+    secret_key: str = field(repr=False)  # never printed, never logged
     default_timezone: str
     default_send_at: str
     digest_max_papers: int
@@ -93,6 +95,8 @@ class Settings:
     operator_email: str
     report_at: str
     send_empty: bool
+    trusted_proxies: tuple[str, ...]  # addresses whose X-Forwarded-For is believed
+    corpus_max_bytes: int
     admin_token: str = field(repr=False)  # never printed, never logged
 
     @property
@@ -180,6 +184,15 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "no",
         "yes: a subscriber with nothing new gets a short 'nothing matched today' note.",
     ),
+    "NEWSLETTER_TRUSTED_PROXIES": (
+        "",
+        "Comma-separated addresses of your reverse proxies; only their X-Forwarded-For "
+        "is believed (sign-up rate limits go by client address). Empty: none.",
+    ),
+    "NEWSLETTER_CORPUS_MAX_MB": (
+        "64",
+        "Largest corpus file read, in MiB; a larger one is refused with a message.",
+    ),
     "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
     "NEWSLETTER_DKIM_SELECTOR": (
         "",
@@ -212,27 +225,47 @@ def _env(dotenv_path: Path | None, environ: dict[str, str] | None) -> dict[str, 
     return values
 
 
+_ASCII_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+_ASCII_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def ascii_int(text: str) -> int | None:
+    """The whole number ``text`` spells in ASCII digits, else None.
+
+    ``int()`` and ``str.isdigit()`` also take other scripts' digits and
+    superscripts ("²" is a digit to ``isdigit`` but not to ``int``): every number a
+    user types goes through here instead.
+    """
+    text = text.strip()
+    return int(text) if _ASCII_INT_RE.fullmatch(text) else None
+
+
 def _int(name: str, raw: str, *, minimum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}") from None
+    value = ascii_int(raw)
+    if value is None:
+        raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}")
     if value < minimum:
         raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
     return value
 
 
+_SEND_AT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
+
+
 def validate_send_at(value: str, *, setting: str) -> str:
-    """``HH:MM`` (24-hour), normalized to two digits each."""
-    hh, sep, mm = value.strip().partition(":")
-    if not (
-        sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60 and len(mm) == 2
-    ):
+    """``HH:MM`` (24-hour, ASCII digits), normalized to two digits each."""
+    match = _SEND_AT_RE.fullmatch(value.strip())
+    if match is None or int(match[1]) >= 24 or int(match[2]) >= 60:
         raise ConfigError(setting=setting, message=f"expected a time HH:MM, got {value!r}")
-    return f"{int(hh):02d}:{mm}"
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
+_TZ_NAME_RE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
 
 
 def validate_timezone(value: str, *, setting: str) -> str:
+    if len(value) > 64 or not _TZ_NAME_RE.fullmatch(value):
+        raise ConfigError(setting=setting, message=f"unknown IANA time zone {value!r}")
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -349,6 +382,8 @@ def load_settings(
         operator_email=_operator_email(get("NEWSLETTER_OPERATOR_EMAIL")),
         report_at=validate_send_at(get("NEWSLETTER_REPORT_AT"), setting="NEWSLETTER_REPORT_AT"),
         send_empty=_choice("NEWSLETTER_SEND_EMPTY", get, ("no", "yes")) == "yes",
+        trusted_proxies=_proxies(get("NEWSLETTER_TRUSTED_PROXIES")),
+        corpus_max_bytes=int(_number("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
@@ -363,10 +398,9 @@ def load_settings(
 
 def _number(name: str, get: Callable[[str], str], *, minimum: float) -> float:
     raw = get(name)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(setting=name, message=f"expected a number, got {raw!r}") from None
+    if not _ASCII_NUMBER_RE.fullmatch(raw):
+        raise ConfigError(setting=name, message=f"expected a number, got {raw!r}")
+    value = float(raw)
     if not value >= minimum:  # also refuses NaN
         raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
     return value
@@ -429,6 +463,31 @@ def _admin_token(value: str) -> str:
     return value
 
 
+def _proxies(value: str) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) of trusted reverse proxies."""
+    found = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                setting="NEWSLETTER_TRUSTED_PROXIES", message=f"not an address or network: {item!r}"
+            ) from None
+        found.append(item)
+    return tuple(found)
+
+
+def sa_url_masked(url: str) -> str:
+    """A database URL with its password hidden, for display."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _port(name: str, get: Callable[[str], str]) -> int:
     port = _int(name, get(name), minimum=1)
     if port > 65535:
@@ -464,21 +523,41 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     )
 
 
+MIN_KEY_BYTES = 32
+
+
 def secret_key(*, settings: Settings) -> bytes:
     """The signing key: from the environment, else generated once into data/secret_key.
 
     The generated file is the zero-configuration fallback for a single machine
-    (mode 0600); production sets NEWSLETTER_SECRET_KEY.
+    (mode 0600); production sets NEWSLETTER_SECRET_KEY. Processes starting together
+    agree on one key: the file is written under a temporary name and linked into
+    place, so nobody reads it half-written. Never empty: a key that short would
+    make every link forgeable, so it stops the program instead.
     """
     if settings.secret_key:
         return settings.secret_key.encode()
     path = settings.data_dir / "secret_key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+        tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another process was first: theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text(encoding="ascii", errors="replace").strip().encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            setting="NEWSLETTER_SECRET_KEY",
+            message=f"unset, and {path} holds no usable key (delete it to generate a new one)",
+        )
+    return key
 
 
 def env_example() -> str:
@@ -496,6 +575,7 @@ def env_example() -> str:
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings for display, the secret masked."""
     shown = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    shown["database_url"] = sa_url_masked(settings.database_url)
     shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
     shown["smtp"] = repr(settings.smtp) + (" password=(set)" if settings.smtp.password else "")
     shown["admin_token"] = "(set)" if settings.admin_token else "(unset: admin API off)"

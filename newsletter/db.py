@@ -109,3 +109,10 @@ def head_revision() -> str | None:
 
 def is_up_to_date(*, engine: sa.Engine) -> bool:
     return current_revision(engine=engine) == head_revision()
+
+
+def error_reason(exc: BaseException) -> str:
+    """What the database said, on one line: no statement, no parameters, no URL."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

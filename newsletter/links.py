@@ -1,37 +1,50 @@
-"""The public URLs a digest carries, built from the base URL and signed tokens."""
+"""The public URLs a digest carries, built from the base URL and signed tokens.
+
+Every link names its subscriber and carries their salt in its MAC (see ``tokens``);
+``Recipient`` is the pair, so no link can be built for an id alone.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from newsletter import tokens
 
 
 @dataclass(frozen=True, slots=True)
+class Recipient:
+    """Whom a link acts for: the subscriber's id and token salt."""
+
+    subscriber_id: int
+    salt: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Links:
     base_url: str
-    key: bytes
+    key: bytes = field(repr=False)
 
-    def _url(self, prefix: str, purpose: str, ident: int) -> str:
-        token = tokens.make_token(key=self.key, purpose=purpose, ident=ident)
+    def __post_init__(self) -> None:
+        if len(self.key) < tokens.MIN_KEY_BYTES:
+            raise tokens.WeakKeyError("links need the secret key (32 bytes or more)")
+
+    def _url(self, prefix: str, purpose: str, who: Recipient, *more: int) -> str:
+        token = tokens.make_token(
+            key=self.key, purpose=purpose, ids=(who.subscriber_id, *more), salt=who.salt
+        )
         return f"{self.base_url}/{prefix}/{token}"
 
-    def unsubscribe(self, *, subscriber_id: int, delivery_id: int | None = None) -> str:
+    def unsubscribe(self, *, who: Recipient, delivery_id: int | None = None) -> str:
         """The one-click link; it names the digest it came in, when there is one."""
-        token = tokens.unsubscribe_token(
-            key=self.key, subscriber_id=subscriber_id, delivery_id=delivery_id
-        )
-        return f"{self.base_url}/u/{token}"
+        more = () if delivery_id is None else (delivery_id,)
+        return self._url("u", tokens.UNSUBSCRIBE, who, *more)
 
-    def preferences(self, *, subscriber_id: int) -> str:
-        return self._url("p", tokens.PREFERENCES, subscriber_id)
+    def preferences(self, *, who: Recipient) -> str:
+        return self._url("p", tokens.PREFERENCES, who)
 
-    def archive(self, *, delivery_id: int) -> str:
-        return self._url("d", tokens.ARCHIVE, delivery_id)
+    def archive(self, *, who: Recipient, delivery_id: int) -> str:
+        return self._url("d", tokens.ARCHIVE, who, delivery_id)
 
-    def confirm(self, *, subscriber_id: int, delivery_id: int) -> str:
+    def confirm(self, *, who: Recipient, delivery_id: int) -> str:
         """The double opt-in link: it names the confirmation mail it came in."""
-        token = tokens.make_token(
-            key=self.key, purpose=tokens.CONFIRM, ident=f"{subscriber_id}-{delivery_id}"
-        )
-        return f"{self.base_url}/confirm/{token}"
+        return self._url("confirm", tokens.CONFIRM, who, delivery_id)

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter.db import session_scope
-from newsletter.deliver import stats
+from newsletter.ledger import stats
 from newsletter.models import CorpusFile, UTCDateTime
 
 

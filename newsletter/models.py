@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from newsletter.tokens import new_salt
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -120,8 +122,43 @@ class Subscriber(SQLModel, table=True):
         default=Cadence.DAILY, max_length=8, sa_column_kwargs={"server_default": "daily"}
     )
     weekday: int | None = Field(default=None, description="weekly cadence: 0 = Monday")
+    token_salt: str = Field(
+        default_factory=new_salt,
+        max_length=32,
+        sa_column_kwargs={"server_default": ""},
+        description="signed into every link of this subscriber: ids may be reused, salts are not",
+    )
     created_at: datetime = _ts()  # type: ignore[assignment]
     updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class SignUp(SQLModel, table=True):
+    """A web sign-up waiting for its confirmation.
+
+    Nothing about the subscriber changes until the link is used: what the sign-up
+    asked for is kept here, applied on confirmation, and forgotten on expiry.
+    """
+
+    __tablename__ = "signups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, index=True)
+    name: str | None = Field(default=None, max_length=200)
+    topics: str = Field(default="[]", sa_type=sa.Text(), description="JSON list of filters")
+    timezone: str = Field(max_length=64)
+    send_at: str = Field(max_length=5)
+    created_at: datetime = _ts(index=True)  # type: ignore[assignment]
+    processed_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+            nullable=True,
+            index=True,
+        ),
+    )
+    delivery_id: int | None = Field(default=None, description="the confirmation mail")
 
 
 class TopicFilter(SQLModel, table=True):

@@ -24,15 +24,15 @@ import multiprocessing
 import os
 import queue
 from collections.abc import Callable
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
-from newsletter import db, eventloop
+from newsletter import eventloop
 from newsletter.config import Settings
 from newsletter.deliver import DeliverReport, Outcome, run_worker
 from newsletter.errors import NewsletterError
-from newsletter.links import Links
+from newsletter.models import utcnow
+from newsletter.runtime import Runtime
 
 _REPORT_EVERY = 200  # outcomes sent to the parent per message on the queue
 _IDLE_SECONDS = 0.05  # how often an idle worker looks again while planning goes on
@@ -40,10 +40,6 @@ _IDLE_SECONDS = 0.05  # how often an idle worker looks again while planning goes
 
 class DeliveryWorkerError(NewsletterError):
     """A delivery process ended abnormally (its claimed digests are retried after the lease)."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def worker_settings(*, settings: Settings, workers: int, postgresql: bool) -> Settings:
@@ -58,8 +54,8 @@ def worker_settings(*, settings: Settings, workers: int, postgresql: bool) -> Se
 class DeliveryProcesses:
     """``with DeliveryProcesses(...) as pool: plan(); report = pool.finish()``."""
 
-    def __init__(self, *, settings: Settings, workers: int, batch_size: int = 200) -> None:
-        self.settings = settings
+    def __init__(self, *, runtime: Runtime, workers: int, batch_size: int = 200) -> None:
+        self.runtime = runtime
         self.workers = workers
         self.batch_size = batch_size
         # fork: a child starts in milliseconds with everything imported; it drops the
@@ -70,14 +66,18 @@ class DeliveryProcesses:
         self._procs: list[multiprocessing.process.BaseProcess] = []
 
     def __enter__(self) -> Self:
-        postgresql = self.settings.database_url.startswith("postgresql")
+        runtime = self.runtime
+        postgresql = runtime.engine.dialect.name == "postgresql"
         settings = worker_settings(
-            settings=self.settings, workers=self.workers, postgresql=postgresql
+            settings=runtime.settings, workers=self.workers, postgresql=postgresql
         )
+        # The children take this runtime as it is (key, links, signer): they sign links
+        # exactly as the parent and every other process does.
+        child_runtime = dataclasses.replace(runtime, settings=settings)
         for _ in range(self.workers):
             proc = self._mp.Process(
                 target=_child,
-                args=(settings, self._done, self._outcomes, os.getpid(), self.batch_size),
+                args=(child_runtime, self._done, self._outcomes, os.getpid(), self.batch_size),
                 name="newsletter-deliver",
             )
             proc.start()
@@ -129,23 +129,17 @@ class DeliveryProcesses:
 
 
 def _child(
-    settings: Settings,
+    runtime: Runtime,
     done: multiprocessing.synchronize.Event,
     outcomes: multiprocessing.Queue[list[Outcome]],
     parent: int,
     batch_size: int,
 ) -> None:
-    from newsletter.backends import get_backend
-
     # Everything inherited from the parent is long-lived: keep it out of the cyclic
     # collector's scans (and its pages unshared by them).
     gc.freeze()
-    engine = db.make_engine(settings.database_url)
-    engine.dispose(
-        close=False
-    )  # the parent's connections stay the parent's (SQLAlchemy's fork rule)
-    backend = get_backend(settings=settings, engine=engine)
-    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
+    runtime = runtime.in_child()
+    backend = runtime.backend()
     pending: list[Outcome] = []
 
     def report(outcome: Outcome) -> None:
@@ -161,11 +155,9 @@ def _child(
     async def run() -> None:
         stop = eventloop.stop_on_signals()
         await run_worker(
-            engine=engine,
-            settings=settings,
+            runtime=runtime,
             backend=backend,
-            links=links,
-            now=_utcnow,
+            now=utcnow,
             stop=stop,
             poll_seconds=_IDLE_SECONDS,
             on_outcome=report,

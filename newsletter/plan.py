@@ -32,7 +32,8 @@ from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.errors import SubscriberError
 from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filter
-from newsletter.links import Links
+from newsletter.ledger.jobs import digest_papers
+from newsletter.links import Links, Recipient
 from newsletter.models import (
     Cadence,
     Delivery,
@@ -295,8 +296,6 @@ def preview_digest(
     *, engine: sa.Engine, settings: Settings, email: str, now: datetime, links: Links
 ) -> render.Digest | None:
     """The digest ``email`` would get next, built without recording anything."""
-    from newsletter.deliver import digest_papers
-
     address = normalize_email(email)
     report = plan_digests(
         engine=engine,
@@ -314,6 +313,7 @@ def preview_digest(
         if not report.planned:
             return None
         planned = report.planned[0]
+        who = Recipient(sub.id, sub.token_salt)  # type: ignore[arg-type]
         papers = list(
             session.exec(
                 select(Paper).where(Paper.id.in_([m.paper_id for m in planned.ranked.matches]))  # type: ignore[union-attr]
@@ -333,7 +333,8 @@ def preview_digest(
                 edition=planned.edition, subscriber_id=sub.id, domain=settings.message_id_domain
             ),  # type: ignore[arg-type]
             date=now,
-            unsubscribe_url=links.unsubscribe(subscriber_id=sub.id),  # type: ignore[arg-type]
-            preferences_url=links.preferences(subscriber_id=sub.id),  # type: ignore[arg-type]
-            archive_url=f"{settings.base_url}/d/preview",
+            unsubscribe_url=links.unsubscribe(who=who),
+            preferences_url=links.preferences(who=who),
+            # Not recorded, so there is no archive copy yet: the preference centre instead.
+            archive_url=links.preferences(who=who),
         )

@@ -33,8 +33,10 @@ import jinja2
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
+from newsletter.backends.base import OutgoingMessage
 from newsletter.errors import NewsletterError
-from newsletter.text import latex_to_text
+from newsletter.signing import Signer
+from newsletter.text import latex_to_text, one_line
 
 __all__ = [
     "MARK_OPEN",
@@ -130,16 +132,13 @@ class RenderedDigest:
 # Characters that must never reach a header: C0/C1 controls, DEL, the Unicode line and
 # paragraph separators (str.splitlines() breaks on them) and lone surrogates.
 _HEADER_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# MJML's XML parser additionally rejects the U+FFFE/U+FFFF non-characters in text.
-_DISPLAY_UNSAFE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
 
 
 @functools.lru_cache(maxsize=100_000)
 def _clean(s: str) -> str:
-    """Single-line display text: unsafe characters become spaces, whitespace collapses.
-
-    Cached: the same titles, filters and names come back digest after digest."""
-    return " ".join(_DISPLAY_UNSAFE_RE.sub(" ", s).split())
+    """Single-line display text: control and bidi characters become spaces, whitespace
+    collapses. Cached: the same titles, filters and names come back digest after digest."""
+    return one_line(s)
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -716,7 +715,6 @@ class Confirmation:
     """The double opt-in message: one link that activates a web sign-up."""
 
     to_address: str
-    to_name: str | None
     confirm_url: str
     message_id: str
     date: datetime
@@ -733,7 +731,8 @@ def render_confirmation(
     url = _check_url("confirm_url", confirmation.confirm_url)
     digest_like = Digest(
         to_address=confirmation.to_address,
-        to_name=confirmation.to_name,
+        # No display name: a stranger typed it, and this goes to whoever owns the address.
+        to_name=None,
         edition=confirmation.date.date(),
         papers=(),
         more_count=0,
@@ -752,7 +751,6 @@ def render_confirmation(
         "subject": subject,
         "preview": "One click to start receiving your digests",
         "brand": brand,
-        "to_name": _clean(confirmation.to_name or ""),
         "to_address": _clean(confirmation.to_address),
         "confirm_url": url,
         "hours": f"{confirmation.expires_hours:g}",
@@ -848,4 +846,35 @@ def to_mime_bytes(*, rendered: RenderedDigest) -> bytes:
             boundary,
             b"--\r\n",
         )
+    )
+
+
+def outgoing(*, digest: Digest, sender: Sender, signer: Signer | None = None) -> OutgoingMessage:
+    """A digest as the backend takes it: MIME bytes (DKIM-signed when configured)."""
+    rendered = render_digest(digest=digest, sender=sender)
+    data = to_mime_bytes(rendered=rendered)
+    return OutgoingMessage(
+        message_id=digest.message_id,
+        sender=sender.address,
+        recipients=(digest.to_address,),
+        data=data if signer is None else signer.sign(data),
+        edition=digest.edition,
+        html=rendered.html,
+        crlf_only=True,  # to_mime_bytes writes CRLF only
+    )
+
+
+def outgoing_confirmation(
+    *, confirmation: Confirmation, sender: Sender, signer: Signer | None = None
+) -> OutgoingMessage:
+    rendered = render_confirmation(confirmation=confirmation, sender=sender)
+    data = to_mime_bytes(rendered=rendered)
+    return OutgoingMessage(
+        message_id=confirmation.message_id,
+        sender=sender.address,
+        recipients=(confirmation.to_address,),
+        data=data if signer is None else signer.sign(data),
+        edition=confirmation.date.date(),
+        html=rendered.html,
+        crlf_only=True,
     )

@@ -30,30 +30,27 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from newsletter import db, eventloop
+from newsletter import db, eventloop, signups
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
 from newsletter.deliver import Outcome, run_worker
-from newsletter.links import Links
+from newsletter.health import WorkerHealth
+from newsletter.models import utcnow
 from newsletter.plan import plan_digests
 from newsletter.report import send_report
-from newsletter.subscribers import expire_pending
+from newsletter.runtime import Runtime
 
 log = logging.getLogger("newsletter.service")
 _LOCK_KEY = 0x6E6C7374  # "nlst": the advisory lock every scheduler of one database shares
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Leadership:
@@ -129,13 +126,18 @@ class Jobs:
     engine: sa.Engine
     settings: Settings
     leadership: Leadership
-    now: Callable[[], datetime] = _utcnow
+    now: Callable[[], datetime] = utcnow
     last_report_day: str | None = field(default=None)
 
     def ingest(self) -> None:
         if not self.leadership.held():
             return
-        report = ingest(engine=self.engine, paths=[self.settings.corpus_dir], now=self.now())
+        report = ingest(
+            engine=self.engine,
+            paths=[self.settings.corpus_dir],
+            now=self.now(),
+            max_bytes=self.settings.corpus_max_bytes,
+        )
         for result in report.files:
             if result.status == "error":
                 log.warning(
@@ -173,7 +175,7 @@ class Jobs:
         if not self.leadership.held():
             return
         with db.session_scope(engine=self.engine) as session:
-            n = expire_pending(session=session, now=self.now(), hours=self.settings.confirm_hours)
+            n = signups.expire(session=session, now=self.now(), hours=self.settings.confirm_hours)
         if n:
             log.info("unconfirmed sign-ups forgotten", extra={"count": n})
 
@@ -186,29 +188,28 @@ class Jobs:
 
 async def run(
     *,
-    settings: Settings,
-    engine: sa.Engine,
+    runtime: Runtime,
     web: bool = True,
     deliver: bool = True,
     schedule: bool = True,
     stop: asyncio.Event | None = None,
 ) -> None:
     """The service until SIGTERM/SIGINT (or ``stop``)."""
-    from newsletter.backends import get_backend
-
+    settings, engine = runtime.settings, runtime.engine
     stop = eventloop.stop_on_signals(stop)
     leadership = Leadership(engine=engine, settings=settings)
     jobs = Jobs(engine=engine, settings=settings, leadership=leadership)
     tasks: list[asyncio.Task[object]] = []
     scheduler: AsyncIOScheduler | None = None
     server = None
+    health = WorkerHealth(poll_seconds=_POLL_SECONDS) if deliver else None
     log.info(
         "service starting",
         extra={"pid": os.getpid(), "web": web, "deliver": deliver, "schedule": schedule},
     )
     if schedule:
         scheduler = AsyncIOScheduler(timezone="UTC")
-        start = _utcnow()
+        start = utcnow()
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         every = {"ingest": settings.ingest_minutes, "plan": settings.plan_minutes}
         scheduler.add_job(
@@ -224,35 +225,33 @@ async def run(
         hh, mm = (int(x) for x in settings.report_at.split(":"))
         scheduler.add_job(jobs.report, "cron", hour=hh, minute=mm, id="report", **common)
         scheduler.start()
-    if deliver:
-        backend = get_backend(settings=settings, engine=engine)
-        links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
-        tasks.append(
-            asyncio.create_task(
-                run_worker(
-                    engine=engine,
-                    settings=settings,
-                    backend=backend,
-                    links=links,
-                    now=_utcnow,
-                    stop=stop,
-                    poll_seconds=2.0,
-                    on_outcome=_log_outcome,
-                )
+    if health is not None:
+
+        async def worker() -> None:
+            await run_worker(
+                runtime=runtime,
+                backend=runtime.backend(),
+                now=utcnow,
+                stop=stop,
+                poll_seconds=_POLL_SECONDS,
+                on_outcome=_log_outcome,
+                on_round=health.beat,
             )
-        )
+
+        tasks.append(asyncio.create_task(supervised(worker, stop=stop, health=health)))
     if web:
         import uvicorn
 
         from newsletter.web import create_app
 
         config = uvicorn.Config(
-            create_app(settings=settings, engine=engine),
+            create_app(runtime=runtime, health=health),
             host=settings.web_host,
             port=settings.web_port,
             log_config=None,  # our handlers, our format
             lifespan="off",
             server_header=False,
+            **proxy_options(settings),
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours stop it
@@ -269,6 +268,37 @@ async def run(
         await asyncio.gather(*tasks, return_exceptions=True)
         leadership.release()
         log.info("service stopped")
+
+
+_POLL_SECONDS = 2.0
+_RESTART_MAX_SECONDS = 60.0
+
+
+async def supervised(
+    body: Callable[[], Awaitable[None]], *, stop: asyncio.Event, health: WorkerHealth
+) -> None:
+    """Run ``body`` until ``stop``; when it dies, log why and start it again, waiting
+    longer after each failure in a row (1 s, 2 s, ... one minute). ``/healthz`` says
+    503 while it is down, so a dead worker never hides behind a live web server."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await body()
+            return
+        except Exception:
+            health.failed()
+            log.exception("delivery worker died; restarting", extra={"in_seconds": delay})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, _RESTART_MAX_SECONDS)
+
+
+def proxy_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's forwarding options: X-Forwarded-For is believed from the operator's
+    proxies only (by default from nobody, so a client cannot pick its own address)."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
 
 
 def _log_outcome(outcome: Outcome) -> None:

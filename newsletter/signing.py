@@ -12,7 +12,7 @@ message under it is byte-identical.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dkim
 
@@ -29,7 +29,7 @@ SIGNED_HEADERS = (
 class Signer:
     domain: bytes
     selector: bytes
-    key: bytes
+    key: bytes = field(repr=False)  # the private key: never in a repr or a log line
 
     def sign(self, message: bytes) -> bytes:
         """The message with its DKIM-Signature header first."""

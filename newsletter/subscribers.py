@@ -1,40 +1,40 @@
-"""Subscribers and their topic filters: validation, add, import, list, remove."""
+"""Subscribers and their topic filters: the one place every field is checked, then
+add, list, remove, and the status changes (unsubscribe, resubscribe, reactivate).
+
+Every entrance (web forms, admin API, ``subscribers add`` and ``import``) checks
+fields with the functions here, so a rule is written once.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
-from newsletter.config import validate_send_at, validate_timezone
-from newsletter.db import session_scope
+from newsletter.config import ascii_int, validate_send_at, validate_timezone
 from newsletter.errors import (
     ConfigError,
     DuplicateSubscriberError,
     FilterSyntaxError,
     SubscriberError,
 )
+from newsletter.events import EventKind
 from newsletter.filters import compile_filter
-from newsletter.models import (
-    Delivery,
-    DeliveryKind,
-    Event,
-    Subscriber,
-    SubscriberStatus,
-    TopicFilter,
-)
+from newsletter.models import Cadence, Event, Subscriber, SubscriberStatus, TopicFilter
+from newsletter.text import has_unsafe
+from newsletter.tokens import new_salt
 
-MAX_TOPICS = 50
+# Bounds on what one subscriber may store: they also bound the digest they get (every
+# topic can show on every paper), which must stay under Gmail's 102 kB clipping.
+MAX_TOPICS = 20
+MAX_TOPIC_CHARS = 200
 MAX_NAME_CHARS = 200
+MAX_EMAIL_CHARS = 254  # RFC 5321's limit on a path, less the angle brackets
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,54 +49,130 @@ class NewSubscriber:
 
 
 def normalize_email(address: str) -> str:
-    """Validated (syntax only, no DNS) and normalized: the form stored and compared."""
+    """Validated (syntax only, no DNS) and normalized: the form stored and compared.
+
+    Non-ASCII before the @ is refused: such a mailbox needs SMTPUTF8 from every relay
+    on the way, and a digest that cannot be delivered is worse than a clear "no" at
+    sign-up. Non-ASCII domains are fine (they travel as IDNA).
+    """
+    if not isinstance(address, str) or has_unsafe(address):
+        raise SubscriberError(f"{address!r} is not a valid address", field="email")
+    local = address.strip().rpartition("@")[0]
+    if not local.isascii():
+        raise SubscriberError(
+            f"{address!r}: addresses with non-ASCII characters before the @ are not supported",
+            field="email",
+        )
     try:
         result = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise SubscriberError(f"{address!r} is not a valid address: {exc}", field="email") from None
+    if len(result.normalized) > MAX_EMAIL_CHARS:
+        raise SubscriberError(f"longer than {MAX_EMAIL_CHARS} characters", field="email")
     # Mailbox names are case-insensitive at every provider that matters;
     # lower-casing makes Alice@X and alice@x one subscriber.
     return result.normalized.lower()
 
 
+def validate_name(name: object) -> str | None:
+    """A display name: one line, no control or bidi characters, at most 200 characters."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise SubscriberError("must be text", field="name")
+    folded = " ".join(name.split())  # line breaks and tabs fold to spaces
+    if has_unsafe(folded):
+        raise SubscriberError("must not contain control characters", field="name")
+    if len(folded) > MAX_NAME_CHARS:
+        raise SubscriberError(f"at most {MAX_NAME_CHARS} characters", field="name")
+    return folded or None
+
+
+def validate_topic(topic: object) -> str:
+    """One topic filter, parsed; errors keep the filter's column (chained for the caret)."""
+    if not isinstance(topic, str):
+        raise SubscriberError("each topic must be text", field="topic")
+    topic = topic.strip()
+    if has_unsafe(topic):
+        raise SubscriberError(f"{topic!r}: must not contain control characters", field="topic")
+    if len(topic) > MAX_TOPIC_CHARS:
+        raise SubscriberError(f"a topic has at most {MAX_TOPIC_CHARS} characters", field="topic")
+    try:
+        compile_filter(topic)
+    except FilterSyntaxError as exc:
+        raise SubscriberError(
+            f"{topic!r}: {exc.message} (column {exc.column})", field="topic"
+        ) from exc
+    return topic
+
+
+def validate_topics(topics: Sequence[object]) -> tuple[str, ...]:
+    """Every topic checked, blanks and repeats dropped, at most ``MAX_TOPICS``.
+
+    No topic at all is allowed: it asks for everything, ranked by upvotes (like "*").
+    """
+    clean: list[str] = []
+    for topic in topics:
+        if isinstance(topic, str) and not topic.strip():
+            continue
+        checked = validate_topic(topic)
+        if checked not in clean:
+            clean.append(checked)
+    if len(clean) > MAX_TOPICS:
+        raise SubscriberError(f"at most {MAX_TOPICS} topics", field="topic")
+    return tuple(clean)
+
+
+def validate_schedule(*, timezone: object, send_at: object) -> tuple[str, str]:
+    if not isinstance(timezone, str) or not isinstance(send_at, str):
+        raise SubscriberError(
+            "must be text", field="timezone" if not isinstance(timezone, str) else "send_at"
+        )
+    try:
+        return (
+            validate_timezone(timezone.strip(), setting="timezone"),
+            validate_send_at(send_at, setting="send_at"),
+        )
+    except ConfigError as exc:
+        raise SubscriberError(str(exc).split(": ", 1)[1], field=exc.setting) from None
+
+
+def validate_cadence(*, cadence: object, weekday: object) -> tuple[str, int | None]:
+    """Daily, paused, or weekly on a weekday (0 = Monday; an int, or ASCII digits)."""
+    if cadence not in tuple(Cadence):
+        raise SubscriberError("must be daily, weekly or paused", field="cadence")
+    if cadence != Cadence.WEEKLY:
+        return str(cadence), None
+    day = ascii_int(weekday) if isinstance(weekday, str) else weekday
+    if not isinstance(day, int) or isinstance(day, bool) or not 0 <= day <= 6:
+        raise SubscriberError("weekly needs a weekday, 0 (Monday) to 6", field="weekday")
+    return str(cadence), day
+
+
 def validate_subscriber(
     *,
     email: str,
-    topics: Sequence[str],
-    name: str | None = None,
+    topics: Sequence[object],
+    name: object = None,
     timezone: str,
     send_at: str,
 ) -> NewSubscriber:
     """Check every field; the first bad one raises SubscriberError naming it."""
     address = normalize_email(email)
-    clean_topics: list[str] = []
-    for topic in topics:
-        topic = topic.strip()
-        if not topic:
-            continue
-        try:
-            compile_filter(topic)
-        except FilterSyntaxError as exc:
-            # Chained, so the CLI (and the web form) can show the caret under the column.
-            raise SubscriberError(
-                f"{topic!r}: {exc.message} (column {exc.column})", field="topic"
-            ) from exc
-        if topic not in clean_topics:
-            clean_topics.append(topic)
-    # No topic at all is allowed: it asks for everything, ranked by upvotes (like "*").
-    if len(clean_topics) > MAX_TOPICS:
-        raise SubscriberError(f"at most {MAX_TOPICS} topics", field="topic")
-    if name is not None:
-        name = " ".join(name.split()) or None  # no CR/LF or tabs can reach a header
-        if name and len(name) > MAX_NAME_CHARS:
-            raise SubscriberError(f"at most {MAX_NAME_CHARS} characters", field="name")
-    try:
-        tz = validate_timezone(timezone.strip(), setting="timezone")
-        at = validate_send_at(send_at, setting="send_at")
-    except ConfigError as exc:
-        raise SubscriberError(str(exc).split(": ", 1)[1], field=exc.setting) from None
+    clean_topics = validate_topics(topics)
+    clean_name = validate_name(name)
+    tz, at = validate_schedule(timezone=timezone, send_at=send_at)
     return NewSubscriber(
-        email=address, topics=tuple(clean_topics), name=name, timezone=tz, send_at=at
+        email=address, topics=clean_topics, name=clean_name, timezone=tz, send_at=at
+    )
+
+
+def event(*, kind: EventKind, subscriber_id: int | None, now: datetime, **detail: object) -> Event:
+    return Event(
+        at=now,
+        kind=kind,
+        subscriber_id=subscriber_id,
+        detail=json.dumps(detail) if detail else "{}",
     )
 
 
@@ -111,6 +187,7 @@ def add_subscriber(*, session: Session, subscriber: NewSubscriber, now: datetime
         timezone=subscriber.timezone,
         send_at=subscriber.send_at,
         status=SubscriberStatus.ACTIVE,
+        token_salt=new_salt(),
         created_at=now,
         updated_at=now,
     )
@@ -118,18 +195,32 @@ def add_subscriber(*, session: Session, subscriber: NewSubscriber, now: datetime
     session.flush()
     for topic in subscriber.topics:
         session.add(TopicFilter(subscriber_id=row.id, query=topic, created_at=now))
-    session.add(Event(at=now, kind="subscriber.added", subscriber_id=row.id))
+    session.add(event(kind=EventKind.ADDED, subscriber_id=row.id, now=now))
+    return row
+
+
+def find(*, session: Session, email: str) -> Subscriber:
+    address = normalize_email(email)
+    row = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    if row is None:
+        raise SubscriberError(f"no subscriber {address}", field="email")
     return row
 
 
 def remove_subscriber(*, session: Session, email: str, now: datetime) -> None:
     """Delete a subscriber with their filters and ledger (they asked to be forgotten)."""
-    address = normalize_email(email)
-    row = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
-    if row is None:
-        raise SubscriberError(f"no subscriber {address}", field="email")
-    session.add(Event(at=now, kind="subscriber.removed", subscriber_id=row.id))
+    row = find(session=session, email=email)
+    session.add(event(kind=EventKind.REMOVED, subscriber_id=row.id, now=now))
     session.delete(row)
+
+
+def revoke_links(*, session: Session, email: str, now: datetime) -> Subscriber:
+    """A new token salt: every link this subscriber was ever sent stops working."""
+    row = find(session=session, email=email)
+    row.token_salt, row.updated_at = new_salt(), now
+    session.add(row)
+    session.add(event(kind=EventKind.LINKS_REVOKED, subscriber_id=row.id, now=now))
+    return row
 
 
 def topics_by_subscriber(
@@ -144,122 +235,15 @@ def topics_by_subscriber(
     return result
 
 
-# --- import -----------------------------------------------------------------
+def replace_topics(
+    *, session: Session, subscriber_id: int, topics: Sequence[str], now: datetime
+) -> None:
+    session.execute(sa.delete(TopicFilter).where(TopicFilter.subscriber_id == subscriber_id))  # type: ignore[arg-type]
+    for topic in topics:
+        session.add(TopicFilter(subscriber_id=subscriber_id, query=topic, created_at=now))
 
 
-@dataclass(frozen=True, slots=True)
-class RowError:
-    line: int
-    message: str
-
-
-@dataclass(slots=True)
-class ImportReport:
-    added: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # already subscribed, with --skip-existing
-    errors: list[RowError] = field(default_factory=list)
-
-
-def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "email" not in [f.strip() for f in reader.fieldnames]:
-        raise SubscriberError("the CSV header must name an 'email' column", field="line 1")
-    for row in reader:
-        # line_num is where the reader is now: the last line of this record.
-        yield reader.line_num, {(k or "").strip(): v for k, v in row.items()}
-
-
-def _json_rows(text: str) -> Iterator[tuple[int, Any]]:
-    """Items of a JSON array (or JSON Lines) with the line each one starts on."""
-    decoder = json.JSONDecoder()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        pos = text.index("[") + 1
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                pos += 1
-            if pos >= len(text):
-                raise SubscriberError(
-                    "the JSON array is never closed", field=f"line {text.count(chr(10)) + 1}"
-                )
-            if text[pos] == "]":
-                return
-            line = text.count("\n", 0, pos) + 1
-            try:
-                item, pos = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as exc:
-                raise SubscriberError(
-                    f"invalid JSON: {exc.msg}", field=f"line {exc.lineno}"
-                ) from None
-            yield line, item
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            try:
-                yield line, json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line, exc
-
-
-def _topics_of(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(t) for t in value]
-    if isinstance(value, str):
-        # CSV: topics separated by ";" (a filter never needs one).
-        return [t for t in value.split(";")]
-    return []
-
-
-def import_subscribers(
-    *,
-    engine: sa.Engine,
-    path: Path,
-    now: datetime,
-    default_timezone: str,
-    default_send_at: str,
-    skip_existing: bool = False,
-) -> ImportReport:
-    """Import CSV or JSON; every bad row is reported with its line, the good ones stored."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SubscriberError(f"cannot read {path}: {exc}", field="file") from None
-    is_json = path.suffix.lower() in (".json", ".jsonl") or text.lstrip().startswith(("[", "{"))
-    rows = _json_rows(text) if is_json else _csv_rows(text)
-    report = ImportReport()
-    seen: set[str] = set()
-    with session_scope(engine=engine) as session:
-        for line, row in rows:
-            if isinstance(row, json.JSONDecodeError):
-                report.errors.append(
-                    RowError(line, f"invalid JSON: {row.msg} (column {row.colno})")
-                )
-                continue
-            if not isinstance(row, dict):
-                report.errors.append(RowError(line, "expected an object with an 'email' field"))
-                continue
-            try:
-                sub = validate_subscriber(
-                    email=str(row.get("email") or ""),
-                    topics=_topics_of(row.get("topics", row.get("topic"))),
-                    name=(str(row["name"]) if row.get("name") else None),
-                    timezone=str(row.get("timezone") or default_timezone),
-                    send_at=str(row.get("send_at") or default_send_at),
-                )
-                if sub.email in seen:
-                    raise SubscriberError(f"{sub.email} appears twice in this file", field="email")
-                seen.add(sub.email)
-                with session.begin_nested():
-                    add_subscriber(session=session, subscriber=sub, now=now)
-                report.added.append(sub.email)
-            except DuplicateSubscriberError as exc:
-                if skip_existing:
-                    report.skipped.append(str(row.get("email")))
-                else:
-                    report.errors.append(RowError(line, str(exc)))
-            except SubscriberError as exc:
-                report.errors.append(RowError(line, str(exc)))
-    return report
-
+# --- status changes ---------------------------------------------------------------------
 
 UNSUBSCRIBE_SOURCES = ("one-click", "page", "admin", "bounce")
 
@@ -284,15 +268,9 @@ def unsubscribe(
     if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
         return row
     row.status, row.updated_at = SubscriberStatus.UNSUBSCRIBED, now
-    session.add(
-        Event(
-            at=now,
-            kind="subscriber.unsubscribed",  # deliver.UNSUBSCRIBED_EVENT
-            subscriber_id=row.id,
-            delivery_id=delivery_id,
-            detail=json.dumps({"source": source}),
-        )
-    )
+    unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
+    unsubscribed.delivery_id = delivery_id
+    session.add(unsubscribed)
     return row
 
 
@@ -303,103 +281,12 @@ def resubscribe(*, session: Session, subscriber_id: int, now: datetime) -> Subsc
     if row is None or row.status != SubscriberStatus.UNSUBSCRIBED:
         return row
     row.status, row.updated_at = SubscriberStatus.ACTIVE, now
-    session.add(Event(at=now, kind="subscriber.resubscribed", subscriber_id=row.id))
+    session.add(event(kind=EventKind.RESUBSCRIBED, subscriber_id=row.id, now=now))
     return row
 
 
-# --- double opt-in ----------------------------------------------------------------------
-
-CONFIRM_RESEND_AFTER = timedelta(minutes=10)  # a second sign-up sooner sends nothing more
-
-
-def sign_up(
-    *, session: Session, subscriber: NewSubscriber, now: datetime, message_id: str
-) -> Delivery | None:
-    """A web sign-up: the address becomes pending and a confirmation goes on the ledger.
-
-    Returns the queued confirmation, or None when nothing is sent: the address is
-    already active or suppressed, or a confirmation went out moments ago. The web
-    page answers the same in every case, so it reveals no one's subscription.
-    """
-    row = session.exec(select(Subscriber).where(Subscriber.email == subscriber.email)).first()
-    if row is not None and row.status not in (
-        SubscriberStatus.PENDING,
-        SubscriberStatus.UNSUBSCRIBED,
-    ):
-        return None
-    if row is None:
-        row = Subscriber(email=subscriber.email, created_at=now)
-    elif row.status == SubscriberStatus.PENDING:
-        recent = session.exec(
-            select(Delivery.id).where(
-                Delivery.subscriber_id == row.id,
-                Delivery.kind == DeliveryKind.CONFIRM,
-                Delivery.created_at > now - CONFIRM_RESEND_AFTER,
-            )
-        ).first()
-        if recent is not None:
-            return None
-    # What they asked for this time; it takes effect when they confirm.
-    row.name, row.timezone, row.send_at = subscriber.name, subscriber.timezone, subscriber.send_at
-    row.status, row.updated_at = SubscriberStatus.PENDING, now
+def reactivate(*, session: Session, row: Subscriber, now: datetime, by: str) -> None:
+    """An operator takes a subscriber back (after fixing what bounced, say)."""
+    row.status, row.soft_bounces, row.updated_at = SubscriberStatus.ACTIVE, 0, now
     session.add(row)
-    session.flush()
-    replace_topics(session=session, subscriber_id=row.id, topics=subscriber.topics, now=now)  # type: ignore[arg-type]
-    confirmation = Delivery(
-        subscriber_id=row.id,  # type: ignore[arg-type]
-        kind=DeliveryKind.CONFIRM,
-        edition=None,
-        message_id=message_id,
-        to_address=row.email,
-        covers_until=now,
-        next_attempt_at=now,
-        created_at=now,
-    )
-    session.add(confirmation)
-    session.add(Event(at=now, kind="subscriber.signed_up", subscriber_id=row.id))
-    session.flush()
-    return confirmation
-
-
-def confirm(
-    *, session: Session, subscriber_id: int, delivery_id: int, now: datetime
-) -> Subscriber | None:
-    """Activate a pending subscriber from their confirmation link (idempotent: a second
-    click finds them active). None when the link names no such confirmation."""
-    mail = session.get(Delivery, delivery_id)
-    row = session.get(Subscriber, subscriber_id)
-    if (
-        row is None
-        or mail is None
-        or mail.kind != DeliveryKind.CONFIRM
-        or mail.subscriber_id != subscriber_id
-    ):
-        return None
-    if row.status == SubscriberStatus.PENDING:
-        row.status, row.updated_at = SubscriberStatus.ACTIVE, now
-        session.add(Event(at=now, kind="subscriber.confirmed", subscriber_id=row.id))
-    return row
-
-
-def expire_pending(*, session: Session, now: datetime, hours: float) -> int:
-    """Forget sign-ups not confirmed within ``hours``: the address, filters and mail."""
-    rows = list(
-        session.exec(
-            select(Subscriber).where(
-                Subscriber.status == SubscriberStatus.PENDING,
-                Subscriber.updated_at < now - timedelta(hours=hours),
-            )
-        )
-    )
-    for row in rows:
-        session.add(Event(at=now, kind="subscriber.expired", subscriber_id=row.id))
-        session.delete(row)  # filters and the confirmation go with it (ON DELETE CASCADE)
-    return len(rows)
-
-
-def replace_topics(
-    *, session: Session, subscriber_id: int, topics: Sequence[str], now: datetime
-) -> None:
-    session.execute(sa.delete(TopicFilter).where(TopicFilter.subscriber_id == subscriber_id))  # type: ignore[arg-type]
-    for topic in topics:
-        session.add(TopicFilter(subscriber_id=subscriber_id, query=topic, created_at=now))
+    session.add(event(kind=EventKind.REACTIVATED, subscriber_id=row.id, now=now, by=by))

@@ -65,3 +65,32 @@ def fold(text: str) -> str:
         return text.casefold()
     text = _COMBINING_RE.sub("", unicodedata.normalize("NFKD", text))
     return unicodedata.normalize("NFKC", text).casefold()
+
+
+# What no name, topic or title may carry into an email, a header or a terminal: C0 and
+# C1 controls and DEL (ESC starts terminal escapes), the line and paragraph separators
+# (str.splitlines() breaks on them), lone surrogates (not encodable), the U+FFFE/U+FFFF
+# non-characters (XML parsers refuse them) ...
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+# ... and the bidirectional controls, which reorder what a reader sees ("Trojan Source"):
+# a name could make a URL read backwards.
+BIDI_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_RE = re.compile(f"{CONTROL_RE.pattern}|{BIDI_RE.pattern}")
+
+
+def has_unsafe(text: str) -> bool:
+    """Whether ``text`` holds a control, bidi control or unencodable character."""
+    return _UNSAFE_RE.search(text) is not None
+
+
+def one_line(text: str) -> str:
+    """Display text on one line: unsafe characters become spaces, whitespace collapses."""
+    return " ".join(_UNSAFE_RE.sub(" ", text).split())
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every unsafe character shown as an escape (``\\x1b``), so printing
+    data to a terminal can never move the cursor, recolour it or reorder the line."""
+    if not has_unsafe(text):
+        return text
+    return _UNSAFE_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)

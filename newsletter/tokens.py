@@ -1,12 +1,18 @@
-"""Unforgeable links: ids signed with the secret key, per purpose.
+"""Unforgeable links: ids signed with the secret key and the subscriber's salt, per purpose.
 
-A token is ``<ident>.<HMAC-SHA256(key, purpose:ident) truncated to 160 bits>``,
-base64url. The purpose is signed in, so an unsubscribe token opens no
-preference page, and a token never works for another id. ``ident`` is a
-subscriber or delivery id, or for unsubscribe links ``<subscriber>-<delivery>``:
-the digest a link came from is signed in too, so unsubscribes are counted per
-edition and cannot be attributed to another digest. Nothing is stored:
-rotating the key revokes every link at once.
+A token is ``<ids>.<HMAC-SHA256(key, purpose:ids:salt) truncated to 160 bits>``,
+base64url, where ``ids`` is the subscriber's id, then what else the link names
+(the digest it came in, for instance), joined by ``-``. Three things are signed in
+besides the ids:
+
+* the purpose, so an unsubscribe token opens no preference page;
+* the subscriber's salt (``subscribers.token_salt``, random per subscriber), so a
+  link never acts on whoever later gets a reused id, and an operator can revoke
+  every link of one person by drawing a new salt;
+* the key, which must be a real one: an empty or short key would let anyone sign
+  links, so making a token with one raises and checking one against it fails.
+
+Nothing else is stored: rotating the key revokes every link at once.
 """
 
 from __future__ import annotations
@@ -16,13 +22,27 @@ import functools
 import hashlib
 import hmac
 import re
+import secrets
+from dataclasses import dataclass
 
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 ARCHIVE = "archive"
 CONFIRM = "confirm"
+MIN_KEY_BYTES = 32
 _MAC_BYTES = 20
-_IDENT_RE = re.compile(r"[0-9]{1,18}(?:-[0-9]{1,18})?")
+_MAX_IDS = 6
+_ID = "[0-9]{1,18}"
+_TOKEN_RE = re.compile(rf"({_ID}(?:-{_ID}){{0,{_MAX_IDS - 1}}})\.([A-Za-z0-9_-]{{27}})")
+
+
+class WeakKeyError(ValueError):
+    """A token was to be signed with an empty or short key."""
+
+
+def new_salt() -> str:
+    """A subscriber's token salt: drawn when the subscriber is created or their links revoked."""
+    return secrets.token_hex(8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -32,43 +52,49 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def _mac(*, key: bytes, purpose: str, ident: str) -> str:
+def _mac(*, key: bytes, purpose: str, ident: str, salt: str) -> str:
     mac = _keyed(key).copy()
-    mac.update(f"{purpose}:{ident}".encode())
+    mac.update(f"{purpose}:{ident}:{salt}".encode())
     return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES]).rstrip(b"=").decode()
 
 
-def make_token(*, key: bytes, purpose: str, ident: int | str) -> str:
-    ident = str(ident)
-    if not _IDENT_RE.fullmatch(ident):
-        raise ValueError(f"not a token ident: {ident!r}")
-    return f"{ident}.{_mac(key=key, purpose=purpose, ident=ident)}"
+def make_token(*, key: bytes, purpose: str, ids: tuple[int, ...], salt: str) -> str:
+    """The token for ``ids`` (the subscriber's id first)."""
+    if len(key) < MIN_KEY_BYTES:
+        raise WeakKeyError("refusing to sign a link with an empty or short key")
+    if not salt:
+        raise ValueError("a token needs the subscriber's salt")
+    ident = "-".join(str(int(i)) for i in ids)
+    if not 1 <= len(ids) <= _MAX_IDS or not all(0 <= i < 10**18 for i in ids):
+        raise ValueError(f"not token ids: {ids!r}")
+    return f"{ident}.{_mac(key=key, purpose=purpose, ident=ident, salt=salt)}"
 
 
-def verify_ident(*, key: bytes, purpose: str, token: str) -> str | None:
-    """The ident a valid token names, else None. The MAC is compared in constant time."""
-    ident, dot, mac = token.partition(".")
-    if not dot or not _IDENT_RE.fullmatch(ident):
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a well-formed token says, before it is checked against the subscriber's salt."""
+
+    ids: tuple[int, ...]
+    ident: str
+    mac: str
+
+    @property
+    def subscriber_id(self) -> int:
+        return self.ids[0]
+
+
+def read_token(token: str) -> Claim | None:
+    """The ids a token claims, or None when it is not shaped like one of ours."""
+    match = _TOKEN_RE.fullmatch(token)
+    if match is None:
         return None
-    expected = _mac(key=key, purpose=purpose, ident=ident)
-    return ident if hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")) else None
+    ident = match[1]
+    return Claim(tuple(int(i) for i in ident.split("-")), ident, match[2])
 
 
-def verify_token(*, key: bytes, purpose: str, token: str) -> int | None:
-    """The id a valid single-id token names, else None."""
-    ident = verify_ident(key=key, purpose=purpose, token=token)
-    return int(ident) if ident is not None and ident.isdigit() else None
-
-
-def unsubscribe_token(*, key: bytes, subscriber_id: int, delivery_id: int | None) -> str:
-    ident = str(subscriber_id) if delivery_id is None else f"{subscriber_id}-{delivery_id}"
-    return make_token(key=key, purpose=UNSUBSCRIBE, ident=ident)
-
-
-def verify_unsubscribe(*, key: bytes, token: str) -> tuple[int, int | None] | None:
-    """(subscriber id, the digest the link came from or None) of a valid unsubscribe token."""
-    ident = verify_ident(key=key, purpose=UNSUBSCRIBE, token=token)
-    if ident is None:
-        return None
-    subscriber, _, delivery = ident.partition("-")
-    return int(subscriber), int(delivery) if delivery else None
+def verify(*, key: bytes, purpose: str, claim: Claim, salt: str) -> bool:
+    """Whether the claim was signed for ``purpose`` with ``key`` and ``salt``; the MAC is
+    compared in constant time. A short key or an empty salt never verifies."""
+    expected = _mac(key=key, purpose=purpose, ident=claim.ident, salt=salt or "-")
+    same = hmac.compare_digest(expected.encode(), claim.mac.encode())
+    return same and len(key) >= MIN_KEY_BYTES and bool(salt)

@@ -18,6 +18,7 @@ from newsletter.corpus.keys import canonical_key
 from newsletter.deliver import DeliverReport, deliver_due
 from newsletter.links import Links
 from newsletter.models import Paper
+from newsletter.runtime import Runtime, build_runtime
 from newsletter.subscribers import add_subscriber, validate_subscriber
 
 
@@ -73,21 +74,19 @@ def bulk_subscribe(
         )
 
 
+def runtime_for(settings: Settings, engine: sa.Engine | None = None) -> Runtime:
+    return build_runtime(settings=settings, engine=engine)
+
+
 def links_for(settings: Settings) -> Links:
-    return Links(base_url=settings.base_url, key=settings.secret_key.encode())
+    return runtime_for(settings).links
 
 
 def deliver(
     engine: sa.Engine, settings: Settings, backend: EmailBackend, now: datetime
 ) -> DeliverReport:
     return asyncio.run(
-        deliver_due(
-            engine=engine,
-            settings=settings,
-            backend=backend,
-            links=links_for(settings),
-            now=lambda: now,
-        )
+        deliver_due(runtime=runtime_for(settings, engine), backend=backend, now=lambda: now)
     )
 
 
@@ -127,3 +126,22 @@ def live_server(app: object, port: int) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def signups_settled(engine: sa.Engine, timeout: float = 10.0) -> None:
+    """Wait until the web app has queued the confirmations of the sign-ups it held (it
+    does so right after answering, so a test's next step could otherwise race it)."""
+    from sqlmodel import select
+
+    from newsletter.models import SignUp
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session_scope(engine=engine) as session:
+            waiting = session.exec(
+                select(SignUp.id).where(SignUp.processed_at.is_(None))  # type: ignore[union-attr]
+            ).first()
+        if waiting is None:
+            return
+        time.sleep(0.01)
+    raise AssertionError("sign-ups were not queued in time")

@@ -20,7 +20,7 @@ from newsletter import db
 from newsletter.models import Event
 from newsletter.web import create_app
 from tests.conftest import make_settings
-from tests.helpers import live_server, subscribe
+from tests.helpers import live_server, runtime_for, subscribe
 from tests.smtp_server import free_port
 
 TOKEN = "t" * 40
@@ -33,7 +33,7 @@ def app(tmp_path: Path):  # type: ignore[no-untyped-def]
     engine = db.make_engine(url)
     db.upgrade(engine=engine)
     settings = make_settings(tmp_path, url, NEWSLETTER_ADMIN_TOKEN=TOKEN)
-    return create_app(settings=settings, engine=engine), engine
+    return create_app(runtime=runtime_for(settings, engine)), engine
 
 
 @contextlib.contextmanager
@@ -68,7 +68,7 @@ def test_api_is_off_without_a_token(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'off.db'}"
     engine = db.make_engine(url)
     db.upgrade(engine=engine)
-    with _client(create_app(settings=make_settings(tmp_path, url), engine=engine)) as client:
+    with _client(create_app(runtime=runtime_for(make_settings(tmp_path, url), engine))) as client:
         assert client.get("/api/stats", headers=AUTH).status_code == 404
 
 

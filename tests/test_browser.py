@@ -27,7 +27,7 @@ from newsletter.backends.file import FileBackend
 from newsletter.models import Subscriber
 from newsletter.web import create_app
 from tests.conftest import IN_CI, make_settings
-from tests.helpers import add_paper, deliver, live_server
+from tests.helpers import add_paper, deliver, live_server, runtime_for
 from tests.smtp_server import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,7 +73,7 @@ def test_sign_up_confirm_preferences_unsubscribe(
     )
     axe = Axe()
     address = f"reader{width}@example.org"
-    with live_server(create_app(settings=settings, engine=engine), port) as base:
+    with live_server(create_app(runtime=runtime_for(settings, engine)), port) as base:
         page = browser.new_page(viewport={"width": width, "height": 800})
 
         page.goto(f"{base}/subscribe")

@@ -15,8 +15,8 @@ from newsletter import db, tokens
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.backends.file import FileBackend
 from newsletter.backends.memory import MemoryBackend
-from newsletter.deliver import LEASE, claim
 from newsletter.errors import PermanentDeliveryError, TransientDeliveryError
+from newsletter.ledger import LEASE, claim
 from newsletter.models import Delivery, Event, Subscriber, SubscriberStatus
 from newsletter.plan import plan_digests
 from tests.helpers import ScriptedBackend, add_paper, deliver, subscribe
@@ -59,9 +59,12 @@ def test_file_backend_writes_one_eml_and_its_html_per_digest(
     assert url.startswith("https://papers.example/u/")
     token = url.rsplit("/", 1)[1]
     row = _row(engine)
-    assert tokens.verify_unsubscribe(key=settings.secret_key.encode(), token=token) == (
-        row.subscriber_id,
-        row.id,
+    claim_ = tokens.read_token(token)
+    assert claim_ is not None and claim_.ids == (row.subscriber_id, row.id)
+    with db.session_scope(engine=engine) as session:
+        salt = session.get(Subscriber, row.subscriber_id).token_salt  # type: ignore[union-attr]
+    assert tokens.verify(
+        key=settings.secret_key.encode(), purpose=tokens.UNSUBSCRIBE, claim=claim_, salt=salt
     )
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html = msg.get_body(("html",)).get_content()

@@ -11,10 +11,10 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.errors import DuplicateSubscriberError, SubscriberError
+from newsletter.importer import import_subscribers
 from newsletter.models import Subscriber, TopicFilter
 from newsletter.subscribers import (
     add_subscriber,
-    import_subscribers,
     remove_subscriber,
     topics_by_subscriber,
     validate_subscriber,

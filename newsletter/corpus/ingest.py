@@ -21,8 +21,9 @@ from sqlmodel import Session, select
 
 from newsletter.corpus.keys import canonical_key
 from newsletter.corpus.parser import PaperRecord, decode_dump, parse_dump
-from newsletter.db import session_scope
+from newsletter.db import error_reason, session_scope
 from newsletter.errors import CorpusError
+from newsletter.events import EventKind
 from newsletter.models import CorpusFile, Event, Paper
 
 # Fields a later sighting may fill in when the stored paper has them blank.
@@ -159,9 +160,31 @@ def _store(
     return len(new_rows), updated
 
 
-def ingest_file(*, engine: sa.Engine, path: Path, now: datetime) -> FileResult:
+DEFAULT_MAX_BYTES = 64 * 2**20
+
+
+def read_bounded(*, path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, refusing one larger than ``max_bytes`` without reading it all
+    (``/dev/zero`` or a runaway dump would otherwise take the machine's memory)."""
+    with path.open("rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise CorpusError(
+            path=str(path),
+            line=0,
+            message=f"larger than {max_bytes / 2**20:g} MiB (NEWSLETTER_CORPUS_MAX_MB); not read",
+        )
+    return data
+
+
+def ingest_file(
+    *, engine: sa.Engine, path: Path, now: datetime, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FileResult:
     source = str(path)
-    data = path.read_bytes()
+    try:
+        data = read_bounded(path=path, max_bytes=max_bytes)
+    except CorpusError as exc:
+        return FileResult(path=source, status="error", error=exc)
     digest = hashlib.sha256(data).hexdigest()
     with session_scope(engine=engine) as session:
         row = session.exec(select(CorpusFile).where(CorpusFile.path == source)).first()
@@ -183,13 +206,13 @@ def ingest_file(*, engine: sa.Engine, path: Path, now: datetime) -> FileResult:
             session.add(row)
             if not unchanged:
                 detail = {"path": source, "line": exc.line, "error": exc.message}
-                session.add(Event(at=now, kind="ingest.file_failed", detail=json.dumps(detail)))
+                session.add(Event(at=now, kind=EventKind.FILE_FAILED, detail=json.dumps(detail)))
             return FileResult(path=source, status="error", error=exc)
         new, updated = _store(session, records=records, source=source, now=now)
         row.status, row.error, row.papers, row.new_papers = "ok", None, len(records), new
         session.add(row)
         detail = {"path": source, "papers": len(records), "new": new, "updated": updated}
-        session.add(Event(at=now, kind="ingest.file", detail=json.dumps(detail)))
+        session.add(Event(at=now, kind=EventKind.FILE_INGESTED, detail=json.dumps(detail)))
     return FileResult(
         path=source, status=status, papers=len(records), new_papers=new, updated_papers=updated
     )
@@ -201,19 +224,20 @@ def ingest(
     paths: Iterable[Path],
     now: datetime,
     on_file: Callable[[FileResult], None] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> IngestReport:
     """Ingest files and directories; one bad file never stops the others."""
     report = IngestReport()
     for path in corpus_files(paths=paths):
         try:
-            result = ingest_file(engine=engine, path=path, now=now)
+            result = ingest_file(engine=engine, path=path, now=now, max_bytes=max_bytes)
         except OSError as exc:
             error = CorpusError(path=str(path), line=0, message=exc.strerror or str(exc))
             result = FileResult(path=str(path), status="error", error=error)
         except sa.exc.DBAPIError as exc:
             # E.g. two ingesters racing on one new paper: this file's transaction
             # rolled back whole; the next run takes it again. The others go on.
-            message = f"database error, will retry: {str(exc.orig).strip().splitlines()[0]}"
+            message = f"database error, will retry: {error_reason(exc)}"
             result = FileResult(
                 path=str(path),
                 status="error",

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from newsletter import subscribers
-from newsletter.config import Settings
+from newsletter.config import ascii_int
 from newsletter.db import session_scope
-from newsletter.deliver import stats, unsubscribes_by_edition
-from newsletter.errors import SubscriberError
-from newsletter.models import Cadence, Event, Subscriber, SubscriberStatus
+from newsletter.errors import DuplicateSubscriberError, SubscriberError
+from newsletter.ledger import stats, unsubscribes_by_edition
+from newsletter.models import Cadence, Subscriber, SubscriberStatus, utcnow
+from newsletter.runtime import Runtime
+from newsletter.subscribers import MAX_NAME_CHARS, MAX_TOPIC_CHARS, MAX_TOPICS
 
 _PAGE_MAX = 500
 _ADMIN_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED)
@@ -60,6 +60,8 @@ async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
         body = await request.json()
     except ValueError:
         return _error(400, "the body is not JSON")
+    except RecursionError:
+        return _error(400, "the body is nested too deeply")
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     return body
@@ -79,7 +81,13 @@ def _topics_field(body: dict[str, Any]) -> list[str]:
     return topics
 
 
-def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
+def _page_param(request: Request, name: str, default: int) -> int | None:
+    raw = request.query_params.get(name)
+    return default if raw is None else ascii_int(raw)
+
+
+def api_routes(*, runtime: Runtime) -> list[Route]:
+    settings, engine = runtime.settings, runtime.engine
     token = settings.admin_token.encode()
 
     def guarded(handler: Handler) -> Handler:
@@ -95,7 +103,7 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
                 return await handler(request)
             except SubscriberError as exc:
                 return _error(
-                    409 if isinstance(exc, subscribers.DuplicateSubscriberError) else 422,
+                    409 if isinstance(exc, DuplicateSubscriberError) else 422,
                     str(exc),
                     exc.field,
                 )
@@ -115,10 +123,9 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
         status = request.query_params.get("status")
         if status is not None and status not in tuple(SubscriberStatus):
             return _error(422, f"status must be one of {', '.join(SubscriberStatus)}", "status")
-        try:
-            limit = int(request.query_params.get("limit", "100"))
-            offset = int(request.query_params.get("offset", "0"))
-        except ValueError:
+        limit = _page_param(request, "limit", 100)
+        offset = _page_param(request, "offset", 0)
+        if limit is None or offset is None:
             return _error(422, "limit and offset must be whole numbers", "limit")
         if not (1 <= limit <= _PAGE_MAX and 0 <= offset <= 2**31):
             return _error(422, f"limit must be 1-{_PAGE_MAX}, offset 0 or more", "limit")
@@ -142,12 +149,12 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
             send_at=_str_field(body, "send_at", settings.default_send_at) or "",
         )
         with session_scope(engine=engine) as session:
-            row = subscribers.add_subscriber(session=session, subscriber=new, now=_now())
+            row = subscribers.add_subscriber(session=session, subscriber=new, now=utcnow())
             return JSONResponse(_subscriber_json(row, list(new.topics)), status_code=201)
 
     def _id(request: Request) -> int | None:
-        raw = request.path_params["id"]
-        return int(raw) if raw.isdigit() and len(raw) < 19 else None
+        value = ascii_int(request.path_params["id"])
+        return value if value is not None and 0 < value < 2**63 else None
 
     async def get_subscriber(request: Request) -> Response:
         sid = _id(request)
@@ -163,7 +170,7 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
         body = await _json_object(request)
         if isinstance(body, JSONResponse):
             return body
-        now = _now()
+        now = utcnow()
         with session_scope(engine=engine) as session:
             row = session.get(Subscriber, sid) if sid is not None else None
             if row is None:
@@ -176,14 +183,9 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
                 timezone=_str_field(body, "timezone", row.timezone) or "",
                 send_at=_str_field(body, "send_at", row.send_at) or "",
             )
-            cadence = _str_field(body, "cadence", row.cadence)
-            if cadence not in tuple(Cadence):
-                raise SubscriberError("must be daily, weekly or paused", field="cadence")
-            weekday = body.get("weekday", row.weekday)
-            if cadence == Cadence.WEEKLY and not (
-                isinstance(weekday, int) and not isinstance(weekday, bool) and 0 <= weekday <= 6
-            ):
-                raise SubscriberError("weekly needs a weekday, 0 (Monday) to 6", field="weekday")
+            cadence, weekday = subscribers.validate_cadence(
+                cadence=body.get("cadence", row.cadence), weekday=body.get("weekday", row.weekday)
+            )
             status = _str_field(body, "status", row.status)
             if status != row.status and status not in _ADMIN_STATUSES:
                 raise SubscriberError("can be set to active or unsubscribed", field="status")
@@ -192,22 +194,13 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
                     session=session, subscriber_id=row.id, now=now, source="admin"
                 )  # type: ignore[arg-type]
             elif status == SubscriberStatus.ACTIVE and row.status != status:
-                row.status, row.soft_bounces = SubscriberStatus.ACTIVE, 0
-                session.add(
-                    Event(
-                        at=now,
-                        kind="subscriber.reactivated",
-                        subscriber_id=row.id,
-                        detail='{"by": "admin"}',
-                    )
-                )
+                subscribers.reactivate(session=session, row=row, now=now, by="admin")
             if "topics" in body:
                 subscribers.replace_topics(
                     session=session, subscriber_id=row.id, topics=checked.topics, now=now
                 )  # type: ignore[arg-type]
             row.name, row.timezone, row.send_at = checked.name, checked.timezone, checked.send_at
-            row.cadence = cadence
-            row.weekday = weekday if cadence == Cadence.WEEKLY else None
+            row.cadence, row.weekday = cadence, weekday
             row.updated_at = now
             session.add(row)
             session.flush()
@@ -219,7 +212,7 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
             row = session.get(Subscriber, sid) if sid is not None else None
             if row is None:
                 return _error(404, "no such subscriber")
-            subscribers.remove_subscriber(session=session, email=row.email, now=_now())
+            subscribers.remove_subscriber(session=session, email=row.email, now=utcnow())
         return Response(status_code=204)
 
     return [
@@ -231,10 +224,6 @@ def api_routes(*, settings: Settings, engine: sa.Engine) -> list[Route]:
         Route("/api/subscribers/{id}", guarded(update_subscriber), methods=["PATCH"]),
         Route("/api/subscribers/{id}", guarded(delete_subscriber), methods=["DELETE"]),
     ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- the OpenAPI description ---------------------------------------------------------------
@@ -252,7 +241,11 @@ _ERRORS = {
     "422": _json(_ERROR, "A field is invalid; `field` names it"),
 }
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
-_TOPICS = {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 50}
+_TOPICS = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": MAX_TOPIC_CHARS},
+    "maxItems": MAX_TOPICS,
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -383,7 +376,7 @@ OPENAPI: dict[str, Any] = {
                 "required": ["email"],
                 "properties": {
                     "email": {"type": "string", "format": "email", "maxLength": 320},
-                    "name": {"type": "string", "maxLength": 200, "nullable": True},
+                    "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
                     "topics": _TOPICS,
                     "timezone": {"type": "string", "maxLength": 64},
                     "send_at": {"type": "string", "maxLength": 5},
@@ -392,7 +385,7 @@ OPENAPI: dict[str, Any] = {
             "SubscriberChange": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": 200, "nullable": True},
+                    "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
                     "topics": _TOPICS,
                     "timezone": {"type": "string", "maxLength": 64},
                     "send_at": {"type": "string", "maxLength": 5},

@@ -16,11 +16,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from newsletter.config import validate_send_at, validate_timezone
-from newsletter.errors import ConfigError, FilterSyntaxError, SubscriberError
-from newsletter.filters import compile_filter
+from newsletter.config import ascii_int, validate_send_at, validate_timezone
+from newsletter.errors import ConfigError, SubscriberError
 from newsletter.models import Cadence
-from newsletter.subscribers import MAX_NAME_CHARS, MAX_TOPICS, normalize_email
+from newsletter.subscribers import (
+    MAX_TOPICS,
+    normalize_email,
+    validate_cadence,
+    validate_name,
+    validate_topic,
+)
 
 CSRF_MAX_AGE = 2 * 3600  # seconds a form stays valid
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -33,9 +38,9 @@ def csrf_token(*, key: bytes, scope: str, now: float | None = None) -> str:
 
 def csrf_ok(*, key: bytes, scope: str, token: str, now: float | None = None) -> bool:
     issued_text, dot, mac = token.partition(".")
-    if not dot or not issued_text.isdigit():
+    issued = ascii_int(issued_text) if dot else None
+    if issued is None or not mac.isascii():
         return False
-    issued = int(issued_text)
     age = (time.time() if now is None else now) - issued
     expected = _csrf_mac(key, scope, issued)
     return 0 <= age <= CSRF_MAX_AGE and hmac.compare_digest(expected.encode(), mac.encode())
@@ -87,17 +92,19 @@ def topic_lines(text: str) -> list[str]:
 
 
 def check_topics(form: Form, name: str = "topics") -> list[str]:
-    """The topics, one per line, each parsed; the first bad one is reported with its
+    """The topics, one per line, each checked; the first bad one is reported with its
     line and column, as the filter language's errors are everywhere else."""
     topics: list[str] = []
     for number, line in enumerate(form.values.get(name, "").splitlines(), 1):
-        topic = line.strip()
-        if not topic:
+        if not line.strip():
             continue
         try:
-            compile_filter(topic)
-        except FilterSyntaxError as exc:
-            form.errors[name] = f"Line {number}, column {exc.column}: {exc.message} ({topic})"
+            topic = validate_topic(line)
+        except SubscriberError as exc:
+            syntax = exc.__cause__
+            column = f", column {syntax.column}" if hasattr(syntax, "column") else ""
+            message = getattr(syntax, "message", str(exc).split(": ", 1)[-1])
+            form.errors[name] = f"Line {number}{column}: {message} ({line.strip()})"
             return topics
         if topic not in topics:
             topics.append(topic)
@@ -123,28 +130,32 @@ def check_schedule(form: Form) -> tuple[str, str]:
 def check_email(form: Form) -> str:
     try:
         return normalize_email(form.values.get("email", ""))
-    except SubscriberError:
-        form.errors["email"] = "Enter an email address such as ada@example.org."
+    except SubscriberError as exc:
+        if "non-ASCII" in str(exc):
+            form.errors["email"] = (
+                "Addresses with accented letters before the @ cannot be delivered yet: "
+                "please use another address."
+            )
+        else:
+            form.errors["email"] = "Enter an email address such as ada@example.org."
         return ""
 
 
 def check_name(form: Form) -> str | None:
-    name = " ".join(form.values.get("name", "").split()) or None
-    if name and len(name) > MAX_NAME_CHARS:
-        form.errors["name"] = f"At most {MAX_NAME_CHARS} characters."
-    return name
+    try:
+        return validate_name(form.values.get("name", ""))
+    except SubscriberError as exc:
+        form.errors["name"] = str(exc).split(": ", 1)[-1].capitalize() + "."
+        return None
 
 
 def check_cadence(form: Form) -> tuple[str, int | None]:
     cadence = form.values.get("cadence", Cadence.DAILY)
-    if cadence not in tuple(Cadence):
+    try:
+        return validate_cadence(cadence=cadence, weekday=form.values.get("weekday", ""))
+    except SubscriberError as exc:
+        if exc.field == "weekday":
+            form.errors["weekday"] = "Choose the day of the week."
+            return Cadence.WEEKLY, None
         form.errors["cadence"] = "Choose daily, weekly or paused."
         return Cadence.DAILY, None
-    weekday: int | None = None
-    if cadence == Cadence.WEEKLY:
-        raw = form.values.get("weekday", "")
-        if not raw.isdigit() or not 0 <= int(raw) <= 6:
-            form.errors["weekday"] = "Choose the day of the week."
-        else:
-            weekday = int(raw)
-    return cadence, weekday

@@ -1,0 +1,28 @@
+"""The kinds of event the ledger's append-only history records (``events.kind``)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class EventKind(enum.StrEnum):
+    # subscribers
+    ADDED = "subscriber.added"
+    REMOVED = "subscriber.removed"
+    SIGNED_UP = "subscriber.signed_up"
+    CONFIRMED = "subscriber.confirmed"
+    EXPIRED = "subscriber.expired"
+    UNSUBSCRIBED = "subscriber.unsubscribed"
+    RESUBSCRIBED = "subscriber.resubscribed"
+    SUPPRESSED = "subscriber.suppressed"
+    REACTIVATED = "subscriber.reactivated"
+    LINKS_REVOKED = "subscriber.links_revoked"
+    # deliveries
+    RETRY = "delivery.retry"
+    FAILED = "delivery.failed"
+    REQUEUED = "delivery.requeued"
+    HARD_BOUNCE = "bounce.hard"
+    SOFT_BOUNCE = "bounce.soft"
+    # ingest
+    FILE_INGESTED = "ingest.file"
+    FILE_FAILED = "ingest.file_failed"

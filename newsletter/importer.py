@@ -1,0 +1,246 @@
+"""``subscribers import``: CSV or JSON (an array, or JSON Lines) in, every bad row by line.
+
+Two kinds of problem, two answers:
+
+* the file does not parse as a whole (a JSON array broken anywhere, JSON nested
+  beyond reason, a CSV field over the csv module's limit, bytes that are not
+  UTF-8): nothing is stored, and the error names the line;
+* a row that parses but does not validate (an address, a topic, a time): that row
+  is reported with its line and the good rows are stored.
+
+A JSON Lines file is one document per line, so a broken line is a row's problem.
+Rows are checked first, then stored in bulk in one transaction, so an import is
+all of its good rows or, if the database fails, none of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter.db import session_scope
+from newsletter.errors import SubscriberError
+from newsletter.events import EventKind
+from newsletter.models import Event, Subscriber, SubscriberStatus, TopicFilter
+from newsletter.subscribers import NewSubscriber, validate_subscriber
+from newsletter.tokens import new_salt
+
+_INSERT_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    message: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already subscribed, with --skip-existing
+    errors: list[RowError] = field(default_factory=list)
+
+
+class ImportFileError(SubscriberError):
+    """The file as a whole cannot be read: nothing was stored."""
+
+
+def _csv_rows(text: str) -> list[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        names = reader.fieldnames
+        if not names or "email" not in [f.strip() for f in names]:
+            raise ImportFileError("the CSV header must name an 'email' column", field="line 1")
+        # line_num is where the reader is now: the last line of this record.
+        return [(reader.line_num, {(k or "").strip(): v for k, v in row.items()}) for row in reader]
+    except csv.Error as exc:
+        raise ImportFileError(
+            f"not readable as CSV: {exc}", field=f"line {reader.line_num}"
+        ) from None
+
+
+def _json_array_rows(text: str) -> list[tuple[int, Any]]:
+    """Items of a JSON array with the line each starts on; the whole array must parse."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportFileError(
+            f"invalid JSON: {exc.msg} (column {exc.colno})", field=f"line {exc.lineno}"
+        ) from None
+    except RecursionError:
+        raise ImportFileError("invalid JSON: nested too deeply", field="line 1") from None
+    if not isinstance(items, list):
+        raise ImportFileError("expected a JSON array of objects", field="line 1")
+    # Parsed once as a whole; now again item by item, only to learn where each starts.
+    decoder, rows, pos = json.JSONDecoder(), [], text.index("[") + 1
+    for _ in items:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line = text.count("\n", 0, pos) + 1
+        item, pos = decoder.raw_decode(text, pos)
+        rows.append((line, item))
+    return rows
+
+
+def _json_lines_rows(text: str) -> list[tuple[int, Any]]:
+    rows: list[tuple[int, Any]] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.strip():
+            try:
+                rows.append((line, json.loads(raw)))
+            except json.JSONDecodeError as exc:
+                rows.append((line, RowError(line, f"invalid JSON: {exc.msg} (column {exc.colno})")))
+            except RecursionError:
+                rows.append((line, RowError(line, "invalid JSON: nested too deeply")))
+    return rows
+
+
+def _topics_of(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value  # each checked: a number or an object is refused, not stringified
+    if isinstance(value, str):
+        return value.split(";")  # CSV: topics separated by ";" (a filter never needs one)
+    raise SubscriberError("must be a list of filters (or ';'-separated text)", field="topics")
+
+
+def _text(row: dict[str, Any], name: str, default: str) -> str:
+    value = row.get(name)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise SubscriberError("must be text", field=name)
+    return value
+
+
+def read_rows(path: Path) -> list[tuple[int, Any]]:
+    """The file's rows with their lines; ImportFileError when it does not parse."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{path} is not UTF-8 text: {exc.reason}", field="file") from None
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {path}: {exc.strerror}", field="file") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return _json_array_rows(text)
+    if path.suffix.lower() in (".json", ".jsonl") or stripped.startswith("{"):
+        return _json_lines_rows(text)
+    return _csv_rows(text)
+
+
+def import_subscribers(
+    *,
+    engine: sa.Engine,
+    path: Path,
+    now: datetime,
+    default_timezone: str,
+    default_send_at: str,
+    skip_existing: bool = False,
+    on_row: Callable[[], None] | None = None,
+) -> ImportReport:
+    """Import CSV or JSON; every bad row is reported with its line, the good ones stored."""
+    report = ImportReport()
+    valid: list[tuple[int, NewSubscriber]] = []
+    seen: set[str] = set()
+    for line, row in read_rows(path):
+        if on_row is not None:
+            on_row()
+        if isinstance(row, RowError):
+            report.errors.append(row)
+            continue
+        if not isinstance(row, dict):
+            report.errors.append(RowError(line, "expected an object with an 'email' field"))
+            continue
+        try:
+            sub = validate_subscriber(
+                email=_text(row, "email", ""),
+                topics=_topics_of(row.get("topics", row.get("topic"))),
+                name=row.get("name") or None,
+                timezone=_text(row, "timezone", default_timezone),
+                send_at=_text(row, "send_at", default_send_at),
+            )
+        except SubscriberError as exc:
+            report.errors.append(RowError(line, str(exc)))
+            continue
+        if sub.email in seen:
+            report.errors.append(RowError(line, f"email: {sub.email} appears twice in this file"))
+            continue
+        seen.add(sub.email)
+        valid.append((line, sub))
+    with session_scope(engine=engine) as session:
+        existing = _existing(session, [s.email for _, s in valid])
+        fresh = []
+        for line, sub in valid:
+            if sub.email not in existing:
+                fresh.append(sub)
+            elif skip_existing:
+                report.skipped.append(sub.email)
+            else:
+                report.errors.append(RowError(line, f"email: {sub.email} is already subscribed"))
+        for start in range(0, len(fresh), _INSERT_CHUNK):
+            _insert(session, fresh[start : start + _INSERT_CHUNK], now=now)
+        report.added = [s.email for s in fresh]
+    report.errors.sort(key=lambda e: e.line)
+    return report
+
+
+def _existing(session: Any, emails: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(emails), _INSERT_CHUNK):
+        chunk = emails[start : start + _INSERT_CHUNK]
+        found.update(
+            session.exec(select(Subscriber.email).where(Subscriber.email.in_(chunk)))  # type: ignore[attr-defined]
+        )
+    return found
+
+
+def _insert(session: Any, subs: list[NewSubscriber], *, now: datetime) -> None:
+    """One multi-row INSERT each for subscribers, their topics and their events."""
+    if not subs:
+        return
+    rows = [
+        {
+            "email": s.email,
+            "name": s.name,
+            "timezone": s.timezone,
+            "send_at": s.send_at,
+            "status": SubscriberStatus.ACTIVE,
+            "soft_bounces": 0,
+            "cadence": "daily",
+            "token_salt": new_salt(),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for s in subs
+    ]
+    table = Subscriber.__table__  # type: ignore[attr-defined]
+    ids = dict(
+        session.connection()
+        .execute(sa.insert(table).returning(table.c.email, table.c.id), rows)
+        .all()
+    )
+    topics = [
+        {"subscriber_id": ids[s.email], "query": t, "created_at": now}
+        for s in subs
+        for t in s.topics
+    ]
+    if topics:
+        session.connection().execute(sa.insert(TopicFilter.__table__), topics)  # type: ignore[attr-defined]
+    session.connection().execute(
+        sa.insert(Event.__table__),  # type: ignore[attr-defined]
+        [
+            {"at": now, "kind": EventKind.ADDED, "subscriber_id": ids[s.email], "detail": "{}"}
+            for s in subs
+        ],
+    )

@@ -1,0 +1,82 @@
+"""Claiming due rows: pending ones whose time has come, and sending ones whose lease
+ran out (their worker died mid-send). A claim sets a lease; since a row is rendered
+from what the ledger recorded, with the Message-ID chosen at planning, a resend after
+a crash is the same message."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter.db import session_scope
+from newsletter.models import Delivery, DeliveryStatus
+
+LEASE = timedelta(minutes=5)
+
+# What rebuilding a job needs of a row (ledger.jobs reads them by name).
+LEDGER_COLUMNS = (
+    Delivery.id,
+    Delivery.subscriber_id,
+    Delivery.to_address,
+    Delivery.edition,
+    Delivery.more_count,
+    Delivery.message_id,
+    Delivery.created_at,
+    Delivery.items,
+    Delivery.kind,
+)
+
+
+def claim(
+    *,
+    engine: sa.Engine,
+    now: datetime,
+    limit: int,
+    subscriber_id: int | None = None,
+    lease: timedelta = LEASE,
+) -> list[int]:
+    """Take up to ``limit`` due rows; their ids, in order."""
+    rows = claim_rows(engine=engine, now=now, limit=limit, subscriber_id=subscriber_id, lease=lease)
+    return sorted(r.id for r in rows)
+
+
+def claim_rows(
+    *, engine: sa.Engine, now: datetime, limit: int, subscriber_id: int | None, lease: timedelta
+) -> list[sa.Row[tuple[object, ...]]]:
+    """``claim``, handing back ``LEDGER_COLUMNS`` of each claimed row."""
+    with session_scope(engine=engine) as session:
+        due = sa.or_(
+            sa.and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now),
+            sa.and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now),  # type: ignore[operator]
+        )
+        if subscriber_id is not None:
+            due = sa.and_(due, Delivery.subscriber_id == subscriber_id)
+        # No ORDER BY: it would make every claim sort the whole backlog to take its first
+        # `limit` (quadratic over a big send); the index hands out due rows oldest first.
+        query = select(Delivery.id).where(due).limit(limit)
+        claim_them = sa.update(Delivery).values(
+            status=DeliveryStatus.SENDING, lease_until=now + lease
+        )
+        if session.get_bind().dialect.name == "sqlite":
+            # One statement, so the choice is made under SQLite's write lock: worker
+            # processes on one file take turns instead of picking the same rows.
+            return list(
+                session.execute(
+                    claim_them.where(Delivery.id.in_(query.scalar_subquery())).returning(  # type: ignore[union-attr]
+                        *LEDGER_COLUMNS
+                    )
+                )
+            )
+        # PostgreSQL: rows another worker holds are skipped, not waited for, so any
+        # number of workers share the queue.
+        ids = list(session.exec(query.with_for_update(skip_locked=True)))
+        if not ids:
+            return []
+        # The guard repeats ``due`` so a row another worker claimed in between is not taken twice.
+        return list(
+            session.execute(
+                claim_them.where(Delivery.id.in_(ids), due).returning(*LEDGER_COLUMNS)  # type: ignore[union-attr]
+            )
+        )

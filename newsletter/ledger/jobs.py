@@ -1,0 +1,218 @@
+"""Rebuilding what a claimed row is to send, from the ledger alone.
+
+One small class per kind of job: a digest, a double opt-in confirmation, or a row
+that cannot be read back (its snapshot corrupted, a paper gone). A row that fails
+to rebuild becomes an ``UnreadableJob`` carrying the reason; it never stops the
+others. The same rows give the same jobs, so a resend is the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from newsletter import snapshot
+from newsletter.links import Links, Recipient
+from newsletter.models import DeliveryKind, Paper, Subscriber, SubscriberStatus
+from newsletter.render import Confirmation, Digest, DigestPaper
+
+
+@dataclass(frozen=True, slots=True)
+class DigestJob:
+    delivery_id: int
+    subscriber_id: int
+    to_address: str
+    wanted: bool  # the subscriber is still active
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmationJob:
+    delivery_id: int
+    subscriber_id: int
+    to_address: str
+    wanted: bool  # the address is not active yet
+    confirmation: Confirmation
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableJob:
+    delivery_id: int
+    subscriber_id: int
+    to_address: str
+    wanted: bool
+    problem: str
+
+
+Job = DigestJob | ConfirmationJob | UnreadableJob
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    status: str | None
+    name: str | None
+    salt: str
+
+
+def digest_papers(
+    *, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+) -> tuple[DigestPaper, ...]:
+    """A digest's papers to render: the ledger's snapshot, titles and abstracts by paper id."""
+    try:
+        return tuple(
+            DigestPaper(
+                *texts[i.paper_id],
+                authors=i.authors,
+                organization=i.organization,
+                published_on=i.published_on,
+                upvotes=i.upvotes,
+                matched_topics=i.topics,
+                matched_terms=i.terms,
+            )
+            for i in items
+        )
+    except KeyError as exc:
+        raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
+
+
+@dataclass(slots=True)
+class JobLoader:
+    """Loads jobs batch after batch. Digests of one ranking share one snapshot text; the
+    loader hands them one tuple of papers (kept across batches while the papers' titles
+    and abstracts are unchanged), so the renderer's caches find them at once."""
+
+    links: Links
+    confirm_hours: float = 48
+    _papers: dict[str, tuple[tuple[tuple[str, str], ...], tuple[DigestPaper, ...]]] = field(
+        default_factory=dict, repr=False
+    )
+    _papers_max: int = 20_000
+
+    def load(self, *, session: Session, rows: list[sa.Row[tuple[object, ...]]]) -> list[Job]:
+        """Jobs for rows of ``claims.LEDGER_COLUMNS``: their subscribers and papers in two
+        more queries, whatever the batch size."""
+        readers = {
+            r.id: _Reader(r.status, r.name, r.token_salt)
+            for r in session.exec(
+                select(
+                    Subscriber.id, Subscriber.status, Subscriber.name, Subscriber.token_salt
+                ).where(Subscriber.id.in_({row.subscriber_id for row in rows}))  # type: ignore[union-attr]
+            )
+        }
+        decoded: dict[str, tuple[snapshot.Item, ...] | str] = {}
+        for text in {row.items for row in rows if row.kind == DeliveryKind.DIGEST}:
+            try:
+                decoded[text] = snapshot.decode(text)
+            except snapshot.SnapshotError as exc:
+                decoded[text] = str(exc)
+        wanted = {i.paper_id for d in decoded.values() if not isinstance(d, str) for i in d}
+        texts = {
+            pid: (title, abstract)
+            for pid, title, abstract in session.exec(
+                select(Paper.id, Paper.title, Paper.abstract).where(Paper.id.in_(wanted))  # type: ignore[union-attr]
+            )
+        }
+        papers: dict[str, tuple[DigestPaper, ...] | str] = {}
+        for text, items in decoded.items():
+            try:
+                papers[text] = items if isinstance(items, str) else self._shared(text, items, texts)
+            except snapshot.SnapshotError as exc:
+                papers[text] = str(exc)
+        jobs: list[Job] = []
+        for row in rows:
+            reader = readers.get(row.subscriber_id, _Reader(None, None, ""))  # type: ignore[arg-type]
+            try:
+                jobs.append(self._job(row, reader, papers))
+            except Exception as exc:  # one row that cannot be rebuilt fails alone
+                jobs.append(
+                    UnreadableJob(
+                        row.id,  # type: ignore[arg-type]
+                        row.subscriber_id,  # type: ignore[arg-type]
+                        row.to_address,  # type: ignore[arg-type]
+                        reader.status == SubscriberStatus.ACTIVE,
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                )
+        return jobs
+
+    def _job(
+        self,
+        row: sa.Row[tuple[object, ...]],
+        reader: _Reader,
+        papers: dict[str, tuple[DigestPaper, ...] | str],
+    ) -> Job:
+        delivery_id: int = row.id  # type: ignore[assignment]
+        sid: int = row.subscriber_id  # type: ignore[assignment]
+        to_address: str = row.to_address  # type: ignore[assignment]
+        who = Recipient(sid, reader.salt)
+        if row.kind == DeliveryKind.CONFIRM:
+            # Wanted until the address is active (a confirmation of a sign-up by an
+            # unsubscribed person keeps them unsubscribed until they click).
+            wanted = reader.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
+            created: datetime = row.created_at  # type: ignore[assignment]
+            return ConfirmationJob(
+                delivery_id,
+                sid,
+                to_address,
+                wanted,
+                Confirmation(
+                    to_address=to_address,
+                    confirm_url=self.links.confirm(who=who, delivery_id=delivery_id),
+                    message_id=row.message_id,  # type: ignore[arg-type]
+                    date=created,
+                    expires_hours=self.confirm_hours,
+                ),
+            )
+        wanted = reader.status == SubscriberStatus.ACTIVE
+        shown = papers[row.items]  # type: ignore[index]
+        if isinstance(shown, str):
+            return UnreadableJob(delivery_id, sid, to_address, wanted, shown)
+        edition: date = row.edition  # type: ignore[assignment]
+        digest = Digest(
+            to_address=to_address,
+            to_name=reader.name,
+            edition=edition,
+            papers=shown,
+            more_count=row.more_count,  # type: ignore[arg-type]
+            message_id=row.message_id,  # type: ignore[arg-type]
+            date=row.created_at,  # type: ignore[arg-type]
+            unsubscribe_url=self.links.unsubscribe(who=who, delivery_id=delivery_id),
+            preferences_url=self.links.preferences(who=who),
+            archive_url=self.links.archive(who=who, delivery_id=delivery_id),
+        )
+        return DigestJob(delivery_id, sid, to_address, wanted, digest)
+
+    def _shared(
+        self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+    ) -> tuple[DigestPaper, ...]:
+        try:
+            shown = tuple(texts[i.paper_id] for i in items)
+        except KeyError as exc:
+            raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
+        entry = self._papers.get(text)
+        if entry is not None and entry[0] == shown:
+            return entry[1]
+        papers = digest_papers(items=items, texts=texts)
+        if len(self._papers) >= self._papers_max:
+            self._papers.clear()
+        self._papers[text] = (shown, papers)
+        return papers
+
+
+def load_jobs(
+    *, session: Session, rows: list[sa.Row[tuple[object, ...]]], links: Links
+) -> list[Job]:
+    """Jobs for a few rows, without keeping a loader (the archive page, a preview)."""
+    return JobLoader(links=links).load(session=session, rows=rows)
+
+
+def job_for(*, session: Session, delivery_id: int, links: Links) -> Job | None:
+    """The job of one delivery row, as it was or would be sent (the archive page)."""
+    from newsletter.ledger.claims import LEDGER_COLUMNS
+    from newsletter.models import Delivery
+
+    rows = list(session.exec(select(*LEDGER_COLUMNS).where(Delivery.id == delivery_id)))  # type: ignore[call-overload]
+    return load_jobs(session=session, rows=rows, links=links)[0] if rows else None
