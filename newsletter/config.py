@@ -68,7 +68,7 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
-    database_url: str
+    database_url: str = field(repr=False)  # may hold a password: see describe()
     corpus_dir: Path
     outbox_dir: Path
     delivery: str

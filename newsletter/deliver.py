@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from newsletter import signups
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.db import session_scope
-from newsletter.errors import DeliveryError, PermanentDeliveryError
+from newsletter.errors import DeliveryError, NewsletterError, PermanentDeliveryError
 from newsletter.ledger import (
     ConfirmationJob,
     DigestJob,
@@ -217,9 +217,17 @@ class DeliveryLoop:
             else:
                 return _Ready(job, None, PermanentDeliveryError(f"cannot render: {job.problem}"))
         except Exception as exc:  # one message that cannot be built fails alone
-            log.exception(
+            # What bad data causes is one line; anything else is a bug: its traceback.
+            expected = isinstance(exc, NewsletterError | ValueError | UnicodeError)
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
                 "cannot render a message",
-                extra={"delivery_id": job.delivery_id, "subscriber_id": job.subscriber_id},
+                exc_info=None if expected else exc,
+                extra={
+                    "delivery_id": job.delivery_id,
+                    "subscriber_id": job.subscriber_id,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
             )
             error = PermanentDeliveryError(f"cannot render: {type(exc).__name__}: {exc}")
             return _Ready(job, None, error)

@@ -22,7 +22,7 @@ import hashlib
 import re
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from email.headerregistry import Address
 from email.policy import SMTP
@@ -409,10 +409,23 @@ def _meta(paper: DigestPaper) -> str:
     return " · ".join(meta)
 
 
+TOPICS_SHOWN = 3  # filters named per paper; the rest are counted
+TOPIC_CHARS = 60  # a long filter is cut in display (the footer links to all of them)
+
+
+def _topic_list(topics: list[str] | tuple[str, ...], shown: int) -> str:
+    """At most ``shown`` filters, each cut to ``TOPIC_CHARS``, then how many more: a
+    subscriber's twenty long filters must not make every paper a paragraph."""
+    names = [_shorten(t, TOPIC_CHARS) for t in topics[:shown]]
+    if len(topics) > shown:
+        names.append(f"{len(topics) - shown} more")
+    return ", ".join(names)
+
+
 def _topics_line(topics: tuple[str, ...]) -> str:
     if topics == ("*",):
         return "Among the day's most upvoted papers"
-    return "Matched: " + ", ".join(topics) if topics else ""
+    return "Matched: " + _topic_list(topics, TOPICS_SHOWN) if topics else ""
 
 
 # A paper's block is two cached pieces, both starting and ending on line boundaries so
@@ -651,10 +664,32 @@ def _headers(digest: Digest, sender: Sender, subject: str) -> tuple[tuple[str, s
 # --- the public entry points ------------------------------------------------------------
 
 
+HTML_BUDGET = 95_000  # bytes of HTML: Gmail clips at 102 kB and hides what follows
+
+
 def render_digest(
     *, digest: Digest, sender: Sender, templates_dir: Path | None = None
 ) -> RenderedDigest:
-    """Render the subject, HTML and text parts and the ordered, checked headers."""
+    """Render the subject, HTML and text parts and the ordered, checked headers.
+
+    The HTML stays within ``HTML_BUDGET`` whatever the papers hold: papers beyond
+    it move to the "N more" count (best first, so the worst go), which keeps the
+    footer's unsubscribe link above Gmail's clipping point.
+    """
+    rendered = _render_digest(digest=digest, sender=sender, templates_dir=templates_dir)
+    keep = len(digest.papers)
+    while keep > 1 and len(rendered.html.encode()) > HTML_BUDGET:
+        keep = max(1, keep * HTML_BUDGET // len(rendered.html.encode()) - 1)
+        fewer = replace(
+            digest,
+            papers=digest.papers[:keep],
+            more_count=digest.more_count + len(digest.papers) - keep,
+        )
+        rendered = _render_digest(digest=fewer, sender=sender, templates_dir=templates_dir)
+    return rendered
+
+
+def _render_digest(*, digest: Digest, sender: Sender, templates_dir: Path | None) -> RenderedDigest:
     subject = _subject(digest)
     headers = _headers(digest, sender, subject)  # validate before doing any other work
     for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
@@ -671,7 +706,9 @@ def render_digest(
         else "No new papers this time"
     )
     more = f"{digest.more_count} more {'paper' if digest.more_count == 1 else 'papers'}"
-    footer_topics = f" ({', '.join(topics)} matched this time)" if topics else ""
+    footer_topics = (
+        f" ({_topic_list(topics, 2 * TOPICS_SHOWN)} matched this time)" if topics else ""
+    )
     preview = _paper_text_parts(digest.papers[0].title, "")[0] if digest.papers else subject
     common = {
         "brand": brand,

@@ -449,3 +449,42 @@ def test_rate_limit_is_shared_by_every_worker_on_postgresql(pg_server: str) -> N
         assert 1.8 <= elapsed <= 6, elapsed
     finally:
         drop_pg_database(pg_server, url)
+
+
+def test_a_worker_keeps_its_smtp_sessions_open_across_rounds(
+    tmp_path: Path, server: SMTPServer, now: datetime
+) -> None:
+    """The pool is opened once per worker life: a digest planned between two polls goes
+    out on a session opened for an earlier one, not on a new connection per round."""
+    from newsletter.deliver import run_worker
+    from tests.helpers import runtime_for
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    settings = smtp_settings(tmp_path, url, server.port, NEWSLETTER_SMTP_POOL_SIZE="1",
+                             NEWSLETTER_SMTP_MAX_PER_CONNECTION="100")  # fmt: skip
+    populate(engine, settings, now, ["r1@example.org"])
+    rounds: list[int] = []
+    stop = asyncio.Event()
+
+    def on_round() -> None:
+        rounds.append(server.handler.sessions)
+        if len(rounds) == 2:  # between polls, a new subscriber's digest is planned
+            subscribe(engine, email="r2@example.org", topics=["diffusion"], now=now)
+            plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+        if len(rounds) == 4:
+            stop.set()
+
+    asyncio.run(
+        run_worker(
+            runtime=runtime_for(settings, engine),
+            backend=SMTPBackend(settings=settings.smtp),
+            now=lambda: now,
+            stop=stop,
+            poll_seconds=0.05,
+            on_round=on_round,
+        )
+    )
+    assert sorted(server.handler.copies()) == ["r1@example.org", "r2@example.org"]
+    assert rounds == [1, 1, 1, 1], "one session for the worker's whole life"
