@@ -889,29 +889,32 @@ def to_mime_bytes(*, rendered: RenderedDigest) -> bytes:
 def outgoing(*, digest: Digest, sender: Sender, signer: Signer | None = None) -> OutgoingMessage:
     """A digest as the backend takes it: MIME bytes (DKIM-signed when configured)."""
     rendered = render_digest(digest=digest, sender=sender)
-    data = to_mime_bytes(rendered=rendered)
-    return OutgoingMessage(
-        message_id=digest.message_id,
-        sender=sender.address,
-        recipients=(digest.to_address,),
-        data=data if signer is None else signer.sign(data),
-        edition=digest.edition,
-        html=rendered.html,
-        crlf_only=True,  # to_mime_bytes writes CRLF only
-    )
+    return _message(rendered, digest.message_id, digest.to_address, digest.edition, sender, signer)
 
 
 def outgoing_confirmation(
     *, confirmation: Confirmation, sender: Sender, signer: Signer | None = None
 ) -> OutgoingMessage:
     rendered = render_confirmation(confirmation=confirmation, sender=sender)
+    c = confirmation
+    return _message(rendered, c.message_id, c.to_address, c.date.date(), sender, signer)
+
+
+def _message(
+    rendered: RenderedDigest,
+    message_id: str,
+    to_address: str,
+    edition: date,
+    sender: Sender,
+    signer: Signer | None,
+) -> OutgoingMessage:
     data = to_mime_bytes(rendered=rendered)
     return OutgoingMessage(
-        message_id=confirmation.message_id,
+        message_id=message_id,
         sender=sender.address,
-        recipients=(confirmation.to_address,),
+        recipients=(to_address,),
         data=data if signer is None else signer.sign(data),
-        edition=confirmation.date.date(),
+        edition=edition,
         html=rendered.html,
-        crlf_only=True,
+        crlf_only=True,  # to_mime_bytes writes CRLF only
     )

@@ -42,9 +42,7 @@ def routes(site: Site) -> list[Route]:
 
     def preferences_page(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session, purpose=tokens.PREFERENCES, token=request.path_params["token"], arity=(1,)
-            )
+            found = site.subscriber_for(session, request, purpose=tokens.PREFERENCES, arity=(1,))
             if found is None or found[0].status == SubscriberStatus.PENDING:
                 return site.not_found()
             row = found[0]
@@ -62,9 +60,7 @@ def routes(site: Site) -> list[Route]:
         data = await request.form()
         form = forms.Form(values={k: str(data.get(k, "")) for k in _FIELDS})
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session, purpose=tokens.PREFERENCES, token=request.path_params["token"], arity=(1,)
-            )
+            found = site.subscriber_for(session, request, purpose=tokens.PREFERENCES, arity=(1,))
             if found is None or found[0].status == SubscriberStatus.PENDING:
                 return site.not_found()
             row = found[0]

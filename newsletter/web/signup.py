@@ -67,9 +67,7 @@ def routes(site: Site) -> list[Route]:
 
     def confirm_page(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session, purpose=tokens.CONFIRM, token=request.path_params["token"], arity=(2,)
-            )
+            found = site.subscriber_for(session, request, purpose=tokens.CONFIRM, arity=(2,))
             if found is None:
                 return site.not_found()
             row = found[0]
@@ -78,9 +76,7 @@ def routes(site: Site) -> list[Route]:
 
     def confirm_post(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session, purpose=tokens.CONFIRM, token=request.path_params["token"], arity=(2,)
-            )
+            found = site.subscriber_for(session, request, purpose=tokens.CONFIRM, arity=(2,))
             if found is None:
                 return site.not_found()
             row = signups.confirm(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 from sqlmodel import Session
+from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from newsletter import tokens
@@ -63,13 +64,14 @@ class Site:
         return self.page("not_found.html.j2", status=404)
 
     def subscriber_for(
-        self, session: Session, *, purpose: str, token: str, arity: tuple[int, ...]
+        self, session: Session, request: Request, *, purpose: str, arity: tuple[int, ...]
     ) -> tuple[Subscriber, tuple[int, ...]] | None:
-        """The subscriber a valid token of ``purpose`` names and its ids, else None.
+        """The subscriber the request's valid token of ``purpose`` names, and its ids;
+        None for any other token.
 
         ``arity``: how many ids a token of this purpose carries (the subscriber first).
         """
-        claim = tokens.read_token(token)
+        claim = tokens.read_token(request.path_params["token"])
         if claim is None or len(claim.ids) not in arity:
             return None
         row = session.get(Subscriber, claim.subscriber_id)

@@ -6,6 +6,7 @@ the changes are POSTs.
 
 from __future__ import annotations
 
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -13,7 +14,7 @@ from starlette.routing import Route
 from newsletter import render, subscribers, tokens
 from newsletter.db import session_scope
 from newsletter.ledger.jobs import DigestJob, job_for
-from newsletter.models import Delivery, SubscriberStatus, utcnow
+from newsletter.models import Delivery, Subscriber, SubscriberStatus, utcnow
 from newsletter.web.site import PAGE_HEADERS, Site, masked
 
 # The archive is the email's own HTML: inline styles, images from anywhere, no scripts.
@@ -26,14 +27,16 @@ _UNSUBSCRIBE_IDS = (1, 2)  # the subscriber, and the digest the link came in (if
 def routes(site: Site) -> list[Route]:
     engine = site.runtime.engine
 
+    def unsubscriber(
+        session: Session, request: Request
+    ) -> tuple[Subscriber, tuple[int, ...]] | None:
+        return site.subscriber_for(
+            session, request, purpose=tokens.UNSUBSCRIBE, arity=_UNSUBSCRIBE_IDS
+        )
+
     def unsubscribe_page(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session,
-                purpose=tokens.UNSUBSCRIBE,
-                token=request.path_params["token"],
-                arity=_UNSUBSCRIBE_IDS,
-            )
+            found = unsubscriber(session, request)
             if found is None:
                 return site.not_found()
             row = found[0]
@@ -46,12 +49,7 @@ def routes(site: Site) -> list[Route]:
         # and must get a 2xx without redirects. Our own button posts source=page.
         one_click = form.get("List-Unsubscribe") == "One-Click"
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session,
-                purpose=tokens.UNSUBSCRIBE,
-                token=request.path_params["token"],
-                arity=_UNSUBSCRIBE_IDS,
-            )
+            found = unsubscriber(session, request)
             if found is None:
                 return site.not_found()
             row, ids = found
@@ -74,12 +72,7 @@ def routes(site: Site) -> list[Route]:
 
     def resubscribe_post(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session,
-                purpose=tokens.UNSUBSCRIBE,
-                token=request.path_params["token"],
-                arity=_UNSUBSCRIBE_IDS,
-            )
+            found = unsubscriber(session, request)
             if found is None:
                 return site.not_found()
             row = subscribers.resubscribe(session=session, subscriber_id=found[0].id, now=utcnow())  # type: ignore[arg-type]
@@ -89,9 +82,7 @@ def routes(site: Site) -> list[Route]:
 
     def archive(request: Request) -> Response:
         with session_scope(engine=engine) as session:
-            found = site.subscriber_for(
-                session, purpose=tokens.ARCHIVE, token=request.path_params["token"], arity=(2,)
-            )
+            found = site.subscriber_for(session, request, purpose=tokens.ARCHIVE, arity=(2,))
             if found is None:
                 return site.not_found()
             job = job_for(session=session, delivery_id=found[1][1], links=site.runtime.links)
