@@ -40,12 +40,14 @@ from newsletter import db, eventloop
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import load_settings
 from newsletter.corpus.ingest import ingest
-from newsletter.deliver import deliver_due, load_digests
-from newsletter.links import Links
-from newsletter.models import Delivery, Subscriber, TopicFilter
+from newsletter.deliver import deliver_due
+from newsletter.ledger.claims import LEDGER_COLUMNS
+from newsletter.ledger.jobs import DigestJob, load_jobs
+from newsletter.models import Subscriber, TopicFilter
 from newsletter.parallel import DeliveryProcesses
 from newsletter.plan import plan_digests
-from newsletter.render import Sender, render_digest
+from newsletter.render import BatchRenderer
+from newsletter.runtime import build_runtime
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 # Filters that each match 10 to 60 of the bundled papers, so every digest holds 10-20.
@@ -127,8 +129,9 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
+    runtime = build_runtime(settings=settings, engine=engine)
     if workers > 1:
-        with DeliveryProcesses(settings=settings, workers=workers, batch_size=500) as pool:
+        with DeliveryProcesses(runtime=runtime, workers=workers, batch_size=500) as pool:
             planned = plan_digests(
                 engine=engine, settings=settings, now=datetime.now(UTC), due_only=False
             )
@@ -139,13 +142,10 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
             engine=engine, settings=settings, now=datetime.now(UTC), due_only=False
         )
         planned_at = time.perf_counter()
-        links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
         report = eventloop.run(
             deliver_due(
-                engine=engine,
-                settings=settings,
+                runtime=runtime,
                 backend=SMTPBackend(settings=settings.smtp),
-                links=links,
                 now=lambda: datetime.now(UTC),
                 batch_size=500,
             )
@@ -170,12 +170,16 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
 
 def naive(settings, engine, port: int, sample: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """Per message: EmailMessage (what the digest scripts build) and smtplib, one at a time."""
-    links = Links(base_url=settings.base_url, key=settings.secret_key.encode())
-    sender = Sender(address=settings.from_address, name=settings.from_name)
+    runtime = build_runtime(settings=settings, engine=engine)
+    renderer = BatchRenderer()
     with db.session_scope(engine=engine) as session:
-        ids = list(session.exec(select(Delivery.id).limit(sample)))
-        loaded = load_digests(session=session, ids=ids, links=links)  # type: ignore[arg-type]
-        rendered = [render_digest(digest=item.digest, sender=sender) for item in loaded]
+        rows = list(session.exec(select(*LEDGER_COLUMNS).limit(sample)))  # type: ignore[call-overload]
+        jobs = load_jobs(session=session, rows=rows, links=runtime.links)
+        rendered = [
+            renderer.render(digest=job.digest, sender=runtime.sender)
+            for job in jobs
+            if isinstance(job, DigestJob)
+        ]
     size = 0
     start = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port) as smtp:

@@ -10,12 +10,9 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
-import secrets
-import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from email.headerregistry import Address
@@ -26,14 +23,12 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from newsletter.errors import ConfigError
+from newsletter.settings_doc import PREFIX, SETTINGS_DOC
+from newsletter.values import NUMBER_RE, ascii_int, validate_send_at, validate_timezone
 
-PREFIX = "NEWSLETTER_"
-REPO_ENV_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / ".env.example"
 DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
-# Settings of stages still being built; accepted so a prepared .env does not fail.
-LATER_PREFIXES: tuple[str, ...] = ()
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
 
 
@@ -108,113 +103,6 @@ class Settings:
         return self.from_address.rpartition("@")[2]
 
 
-# name -> (default, description). The description is what .env.example shows.
-SETTINGS_DOC: dict[str, tuple[str, str]] = {
-    "NEWSLETTER_HOME": (".", "Directory the relative defaults below live in."),
-    "DATABASE_URL": (
-        "sqlite:///data/newsletter.db",
-        "SQLAlchemy URL; e.g. postgresql+psycopg://user@127.0.0.1:5432/newsletter. "
-        "A relative SQLite path is taken from NEWSLETTER_HOME.",
-    ),
-    "NEWSLETTER_CORPUS_DIR": ("corpus", "Where page dumps (*.txt) arrive."),
-    "NEWSLETTER_OUTBOX_DIR": ("outbox", "Test mode: where the file backend writes .eml files."),
-    "NEWSLETTER_DELIVERY": ("file", "How digests leave: file (test mode), smtp, memory."),
-    "NEWSLETTER_FROM": ("papers@localhost", "Sender address of every digest."),
-    "NEWSLETTER_FROM_NAME": ("Paper Digest", "Sender display name."),
-    "NEWSLETTER_BASE_URL": (
-        "http://localhost:8000",
-        "Public URL of the web app; unsubscribe and preference links start with it.",
-    ),
-    "NEWSLETTER_SECRET_KEY": (
-        "",
-        "Signs unsubscribe and preference tokens (32+ random characters). Unset: one is "
-        "generated once into data/secret_key; set it in production.",
-    ),
-    "NEWSLETTER_DEFAULT_TIMEZONE": ("UTC", "IANA zone for subscribers added without --tz."),
-    "NEWSLETTER_DEFAULT_SEND_AT": ("08:00", "Local send time for subscribers added without one."),
-    "NEWSLETTER_DIGEST_MAX_PAPERS": ("20", "Most papers in one digest; the rest are counted."),
-    "NEWSLETTER_FIRST_DIGEST_DAYS": (
-        "7",
-        "A subscriber's first digest covers papers first seen this many days back.",
-    ),
-    "NEWSLETTER_SMTP_HOST": ("localhost", "SMTP relay (with NEWSLETTER_DELIVERY=smtp)."),
-    "NEWSLETTER_SMTP_PORT": ("25", "Relay port: 25 or 587 (starttls), 465 (implicit)."),
-    "NEWSLETTER_SMTP_TLS": ("none", "none, starttls or implicit."),
-    "NEWSLETTER_SMTP_USERNAME": ("", "Relay login; empty: no AUTH."),
-    "NEWSLETTER_SMTP_PASSWORD": ("", "Relay password (a secret: set it in the environment)."),
-    "NEWSLETTER_SMTP_TIMEOUT": (
-        "30",
-        "Seconds to wait for the relay before a try counts as failed.",
-    ),
-    "NEWSLETTER_SMTP_POOL_SIZE": ("4", "Parallel connections to the relay."),
-    "NEWSLETTER_SMTP_MAX_PER_CONNECTION": (
-        "100",
-        "Messages sent on one connection before reconnecting.",
-    ),
-    "NEWSLETTER_SMTP_RATE": ("0", "Most messages per second in all (0: no limit)."),
-    "NEWSLETTER_LEASE_SECONDS": (
-        "300",
-        "How long a worker holds a claimed digest; a dead worker's are taken back after this.",
-    ),
-    "NEWSLETTER_SEND_WORKERS": (
-        "1",
-        "Delivery processes `newsletter send` runs beside planning (one per core is "
-        "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
-    ),
-    "NEWSLETTER_WEB_HOST": (
-        "127.0.0.1",
-        "Address `newsletter serve` listens on (0.0.0.0 in a container behind a proxy).",
-    ),
-    "NEWSLETTER_WEB_PORT": ("8000", "Port of the web pages (unsubscribe, archive, /healthz)."),
-    "NEWSLETTER_CONFIRM_HOURS": (
-        "48",
-        "A web sign-up not confirmed within this many hours is forgotten.",
-    ),
-    "NEWSLETTER_ADMIN_TOKEN": (
-        "",
-        "Bearer token for the admin API under /api/ (32+ characters); empty: API off.",
-    ),
-    "NEWSLETTER_LOG_FORMAT": ("text", "Log lines as text or json (one object per line)."),
-    "NEWSLETTER_LOG_LEVEL": ("info", "debug, info, warning or error."),
-    "NEWSLETTER_INGEST_MINUTES": ("5", "`newsletter run`: how often to look for new corpus files."),
-    "NEWSLETTER_PLAN_MINUTES": ("5", "`newsletter run`: how often to plan digests that are due."),
-    "NEWSLETTER_OPERATOR_EMAIL": ("", "Where the daily operator report goes; empty: no report."),
-    "NEWSLETTER_REPORT_AT": ("07:00", "UTC time of the daily operator report."),
-    "NEWSLETTER_SEND_EMPTY": (
-        "no",
-        "yes: a subscriber with nothing new gets a short 'nothing matched today' note.",
-    ),
-    "NEWSLETTER_TRUSTED_PROXIES": (
-        "",
-        "Comma-separated addresses of your reverse proxies; only their X-Forwarded-For "
-        "is believed (sign-up rate limits go by client address). Empty: none.",
-    ),
-    "NEWSLETTER_CORPUS_MAX_MB": (
-        "64",
-        "Largest corpus file read, in MiB; a larger one is refused with a message.",
-    ),
-    "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
-    "NEWSLETTER_DKIM_SELECTOR": (
-        "",
-        "DKIM selector (s=): the key is at <selector>._domainkey.<domain>.",
-    ),
-    "NEWSLETTER_DKIM_KEY_FILE": (
-        "",
-        "PEM RSA private key file for DKIM (keep it secret: mount it, never commit it).",
-    ),
-    "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
-    "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
-    "NEWSLETTER_RETRY_DEADLINE_HOURS": (
-        "48",
-        "Give up on a digest this long after it was planned (a soft bounce).",
-    ),
-    "NEWSLETTER_SOFT_BOUNCE_LIMIT": (
-        "3",
-        "Soft bounces in a row that suppress a subscriber (a hard bounce suppresses at once).",
-    ),
-}
-
-
 def _env(dotenv_path: Path | None, environ: dict[str, str] | None) -> dict[str, str]:
     values: dict[str, str] = {}
     path = dotenv_path if dotenv_path is not None else Path(".env")
@@ -225,51 +113,12 @@ def _env(dotenv_path: Path | None, environ: dict[str, str] | None) -> dict[str, 
     return values
 
 
-_ASCII_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
-_ASCII_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
-
-
-def ascii_int(text: str) -> int | None:
-    """The whole number ``text`` spells in ASCII digits, else None.
-
-    ``int()`` and ``str.isdigit()`` also take other scripts' digits and
-    superscripts ("²" is a digit to ``isdigit`` but not to ``int``): every number a
-    user types goes through here instead.
-    """
-    text = text.strip()
-    return int(text) if _ASCII_INT_RE.fullmatch(text) else None
-
-
 def _int(name: str, raw: str, *, minimum: int) -> int:
     value = ascii_int(raw)
     if value is None:
         raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}")
     if value < minimum:
         raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
-    return value
-
-
-_SEND_AT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
-
-
-def validate_send_at(value: str, *, setting: str) -> str:
-    """``HH:MM`` (24-hour, ASCII digits), normalized to two digits each."""
-    match = _SEND_AT_RE.fullmatch(value.strip())
-    if match is None or int(match[1]) >= 24 or int(match[2]) >= 60:
-        raise ConfigError(setting=setting, message=f"expected a time HH:MM, got {value!r}")
-    return f"{int(match[1]):02d}:{match[2]}"
-
-
-_TZ_NAME_RE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
-
-
-def validate_timezone(value: str, *, setting: str) -> str:
-    if len(value) > 64 or not _TZ_NAME_RE.fullmatch(value):
-        raise ConfigError(setting=setting, message=f"unknown IANA time zone {value!r}")
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(setting=setting, message=f"unknown IANA time zone {value!r}") from None
     return value
 
 
@@ -285,10 +134,7 @@ def load_settings(
     unknown = [
         k
         for k in sorted(env)
-        if k.startswith(PREFIX)
-        and k not in SETTINGS_DOC
-        and k not in NOT_SETTINGS
-        and not k.startswith(LATER_PREFIXES)
+        if k.startswith(PREFIX) and k not in SETTINGS_DOC and k not in NOT_SETTINGS
     ]
     if unknown:
         raise ConfigError(setting=unknown[0], message="unknown setting (a typo?)")
@@ -398,7 +244,7 @@ def load_settings(
 
 def _number(name: str, get: Callable[[str], str], *, minimum: float) -> float:
     raw = get(name)
-    if not _ASCII_NUMBER_RE.fullmatch(raw):
+    if not NUMBER_RE.fullmatch(raw):
         raise ConfigError(setting=name, message=f"expected a number, got {raw!r}")
     value = float(raw)
     if not value >= minimum:  # also refuses NaN
@@ -521,55 +367,6 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
         ),
         rate=_number("NEWSLETTER_SMTP_RATE", get, minimum=0),
     )
-
-
-MIN_KEY_BYTES = 32
-
-
-def secret_key(*, settings: Settings) -> bytes:
-    """The signing key: from the environment, else generated once into data/secret_key.
-
-    The generated file is the zero-configuration fallback for a single machine
-    (mode 0600); production sets NEWSLETTER_SECRET_KEY. Processes starting together
-    agree on one key: the file is written under a temporary name and linked into
-    place, so nobody reads it half-written. Never empty: a key that short would
-    make every link forgeable, so it stops the program instead.
-    """
-    if settings.secret_key:
-        return settings.secret_key.encode()
-    path = settings.data_dir / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileExistsError):  # another process was first: theirs
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    key = path.read_text(encoding="ascii", errors="replace").strip().encode()
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(
-            setting="NEWSLETTER_SECRET_KEY",
-            message=f"unset, and {path} holds no usable key (delete it to generate a new one)",
-        )
-    return key
-
-
-def env_example() -> str:
-    """The text of config/.env.example, generated from SETTINGS_DOC so the two cannot drift."""
-    lines = [
-        "# newsletter settings. Copy to .env (or set in the environment) and edit.",
-        "# Every line shows the default; the embedded mode needs none of them.",
-        "",
-    ]
-    for name, (default, doc) in SETTINGS_DOC.items():
-        lines += [f"# {doc}", f"# {name}={default}", ""]
-    return "\n".join(lines)
 
 
 def describe(settings: Settings) -> dict[str, Any]:

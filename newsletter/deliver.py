@@ -37,7 +37,7 @@ from newsletter.ledger import (
     record_sent,
 )
 from newsletter.ledger.jobs import JobLoader
-from newsletter.render import outgoing, outgoing_confirmation
+from newsletter.render import BatchRenderer, outgoing, outgoing_confirmation
 from newsletter.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class DeliveryLoop:
         self.subscriber_id = subscriber_id
         self.record_every, self.record_seconds = record_every, record_seconds
         self.loader = JobLoader(links=runtime.links, confirm_hours=runtime.settings.confirm_hours)
+        self.renderer = BatchRenderer()  # its caches live as long as this loop
 
     async def drain(
         self,
@@ -209,7 +210,12 @@ class DeliveryLoop:
         runtime = self.runtime
         try:
             if isinstance(job, DigestJob):
-                message = outgoing(digest=job.digest, sender=runtime.sender, signer=runtime.signer)
+                message = outgoing(
+                    digest=job.digest,
+                    sender=runtime.sender,
+                    signer=runtime.signer,
+                    renderer=self.renderer,
+                )
             elif isinstance(job, ConfirmationJob):
                 message = outgoing_confirmation(
                     confirmation=job.confirmation, sender=runtime.sender, signer=runtime.signer

@@ -1,24 +1,27 @@
 """Planning: due subscribers -> matched, ranked papers -> delivery rows (the ledger).
 
-A digest covers the papers first seen since the subscriber's previous digest
-(``covers_until`` of that row; for a first digest, ``first_digest_days``
-back) that were never sent to them, matched against their filters. One row
-per (subscriber, edition) is a unique constraint, so planning twice, or two
-planners at once, cannot make two digests: the loser's insert fails and it
-moves on. The Message-ID is chosen here, once, so a resend carries it.
+Three phases, one function each:
 
-The edition is the subscriber's local calendar date at planning time.
-
-Matching indexes the candidate papers once (``filters.DayIndex``) and
-evaluates each distinct filter once for all papers; a subscriber's digest is
-then the union of their filters' matches, restricted to what is new for them.
+1. ``_who_is_due``: active subscribers whose local send time has passed (and whose
+   weekday it is, for weekly ones) and who have no digest for their edition yet. A
+   digest covers the papers first seen since their previous one (``covers_until`` of
+   that row; for a first digest, ``first_digest_days`` back) that were never sent to
+   them. The edition is the subscriber's local calendar date.
+2. ``_Matcher``: the candidate papers indexed once (``filters.DayIndex``); each distinct
+   filter evaluated once for all papers; a subscriber's digest is the union of their
+   filters' matches, restricted to what is new for them, ranked.
+3. ``_record``: rows inserted in bulk. One row per (subscriber, edition) is a unique
+   constraint, so planning twice, or two planners at once, cannot make two digests:
+   the loser's insert is skipped and it moves on. The Message-ID is chosen here, once,
+   so a resend carries it. Batches are committed as they go, so delivery workers start
+   on the first digests while the rest are planned.
 """
 
 from __future__ import annotations
 
 import bisect
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -30,7 +33,6 @@ from sqlmodel import Session, select
 from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
-from newsletter.errors import SubscriberError
 from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filter
 from newsletter.ledger.jobs import digest_papers
 from newsletter.links import Links, Recipient
@@ -44,10 +46,10 @@ from newsletter.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from newsletter.subscribers import normalize_email, topics_by_subscriber
+from newsletter.subscribers import find, normalize_email, topics_by_subscriber
 
-# A subscriber's id, email, timezone, send_at, cadence, weekday.
-_Due = sa.Row[tuple[int, str, str, str, str, int | None]]
+RECORD_BATCH = 1000  # digests written per round trip batch
+FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
 
 
 def local_edition(*, now: datetime, timezone: str) -> date:
@@ -82,6 +84,21 @@ class PlanReport:
     not_due: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Due:
+    subscriber_id: int
+    email: str
+    edition: date
+    since: datetime  # papers first seen after this are new for them
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    due: _Due
+    ranked: Ranked
+    items: str  # the ledger snapshot (``snapshot.encode``)
+
+
 def paper_doc(paper: Paper) -> PaperDoc:
     organization = " ".join(x for x in (paper.organization_handle, paper.organization) if x)
     return PaperDoc(
@@ -94,17 +111,6 @@ def paper_doc(paper: Paper) -> PaperDoc:
         published_on=paper.published_on,
         first_seen_at=paper.first_seen_at,
     )
-
-
-def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
-    """Per subscriber, the papers of their digests planned after ``since``: a superset of
-    those first seen after ``since`` (a digest holds only papers seen before it was planned)."""
-    sent: dict[int, set[int]] = {}
-    for sid, items in session.exec(
-        select(Delivery.subscriber_id, Delivery.items).where(Delivery.created_at > since)
-    ):
-        sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
-    return sent
 
 
 def plan_digests(
@@ -123,161 +129,214 @@ def plan_digests(
     today at what the next digest would hold: what ``preview`` shows.
     """
     report = PlanReport()
-    first_since = now - timedelta(days=settings.first_digest_days)
     with session_scope(engine=engine) as session:
-        # Columns, not ORM objects: planning reads four fields of every subscriber.
-        query = select(
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.timezone,
-            Subscriber.send_at,
-            Subscriber.cadence,
-            Subscriber.weekday,
-        ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
-        if only_email is not None:
-            query = query.where(Subscriber.email == only_email)
-        subscribers = list(session.exec(query.order_by(Subscriber.id)))
-        if not subscribers:
-            return report
-        topics = topics_by_subscriber(session=session, ids=[s.id for s in subscribers])  # type: ignore[misc]
-        last = {
-            sid: (edition, covers_until)
-            for sid, edition, covers_until in session.exec(
-                select(
-                    Delivery.subscriber_id,
-                    # type_coerce keeps the column types' conversions on the aggregates
-                    sa.type_coerce(sa.func.max(Delivery.edition), sa.Date()),
-                    sa.type_coerce(sa.func.max(Delivery.covers_until), UTCDateTime()),
-                )
-                .where(Delivery.kind == DeliveryKind.DIGEST)
-                .group_by(Delivery.subscriber_id)
-            )
-        }
-
-        work: list[tuple[_Due, date, datetime]] = []
-        for sub in subscribers:
-            edition = local_edition(now=now, timezone=sub.timezone)
-            prev = last.get(sub.id)  # type: ignore[arg-type]
-            if prev is not None and prev[0] >= edition and not next_edition:
-                report.already_planned.append(sub.email)
-            elif sub.cadence == Cadence.WEEKLY and edition.weekday() != sub.weekday:
-                report.not_due.append(sub.email)  # weekly: on their weekday only, even --now
-            elif due_only and not is_due(now=now, timezone=sub.timezone, send_at=sub.send_at):
-                report.not_due.append(sub.email)
-            else:
-                since = prev[1] if prev is not None else first_since
-                work.append((sub, edition, since))
-        if not work:
-            return report
-
-        min_since = min(since for _, _, since in work)
-        papers = list(
-            session.exec(
-                select(Paper)
-                .where(Paper.first_seen_at > min_since, Paper.first_seen_at <= now)
-                .order_by(Paper.first_seen_at, Paper.id)
-            )
+        due = _who_is_due(
+            session,
+            report,
+            now=now,
+            first_since=now - timedelta(days=settings.first_digest_days),
+            only_email=only_email,
+            due_only=due_only,
+            next_edition=next_edition,
         )
-        candidates = [paper_doc(p) for p in papers]  # oldest first: the since-masks need it
-        items_json = _ItemsJson(papers)
-        sent = _sent_papers(session=session, since=min_since)
-        index = DayIndex(candidates)
-        ranker = Ranker(index)
-        position = {doc.id: i for i, doc in enumerate(candidates)}
-        seen = [doc.first_seen_at for doc in candidates]
-        batch: list[tuple[_Due, date, Ranked, str, int]] = []
+        if not due:
+            return report
+        topics = topics_by_subscriber(session=session, ids=[d.subscriber_id for d in due])
+        matcher = _Matcher.load(session, since=min(d.since for d in due), now=now)
+        drafts: list[_Draft] = []
         batch_size = FIRST_RECORD_BATCH
-        for sub, edition, since in work:
-            filters = [compile_filter(q) for q in topics.get(sub.id, [])]  # type: ignore[arg-type]
-            # New for this subscriber: first seen after `since` (a suffix, the list
-            # is in first-seen order), minus what one of their digests already held.
-            first_new = bisect.bisect_right(seen, since)
-            within = index.everything & ~((1 << first_new) - 1)
-            for paper_id in sent.get(sub.id, ()):  # type: ignore[arg-type]
-                if paper_id in position:
-                    within &= ~(1 << position[paper_id])
-            ranked = ranker.rank(filters, within=within, limit=settings.digest_max_papers)
+        for d in due:
+            ranked, key = matcher.rank(
+                d, topics.get(d.subscriber_id, []), settings.digest_max_papers
+            )
             if not ranked.matches and not settings.send_empty:
-                report.no_match.append(sub.email)  # empty days send nothing by default
+                report.no_match.append(d.email)  # empty days send nothing by default
                 continue
-            report.planned.append(PlannedDigest(sub.email, edition, ranked, None, sub.id))
-            if not dry_run:
-                batch.append((sub, edition, ranked, items_json(ranked), len(report.planned) - 1))
-                if len(batch) >= batch_size:
-                    _record_batch(session, batch, now=now, settings=settings, report=report)
-                    # Committed batch by batch: delivery workers start on these while the
-                    # rest is planned, and SQLite's write lock is not held for the whole run.
-                    # The first batches are small, so they start early.
-                    session.commit()
-                    batch = []
-                    batch_size = min(batch_size * 2, RECORD_BATCH)
-        if batch:
-            _record_batch(session, batch, now=now, settings=settings, report=report)
-        if not dry_run:  # digests another planner recorded first are not ours to report
-            lost = [p for p in report.planned if p.delivery_id is None]
-            report.already_planned.extend(p.email for p in lost)
-            report.planned[:] = [p for p in report.planned if p.delivery_id is not None]
+            if dry_run:
+                report.planned.append(
+                    PlannedDigest(d.email, d.edition, ranked, None, d.subscriber_id)
+                )
+                continue
+            drafts.append(_Draft(d, ranked, matcher.snapshot(ranked, key)))
+            if len(drafts) >= batch_size:
+                _record(session, drafts, report, now=now, settings=settings)
+                # Committed batch by batch: delivery workers start on these while the
+                # rest is planned, and SQLite's write lock is not held for the whole run.
+                # The first batches are small, so they start early.
+                session.commit()
+                drafts = []
+                batch_size = min(batch_size * 2, RECORD_BATCH)
+        _record(session, drafts, report, now=now, settings=settings)
         if dry_run:
             session.rollback()
     return report
 
 
-RECORD_BATCH = 1000  # digests written per round trip batch
-FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
+def _who_is_due(
+    session: Session,
+    report: PlanReport,
+    *,
+    now: datetime,
+    first_since: datetime,
+    only_email: str | None,
+    due_only: bool,
+    next_edition: bool,
+) -> list[_Due]:
+    """Phase 1: whose digest is to be planned now, and since when it covers papers."""
+    # Columns, not ORM objects: planning reads six fields of every subscriber.
+    query = select(
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.timezone,
+        Subscriber.send_at,
+        Subscriber.cadence,
+        Subscriber.weekday,
+    ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
+    if only_email is not None:
+        query = query.where(Subscriber.email == only_email)
+    subscribers = list(session.exec(query.order_by(Subscriber.id)))
+    if not subscribers:
+        return []
+    last = {
+        sid: (edition, covers_until)
+        for sid, edition, covers_until in session.exec(
+            select(
+                Delivery.subscriber_id,
+                # type_coerce keeps the column types' conversions on the aggregates
+                sa.type_coerce(sa.func.max(Delivery.edition), sa.Date()),
+                sa.type_coerce(sa.func.max(Delivery.covers_until), UTCDateTime()),
+            )
+            .where(Delivery.kind == DeliveryKind.DIGEST)
+            .group_by(Delivery.subscriber_id)
+        )
+    }
+    due: list[_Due] = []
+    for sid, email, timezone, send_at, cadence, weekday in subscribers:
+        edition = local_edition(now=now, timezone=timezone)
+        prev = last.get(sid)
+        if prev is not None and prev[0] >= edition and not next_edition:
+            report.already_planned.append(email)
+        elif cadence == Cadence.WEEKLY and edition.weekday() != weekday:
+            report.not_due.append(email)  # weekly: on their weekday only, even --now
+        elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
+            report.not_due.append(email)
+        else:
+            due.append(_Due(sid, email, edition, prev[1] if prev is not None else first_since))
+    return due
 
 
-class _ItemsJson:
-    """Each ranking's ledger snapshot, encoded once: subscribers who chose the same
-    topics share a ranking (the ranker memoizes them, which also keeps them alive, so
-    their ids are stable keys here)."""
+_Key = tuple[tuple[str, ...], int, int]  # (filters, papers in reach as a bitset, limit)
 
-    def __init__(self, papers: list[Paper]) -> None:
+
+class _Matcher:
+    """Phase 2: the candidate papers, indexed once, and each subscriber's ranking.
+
+    Subscribers who chose the same filters and are due the same papers share one
+    ranking (the ranker memoizes it) and so one ledger snapshot, encoded once here
+    under the same key: a value, never an object's identity."""
+
+    def __init__(self, papers: list[Paper], sent: dict[int, set[int]]) -> None:
+        self.docs = [paper_doc(p) for p in papers]  # oldest first: the since-masks need it
+        self.index = DayIndex(self.docs)
+        self.ranker = Ranker(self.index)
+        self.sent = sent
+        self.position = {doc.id: i for i, doc in enumerate(self.docs)}
+        self.seen = [doc.first_seen_at for doc in self.docs]
         self.shown = {p.id: (p.upvotes, p.authors, p.organization, p.published_on) for p in papers}
-        self.encoded: dict[int, str] = {}
+        self._snapshots: dict[_Key, str] = {}
 
-    def __call__(self, ranked: Ranked) -> str:
-        text = self.encoded.get(id(ranked))
+    @classmethod
+    def load(cls, session: Session, *, since: datetime, now: datetime) -> _Matcher:
+        papers = list(
+            session.exec(
+                select(Paper)
+                .where(Paper.first_seen_at > since, Paper.first_seen_at <= now)
+                .order_by(Paper.first_seen_at, Paper.id)
+            )
+        )
+        return cls(papers, _sent_papers(session=session, since=since))
+
+    def rank(self, due: _Due, queries: list[str], limit: int) -> tuple[Ranked, _Key]:
+        """The subscriber's ranking, and its key: what makes two rankings the same."""
+        filters = [compile_filter(q) for q in queries]
+        # New for this subscriber: first seen after `since` (a suffix, the list is in
+        # first-seen order), minus what one of their digests already held.
+        first_new = bisect.bisect_right(self.seen, due.since)
+        within = self.index.everything & ~((1 << first_new) - 1)
+        for paper_id in self.sent.get(due.subscriber_id, ()):
+            if paper_id in self.position:
+                within &= ~(1 << self.position[paper_id])
+        ranked = self.ranker.rank(filters, within=within, limit=limit)
+        return ranked, (tuple(queries), within, limit)
+
+    def snapshot(self, ranked: Ranked, key: _Key) -> str:
+        text = self._snapshots.get(key)
         if text is None:
-            text = self.encoded[id(ranked)] = snapshot.encode(
+            text = self._snapshots[key] = snapshot.encode(
                 snapshot.Item(m.paper_id, m.filters, m.words, *self.shown[m.paper_id])
                 for m in ranked.matches
             )
         return text
 
 
-def _record_batch(
-    session: Session,
-    batch: list[tuple[_Due, date, Ranked, str, int]],
-    *,
-    now: datetime,
-    settings: Settings,
-    report: PlanReport,
+def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
+    """Per subscriber, the papers of their digests planned after ``since``: a superset of
+    those first seen after ``since`` (a digest holds only papers seen before it was planned)."""
+    sent: dict[int, set[int]] = {}
+    for sid, items in session.exec(
+        select(Delivery.subscriber_id, Delivery.items).where(Delivery.created_at > since)
+    ):
+        sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
+    return sent
+
+
+def _record(
+    session: Session, drafts: list[_Draft], report: PlanReport, *, now: datetime, settings: Settings
 ) -> None:
-    """Insert deliveries in bulk.
+    """Phase 3: insert the drafts' rows in bulk and report each digest once, complete;
+    a digest another planner recorded first is reported as already planned."""
+    created = _insert(session, drafts, now=now, settings=settings)
+    for draft in drafts:
+        d = draft.due
+        delivery_id = created.get(d.subscriber_id)
+        if delivery_id is None:
+            report.already_planned.append(d.email)
+        else:
+            report.planned.append(
+                PlannedDigest(d.email, d.edition, draft.ranked, delivery_id, d.subscriber_id)
+            )
+
+
+def _insert(
+    session: Session, drafts: list[_Draft], *, now: datetime, settings: Settings
+) -> dict[int, int]:
+    """Insert deliveries in bulk; returns the delivery id created per subscriber.
 
     ON CONFLICT DO NOTHING on (subscriber, edition): a digest another planner
     inserted first is skipped, not an error that would undo the whole batch.
     """
+    if not drafts:
+        return {}
     rows = [
         {
-            "subscriber_id": sub.id,
-            "edition": edition,
+            "subscriber_id": d.due.subscriber_id,
+            "edition": d.due.edition,
             "status": DeliveryStatus.PENDING,
             "message_id": new_message_id(
-                edition=edition,
-                subscriber_id=sub.id,  # type: ignore[arg-type]
+                edition=d.due.edition,
+                subscriber_id=d.due.subscriber_id,
                 domain=settings.message_id_domain,
             ),
-            "to_address": sub.email,
+            "to_address": d.due.email,
             "covers_until": now,
-            "paper_count": len(ranked.matches),
-            "more_count": ranked.more,
+            "paper_count": len(d.ranked.matches),
+            "more_count": d.ranked.more,
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
-            "items": items,
+            "items": d.items,
         }
-        for sub, edition, ranked, items, _ in batch
+        for d in drafts
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
@@ -285,11 +344,7 @@ def _record_batch(
         .on_conflict_do_nothing(index_elements=["subscriber_id", "edition"])
         .returning(Delivery.id, Delivery.subscriber_id)
     )
-    created = dict((sid, did) for did, sid in session.connection().execute(statement, rows))
-    for sub, _edition, _ranked, _items, at in batch:
-        delivery_id = created.get(sub.id)  # type: ignore[arg-type]
-        if delivery_id is not None:  # else lost the race: left without an id, dropped
-            report.planned[at] = replace(report.planned[at], delivery_id=delivery_id)
+    return {sid: did for did, sid in session.connection().execute(statement, rows)}
 
 
 def preview_digest(
@@ -307,22 +362,22 @@ def preview_digest(
         next_edition=True,
     )
     with session_scope(engine=engine) as session:
-        sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
-        if sub is None:
-            raise SubscriberError(f"no subscriber {address}", field="email")
+        sub = find(session=session, email=address)
         if not report.planned:
             return None
         planned = report.planned[0]
-        who = Recipient(sub.id, sub.token_salt)  # type: ignore[arg-type]
-        papers = list(
-            session.exec(
-                select(Paper).where(Paper.id.in_([m.paper_id for m in planned.ranked.matches]))  # type: ignore[union-attr]
-            )
-        )
+        ids = [m.paper_id for m in planned.ranked.matches]
+        papers = {p.id: p for p in session.exec(select(Paper).where(Paper.id.in_(ids)))}  # type: ignore[union-attr]
+        items = tuple(
+            snapshot.Item(m.paper_id, m.filters, m.words, p.upvotes, p.authors, p.organization,
+                          p.published_on)
+            for m in planned.ranked.matches
+            for p in (papers[m.paper_id],)
+        )  # fmt: skip
         shown = digest_papers(
-            items=snapshot.decode(_ItemsJson(papers)(planned.ranked)),
-            texts={p.id: (p.title, p.abstract) for p in papers},  # type: ignore[misc]
-        )
+            items=items, texts={i: (p.title, p.abstract) for i, p in papers.items()}
+        )  # type: ignore[misc]
+        who = Recipient(sub.id, sub.token_salt)  # type: ignore[arg-type]
         return render.Digest(
             to_address=sub.email,
             to_name=sub.name,
@@ -330,8 +385,10 @@ def preview_digest(
             papers=shown,
             more_count=planned.ranked.more,
             message_id=new_message_id(
-                edition=planned.edition, subscriber_id=sub.id, domain=settings.message_id_domain
-            ),  # type: ignore[arg-type]
+                edition=planned.edition,
+                subscriber_id=sub.id,  # type: ignore[arg-type]
+                domain=settings.message_id_domain,
+            ),
             date=now,
             unsubscribe_url=links.unsubscribe(who=who),
             preferences_url=links.preferences(who=who),

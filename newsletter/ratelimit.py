@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from newsletter.db import session_scope
-from newsletter.models import RateBucket
+from newsletter.models import RateBucket, utcnow
 
 
 class TokenBucket:
@@ -57,7 +56,7 @@ class SharedTokenBucket:
 
     def _take(self) -> tuple[float, float]:
         """Take up to a chunk of tokens; returns (taken, seconds until one is available)."""
-        now = datetime.now(UTC)
+        now = utcnow()
         with session_scope(engine=self.engine) as session:
             session.execute(
                 pg_insert(RateBucket)

@@ -23,6 +23,7 @@ from newsletter.backends import get_backend
 from newsletter.backends.base import OutgoingMessage
 from newsletter.config import Settings
 from newsletter.db import session_scope
+from newsletter.events import EventKind
 from newsletter.models import Delivery, DeliveryKind, DeliveryStatus, Event, Paper
 
 
@@ -61,7 +62,7 @@ def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
         failed_files = [
             json.loads(e.detail).get("path", "?")
             for e in session.exec(
-                select(Event).where(Event.kind == "ingest.file_failed", Event.at > since)
+                select(Event).where(Event.kind == EventKind.FILE_FAILED, Event.at > since)
             )
         ]
         return DailyFigures(
@@ -78,9 +79,9 @@ def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
             failed=count(
                 digests.where(Delivery.status == DeliveryStatus.FAILED, Delivery.created_at > since)
             ),
-            hard_bounces=events("bounce.hard"),
-            soft_bounces=events("bounce.soft"),
-            unsubscribes=events("subscriber.unsubscribed"),
+            hard_bounces=events(EventKind.HARD_BOUNCE),
+            soft_bounces=events(EventKind.SOFT_BOUNCE),
+            unsubscribes=events(EventKind.UNSUBSCRIBED),
             files_failed=sorted(set(failed_files)),
         )
 

@@ -40,9 +40,10 @@ import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from newsletter import db, eventloop, signups
+from newsletter.backends import EmailBackend
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
-from newsletter.deliver import Outcome, run_worker
+from newsletter.deliver import DeliverReport, Outcome, deliver_due, run_worker
 from newsletter.health import WorkerHealth
 from newsletter.models import utcnow
 from newsletter.plan import plan_digests
@@ -299,6 +300,43 @@ def proxy_options(settings: Settings) -> dict[str, object]:
     if not settings.trusted_proxies:
         return {"proxy_headers": False}
     return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
+
+
+def deliver_now(
+    *,
+    runtime: Runtime,
+    backend: EmailBackend,
+    subscriber_id: int | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> DeliverReport:
+    """``newsletter send``'s delivery in this process: everything due, once."""
+    return eventloop.run(
+        deliver_due(
+            runtime=runtime,
+            backend=backend,
+            now=utcnow,
+            subscriber_id=subscriber_id,
+            on_outcome=on_outcome,
+        )
+    )
+
+
+def work(
+    *, runtime: Runtime, poll_seconds: float, on_outcome: Callable[[Outcome], None] | None = None
+) -> int:
+    """``newsletter worker``: deliver until SIGTERM or Ctrl-C; returns the attempts made."""
+
+    async def main() -> int:
+        return await run_worker(
+            runtime=runtime,
+            backend=runtime.backend(),
+            now=utcnow,
+            stop=eventloop.stop_on_signals(),
+            poll_seconds=poll_seconds,
+            on_outcome=on_outcome,
+        )
+
+    return eventloop.run(main())
 
 
 def _log_outcome(outcome: Outcome) -> None:

@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
-from newsletter.config import ascii_int, validate_send_at, validate_timezone
 from newsletter.errors import (
     ConfigError,
     DuplicateSubscriberError,
@@ -28,6 +27,7 @@ from newsletter.filters import compile_filter
 from newsletter.models import Cadence, Event, Subscriber, SubscriberStatus, TopicFilter
 from newsletter.text import has_unsafe
 from newsletter.tokens import new_salt
+from newsletter.values import ascii_int, validate_send_at, validate_timezone
 
 # Bounds on what one subscriber may store: they also bound the digest they get (every
 # topic can show on every paper), which must stay under Gmail's 102 kB clipping.

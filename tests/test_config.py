@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import REPO_ENV_EXAMPLE, SETTINGS_DOC, env_example, load_settings, secret_key
+from newsletter.config import load_settings
 from newsletter.errors import ConfigError
+from newsletter.runtime import secret_key
+from newsletter.settings_doc import REPO_ENV_EXAMPLE, SETTINGS_DOC, env_example
 
 
 def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:

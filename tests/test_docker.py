@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from newsletter.config import SETTINGS_DOC
+from newsletter.settings_doc import SETTINGS_DOC
 from tests.conftest import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()

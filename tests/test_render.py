@@ -18,19 +18,19 @@ from hypothesis import strategies as st
 from newsletter.errors import NewsletterError
 from newsletter.render import (
     MARK_OPEN,
+    BatchRenderer,
     Digest,
     DigestPaper,
     HeaderInjectionError,
     RenderError,
     Sender,
-    _fill,
-    _qp_piece,
-    _wrap,
     highlight,
     latex_to_text,
+    mime,
     render_digest,
     to_mime_bytes,
 )
+from newsletter.render.content import fill, wrap
 
 SENDER = Sender(address="papers@example.org")
 UNSUBSCRIBE = "https://news.example.org/u/" + "T" * 43
@@ -111,8 +111,14 @@ def test_mime_structure_and_exact_headers():
     header_block = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
     names = re.findall(r"^([A-Za-z-]+):", header_block, re.MULTILINE)
     assert names[:7] == [
-        "From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
-    ]  # fmt: skip
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ]
 
 
 def test_lines_are_crlf_and_at_most_998_octets():
@@ -499,13 +505,20 @@ def test_rendering_arbitrary_text_never_raises_or_leaks(
 def test_parts_assembled_from_cached_blocks_decode_to_the_whole(titles, topics, meta):
     """The per-paper cache hands out pre-encoded pieces (numbers swapped in); what a mail
     client decodes must be exactly the text and HTML, in every combination of parts."""
-    extra = {} if meta else {"organization": None, "authors": None, "upvotes": None,
-                             "published_on": None}  # fmt: skip
+    extra = (
+        {}
+        if meta
+        else {"organization": None, "authors": None, "upvotes": None, "published_on": None}
+    )
     papers = [
         make_paper(title=t, matched_topics=tuple(topics[: i % 4]), **extra)
         for i, t in enumerate(titles)
     ]
-    rendered = render(make_digest(papers=papers))
+    rendered = BatchRenderer().render(digest=make_digest(papers=papers), sender=SENDER)
+    assert (rendered.text, rendered.html) == (
+        render(make_digest(papers=papers)).text,
+        render(make_digest(papers=papers)).html,
+    )
     raw = to_mime_bytes(rendered=rendered)
     body = raw.partition(b"\r\n\r\n")[2]
     assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045 6.7 (5)
@@ -522,7 +535,7 @@ words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"
 @given(st.lists(words, max_size=30))
 def test_footer_wrap_matches_textwrap(ws):
     text = " ".join(ws)
-    assert _wrap(text) == _fill(text)
+    assert wrap(text) == fill(text)
 
 
 @settings(max_examples=300, deadline=None)
@@ -538,7 +551,7 @@ def test_footer_wrap_matches_textwrap(ws):
 def test_encoded_pieces_concatenate_to_the_encoding_of_the_whole(pieces):
     """Pieces encoded apart (static template text once, values per message) must decode,
     joined, to the joined text, in lines of at most 76 characters."""
-    joined = b"".join(_qp_piece(p) for p in pieces)
+    joined = mime.join(mime.encode(p) for p in pieces).qp
     assert max((len(line) for line in joined.split(b"\r\n")), default=0) <= 76
     decoded = binascii.a2b_qp(joined.replace(b"\r\n", b"\n")).decode("utf-8")
     assert decoded == "".join(pieces)

@@ -6,7 +6,9 @@ column when it does not parse); ``DayIndex`` indexes a batch of papers;
 """
 
 from newsletter.filters.ast import to_query
-from newsletter.filters.index import CorpusStats, DayIndex, PaperDoc
+from newsletter.filters.bm25 import CorpusStats
+from newsletter.filters.docs import PaperDoc
+from newsletter.filters.index import DayIndex
 from newsletter.filters.parser import parse_filter
 from newsletter.filters.rank import CompiledFilter, PaperMatch, Ranked, Ranker, compile_filter
 

@@ -18,100 +18,23 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
 
 from newsletter.filters.ast import All, And, Compare, Node, Not, Or, Phrase, Term
-from newsletter.filters.tokens import stem, surface_tokens, tokens
-
-FIELDS = ("title", "abstract", "org")
-DEFAULT_FIELDS = ("title", "abstract")  # a word without a field looks here
-
-
-@dataclass(frozen=True, slots=True)
-class PaperDoc:
-    """What a filter can see of a paper."""
-
-    id: int
-    title: str
-    abstract: str
-    organization: str | None = None
-    upvotes: int | None = None
-    authors: int | None = None
-    published_on: date | None = None
-    first_seen_at: datetime | None = None
-
-    @property
-    def day(self) -> date | None:
-        """``date:`` compares the publication date, else the day the paper was first seen."""
-        if self.published_on is not None:
-            return self.published_on
-        return self.first_seen_at.date() if self.first_seen_at else None
-
-
-@dataclass(slots=True)
-class _Field:
-    """One field of one paper: its words and their stems, in order."""
-
-    stems: list[str]
-    words: list[str]  # folded, unstemmed
-    counts: Counter[str] = field(default_factory=Counter)  # stem -> occurrences
-    word_counts: Counter[str] = field(default_factory=Counter)  # word -> occurrences
-    bigrams: Counter[str] = field(default_factory=Counter)  # "stem stem" -> occurrences
-
-
-def _analyse(text: str) -> _Field:
-    words = tokens(text)
-    stems = [stem(w) for w in words]
-    return _Field(
-        stems=stems,
-        words=words,
-        counts=Counter(stems),
-        word_counts=Counter(words),
-        bigrams=Counter(f"{a} {b}" for a, b in itertools.pairwise(stems)),
-    )
-
-
-def field_text(doc: PaperDoc, name: str) -> str:
-    if name == "title":
-        return doc.title
-    if name == "abstract":
-        return doc.abstract
-    return doc.organization or ""
-
-
-def compare(op: str, left: int | date | None, right: int | date) -> bool:
-    if left is None:
-        return False  # unknown metadata never satisfies a comparison
-    if op == ">=":
-        return left >= right  # type: ignore[operator]
-    if op == "<=":
-        return left <= right  # type: ignore[operator]
-    if op == ">":
-        return left > right  # type: ignore[operator]
-    if op == "<":
-        return left < right  # type: ignore[operator]
-    return left == right
-
-
-def numeric_value(doc: PaperDoc, name: str) -> int | date | None:
-    if name == "upvotes":
-        return doc.upvotes if doc.upvotes is not None else 0  # no count shown: nobody voted
-    if name == "authors":
-        return doc.authors
-    return doc.day
-
-
-def phrase_at(stems: list[str], words: tuple[str, ...]) -> Iterator[int]:
-    """Start positions where ``words`` (stemmed) occur in order."""
-    want = [stem(w) for w in words]
-    first, k = want[0], len(want)
-    for i, s in enumerate(stems):
-        if s == first and stems[i : i + k] == want:
-            yield i
+from newsletter.filters.bm25 import CorpusStats
+from newsletter.filters.docs import (
+    DEFAULT_FIELDS,
+    FIELDS,
+    Field,
+    PaperDoc,
+    analyse,
+    compare,
+    field_text,
+    numeric_value,
+    phrase_at,
+)
+from newsletter.filters.tokens import stem, surface_tokens
 
 
 def _phrase_keys(words: tuple[str, ...]) -> list[str]:
@@ -223,14 +146,14 @@ class DayIndex:
         self.papers = list(papers)
         self.n = len(self.papers)
         self.everything = (1 << self.n) - 1
-        self.fields: list[dict[str, _Field]] = []
+        self.fields: list[dict[str, Field]] = []
         # field -> key -> papers, where key is a stem or two adjacent stems "a b"
         # (so a two-word phrase is one look-up, not a scan). Exact words are
         # looked up on demand (exact_bits): few filters use them.
         members: dict[str, defaultdict[str, list[int]]] = {f: defaultdict(list) for f in FIELDS}
         vocab: dict[str, set[str]] = {f: set() for f in FIELDS}
         for i, doc in enumerate(self.papers):
-            analysed = {f: _analyse(field_text(doc, f)) for f in FIELDS}
+            analysed = {f: analyse(field_text(doc, f)) for f in FIELDS}
             self.fields.append(analysed)
             for f, fa in analysed.items():
                 field_members = members[f]
@@ -258,18 +181,18 @@ class DayIndex:
     def evaluate(self, node: Node) -> int:
         """Bitset of the papers ``node`` matches.
 
-        Leaves are cached (many filters share words); composite nodes are not,
-        since hashing a tree costs about what evaluating it does. Whole filters
-        are cached by the Ranker, by their text.
+        Composite nodes go through ``compile_tree``, the one evaluator of AND, OR and
+        NOT; leaves are worked out here and cached (many filters share words). Whole
+        filters are cached by the Ranker, by their text.
         """
-        if isinstance(node, And | Or | Not | All):
-            return self._evaluate(node)
+        if not isinstance(node, Term | Phrase | Compare):
+            return compile_tree(node)(self)
         cached = self._cache.get(node)
         if cached is None:
-            cached = self._cache[node] = self._evaluate(node)
+            cached = self._cache[node] = self._leaf(node)
         return cached
 
-    def _evaluate(self, node: Node) -> int:
+    def _leaf(self, node: Term | Phrase | Compare) -> int:
         match node:
             case Term(word, fld, exact, prefix):
                 bits = 0
@@ -303,23 +226,7 @@ class DayIndex:
                     if compare(op, numeric_value(doc, name), value):
                         bits |= 1 << i
                 return bits
-            case All():
-                return self.everything
-            case Not(child):
-                return self.everything & ~self.evaluate(child)
-            case And(children):
-                bits = self.everything
-                for child in children:
-                    bits &= self.evaluate(child)
-                    if not bits:
-                        break
-                return bits
-            case Or(children):
-                bits = 0
-                for child in children:
-                    bits |= self.evaluate(child)
-                return bits
-        raise TypeError(f"not a filter node: {node!r}")
+        raise TypeError(f"not a filter leaf: {node!r}")
 
     # --- ranking and explanation ----------------------------------------------------
 
@@ -410,32 +317,6 @@ class DayIndex:
                 s for _, s in surface_tokens(field_text(self.papers[i], f))
             ]
         return cached
-
-
-@dataclass(frozen=True, slots=True)
-class CorpusStats:
-    """Document frequencies for BM25's idf: rarer words weigh more."""
-
-    n: int
-    df: dict[str, int]
-    avg_len: float
-
-    @classmethod
-    def of(cls, index: DayIndex) -> CorpusStats:
-        df: Counter[str] = Counter()
-        total = 0
-        for fields in index.fields:
-            df.update(set(fields["title"].stems) | set(fields["abstract"].stems))
-            total += TITLE_BOOST * len(fields["title"].stems) + len(fields["abstract"].stems)
-        return cls(n=index.n, df=dict(df), avg_len=(total / index.n) if index.n else 1.0)
-
-    def idf(self, stem_key: str) -> float:
-        df = self.df.get(stem_key, 0)
-        return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
-
-
-TITLE_BOOST = 3.0  # a word in the title says more about a paper than one in its abstract
-K1, B = 1.2, 0.75
 
 
 def iter_bits(bits: int) -> Iterator[int]:

@@ -8,25 +8,27 @@ measures the indexed matcher against it.
 from __future__ import annotations
 
 from newsletter.filters.ast import All, And, Compare, Node, Not, Or, Phrase, Term
-from newsletter.filters.index import (
+from newsletter.filters.docs import (
     DEFAULT_FIELDS,
     FIELDS,
+    Field,
     PaperDoc,
-    _analyse,
-    _Field,
     compare,
     field_text,
     numeric_value,
     phrase_at,
 )
+from newsletter.filters.docs import (
+    analyse as analyse_field,
+)
 from newsletter.filters.tokens import stem
 
 
-def analyse(doc: PaperDoc) -> dict[str, _Field]:
-    return {f: _analyse(field_text(doc, f)) for f in FIELDS}
+def analyse(doc: PaperDoc) -> dict[str, Field]:
+    return {f: analyse_field(field_text(doc, f)) for f in FIELDS}
 
 
-def matches(node: Node, doc: PaperDoc, fields: dict[str, _Field] | None = None) -> bool:
+def matches(node: Node, doc: PaperDoc, fields: dict[str, Field] | None = None) -> bool:
     """Does ``node`` match ``doc``? Pass ``fields`` (from ``analyse``) to reuse the tokenization."""
     fields = fields if fields is not None else analyse(doc)
     match node:

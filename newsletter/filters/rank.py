@@ -19,10 +19,8 @@ from functools import lru_cache
 import numpy as np
 
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
+from newsletter.filters.bm25 import K1, TITLE_BOOST, B
 from newsletter.filters.index import (
-    K1,
-    TITLE_BOOST,
-    B,
     DayIndex,
     Evaluator,
     anchors,

@@ -19,13 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from newsletter import subscribers
-from newsletter.config import ascii_int
 from newsletter.db import session_scope
 from newsletter.errors import DuplicateSubscriberError, SubscriberError
 from newsletter.ledger import stats, unsubscribes_by_edition
 from newsletter.models import Cadence, Subscriber, SubscriberStatus, utcnow
 from newsletter.runtime import Runtime
 from newsletter.subscribers import MAX_NAME_CHARS, MAX_TOPIC_CHARS, MAX_TOPICS
+from newsletter.values import ascii_int
 
 _PAGE_MAX = 500
 _ADMIN_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED)

@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from newsletter.config import ascii_int, validate_send_at, validate_timezone
 from newsletter.errors import ConfigError, SubscriberError
 from newsletter.models import Cadence
 from newsletter.subscribers import (
@@ -26,6 +25,7 @@ from newsletter.subscribers import (
     validate_name,
     validate_topic,
 )
+from newsletter.values import ascii_int, validate_send_at, validate_timezone
 
 CSRF_MAX_AGE = 2 * 3600  # seconds a form stays valid
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")

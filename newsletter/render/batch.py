@@ -1,0 +1,234 @@
+"""The batch renderer: the same digests as the reference renderer, at delivery speed.
+
+Rendering runs once per subscriber, so templates are not rendered per digest:
+each is compiled once (``compiled.compile_template``: through Jinja, and MJML for
+HTML, with placeholders) and a digest is its values joined between the static
+pieces, already quoted-printable encoded (``mime.FillIn``). A paper's block is two
+cached pieces: the paper itself with its highlights (shared by every subscriber
+whose words matched the same way) and its "Matched: …" tail (shared by every paper
+that matched the same filters).
+
+Every cache is state of one ``BatchRenderer``, which the delivery loop creates and
+keeps for its life; all are keyed by value and bounded. The output equals
+``reference.render_digest``'s, byte for byte (tests/test_render_batch.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from markupsafe import escape
+
+from newsletter.render import content, mime
+from newsletter.render.budget import within_budget
+from newsletter.render.compiled import (
+    TEMPLATES_DIR,
+    Compiled,
+    RenderError,
+    compile_template,
+    mjml_aria_label,
+    mjml_fragment,
+    mjml_to_html,
+    render_template,
+)
+from newsletter.render.content import Digest, DigestPaper, Sender
+from newsletter.render.headers import check_url, digest_headers
+from newsletter.render.mime import EncodedPart, FillIn, RenderedDigest
+from newsletter.render.reference import digest_values
+
+_SHELL_SLOTS = (
+    "subject", "preview", "brand", "edition", "headline", "to_name", "papers_html",
+    "more", "to_address", "topics", "archive_url", "preferences_url", "unsubscribe_url",
+)  # fmt: skip
+_PAPER_SLOTS = ("title_html", "meta", "excerpt_html", "topics")
+_TEXT_SLOTS = (
+    "brand", "edition", "headline", "to_name", "papers_text", "more", "footer",
+    "archive_url", "preferences_url", "unsubscribe_url",
+)  # fmt: skip
+_CACHE_MAX = 50_000  # entries per cache; a cache that fills is emptied and refilled
+
+
+class _Bounded(dict[Any, Any]):
+    def put(self, key: object, value: Any) -> Any:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _common_start(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+class BatchRenderer:
+    """Renders digest after digest; create one per delivery loop and keep it."""
+
+    def __init__(self, *, templates_dir: Path | None = None) -> None:
+        self.root = (templates_dir or TEMPLATES_DIR).resolve()
+        self._halves: dict[tuple[str, bool, bool], tuple[FillIn, FillIn]] = {}
+        self._paper_templates: dict[bool, tuple[Compiled, tuple[str, str], str]] = {}
+        self._heads = _Bounded()  # (title, abstract, meta, terms) -> the paper, highlighted
+        self._tails = _Bounded()  # (matched topics, meta) -> its "Matched: …" line and end
+        self._text_heads = _Bounded()  # (title, abstract, meta) -> text, unnumbered
+        self._numbered = _Bounded()  # (index, title, abstract, meta) -> text, numbered
+        self._text_tails = _Bounded()
+        self._papers = _Bounded()  # a digest's papers -> (HTML blocks, text blocks)
+        self._aria = _Bounded()  # subject -> what MJML makes of it in the aria-label
+
+    def render(self, *, digest: Digest, sender: Sender) -> RenderedDigest:
+        return within_budget(digest, lambda d: self._render(d, sender))
+
+    def _render(self, digest: Digest, sender: Sender) -> RenderedDigest:
+        subject = content.subject(digest)
+        headers = digest_headers(digest=digest, sender=sender, subject=subject)
+        for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
+            check_url(name, getattr(digest, name))
+        values = digest_values(digest, sender, subject)
+        html_blocks, text_blocks = self._papers_part(digest.papers)
+        named, more = bool(values["to_name"]), bool(values["more"])
+        html_values = {k: str(escape(v)) for k, v in values.items()}
+        html_values["subject_aria"] = self._aria_label(html_values["subject"])
+        before, after = self._halves_of("digest.mjml.j2", named, more)
+        html = mime.join([before.fill(html_values), *html_blocks, after.fill(html_values)])
+        before, after = self._halves_of("digest.txt.j2", named, more)
+        text = mime.join([before.fill(values), *text_blocks, after.fill(values)])
+        return RenderedDigest(subject, headers, text, html)
+
+    def _aria_label(self, title: str) -> str:
+        found = self._aria.get(title)
+        if found is None:
+            found = self._aria.put(title, mjml_aria_label(title))
+        return found  # type: ignore[no-any-return]
+
+    # --- the templates, compiled on first use ------------------------------------------
+
+    def _halves_of(self, name: str, named: bool, more: bool) -> tuple[FillIn, FillIn]:
+        """A digest template before and after its papers' slot, for one variant."""
+        key = (name, named, more)
+        if key not in self._halves:
+            html = name.endswith(".mjml.j2")
+            slots, papers = (_SHELL_SLOTS, "papers_html") if html else (_TEXT_SLOTS, "papers_text")
+            blank = tuple(s for s, on in (("to_name", named), ("more", more)) if not on)
+
+            def render(context: dict[str, object]) -> str:
+                text = render_template(self.root, name, context)
+                return mjml_to_html(text) if html else text
+
+            pieces = compile_template(name=name, slots=slots, render=render, blank=blank).pieces
+            if html:  # MJML copies the title into an aria-label, escaped its own way
+                pieces = tuple(
+                    "subject_aria"
+                    if slot == "subject" and pieces[i - 1].endswith('aria-label="')
+                    else slot
+                    for i, slot in enumerate(pieces)
+                )
+            if pieces.count(papers) != 1:
+                raise RenderError(f"{name}: {{{{ {papers} }}}} must occur exactly once")
+            at = pieces.index(papers)
+            self._halves[key] = (FillIn(pieces[:at]), FillIn(pieces[at + 1 :]))
+        return self._halves[key]
+
+    def _paper_template(self, meta: bool) -> tuple[Compiled, tuple[str, str], str]:
+        """``paper.html.j2`` as it stands in a digest (through MJML), cut where its topics
+        line starts: the head's pieces, the tail with a topics line (before, after the
+        topics), and the tail without one."""
+        if meta not in self._paper_templates:
+
+            def variant(topics: bool) -> Compiled:
+                blank = tuple(s for s, on in (("meta", meta), ("topics", topics)) if not on)
+                return compile_template(
+                    name="paper.html.j2",
+                    slots=_PAPER_SLOTS,
+                    render=lambda ctx: mjml_fragment(
+                        render_template(self.root, "paper.html.j2", ctx)
+                    ),
+                    blank=blank,
+                )
+
+            with_line, without = variant(True).pieces, variant(False).pieces
+            at = with_line.index("topics")
+            if with_line[: at - 1] != without[:-1]:  # the cut below relies on this
+                raise RenderError("paper.html.j2: the topics line must come after everything else")
+            shared = _common_start(with_line[at - 1], without[-1])
+            head = Compiled((*with_line[: at - 1], shared))
+            tail_with = (with_line[at - 1][len(shared) :], with_line[at + 1])
+            self._paper_templates[meta] = (head, tail_with, without[-1][len(shared) :])
+        return self._paper_templates[meta]
+
+    # --- the papers, cached -------------------------------------------------------------
+
+    def _papers_part(
+        self, papers: tuple[DigestPaper, ...]
+    ) -> tuple[list[EncodedPart], list[EncodedPart]]:
+        """The papers' blocks, HTML and text; per tuple of papers, by value (digests of
+        one ranking share one tuple, so the lookup is an identity check)."""
+        found = self._papers.get(papers)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        if not papers:
+            blocks = (
+                [mime.encode(str(escape(content.NO_PAPERS)))],
+                [mime.encode(content.NO_PAPERS + "\n\n")],
+            )
+            return self._papers.put(papers, blocks)  # type: ignore[no-any-return]
+        html: list[EncodedPart] = []
+        text: list[EncodedPart] = []
+        for i, paper in enumerate(papers, 1):
+            meta = content.meta_line(paper)
+            html += (self._html_head(paper, meta), self._html_tail(paper.matched_topics, meta))
+            text += (self._text_head(i, paper, meta), self._text_tail(paper.matched_topics))
+        return self._papers.put(papers, (html, text))  # type: ignore[no-any-return]
+
+    def _html_head(self, paper: DigestPaper, meta: str) -> EncodedPart:
+        key = (paper.title, paper.abstract, meta, paper.matched_terms)
+        found = self._heads.get(key)
+        if found is None:
+            head = self._paper_template(bool(meta))[0]
+            title, excerpt = content.paper_texts(paper.title, paper.abstract)
+            filled = head.fill(
+                {
+                    "title_html": content.highlight(title, paper.matched_terms),
+                    "meta": escape(meta),
+                    "excerpt_html": content.highlight(excerpt, paper.matched_terms),
+                }
+            )
+            found = self._heads.put(key, mime.encode(filled))
+        return found  # type: ignore[no-any-return]
+
+    def _html_tail(self, matched_topics: tuple[str, ...], meta: str) -> EncodedPart:
+        key = (matched_topics, bool(meta))
+        found = self._tails.get(key)
+        if found is None:
+            _, (before, after), without = self._paper_template(bool(meta))
+            line = content.topics_line(matched_topics)
+            # str(): Markup on the right of "+" would escape the template text on its left.
+            text = before + str(escape(line)) + after if line else without
+            found = self._tails.put(key, mime.encode(text))
+        return found  # type: ignore[no-any-return]
+
+    def _text_head(self, index: int, paper: DigestPaper, meta: str) -> EncodedPart:
+        key = (index, paper.title, paper.abstract, meta)
+        found = self._numbered.get(key)
+        if found is None:
+            plain_key = key[1:]
+            head = self._text_heads.get(plain_key)
+            if head is None:
+                head = self._text_heads.put(
+                    plain_key,
+                    mime.encode(content.paper_text_head(paper.title, paper.abstract, meta)),
+                )
+            number = content.numbered(index, "    ")  # "1.  ": as wide as the indent
+            found = self._numbered.put(key, mime.with_prefix(head, number, replacing=4))
+        return found  # type: ignore[no-any-return]
+
+    def _text_tail(self, matched_topics: tuple[str, ...]) -> EncodedPart:
+        found = self._text_tails.get(matched_topics)
+        if found is None:
+            found = self._text_tails.put(
+                matched_topics, mime.encode(content.paper_text_tail(matched_topics))
+            )
+        return found  # type: ignore[no-any-return]

@@ -1,0 +1,28 @@
+"""The size budget: a digest's HTML stays under Gmail's clipping point, whatever it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from newsletter.render.content import Digest
+from newsletter.render.mime import RenderedDigest
+
+HTML_BUDGET = 95_000  # bytes of HTML: Gmail clips at 102 kB and hides what follows
+
+
+def within_budget(digest: Digest, render: Callable[[Digest], RenderedDigest]) -> RenderedDigest:
+    """``render(digest)``, with papers moved to the "N more" count (the last first, so
+    the best stay) until the HTML fits ``HTML_BUDGET``: the footer's unsubscribe link
+    stays above the clip."""
+    rendered = render(digest)
+    keep = len(digest.papers)
+    while keep > 1 and len(rendered.html.encode()) > HTML_BUDGET:
+        keep = max(1, keep * HTML_BUDGET // len(rendered.html.encode()) - 1)
+        fewer = replace(
+            digest,
+            papers=digest.papers[:keep],
+            more_count=digest.more_count + len(digest.papers) - keep,
+        )
+        rendered = render(fewer)
+    return rendered

@@ -1,0 +1,56 @@
+"""A rendered message as a backend takes it: MIME bytes, DKIM-signed when configured."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from newsletter.backends.base import OutgoingMessage
+from newsletter.render.batch import BatchRenderer
+from newsletter.render.content import Confirmation, Digest, Sender
+from newsletter.render.mime import RenderedDigest, to_mime_bytes
+from newsletter.render.reference import render_confirmation, render_digest
+from newsletter.signing import Signer
+
+
+def outgoing(
+    *,
+    digest: Digest,
+    sender: Sender,
+    signer: Signer | None = None,
+    renderer: BatchRenderer | None = None,
+) -> OutgoingMessage:
+    """A digest's message; through ``renderer`` when given (the delivery loop's), else
+    the reference renderer (a preview, a test)."""
+    if renderer is not None:
+        rendered = renderer.render(digest=digest, sender=sender)
+    else:
+        rendered = render_digest(digest=digest, sender=sender)
+    return _message(rendered, digest.message_id, digest.to_address, digest.edition, sender, signer)
+
+
+def outgoing_confirmation(
+    *, confirmation: Confirmation, sender: Sender, signer: Signer | None = None
+) -> OutgoingMessage:
+    rendered = render_confirmation(confirmation=confirmation, sender=sender)
+    c = confirmation
+    return _message(rendered, c.message_id, c.to_address, c.date.date(), sender, signer)
+
+
+def _message(
+    rendered: RenderedDigest,
+    message_id: str,
+    to_address: str,
+    edition: date,
+    sender: Sender,
+    signer: Signer | None,
+) -> OutgoingMessage:
+    data = to_mime_bytes(rendered=rendered)
+    return OutgoingMessage(
+        message_id=message_id,
+        sender=sender.address,
+        recipients=(to_address,),
+        data=data if signer is None else signer.sign(data),
+        edition=edition,
+        html=rendered.html,
+        crlf_only=True,  # to_mime_bytes writes CRLF only
+    )

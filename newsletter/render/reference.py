@@ -1,0 +1,113 @@
+"""The plain renderer: every message through Jinja2 and MJML, nothing cached, no tricks.
+
+It is what a digest *is*; the batch renderer (``batch.py``) must produce the same
+subject, headers, text and HTML, byte for byte (tests/test_render_batch.py holds it
+to that on the sample corpus and on random text). It also renders the messages that
+are not worth compiling: confirmations, previews, the archive page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from markupsafe import Markup, escape
+
+from newsletter.render import content, mime
+from newsletter.render.budget import within_budget
+from newsletter.render.compiled import TEMPLATES_DIR, mjml_to_html, render_template
+from newsletter.render.content import Confirmation, Digest, DigestPaper, Sender
+from newsletter.render.headers import check_url, digest_headers, transactional_headers
+from newsletter.render.mime import RenderedDigest
+
+
+def paper_context(paper: DigestPaper) -> dict[str, object]:
+    """What ``paper.html.j2`` is given for one paper."""
+    title, excerpt = content.paper_texts(paper.title, paper.abstract)
+    return {
+        "title_html": content.highlight(title, paper.matched_terms),
+        "meta": content.meta_line(paper),
+        "excerpt_html": content.highlight(excerpt, paper.matched_terms),
+        "topics": content.topics_line(paper.matched_topics),
+    }
+
+
+def papers_text(papers: tuple[DigestPaper, ...]) -> str:
+    """The papers in the text part: numbered, wrapped at 78 columns."""
+    if not papers:
+        return content.NO_PAPERS + "\n\n"
+    return "".join(
+        content.numbered(i, content.paper_text_head(p.title, p.abstract, content.meta_line(p)))
+        + content.paper_text_tail(p.matched_topics)
+        for i, p in enumerate(papers, 1)
+    )
+
+
+def digest_values(digest: Digest, sender: Sender, subject: str) -> dict[str, str]:
+    """The digest's own values, as both templates show them (before escaping)."""
+    topics = content.footer_topics(digest.papers)
+    note = content.footer_note(topics)
+    brand = content.brand(sender)
+    return {
+        "subject": subject,
+        "preview": content.preview(digest, subject),
+        "brand": brand,
+        "edition": content.format_date(digest.edition),
+        "headline": content.headline(digest),
+        "to_name": content.clean(digest.to_name or ""),
+        "more": content.more_line(digest) if digest.more_count > 0 else "",
+        "to_address": content.clean(digest.to_address),
+        "topics": note,
+        "footer": content.footer_text(to_address=digest.to_address, brand_name=brand, note=note),
+        "archive_url": digest.archive_url,
+        "preferences_url": digest.preferences_url,
+        "unsubscribe_url": digest.unsubscribe_url,
+    }
+
+
+def render_digest(
+    *, digest: Digest, sender: Sender, templates_dir: Path | None = None
+) -> RenderedDigest:
+    """Render the subject, HTML and text parts and the ordered, checked headers, within
+    the size budget."""
+    root = (templates_dir or TEMPLATES_DIR).resolve()
+    return within_budget(digest, lambda d: _render(d, sender, root))
+
+
+def _render(digest: Digest, sender: Sender, root: Path) -> RenderedDigest:
+    subject = content.subject(digest)
+    headers = digest_headers(digest=digest, sender=sender, subject=subject)
+    for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
+        check_url(name, getattr(digest, name))
+    values = digest_values(digest, sender, subject)
+    if digest.papers:
+        blocks = [render_template(root, "paper.html.j2", paper_context(p)) for p in digest.papers]
+        papers_html = Markup("".join(blocks))  # safe: Jinja escaped every value in them
+    else:
+        papers_html = escape(content.NO_PAPERS)
+    html_context = values | {"papers_html": papers_html}
+    html = mjml_to_html(render_template(root, "digest.mjml.j2", html_context))
+    text_context = values | {"papers_text": papers_text(digest.papers)}
+    text = render_template(root, "digest.txt.j2", text_context)
+    return RenderedDigest(subject, headers, mime.encode(text), mime.encode(html))
+
+
+def render_confirmation(
+    *, confirmation: Confirmation, sender: Sender, templates_dir: Path | None = None
+) -> RenderedDigest:
+    """Subject, HTML (MJML), text and headers of a double opt-in confirmation."""
+    brand = content.brand(sender)
+    subject = f"Confirm your subscription to {brand}"
+    url = check_url("confirm_url", confirmation.confirm_url)
+    headers = transactional_headers(confirmation=confirmation, sender=sender, subject=subject)
+    root = (templates_dir or TEMPLATES_DIR).resolve()
+    context = {
+        "subject": subject,
+        "preview": "One click to start receiving your digests",
+        "brand": brand,
+        "to_address": content.clean(confirmation.to_address),
+        "confirm_url": url,
+        "hours": f"{confirmation.expires_hours:g}",
+    }
+    html = mjml_to_html(render_template(root, "confirm.mjml.j2", context))
+    text = render_template(root, "confirm.txt.j2", context).strip() + "\n"
+    return RenderedDigest(subject, headers, mime.encode(text), mime.encode(html))

@@ -1,0 +1,130 @@
+"""Every setting with its default and what it does: the source of config/.env.example.
+
+``newsletter config --example`` prints the file; tests/test_config.py checks the two
+agree, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREFIX = "NEWSLETTER_"
+REPO_ENV_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / ".env.example"
+
+# name -> (default, description). The description is what .env.example shows.
+SETTINGS_DOC: dict[str, tuple[str, str]] = {
+    "NEWSLETTER_HOME": (".", "Directory the relative defaults below live in."),
+    "DATABASE_URL": (
+        "sqlite:///data/newsletter.db",
+        "SQLAlchemy URL; e.g. postgresql+psycopg://user@127.0.0.1:5432/newsletter. "
+        "A relative SQLite path is taken from NEWSLETTER_HOME.",
+    ),
+    "NEWSLETTER_CORPUS_DIR": ("corpus", "Where page dumps (*.txt) arrive."),
+    "NEWSLETTER_OUTBOX_DIR": ("outbox", "Test mode: where the file backend writes .eml files."),
+    "NEWSLETTER_DELIVERY": ("file", "How digests leave: file (test mode), smtp, memory."),
+    "NEWSLETTER_FROM": ("papers@localhost", "Sender address of every digest."),
+    "NEWSLETTER_FROM_NAME": ("Paper Digest", "Sender display name."),
+    "NEWSLETTER_BASE_URL": (
+        "http://localhost:8000",
+        "Public URL of the web app; unsubscribe and preference links start with it.",
+    ),
+    "NEWSLETTER_SECRET_KEY": (
+        "",
+        "Signs unsubscribe and preference tokens (32+ random characters). Unset: one is "
+        "generated once into data/secret_key; set it in production.",
+    ),
+    "NEWSLETTER_DEFAULT_TIMEZONE": ("UTC", "IANA zone for subscribers added without --tz."),
+    "NEWSLETTER_DEFAULT_SEND_AT": ("08:00", "Local send time for subscribers added without one."),
+    "NEWSLETTER_DIGEST_MAX_PAPERS": ("20", "Most papers in one digest; the rest are counted."),
+    "NEWSLETTER_FIRST_DIGEST_DAYS": (
+        "7",
+        "A subscriber's first digest covers papers first seen this many days back.",
+    ),
+    "NEWSLETTER_SMTP_HOST": ("localhost", "SMTP relay (with NEWSLETTER_DELIVERY=smtp)."),
+    "NEWSLETTER_SMTP_PORT": ("25", "Relay port: 25 or 587 (starttls), 465 (implicit)."),
+    "NEWSLETTER_SMTP_TLS": ("none", "none, starttls or implicit."),
+    "NEWSLETTER_SMTP_USERNAME": ("", "Relay login; empty: no AUTH."),
+    "NEWSLETTER_SMTP_PASSWORD": ("", "Relay password (a secret: set it in the environment)."),
+    "NEWSLETTER_SMTP_TIMEOUT": (
+        "30",
+        "Seconds to wait for the relay before a try counts as failed.",
+    ),
+    "NEWSLETTER_SMTP_POOL_SIZE": ("4", "Parallel connections to the relay."),
+    "NEWSLETTER_SMTP_MAX_PER_CONNECTION": (
+        "100",
+        "Messages sent on one connection before reconnecting.",
+    ),
+    "NEWSLETTER_SMTP_RATE": ("0", "Most messages per second in all (0: no limit)."),
+    "NEWSLETTER_LEASE_SECONDS": (
+        "300",
+        "How long a worker holds a claimed digest; a dead worker's are taken back after this.",
+    ),
+    "NEWSLETTER_SEND_WORKERS": (
+        "1",
+        "Delivery processes `newsletter send` runs beside planning (one per core is "
+        "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
+    ),
+    "NEWSLETTER_WEB_HOST": (
+        "127.0.0.1",
+        "Address `newsletter serve` listens on (0.0.0.0 in a container behind a proxy).",
+    ),
+    "NEWSLETTER_WEB_PORT": ("8000", "Port of the web pages (unsubscribe, archive, /healthz)."),
+    "NEWSLETTER_CONFIRM_HOURS": (
+        "48",
+        "A web sign-up not confirmed within this many hours is forgotten.",
+    ),
+    "NEWSLETTER_ADMIN_TOKEN": (
+        "",
+        "Bearer token for the admin API under /api/ (32+ characters); empty: API off.",
+    ),
+    "NEWSLETTER_LOG_FORMAT": ("text", "Log lines as text or json (one object per line)."),
+    "NEWSLETTER_LOG_LEVEL": ("info", "debug, info, warning or error."),
+    "NEWSLETTER_INGEST_MINUTES": ("5", "`newsletter run`: how often to look for new corpus files."),
+    "NEWSLETTER_PLAN_MINUTES": ("5", "`newsletter run`: how often to plan digests that are due."),
+    "NEWSLETTER_OPERATOR_EMAIL": ("", "Where the daily operator report goes; empty: no report."),
+    "NEWSLETTER_REPORT_AT": ("07:00", "UTC time of the daily operator report."),
+    "NEWSLETTER_SEND_EMPTY": (
+        "no",
+        "yes: a subscriber with nothing new gets a short 'nothing matched today' note.",
+    ),
+    "NEWSLETTER_TRUSTED_PROXIES": (
+        "",
+        "Comma-separated addresses of your reverse proxies; only their X-Forwarded-For "
+        "is believed (sign-up rate limits go by client address). Empty: none.",
+    ),
+    "NEWSLETTER_CORPUS_MAX_MB": (
+        "64",
+        "Largest corpus file read, in MiB; a larger one is refused with a message.",
+    ),
+    "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
+    "NEWSLETTER_DKIM_SELECTOR": (
+        "",
+        "DKIM selector (s=): the key is at <selector>._domainkey.<domain>.",
+    ),
+    "NEWSLETTER_DKIM_KEY_FILE": (
+        "",
+        "PEM RSA private key file for DKIM (keep it secret: mount it, never commit it).",
+    ),
+    "NEWSLETTER_RETRY_BASE_SECONDS": ("60", "First retry delay; doubles each try, with jitter."),
+    "NEWSLETTER_RETRY_MAX_SECONDS": ("3600", "Longest delay between two tries."),
+    "NEWSLETTER_RETRY_DEADLINE_HOURS": (
+        "48",
+        "Give up on a digest this long after it was planned (a soft bounce).",
+    ),
+    "NEWSLETTER_SOFT_BOUNCE_LIMIT": (
+        "3",
+        "Soft bounces in a row that suppress a subscriber (a hard bounce suppresses at once).",
+    ),
+}
+
+
+def env_example() -> str:
+    """The text of config/.env.example, generated from SETTINGS_DOC so the two cannot drift."""
+    lines = [
+        "# newsletter settings. Copy to .env (or set in the environment) and edit.",
+        "# Every line shows the default; the embedded mode needs none of them.",
+        "",
+    ]
+    for name, (default, doc) in SETTINGS_DOC.items():
+        lines += [f"# {doc}", f"# {name}={default}", ""]
+    return "\n".join(lines)
