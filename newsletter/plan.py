@@ -7,9 +7,11 @@ Three phases, one function each:
    digest covers the papers first seen since their previous one (``covers_until`` of
    that row; for a first digest, ``first_digest_days`` back) that were never sent to
    them. The edition is the subscriber's local calendar date.
-2. ``_Matcher``: the candidate papers indexed once (``filters.DayIndex``); each distinct
-   filter evaluated once for all papers; a subscriber's digest is the union of their
-   filters' matches, restricted to what is new for them, ranked.
+2. ``_Matcher``: the candidate papers indexed once (``filters.DayIndex``) against the
+   reference window, with their stored vectors; each distinct topic scored once for
+   all papers (``relevance``); a subscriber's digest is the papers their topics let in
+   at their dial step, restricted to what is new for them, ranked, and those just
+   below the line. Planning reads stored vectors only: it never runs the model.
 3. ``_record``: rows inserted in bulk. One row per (subscriber, edition) is a unique
    constraint, so planning twice, or two planners at once, cannot make two digests:
    the loser's insert is skipped and it moves on. The Message-ID is chosen here, once,
@@ -33,7 +35,7 @@ from sqlmodel import Session, select
 from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
-from newsletter.filters import DayIndex, PaperDoc, Ranked, Ranker, compile_filter
+from newsletter.embed.store import display
 from newsletter.ledger.jobs import digest_papers
 from newsletter.links import Links, Recipient
 from newsletter.models import (
@@ -46,7 +48,9 @@ from newsletter.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from newsletter.subscribers import find, normalize_email, topics_by_subscriber
+from newsletter.relevance import DEFAULT_DIAL, Pick, Picked, Scorer, Topic
+from newsletter.relevance.day import day_scorer
+from newsletter.subscribers import find, normalize_email, topic_rows
 
 RECORD_BATCH = 1000  # digests written per round trip batch
 FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
@@ -71,7 +75,7 @@ def new_message_id(*, edition: date, subscriber_id: int, domain: str) -> str:
 class PlannedDigest:
     email: str
     edition: date
-    ranked: Ranked
+    ranked: Picked
     delivery_id: int | None  # None on a dry run
     subscriber_id: int | None = None
 
@@ -90,27 +94,14 @@ class _Due:
     email: str
     edition: date
     since: datetime  # papers first seen after this are new for them
+    dial: int = DEFAULT_DIAL
 
 
 @dataclass(frozen=True, slots=True)
 class _Draft:
     due: _Due
-    ranked: Ranked
+    ranked: Picked
     items: str  # the ledger snapshot (``snapshot.encode``)
-
-
-def paper_doc(paper: Paper) -> PaperDoc:
-    organization = " ".join(x for x in (paper.organization_handle, paper.organization) if x)
-    return PaperDoc(
-        id=paper.id,  # type: ignore[arg-type]
-        title=paper.title,
-        abstract=paper.abstract,
-        organization=organization or None,
-        upvotes=paper.upvotes,
-        authors=paper.authors,
-        published_on=paper.published_on,
-        first_seen_at=paper.first_seen_at,
-    )
 
 
 def plan_digests(
@@ -141,8 +132,9 @@ def plan_digests(
         )
         if not due:
             return report
-        topics = topics_by_subscriber(session=session, ids=[d.subscriber_id for d in due])
-        matcher = _Matcher.load(session, since=min(d.since for d in due), now=now)
+        topics = topic_rows(session=session, ids=[d.subscriber_id for d in due])
+        wanted = {t for ts in topics.values() for t in ts}
+        matcher = _Matcher.load(session, since=min(d.since for d in due), now=now, topics=wanted)
         drafts: list[_Draft] = []
         batch_size = FIRST_RECORD_BATCH
         for d in due:
@@ -191,6 +183,7 @@ def _who_is_due(
         Subscriber.send_at,
         Subscriber.cadence,
         Subscriber.weekday,
+        Subscriber.dial,
     ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
     if only_email is not None:
         query = query.where(Subscriber.email == only_email)
@@ -211,7 +204,7 @@ def _who_is_due(
         )
     }
     due: list[_Due] = []
-    for sid, email, timezone, send_at, cadence, weekday in subscribers:
+    for sid, email, timezone, send_at, cadence, weekday, dial in subscribers:
         edition = local_edition(now=now, timezone=timezone)
         prev = last.get(sid)
         if prev is not None and prev[0] >= edition and not next_edition:
@@ -221,32 +214,31 @@ def _who_is_due(
         elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
             report.not_due.append(email)
         else:
-            due.append(_Due(sid, email, edition, prev[1] if prev is not None else first_since))
+            since = prev[1] if prev is not None else first_since
+            due.append(_Due(sid, email, edition, since, dial))
     return due
 
 
-_Key = tuple[tuple[str, ...], int, int]  # (filters, papers in reach as a bitset, limit)
-
-
 class _Matcher:
-    """Phase 2: the candidate papers, indexed once, and each subscriber's ranking.
+    """Phase 2: the candidate papers, scored once per distinct topic, and each
+    subscriber's pick. Subscribers who chose the same topics and dial and are due the
+    same papers share one pick (the scorer memoizes it) and so one ledger snapshot,
+    encoded once here under the pick's key: a value, never an object's identity."""
 
-    Subscribers who chose the same filters and are due the same papers share one
-    ranking (the ranker memoizes it) and so one ledger snapshot, encoded once here
-    under the same key: a value, never an object's identity."""
-
-    def __init__(self, papers: list[Paper], sent: dict[int, set[int]]) -> None:
-        self.docs = [paper_doc(p) for p in papers]  # oldest first: the since-masks need it
-        self.index = DayIndex(self.docs)
-        self.ranker = Ranker(self.index)
+    def __init__(self, papers: list[Paper], sent: dict[int, set[int]], scorer: Scorer) -> None:
+        self.scorer = scorer
         self.sent = sent
-        self.position = {doc.id: i for i, doc in enumerate(self.docs)}
-        self.seen = [doc.first_seen_at for doc in self.docs]
+        self.position = {p.id: i for i, p in enumerate(papers)}  # oldest first
+        self.seen = [p.first_seen_at for p in papers]
+        self.everything = (1 << len(papers)) - 1
         self.shown = {p.id: (p.upvotes, p.authors, p.organization, p.published_on) for p in papers}
+        self.abstracts = {p.id: p.abstract for p in papers}
         self._snapshots: dict[_Key, str] = {}
 
     @classmethod
-    def load(cls, session: Session, *, since: datetime, now: datetime) -> _Matcher:
+    def load(
+        cls, session: Session, *, since: datetime, now: datetime, topics: set[Topic]
+    ) -> _Matcher:
         papers = list(
             session.exec(
                 select(Paper)
@@ -254,29 +246,42 @@ class _Matcher:
                 .order_by(Paper.first_seen_at, Paper.id)
             )
         )
-        return cls(papers, _sent_papers(session=session, since=since))
+        scorer = day_scorer(session, papers=papers, now=now, topics=topics)
+        return cls(papers, _sent_papers(session=session, since=since), scorer)
 
-    def rank(self, due: _Due, queries: list[str], limit: int) -> tuple[Ranked, _Key]:
-        """The subscriber's ranking, and its key: what makes two rankings the same."""
-        filters = [compile_filter(q) for q in queries]
+    def rank(self, due: _Due, topics: list[Topic], limit: int) -> tuple[Picked, _Key]:
+        """The subscriber's pick, and its key: what makes two picks the same."""
         # New for this subscriber: first seen after `since` (a suffix, the list is in
         # first-seen order), minus what one of their digests already held.
         first_new = bisect.bisect_right(self.seen, due.since)
-        within = self.index.everything & ~((1 << first_new) - 1)
+        within = self.everything & ~((1 << first_new) - 1)
         for paper_id in self.sent.get(due.subscriber_id, ()):
             if paper_id in self.position:
                 within &= ~(1 << self.position[paper_id])
-        ranked = self.ranker.rank(filters, within=within, limit=limit)
-        return ranked, (tuple(queries), within, limit)
+        key = (tuple(topics), within, limit, due.dial)
+        return self.scorer.pick(topics, within=within, limit=limit, dial=due.dial), key
 
-    def snapshot(self, ranked: Ranked, key: _Key) -> str:
+    def snapshot(self, picked: Picked, key: _Key) -> str:
         text = self._snapshots.get(key)
         if text is None:
             text = self._snapshots[key] = snapshot.encode(
-                snapshot.Item(m.paper_id, m.filters, m.words, *self.shown[m.paper_id])
-                for m in ranked.matches
+                [self._item(m, near=False) for m in picked.matches]
+                + [self._item(m, near=True) for m in picked.near]
             )
         return text
+
+    def _item(self, m: Pick, *, near: bool) -> snapshot.Item:
+        sentence = None
+        if m.sentence is not None:
+            a, b = m.sentence
+            sentence = display(self.abstracts[m.paper_id])[a:b]
+        return snapshot.Item(
+            m.paper_id, m.filters, m.words, *self.shown[m.paper_id],
+            close_to=m.close_to if m.meaning else None, sentence=sentence, near=near,
+        )  # fmt: skip
+
+
+_Key = tuple[tuple[Topic, ...], int, int, int]  # (topics, papers in reach as a bitset, limit, dial)
 
 
 def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
@@ -370,7 +375,7 @@ def preview_digest(
         papers = {p.id: p for p in session.exec(select(Paper).where(Paper.id.in_(ids)))}  # type: ignore[union-attr]
         items = tuple(
             snapshot.Item(m.paper_id, m.filters, m.words, p.upvotes, p.authors, p.organization,
-                          p.published_on)
+                          p.published_on, close_to=m.close_to if m.meaning else None)
             for m in planned.ranked.matches
             for p in (papers[m.paper_id],)
         )  # fmt: skip

@@ -39,7 +39,7 @@ from typing import IO
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from newsletter import db, eventloop, signups
+from newsletter import db, embed, eventloop, signups
 from newsletter.backends import EmailBackend
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
@@ -154,10 +154,15 @@ class Jobs:
                         "papers": result.papers,
                     },
                 )
+        if report.new_papers:
+            embedded = embed.catch_up(engine=self.engine)
+            if embedded is not None:
+                log.info("papers embedded", extra={"papers": embedded.embedded})
 
     def plan(self) -> None:
         if not self.leadership.held():
             return
+        embed.catch_up(engine=self.engine)  # new topics (and anything ingest missed)
         report = plan_digests(engine=self.engine, settings=self.settings, now=self.now())
         for planned in report.planned:
             log.info(

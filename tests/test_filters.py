@@ -4,10 +4,12 @@ and ranking with its explanations."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -810,3 +812,23 @@ def test_not_only_filter_matches_and_explains_with_no_words() -> None:
     ranked = rank(docs, ["-video"])
     assert ids(ranked) == [3, 2]
     assert all(m.filters == ("-video",) and m.words == () for m in ranked.matches)
+
+
+def test_word_scores_over_all_papers_at_once_equal_paper_by_paper(
+    corpus_docs: list[PaperDoc], corpus_index: DayIndex
+) -> None:
+    """The array path (counts kept at indexing) against its oracle, the per-paper loop,
+    for every word and adjacent pair of the corpus's titles, in every field form."""
+    ranker = Ranker(corpus_index)
+    from newsletter.filters.ast import Phrase, Term
+    from newsletter.filters.tokens import tokens
+
+    leaves: set[Term | Phrase] = set()
+    for doc in corpus_docs[::7]:
+        words = tokens(doc.title)
+        for a, b in itertools.pairwise(words):
+            leaves |= {Term(a), Term(a, field="title"), Phrase((a, b)), Phrase((a,), "abstract")}
+    assert len(leaves) > 500
+    for leaf in leaves:
+        fast, slow = ranker.leaf_scores(leaf), ranker.leaf_scores_by_paper(leaf)
+        assert np.allclose(fast, slow, rtol=1e-12, atol=1e-12), leaf

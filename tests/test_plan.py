@@ -109,7 +109,9 @@ def test_title_hits_rank_above_abstract_hits_and_upvotes_break_ties(engine, sett
     )
     subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
     ranked = _plan(engine, settings, now).planned[0].ranked
-    assert [m.paper_id for m in ranked.matches] == [in_title_popular, in_title, in_abstract]
+    # A passing mention in an abstract stays below the line: counted, not shown.
+    assert [m.paper_id for m in ranked.matches] == [in_title_popular, in_title]
+    assert [m.paper_id for m in ranked.near] == [in_abstract]
 
 
 def test_only_subscribers_past_their_local_send_time_are_due(engine, settings, now) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from newsletter.corpus.ingest import ingest
 from newsletter.filters import DayIndex, Ranker, compile_filter
 from newsletter.ledger.jobs import digest_papers
 from newsletter.models import Paper
-from newsletter.plan import paper_doc
+from newsletter.relevance.day import paper_doc
 from newsletter.render import (
     BatchRenderer,
     Digest,
@@ -35,6 +36,7 @@ from newsletter.render import (
     to_mime_bytes,
 )
 from newsletter.render.compiled import TEMPLATES_DIR
+from newsletter.render.content import clean
 from newsletter.snapshot import Item
 from tests.conftest import CORPUS
 
@@ -150,13 +152,16 @@ names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), ma
             st.lists(texts, max_size=3),
             st.none() | st.integers(0, 10**6),
             st.none() | texts,
+            st.none() | texts,
+            st.none() | st.integers(0, 300),
         ),
         max_size=8,
     ),
     more=st.integers(0, 3),
+    near=st.integers(0, 3),
     name=st.none() | names,
 )
-def test_batch_equals_reference_on_random_text(papers, more, name) -> None:  # type: ignore[no-untyped-def]
+def test_batch_equals_reference_on_random_text(papers, more, near, name) -> None:  # type: ignore[no-untyped-def]
     shown = tuple(
         DigestPaper(
             title=t,
@@ -165,10 +170,13 @@ def test_batch_equals_reference_on_random_text(papers, more, name) -> None:  # t
             matched_terms=tuple(terms),
             upvotes=upvotes,
             organization=org,
+            close_to=close_to,
+            # the nearest sentence is a piece of the abstract as displayed
+            nearest=clean(a)[start or 0 : (start or 0) + 60] if start is not None else None,
         )
-        for t, a, topics, terms, upvotes, org in papers
+        for t, a, topics, terms, upvotes, org, close_to, start in papers
     )
-    assert_same(BatchRenderer(), digest(shown, more=more, name=name))
+    assert_same(BatchRenderer(), replace(digest(shown, more=more, name=name), near_count=near))
 
 
 @pytest.mark.parametrize(

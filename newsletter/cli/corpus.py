@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
+import sqlalchemy as sa
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -14,6 +16,7 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.models import Paper, utcnow
+from newsletter.relevance import ALPHA, DIAL, Picked, Scorer, Topic, TopicScores
 from newsletter.text import terminal_safe
 
 if TYPE_CHECKING:
@@ -83,8 +86,43 @@ def ingest(
     states = Counter(f.status for f in report.files)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no files"
     out.print(f"{len(report.files)} files ({summary}); {report.new_papers} new papers")
+    embed_stored(ctx.engine)
     if report.errors:
         raise typer.Exit(1)
+
+
+def embed_stored(engine: sa.Engine, *, rebuild: bool = False) -> None:
+    """Embed the papers and topics that have no current vector, with a progress bar."""
+    from newsletter import embed
+
+    with _progress() as progress:
+        task = progress.add_task("embedding", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            report = embed.embed_papers(engine=engine, rebuild=rebuild, on_progress=advance)
+            report.topics = embed.embed_topics(engine=engine)
+        except embed.ModelMissingError as exc:
+            err.print(f"warning: meaning is off: {exc}", markup=False)
+            return
+    if report.embedded or report.topics:
+        out.print(
+            f"embedded {report.embedded} papers and {report.topics} topics "
+            f"({embed.MODEL_NAME}; {report.reused} papers unchanged)",
+            markup=False,
+        )
+
+
+@papers_app.command("embed")
+def papers_embed(
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Embed every paper again, not only what changed.")
+    ] = False,
+) -> None:
+    """Compute the embeddings of papers (and topics) that have none, or a stale one."""
+    embed_stored(_context().engine, rebuild=rebuild)
 
 
 @papers_app.command("list")
@@ -132,43 +170,115 @@ def filters_test(
     query: Annotated[
         str, typer.Argument(help="A filter, e.g. 'diffusion AND NOT video' or 'org:\"ZIP Lab\"'.")
     ],
-    limit: Annotated[int, typer.Option(help="Show this many of the best matches.")] = 10,
+    about: Annotated[
+        str | None, typer.Option("--about", help="A sentence about the topic (its meaning).")
+    ] = None,
+    dial: Annotated[
+        int, typer.Option(min=1, max=5, help="1 fewest, surest papers ... 5 more, broader.")
+    ] = 3,
+    limit: Annotated[int, typer.Option(help="Show this many of the included papers.")] = 20,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list the matches below the line, with scores.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Show how many stored papers a filter matches and the best ones, matched words highlighted."""
+    """What a digest with this topic would include from the stored papers, best first,
+    with the parts of each score; --all shows where the line falls."""
+    from newsletter import embed
+    from newsletter.embed.store import ensure_topic_vectors
+    from newsletter.filters import compile_filter, to_query
+    from newsletter.relevance.day import day_scorer, text_of
+    from newsletter.subscribers import validate_topic
 
-    from newsletter.filters import DayIndex, Ranker, compile_filter, to_query
-    from newsletter.plan import paper_doc
-
-    flt = compile_filter(query)  # a syntax error goes to main(), which draws the caret
+    compile_filter(query)  # a syntax error goes to main(), which draws the caret
+    topic = Topic(query, about)
+    if about is not None:
+        validate_topic({"filter": query, "about": about})
     ctx = _context()
+    try:
+        ensure_topic_vectors(engine=ctx.engine, texts=[text_of(topic)])
+    except embed.ModelMissingError as exc:
+        err.print(f"warning: meaning is off: {exc}", markup=False)
     with db.session_scope(engine=ctx.engine) as session:
-        docs = [
-            paper_doc(p)
-            for p in session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id))
-        ]
-    ranker = Ranker(DayIndex(docs))
-    ranked = ranker.rank([flt], limit=limit)
+        papers = list(session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id)))
+        scorer = day_scorer(session, papers=papers, now=utcnow(), topics=[topic])
+    titles = {p.id: p.title for p in papers}
+    scores = scorer.topic(topic)
+    picked = scorer.pick([topic], within=None, limit=10**9, dial=dial)
+    shown = picked.matches[:limit]
+    below = _below_the_line(scorer, scores, picked, dial) if show_all else []
+    step = DIAL[dial]
+
+    def row(i: int, pid: int, meaning: bool = False) -> dict[str, object]:
+        return {
+            "id": pid,
+            "title": titles[pid],
+            "score": round(float(scores.fused[i]), 3),
+            "lexical": round(float(scores.lexical[i]), 3),
+            "semantic": round(float(scores.semantic[i]), 3) if scores.has_meaning[i] else None,
+            "matched": bool(scores.matched[i]),
+            "words": list(scorer_words(scorer, topic, i)),
+            "carried_by_meaning": meaning,
+        }
+
     if as_json:
         _print_json(
             {
                 "query": query,
-                "canonical": to_query(flt.tree),
-                "matched": ranked.total,
-                "papers": [
-                    {
-                        "id": m.paper_id,
-                        "title": docs[m.index].title,
-                        "score": round(m.score, 4),
-                        "words": m.words,
-                    }
-                    for m in ranked.matches
-                ],
+                "canonical": to_query(compile_filter(query).tree),
+                "about": about,
+                "dial": dial,
+                "threshold": step.threshold,
+                "matched": int(scores.matched.sum()),
+                "included": picked.total,
+                "papers": [row(m.index, m.paper_id, m.meaning) for m in shown],
+                **({"below": [row(i, pid) for i, pid in below]} if show_all else {}),
             }
         )
         return
-    out.print(f"{ranked.total} of {len(docs)} papers match {to_query(flt.tree)}", markup=False)
-    for rank, m in enumerate(ranked.matches, start=1):
-        title = Text(f"{rank:3}. {docs[m.index].title}")
+    canonical = to_query(compile_filter(query).tree)
+    out.print(
+        f"{int(scores.matched.sum())} of {len(papers)} papers match {canonical}", markup=False
+    )
+    out.print(f"{picked.total} make the digest at dial {dial} ({step.label})", markup=False)
+    for rank, m in enumerate(shown, start=1):
+        title = Text(terminal_safe(f"{rank:3}. {titles[m.paper_id]}"))
         title.highlight_words(m.words, style="bold underline", case_sensitive=False)
-        out.print(title, Text(f"  [{m.score:.2f}] {', '.join(m.words)}", style="dim"))
+        out.print(title, Text("  " + _parts(scores, m.index, m.meaning), style="dim"))
+    if show_all:
+        out.print(f"below the line (score under {step.threshold}):", markup=False)
+        for i, pid in below:
+            out.print(
+                Text(terminal_safe(f"     {titles[pid]}")),
+                Text("  " + _parts(scores, i), style="dim"),
+            )
+
+
+def scorer_words(scorer: Scorer, topic: Topic, i: int) -> tuple[str, ...]:
+    """The words of the filter the paper holds, as it writes them."""
+    from newsletter.filters import compile_filter
+
+    words: dict[str, None] = {}
+    for leaf in compile_filter(topic.query).leaves:
+        words.update(dict.fromkeys(scorer.ranker.shown(leaf, i)))
+    return tuple(words)
+
+
+def _below_the_line(
+    scorer: Scorer, scores: TopicScores, picked: Picked, dial: int
+) -> list[tuple[int, int]]:
+    """Matches left out, and papers close in meaning, best first: where the line falls."""
+    inside = {m.index for m in picked.matches}
+    near = scores.matched | scores.near(DIAL[dial])
+    left = [int(i) for i in np.flatnonzero(near) if int(i) not in inside]
+    left.sort(key=lambda i: -float(scores.fused[i]))
+    return [(i, int(scorer.ranker.ids[i])) for i in left]
+
+
+def _parts(scores: TopicScores, i: int, meaning: bool = False) -> str:
+    semantic = f"{scores.semantic[i]:+.2f}" if scores.has_meaning[i] else "n/a"
+    why = " (carried by meaning)" if meaning else ""
+    return (
+        f"[{scores.fused[i]:.2f} = words {scores.lexical[i]:.2f} + {ALPHA} x meaning {semantic}]"
+        + why
+    )

@@ -28,6 +28,7 @@ from newsletter.cli.common import (
     err,
     out,
 )
+from newsletter.cli.corpus import embed_stored
 
 
 @app.command()
@@ -67,6 +68,8 @@ def send(
 
         email = normalize_email(subscriber)
     workers = workers or ctx.settings.send_workers
+    if not dry_run:  # what ingest could not embed (the model was missing), and new topics
+        embed_stored(ctx.engine)
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and not dry_run and sid is None:

@@ -35,6 +35,16 @@ def subscribers_add(
         list[str],
         typer.Option("--topic", "-t", help='A topic filter: keywords or "a phrase". Repeatable.'),
     ],
+    about: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--about",
+            help="A sentence about the topic given in the same position (its meaning). Repeatable.",
+        ),
+    ] = None,
+    dial: Annotated[
+        int, typer.Option(min=1, max=5, help="1 fewest, surest papers ... 5 more, broader.")
+    ] = 3,
     name: Annotated[str | None, typer.Option(help="Display name for the To header.")] = None,
     tz: Annotated[
         str | None, typer.Option("--tz", help="IANA time zone, e.g. Europe/Paris.")
@@ -44,16 +54,24 @@ def subscribers_add(
     """Subscribe an address with one or more topic filters."""
     from newsletter.subscribers import add_subscriber, validate_subscriber
 
+    abouts = list(about or [])
+    if len(abouts) > len(topic):
+        raise typer.BadParameter("one --about per --topic at most", param_hint="--about")
+    topics = [
+        {"filter": t, "about": a} if a else t
+        for t, a in zip(topic, abouts + [""] * (len(topic) - len(abouts)), strict=True)
+    ]
     ctx = _context()
     sub = validate_subscriber(
         email=email,
-        topics=topic,
+        topics=topics,
         name=name,
         timezone=tz or ctx.settings.default_timezone,
         send_at=send_at or ctx.settings.default_send_at,
     )
     with db.session_scope(engine=ctx.engine) as session:
-        add_subscriber(session=session, subscriber=sub, now=utcnow())
+        row = add_subscriber(session=session, subscriber=sub, now=utcnow())
+        row.dial = dial
     out.print(f"subscribed {sub.email} ({len(sub.topics)} topics, {sub.send_at} {sub.timezone})")
 
 

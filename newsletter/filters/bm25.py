@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from newsletter.filters.docs import PaperDoc, analyse
 
 if TYPE_CHECKING:
     from newsletter.filters.index import DayIndex
@@ -24,13 +27,24 @@ class CorpusStats:
 
     @classmethod
     def of(cls, index: DayIndex) -> CorpusStats:
-        df: Counter[str] = Counter()
-        total = 0.0
-        for fields in index.fields:
-            df.update(set(fields["title"].stems) | set(fields["abstract"].stems))
-            total += TITLE_BOOST * len(fields["title"].stems) + len(fields["abstract"].stems)
-        return cls(n=index.n, df=dict(df), avg_len=(total / index.n) if index.n else 1.0)
+        return _stats((f["title"].stems, f["abstract"].stems) for f in index.fields)
 
     def idf(self, stem_key: str) -> float:
         df = self.df.get(stem_key, 0)
         return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+
+
+def corpus_stats(docs: Iterable[PaperDoc]) -> CorpusStats:
+    """The statistics of a set of papers without indexing them (the reference window)."""
+    return _stats((analyse(d.title).stems, analyse(d.abstract).stems) for d in docs)
+
+
+def _stats(papers: Iterable[tuple[list[str], list[str]]]) -> CorpusStats:
+    """From each paper's (title stems, abstract stems)."""
+    df: Counter[str] = Counter()
+    total, n = 0.0, 0
+    for title, abstract in papers:
+        df.update(set(title) | set(abstract))
+        total += TITLE_BOOST * len(title) + len(abstract)
+        n += 1
+    return CorpusStats(n=n, df=dict(df), avg_len=(total / n) if n else 1.0)

@@ -21,6 +21,8 @@ import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
+
 from newsletter.filters.ast import All, And, Compare, Node, Not, Or, Phrase, Term
 from newsletter.filters.bm25 import CorpusStats
 from newsletter.filters.docs import (
@@ -151,15 +153,20 @@ class DayIndex:
         # (so a two-word phrase is one look-up, not a scan). Exact words are
         # looked up on demand (exact_bits): few filters use them.
         members: dict[str, defaultdict[str, list[int]]] = {f: defaultdict(list) for f in FIELDS}
+        occurrences: dict[str, defaultdict[str, list[int]]] = {f: defaultdict(list) for f in FIELDS}
         vocab: dict[str, set[str]] = {f: set() for f in FIELDS}
         for i, doc in enumerate(self.papers):
             analysed = {f: analyse(field_text(doc, f)) for f in FIELDS}
             self.fields.append(analysed)
             for f, fa in analysed.items():
-                field_members = members[f]
-                for key in itertools.chain(fa.counts, fa.bigrams):
-                    field_members[key].append(i)
+                field_members, field_occurrences = members[f], occurrences[f]
+                for counter in (fa.counts, fa.bigrams):
+                    for key, count in counter.items():
+                        field_members[key].append(i)
+                        field_occurrences[key].append(count)
                 vocab[f].update(fa.words)
+        self._members, self._occurrences = members, occurrences
+        self._counts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.postings: dict[str, dict[str, int]] = {
             f: {k: _bits(v) for k, v in m.items()} for f, m in members.items()
         }
@@ -241,6 +248,17 @@ class DayIndex:
                     bits |= 1 << i
             self._exact[key] = bits
         return bits
+
+    def key_counts(self, f: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The papers holding a stem (or two adjacent stems "a b") in field f, and how
+        many times each: for scoring a word over all papers at once."""
+        found = self._counts.get((f, key))
+        if found is None:
+            found = self._counts[(f, key)] = (
+                np.array(self._members[f].get(key, ()), dtype=np.int64),
+                np.array(self._occurrences[f].get(key, ()), dtype=np.float64),
+            )
+        return found
 
     def leaf_counts(self, leaf: Term | Phrase, i: int) -> list[tuple[str, int]]:
         """(field, occurrences) of ``leaf`` in paper i, from the per-field counters."""

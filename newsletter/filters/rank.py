@@ -77,6 +77,18 @@ class Ranked:
         return self.total - len(self.matches)
 
 
+def _plain_key(leaf: Term | Phrase) -> str | None:
+    """The index key a word or short phrase is counted under, or None when it has none
+    (prefixes, exact words, phrases of three words or more: scored paper by paper)."""
+    if isinstance(leaf, Term):
+        return None if leaf.prefix or leaf.exact else stem(leaf.word)
+    if len(leaf.words) == 1:
+        return stem(leaf.words[0])
+    if len(leaf.words) == 2:
+        return f"{stem(leaf.words[0])} {stem(leaf.words[1])}"
+    return None
+
+
 class Ranker:
     """Matches and ranks subscribers' filters against one DayIndex, caching shared work.
 
@@ -106,6 +118,9 @@ class Ranker:
         )
         self.ids = np.array([p.id for p in index.papers], dtype=np.int64)
         self._zeros = np.zeros(n)
+        self._lengths = np.array(
+            [TITLE_BOOST * len(f["title"].stems) + len(f["abstract"].stems) for f in index.fields]
+        )
         self._nbytes = (n + 7) // 8
 
     # --- matching -------------------------------------------------------------------
@@ -137,6 +152,26 @@ class Ranker:
         index, stats = self.index, self.index.stats
         words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
         idf = sum(stats.idf(stem(w)) for w in words)
+        key = _plain_key(leaf)
+        if key is not None:  # a stem or an adjacent pair: counted at indexing, scored at once
+            tf = np.zeros(index.n)
+            for f in (leaf.field,) if leaf.field else ("title", "abstract"):
+                papers, counts = index.key_counts(f, key)
+                tf[papers] += (TITLE_BOOST if f == "title" else 1.0) * counts
+            norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
+            scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
+            self._leaf_scores[leaf] = scores
+            return scores
+        scores = self.leaf_scores_by_paper(leaf)
+        self._leaf_scores[leaf] = scores
+        return scores
+
+    def leaf_scores_by_paper(self, leaf: Term | Phrase) -> np.ndarray:
+        """``leaf_scores`` the plain way, paper by paper: for what has no index key, and
+        the oracle the array version is tested against."""
+        index, stats = self.index, self.index.stats
+        words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
+        idf = sum(stats.idf(stem(w)) for w in words)
         scores = np.zeros(index.n)
         for i in iter_bits(index.evaluate(leaf)):
             tf = sum(
@@ -146,7 +181,6 @@ class Ranker:
             length = TITLE_BOOST * len(fields["title"].stems) + len(fields["abstract"].stems)
             norm = K1 * (1 - B + B * length / stats.avg_len)
             scores[i] = idf * tf * (K1 + 1) / (tf + norm)
-        self._leaf_scores[leaf] = scores
         return scores
 
     def filter_scores(self, flt: CompiledFilter) -> np.ndarray:

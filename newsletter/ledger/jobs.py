@@ -51,6 +51,12 @@ Job = DigestJob | ConfirmationJob | UnreadableJob
 
 
 @dataclass(frozen=True, slots=True)
+class _Papers:
+    shown: tuple[DigestPaper, ...]  # in the email
+    near: tuple[DigestPaper, ...]  # just below the line: counted in the email, listed online
+
+
+@dataclass(frozen=True, slots=True)
 class _Reader:
     status: str | None
     name: str | None
@@ -71,6 +77,8 @@ def digest_papers(
                 upvotes=i.upvotes,
                 matched_topics=i.topics,
                 matched_terms=i.terms,
+                close_to=i.close_to,
+                nearest=i.sentence,
             )
             for i in items
         )
@@ -86,7 +94,8 @@ class JobLoader:
 
     links: Links
     confirm_hours: float = 48
-    _papers: dict[str, tuple[tuple[tuple[str, str], ...], tuple[DigestPaper, ...]]] = field(
+    with_near: bool = False  # the archive page lists the papers just below the line too
+    _papers: dict[str, tuple[tuple[tuple[str, str], ...], _Papers]] = field(
         default_factory=dict, repr=False
     )
     _papers_max: int = 20_000
@@ -115,7 +124,7 @@ class JobLoader:
                 select(Paper.id, Paper.title, Paper.abstract).where(Paper.id.in_(wanted))  # type: ignore[union-attr]
             )
         }
-        papers: dict[str, tuple[DigestPaper, ...] | str] = {}
+        papers: dict[str, _Papers | str] = {}
         for text, items in decoded.items():
             try:
                 papers[text] = items if isinstance(items, str) else self._shared(text, items, texts)
@@ -142,7 +151,7 @@ class JobLoader:
         self,
         row: sa.Row[tuple[object, ...]],
         reader: _Reader,
-        papers: dict[str, tuple[DigestPaper, ...] | str],
+        papers: dict[str, _Papers | str],
     ) -> Job:
         delivery_id: int = row.id  # type: ignore[assignment]
         sid: int = row.subscriber_id  # type: ignore[assignment]
@@ -175,7 +184,9 @@ class JobLoader:
             to_address=to_address,
             to_name=reader.name,
             edition=edition,
-            papers=shown,
+            papers=shown.shown,
+            near_count=len(shown.near),
+            near_papers=shown.near if self.with_near else (),
             more_count=row.more_count,  # type: ignore[arg-type]
             message_id=row.message_id,  # type: ignore[arg-type]
             date=row.created_at,  # type: ignore[arg-type]
@@ -187,7 +198,7 @@ class JobLoader:
 
     def _shared(
         self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
-    ) -> tuple[DigestPaper, ...]:
+    ) -> _Papers:
         try:
             shown = tuple(texts[i.paper_id] for i in items)
         except KeyError as exc:
@@ -195,7 +206,10 @@ class JobLoader:
         entry = self._papers.get(text)
         if entry is not None and entry[0] == shown:
             return entry[1]
-        papers = digest_papers(items=items, texts=texts)
+        papers = _Papers(
+            digest_papers(items=tuple(i for i in items if not i.near), texts=texts),
+            digest_papers(items=tuple(i for i in items if i.near), texts=texts),
+        )
         if len(self._papers) >= self._papers_max:
             self._papers.clear()
         self._papers[text] = (shown, papers)
@@ -215,4 +229,5 @@ def job_for(*, session: Session, delivery_id: int, links: Links) -> Job | None:
     from newsletter.models import Delivery
 
     rows = list(session.exec(select(*LEDGER_COLUMNS).where(Delivery.id == delivery_id)))  # type: ignore[call-overload]
-    return load_jobs(session=session, rows=rows, links=links)[0] if rows else None
+    jobs = JobLoader(links=links, with_near=True).load(session=session, rows=rows)
+    return jobs[0] if jobs else None

@@ -39,13 +39,14 @@ from newsletter.render.reference import digest_values
 
 _SHELL_SLOTS = (
     "subject", "preview", "brand", "edition", "headline", "to_name", "papers_html",
-    "more", "to_address", "topics", "archive_url", "preferences_url", "unsubscribe_url",
+    "more", "near", "to_address", "topics", "archive_url", "preferences_url", "unsubscribe_url",
 )  # fmt: skip
 _PAPER_SLOTS = ("title_html", "meta", "excerpt_html", "topics")
 _TEXT_SLOTS = (
-    "brand", "edition", "headline", "to_name", "papers_text", "more", "footer",
+    "brand", "edition", "headline", "to_name", "papers_text", "more", "near", "footer",
     "archive_url", "preferences_url", "unsubscribe_url",
 )  # fmt: skip
+_OPTIONAL = ("to_name", "more", "near")  # values a template tests with {% if %}
 _CACHE_MAX = 50_000  # entries per cache; a cache that fills is emptied and refilled
 
 
@@ -69,7 +70,7 @@ class BatchRenderer:
 
     def __init__(self, *, templates_dir: Path | None = None) -> None:
         self.root = (templates_dir or TEMPLATES_DIR).resolve()
-        self._halves: dict[tuple[str, bool, bool], tuple[FillIn, FillIn]] = {}
+        self._halves: dict[tuple[str, tuple[bool, ...]], tuple[FillIn, FillIn]] = {}
         self._paper_templates: dict[bool, tuple[Compiled, tuple[str, str], str]] = {}
         self._heads = _Bounded()  # (title, abstract, meta, terms) -> the paper, highlighted
         self._tails = _Bounded()  # (matched topics, meta) -> its "Matched: …" line and end
@@ -80,6 +81,8 @@ class BatchRenderer:
         self._aria = _Bounded()  # subject -> what MJML makes of it in the aria-label
 
     def render(self, *, digest: Digest, sender: Sender) -> RenderedDigest:
+        if digest.near_papers:  # the archive page's: rendered plainly, never mailed
+            raise ValueError("the batch renderer renders emails: near_papers must be empty")
         return within_budget(digest, lambda d: self._render(d, sender))
 
     def _render(self, digest: Digest, sender: Sender) -> RenderedDigest:
@@ -89,12 +92,12 @@ class BatchRenderer:
             check_url(name, getattr(digest, name))
         values = digest_values(digest, sender, subject)
         html_blocks, text_blocks = self._papers_part(digest.papers)
-        named, more = bool(values["to_name"]), bool(values["more"])
+        variant = tuple(bool(values[k]) for k in _OPTIONAL)
         html_values = {k: str(escape(v)) for k, v in values.items()}
         html_values["subject_aria"] = self._aria_label(html_values["subject"])
-        before, after = self._halves_of("digest.mjml.j2", named, more)
+        before, after = self._halves_of("digest.mjml.j2", variant)
         html = mime.join([before.fill(html_values), *html_blocks, after.fill(html_values)])
-        before, after = self._halves_of("digest.txt.j2", named, more)
+        before, after = self._halves_of("digest.txt.j2", variant)
         text = mime.join([before.fill(values), *text_blocks, after.fill(values)])
         return RenderedDigest(subject, headers, text, html)
 
@@ -106,13 +109,15 @@ class BatchRenderer:
 
     # --- the templates, compiled on first use ------------------------------------------
 
-    def _halves_of(self, name: str, named: bool, more: bool) -> tuple[FillIn, FillIn]:
-        """A digest template before and after its papers' slot, for one variant."""
-        key = (name, named, more)
+    def _halves_of(self, name: str, variant: tuple[bool, ...]) -> tuple[FillIn, FillIn]:
+        """A digest template before and after its papers' slot, for one variant (which
+        of the optional values are there)."""
+        key = (name, variant)
         if key not in self._halves:
             html = name.endswith(".mjml.j2")
             slots, papers = (_SHELL_SLOTS, "papers_html") if html else (_TEXT_SLOTS, "papers_text")
-            blank = tuple(s for s, on in (("to_name", named), ("more", more)) if not on)
+            blank = tuple(s for s, on in zip(_OPTIONAL, variant, strict=True) if not on)
+            blank += ("near_html",) if html else ()
 
             def render(context: dict[str, object]) -> str:
                 text = render_template(self.root, name, context)
@@ -179,32 +184,34 @@ class BatchRenderer:
         text: list[EncodedPart] = []
         for i, paper in enumerate(papers, 1):
             meta = content.meta_line(paper)
-            html += (self._html_head(paper, meta), self._html_tail(paper.matched_topics, meta))
-            text += (self._text_head(i, paper, meta), self._text_tail(paper.matched_topics))
+            html += (self._html_head(paper, meta), self._html_tail(paper, meta))
+            text += (self._text_head(i, paper, meta), self._text_tail(paper))
         return self._papers.put(papers, (html, text))  # type: ignore[no-any-return]
 
     def _html_head(self, paper: DigestPaper, meta: str) -> EncodedPart:
-        key = (paper.title, paper.abstract, meta, paper.matched_terms)
+        key = (paper.title, paper.abstract, meta, paper.matched_terms, paper.nearest)
         found = self._heads.get(key)
         if found is None:
             head = self._paper_template(bool(meta))[0]
-            title, excerpt = content.paper_texts(paper.title, paper.abstract)
+            title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
             filled = head.fill(
                 {
                     "title_html": content.highlight(title, paper.matched_terms),
                     "meta": escape(meta),
-                    "excerpt_html": content.highlight(excerpt, paper.matched_terms),
+                    "excerpt_html": content.excerpt_html(
+                        excerpt, paper.matched_terms, paper.nearest
+                    ),
                 }
             )
             found = self._heads.put(key, mime.encode(filled))
         return found  # type: ignore[no-any-return]
 
-    def _html_tail(self, matched_topics: tuple[str, ...], meta: str) -> EncodedPart:
-        key = (matched_topics, bool(meta))
+    def _html_tail(self, paper: DigestPaper, meta: str) -> EncodedPart:
+        key = (paper.matched_topics, paper.close_to, bool(meta))
         found = self._tails.get(key)
         if found is None:
             _, (before, after), without = self._paper_template(bool(meta))
-            line = content.topics_line(matched_topics)
+            line = content.topics_line(paper.matched_topics, paper.close_to)
             # str(): Markup on the right of "+" would escape the template text on its left.
             text = before + str(escape(line)) + after if line else without
             found = self._tails.put(key, mime.encode(text))
@@ -225,10 +232,10 @@ class BatchRenderer:
             found = self._numbered.put(key, mime.with_prefix(head, number, replacing=4))
         return found  # type: ignore[no-any-return]
 
-    def _text_tail(self, matched_topics: tuple[str, ...]) -> EncodedPart:
-        found = self._text_tails.get(matched_topics)
+    def _text_tail(self, paper: DigestPaper) -> EncodedPart:
+        key = (paper.matched_topics, paper.close_to)
+        found = self._text_tails.get(key)
         if found is None:
-            found = self._text_tails.put(
-                matched_topics, mime.encode(content.paper_text_tail(matched_topics))
-            )
+            text = content.paper_text_tail(paper.matched_topics, paper.close_to)
+            found = self._text_tails.put(key, mime.encode(text))
         return found  # type: ignore[no-any-return]

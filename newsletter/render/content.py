@@ -48,6 +48,8 @@ class DigestPaper:
     upvotes: int | None = None
     matched_topics: tuple[str, ...] = ()  # the subscriber's filters that matched (user text)
     matched_terms: tuple[str, ...] = ()  # words/phrases that matched (lowercase), highlighted
+    close_to: str | None = None  # the topic sentence whose meaning carried it in
+    nearest: str | None = None  # the abstract's sentence nearest that topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class Digest:
     unsubscribe_url: str  # https://…/u/TOKEN
     preferences_url: str  # https://…/p/TOKEN
     archive_url: str  # https://…/d/TOKEN ("view in browser")
+    near_count: int = 0  # papers just below the line, listed in the archive
+    near_papers: tuple[DigestPaper, ...] = ()  # those papers: the archive page only
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +183,33 @@ def wrap(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=20_000)
-def paper_texts(title: str, abstract: str) -> tuple[str, str]:
-    """The title and the excerpt as shown: LaTeX resolved, one line, the excerpt cut."""
-    return clean(latex_to_text(title)) or "(untitled)", shorten(
-        clean(latex_to_text(abstract)), EXCERPT_CHARS
-    )
+def paper_texts(title: str, abstract: str, nearest: str | None = None) -> tuple[str, str]:
+    """The title and the excerpt as shown: LaTeX resolved, one line, the excerpt cut.
+
+    With ``nearest`` (the sentence closest to the topic that carried the paper in on
+    meaning), the excerpt starts there when it would not show in the opening."""
+    text = clean(latex_to_text(abstract))
+    if nearest and nearest in text:
+        at = text.index(nearest)
+        if at + len(nearest) > EXCERPT_CHARS - 1:
+            text = ELLIPSIS + " " + text[at:]
+    return clean(latex_to_text(title)) or "(untitled)", shorten(text, EXCERPT_CHARS)
+
+
+def excerpt_html(excerpt: str, terms: tuple[str, ...], nearest: str | None) -> Markup:
+    """The excerpt, matched words in <mark>, the sentence nearest the topic in <strong>."""
+    if nearest and nearest in excerpt:
+        before, _, after = excerpt.partition(nearest)
+        return Markup("").join(
+            (
+                highlight(before, terms),
+                Markup("<strong>"),
+                highlight(nearest, terms),
+                Markup("</strong>"),
+                highlight(after, terms),
+            )
+        )
+    return highlight(excerpt, terms)
 
 
 def meta_line(paper: DigestPaper) -> str:
@@ -208,18 +234,23 @@ def topic_list(topics: list[str] | tuple[str, ...], shown: int) -> str:
     return ", ".join(names)
 
 
-def topics_line(matched_topics: tuple[str, ...]) -> str:
-    """The paper's "Matched: …" line ("" when no filter is named)."""
+def topics_line(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:
+    """Why the paper is here: "Matched: …" and, when meaning carried it, what it is
+    close to ("" when nothing is named)."""
     topics = tuple(t for t in map(clean, matched_topics) if t)
     if topics == ("*",):
         return "Among the day's most upvoted papers"
-    return "Matched: " + topic_list(topics, TOPICS_SHOWN) if topics else ""
+    line = "Matched: " + topic_list(topics, TOPICS_SHOWN) if topics else ""
+    if close_to and clean(close_to):
+        close = f"close to “{shorten(clean(close_to), TOPIC_CHARS)}”"
+        line = f"{line} · {close}" if line else close[0].upper() + close[1:]
+    return line
 
 
-def paper_text_head(title: str, abstract: str, meta: str) -> str:
+def paper_text_head(title: str, abstract: str, meta: str, nearest: str | None = None) -> str:
     """A paper in the text part up to its topics line, indented four spaces (the number
     goes into the indent of the first line)."""
-    title_text, excerpt = paper_texts(title, abstract)
+    title_text, excerpt = paper_texts(title, abstract, nearest)
     lines = [fill(title_text, indent="    ")]
     if meta:
         lines.append(fill(meta, indent="    "))
@@ -227,8 +258,8 @@ def paper_text_head(title: str, abstract: str, meta: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paper_text_tail(matched_topics: tuple[str, ...]) -> str:
-    topics = topics_line(matched_topics)
+def paper_text_tail(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:
+    topics = topics_line(matched_topics, close_to)
     return ("\n" + fill(topics, indent="    ") + "\n" if topics else "") + "\n"
 
 
@@ -288,6 +319,12 @@ def preview(digest: Digest, subject_line: str) -> str:
 def more_line(digest: Digest) -> str:
     n = digest.more_count
     return f"{n} more {'paper' if n == 1 else 'papers'}"
+
+
+def near_line(digest: Digest) -> str:
+    """Papers just below the line: "and 4 more that might interest you"."""
+    n = digest.near_count
+    return f"{n} more that might interest you" if n else ""
 
 
 def footer_topics(papers: tuple[DigestPaper, ...]) -> list[str]:

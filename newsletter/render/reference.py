@@ -22,13 +22,18 @@ from newsletter.render.mime import RenderedDigest
 
 def paper_context(paper: DigestPaper) -> dict[str, object]:
     """What ``paper.html.j2`` is given for one paper."""
-    title, excerpt = content.paper_texts(paper.title, paper.abstract)
+    title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
     return {
         "title_html": content.highlight(title, paper.matched_terms),
         "meta": content.meta_line(paper),
-        "excerpt_html": content.highlight(excerpt, paper.matched_terms),
-        "topics": content.topics_line(paper.matched_topics),
+        "excerpt_html": content.excerpt_html(excerpt, paper.matched_terms, paper.nearest),
+        "topics": content.topics_line(paper.matched_topics, paper.close_to),
     }
+
+
+def papers_html(papers: tuple[DigestPaper, ...], root: Path) -> Markup:
+    blocks = [render_template(root, "paper.html.j2", paper_context(p)) for p in papers]
+    return Markup("".join(blocks))  # safe: Jinja escaped every value in them
 
 
 def papers_text(papers: tuple[DigestPaper, ...]) -> str:
@@ -36,8 +41,10 @@ def papers_text(papers: tuple[DigestPaper, ...]) -> str:
     if not papers:
         return content.NO_PAPERS + "\n\n"
     return "".join(
-        content.numbered(i, content.paper_text_head(p.title, p.abstract, content.meta_line(p)))
-        + content.paper_text_tail(p.matched_topics)
+        content.numbered(
+            i, content.paper_text_head(p.title, p.abstract, content.meta_line(p), p.nearest)
+        )
+        + content.paper_text_tail(p.matched_topics, p.close_to)
         for i, p in enumerate(papers, 1)
     )
 
@@ -55,6 +62,7 @@ def digest_values(digest: Digest, sender: Sender, subject: str) -> dict[str, str
         "headline": content.headline(digest),
         "to_name": content.clean(digest.to_name or ""),
         "more": content.more_line(digest) if digest.more_count > 0 else "",
+        "near": content.near_line(digest),
         "to_address": content.clean(digest.to_address),
         "topics": note,
         "footer": content.footer_text(to_address=digest.to_address, brand_name=brand, note=note),
@@ -79,12 +87,12 @@ def _render(digest: Digest, sender: Sender, root: Path) -> RenderedDigest:
     for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
         check_url(name, getattr(digest, name))
     values = digest_values(digest, sender, subject)
-    if digest.papers:
-        blocks = [render_template(root, "paper.html.j2", paper_context(p)) for p in digest.papers]
-        papers_html = Markup("".join(blocks))  # safe: Jinja escaped every value in them
-    else:
-        papers_html = escape(content.NO_PAPERS)
-    html_context = values | {"papers_html": papers_html}
+    html_context = values | {
+        "papers_html": papers_html(digest.papers, root)
+        if digest.papers
+        else escape(content.NO_PAPERS),
+        "near_html": papers_html(digest.near_papers, root),
+    }
     html = mjml_to_html(render_template(root, "digest.mjml.j2", html_context))
     text_context = values | {"papers_text": papers_text(digest.papers)}
     text = render_template(root, "digest.txt.j2", text_context)

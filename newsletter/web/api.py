@@ -22,13 +22,11 @@ from newsletter import subscribers
 from newsletter.db import session_scope
 from newsletter.errors import DuplicateSubscriberError, SubscriberError
 from newsletter.ledger import stats, unsubscribes_by_edition
-from newsletter.models import Cadence, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import Subscriber, SubscriberStatus, utcnow
+from newsletter.relevance import DEFAULT_DIAL
 from newsletter.runtime import Runtime
-from newsletter.subscribers import MAX_NAME_CHARS, MAX_TOPIC_CHARS, MAX_TOPICS
 from newsletter.values import ascii_int
-
-_PAGE_MAX = 500
-_ADMIN_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED)
+from newsletter.web.openapi import ADMIN_STATUSES, OPENAPI, PAGE_MAX
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -51,6 +49,7 @@ def _subscriber_json(row: Subscriber, topics: list[str]) -> dict[str, Any]:
         "send_at": row.send_at,
         "cadence": row.cadence,
         "weekday": row.weekday,
+        "dial": row.dial,
         "created_at": row.created_at.isoformat(),
     }
 
@@ -74,10 +73,11 @@ def _str_field(body: dict[str, Any], name: str, default: str | None = None) -> s
     return value
 
 
-def _topics_field(body: dict[str, Any]) -> list[str]:
+def _topics_field(body: dict[str, Any]) -> list[object]:
+    """Filters as text ("FILTER" or "FILTER | sentence") or {"filter": ..., "about": ...}."""
     topics = body.get("topics", [])
-    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-        raise SubscriberError("must be a list of strings", field="topics")
+    if not isinstance(topics, list) or not all(isinstance(t, str | dict) for t in topics):
+        raise SubscriberError("must be a list of filters", field="topics")
     return topics
 
 
@@ -127,8 +127,8 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
         offset = _page_param(request, "offset", 0)
         if limit is None or offset is None:
             return _error(422, "limit and offset must be whole numbers", "limit")
-        if not (1 <= limit <= _PAGE_MAX and 0 <= offset <= 2**31):
-            return _error(422, f"limit must be 1-{_PAGE_MAX}, offset 0 or more", "limit")
+        if not (1 <= limit <= PAGE_MAX and 0 <= offset <= 2**31):
+            return _error(422, f"limit must be 1-{PAGE_MAX}, offset 0 or more", "limit")
         with session_scope(engine=engine) as session:
             query = select(Subscriber).order_by(Subscriber.id).offset(offset).limit(limit)
             if status is not None:
@@ -148,8 +148,11 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
             timezone=_str_field(body, "timezone", settings.default_timezone) or "",
             send_at=_str_field(body, "send_at", settings.default_send_at) or "",
         )
+        dial = subscribers.validate_dial(body.get("dial", DEFAULT_DIAL))
         with session_scope(engine=engine) as session:
             row = subscribers.add_subscriber(session=session, subscriber=new, now=utcnow())
+            row.dial = dial
+            session.add(row)
             return JSONResponse(_subscriber_json(row, list(new.topics)), status_code=201)
 
     def _id(request: Request) -> int | None:
@@ -186,8 +189,9 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
             cadence, weekday = subscribers.validate_cadence(
                 cadence=body.get("cadence", row.cadence), weekday=body.get("weekday", row.weekday)
             )
+            row.dial = subscribers.validate_dial(body.get("dial", row.dial))
             status = _str_field(body, "status", row.status)
-            if status != row.status and status not in _ADMIN_STATUSES:
+            if status != row.status and status not in ADMIN_STATUSES:
                 raise SubscriberError("can be set to active or unsubscribed", field="status")
             if status == SubscriberStatus.UNSUBSCRIBED and row.status != status:
                 subscribers.unsubscribe(
@@ -224,176 +228,3 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
         Route("/api/subscribers/{id}", guarded(update_subscriber), methods=["PATCH"]),
         Route("/api/subscribers/{id}", guarded(delete_subscriber), methods=["DELETE"]),
     ]
-
-
-# --- the OpenAPI description ---------------------------------------------------------------
-
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_SUBSCRIBER = {"$ref": "#/components/schemas/Subscriber"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_ERRORS = {
-    "401": _json(_ERROR, "Missing or wrong bearer token"),
-    "422": _json(_ERROR, "A field is invalid; `field` names it"),
-}
-_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
-_TOPICS = {
-    "type": "array",
-    "items": {"type": "string", "maxLength": MAX_TOPIC_CHARS},
-    "maxItems": MAX_TOPICS,
-}
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "newsletter admin API", "version": "1"},
-    "security": [{"bearer": []}],
-    "paths": {
-        "/api/stats": {
-            "get": {
-                "summary": "Digests by state, bounces, subscribers, unsubscribes per edition",
-                "responses": {"200": _json({"type": "object"}, "Counts"), "401": _ERRORS["401"]},
-            }
-        },
-        "/api/subscribers": {
-            "get": {
-                "summary": "List subscribers",
-                "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": list(SubscriberStatus)},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
-                    },
-                    {
-                        "name": "offset",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**31},
-                    },
-                ],
-                "responses": {
-                    "200": _json({"type": "array", "items": _SUBSCRIBER}, "Subscribers, by id")
-                }
-                | _ERRORS,
-            },
-            "post": {
-                "summary": "Add an active subscriber (no confirmation mail: the operator vouches)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/NewSubscriber"}
-                        }
-                    },
-                },
-                "responses": {
-                    "201": _json(_SUBSCRIBER, "Created"),
-                    "400": _json(_ERROR, "Not a JSON object"),
-                    "409": _json(_ERROR, "The address is already subscribed"),
-                }
-                | _ERRORS,
-            },
-        },
-        "/api/subscribers/{id}": {
-            "parameters": _ID,
-            "get": {
-                "summary": "One subscriber",
-                "responses": {
-                    "200": _json(_SUBSCRIBER, "The subscriber"),
-                    "404": _json(_ERROR, "No such subscriber"),
-                    "401": _ERRORS["401"],
-                },
-            },
-            "patch": {
-                "summary": "Change topics, schedule, cadence, or unsubscribe / reactivate",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/SubscriberChange"}
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json(_SUBSCRIBER, "Changed"),
-                    "400": _json(_ERROR, "Not a JSON object"),
-                    "404": _json(_ERROR, "No such subscriber"),
-                }
-                | _ERRORS,
-            },
-            "delete": {
-                "summary": "Forget a subscriber: filters and ledger go too",
-                "responses": {
-                    "204": {"description": "Deleted"},
-                    "404": _json(_ERROR, "No such subscriber"),
-                    "401": _ERRORS["401"],
-                },
-            },
-        },
-    },
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
-            },
-            "Subscriber": {
-                "type": "object",
-                "required": [
-                    "id",
-                    "email",
-                    "status",
-                    "topics",
-                    "timezone",
-                    "send_at",
-                    "cadence",
-                    "created_at",
-                ],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "email": {"type": "string"},
-                    "name": {"type": "string", "nullable": True},
-                    "status": {"type": "string", "enum": list(SubscriberStatus)},
-                    "topics": {"type": "array", "items": {"type": "string"}},
-                    "timezone": {"type": "string"},
-                    "send_at": {"type": "string"},
-                    "cadence": {"type": "string", "enum": list(Cadence)},
-                    "weekday": {"type": "integer", "nullable": True},
-                    "created_at": {"type": "string", "format": "date-time"},
-                },
-            },
-            "NewSubscriber": {
-                "type": "object",
-                "required": ["email"],
-                "properties": {
-                    "email": {"type": "string", "format": "email", "maxLength": 320},
-                    "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
-                    "topics": _TOPICS,
-                    "timezone": {"type": "string", "maxLength": 64},
-                    "send_at": {"type": "string", "maxLength": 5},
-                },
-            },
-            "SubscriberChange": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
-                    "topics": _TOPICS,
-                    "timezone": {"type": "string", "maxLength": 64},
-                    "send_at": {"type": "string", "maxLength": 5},
-                    "cadence": {"type": "string", "enum": list(Cadence)},
-                    "weekday": {"type": "integer", "minimum": 0, "maximum": 6, "nullable": True},
-                    "status": {"type": "string", "enum": list(_ADMIN_STATUSES)},
-                },
-            },
-        },
-    },
-}

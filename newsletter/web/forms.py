@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 
 from newsletter.errors import ConfigError, SubscriberError
 from newsletter.models import Cadence
+from newsletter.relevance import DEFAULT_DIAL, DIAL
 from newsletter.subscribers import (
     MAX_TOPICS,
     normalize_email,
+    split_topic,
     validate_cadence,
+    validate_dial,
     validate_name,
     validate_topic,
 )
 from newsletter.values import ascii_int, validate_send_at, validate_timezone
 
 CSRF_MAX_AGE = 2 * 3600  # seconds a form stays valid
+DIAL_STEPS = [(str(step), DIAL[step].label) for step in sorted(DIAL)]
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -104,7 +108,8 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
             syntax = exc.__cause__
             column = f", column {syntax.column}" if hasattr(syntax, "column") else ""
             message = getattr(syntax, "message", str(exc).split(": ", 1)[-1])
-            form.errors[name] = f"Line {number}{column}: {message} ({line.strip()})"
+            shown = split_topic(line).query if hasattr(syntax, "column") else line.strip()
+            form.errors[name] = f"Line {number}{column}: {message} ({shown})"
             return topics
         if topic not in topics:
             topics.append(topic)
@@ -147,6 +152,14 @@ def check_name(form: Form) -> str | None:
     except SubscriberError as exc:
         form.errors["name"] = str(exc).split(": ", 1)[-1].capitalize() + "."
         return None
+
+
+def check_dial(form: Form) -> int:
+    try:
+        return validate_dial(form.values.get("dial", "") or str(DEFAULT_DIAL))
+    except SubscriberError:
+        form.errors["dial"] = "Choose how many papers you want."
+        return DEFAULT_DIAL
 
 
 def check_cadence(form: Form) -> tuple[str, int | None]:

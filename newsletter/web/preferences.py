@@ -15,7 +15,7 @@ from newsletter.web.preview import RecentPapers
 from newsletter.web.signup import STALE_FORM
 from newsletter.web.site import Site, masked, recipient
 
-_FIELDS = ("topics", "cadence", "weekday", "timezone", "send_at")
+_FIELDS = ("topics", "dial", "cadence", "weekday", "timezone", "send_at")
 
 
 def routes(site: Site) -> list[Route]:
@@ -36,6 +36,7 @@ def routes(site: Site) -> list[Route]:
             saved=saved,
             counts=counts,
             weekdays=forms.WEEKDAYS,
+            dial_steps=forms.DIAL_STEPS,
             csrf=forms.csrf_token(key=site.key, scope=f"p:{row.id}"),
             unsubscribe=site.runtime.links.unsubscribe(who=recipient(row)),
         )
@@ -49,6 +50,7 @@ def routes(site: Site) -> list[Route]:
             topics = subscribers.topics_by_subscriber(session=session, ids=[row.id])  # type: ignore[list-item]
             values = {
                 "topics": "\n".join(topics.get(row.id, [])),  # type: ignore[arg-type]
+                "dial": str(row.dial),
                 "cadence": row.cadence,
                 "weekday": "" if row.weekday is None else str(row.weekday),
                 "timezone": row.timezone,
@@ -70,6 +72,7 @@ def routes(site: Site) -> list[Route]:
                 form.errors["form"] = STALE_FORM + " Nothing was changed."
                 return form_page(row, form, status=400)
             topics = forms.check_topics(form)
+            dial = forms.check_dial(form)
             cadence, weekday = forms.check_cadence(form)
             tz, at = forms.check_schedule(form)
             if data.get("action") == "preview" or not form.ok:
@@ -79,6 +82,7 @@ def routes(site: Site) -> list[Route]:
                 session=session, subscriber_id=row.id, topics=topics, now=now
             )  # type: ignore[arg-type]
             row.cadence, row.weekday, row.timezone, row.send_at = cadence, weekday, tz, at
+            row.dial = dial
             row.updated_at = now
             session.add(row)
             return form_page(row, form, saved=True)

@@ -11,7 +11,8 @@ from sqlmodel import select
 from newsletter.db import session_scope
 from newsletter.filters import DayIndex, Ranker, compile_filter
 from newsletter.models import Paper
-from newsletter.plan import paper_doc
+from newsletter.relevance.day import paper_doc
+from newsletter.subscribers import split_topic
 
 WINDOW = timedelta(days=30)
 
@@ -28,7 +29,9 @@ class RecentPapers:
 
     def counts(self, *, topics: list[str], now: datetime) -> dict[str, int]:
         ranker = self._current(now)
-        return {t: ranker.filter_bits(compile_filter(t)).bit_count() for t in topics}
+        return {
+            t: ranker.filter_bits(compile_filter(split_topic(t).query)).bit_count() for t in topics
+        }
 
     def _current(self, now: datetime) -> Ranker:
         since = now - WINDOW

@@ -1,0 +1,120 @@
+"""Benchmark: how well what a digest includes matches what a reader judged relevant.
+
+Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic]
+
+Hand-judged topics (default ../shared/relevance/dev_topics.json): each has a filter,
+a sentence about it, and the titles of the sample-corpus papers that belong (main
+subject or a substantial contribution). The bundled corpus is ingested and embedded
+in a temporary database, then for every topic the papers each method includes are
+compared with the judgement:
+
+  filter     every paper the boolean filter matches (what digests held before)
+  lexical    the calibrated score without meaning (no topic vectors), dial step 3
+  dial N     the calibrated score with meaning, at each dial step (3 is the default)
+
+Micro precision and recall count every (topic, paper) decision together; macro
+averages the per-topic figures. Nothing here is fitted: the constants are those in
+newsletter/relevance/score.py, the same for every topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.corpus.ingest import ingest
+from newsletter.corpus.keys import canonical_key
+from newsletter.embed.store import embed_papers, ensure_topic_vectors
+from newsletter.models import Paper
+from newsletter.relevance import DEFAULT_DIAL, DIAL, Topic
+from newsletter.relevance.day import day_scorer, text_of
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus"
+DEV = ROOT.parent / "shared" / "relevance" / "dev_topics.json"
+
+
+def prf(chosen: set[int], relevant: set[int]) -> tuple[int, int, int]:
+    return len(chosen & relevant), len(chosen - relevant), len(relevant - chosen)
+
+
+def line(label: str, counts: list[tuple[str, int, int, int]]) -> str:
+    tp = sum(c[1] for c in counts)
+    fp = sum(c[2] for c in counts)
+    fn = sum(c[3] for c in counts)
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    mp = sum(c[1] / (c[1] + c[2]) if c[1] + c[2] else 1.0 for c in counts) / len(counts)
+    mr = sum(c[1] / (c[1] + c[3]) if c[1] + c[3] else 1.0 for c in counts) / len(counts)
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return f"{label:12s} micro P {p:.2f} R {r:.2f} F1 {f1:.2f}   macro P {mp:.2f} R {mr:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topics", type=Path, action="append", help="judged topics (JSON)")
+    parser.add_argument("--per-topic", action="store_true", help="print each topic's figures")
+    args = parser.parse_args()
+    files = args.topics or [DEV]
+    topics: dict[str, dict[str, object]] = {}
+    for path in files:
+        topics |= json.loads(path.read_text())["topics"]
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = db.make_engine(f"sqlite:///{tmp}/bench.db")
+        db.upgrade(engine=engine)
+        now = datetime.now(UTC)
+        ingest(engine=engine, paths=[CORPUS], now=now)
+        started = time.perf_counter()
+        report = embed_papers(engine=engine)
+        print(f"embedded {report.embedded} papers in {time.perf_counter() - started:.1f} s")
+        asked = {name: Topic(str(t["filter"]), str(t["about"])) for name, t in topics.items()}
+        plain = {name: Topic(str(t["filter"])) for name, t in topics.items()}
+        ensure_topic_vectors(
+            engine=engine, texts=[text_of(t) for t in [*asked.values(), *plain.values()]]
+        )
+        with db.session_scope(engine=engine) as session:
+            papers = list(session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id)))
+            by_key = {canonical_key(p.title): p.id for p in papers}
+            scorer = day_scorer(
+                session, papers=papers, now=now, topics=[*asked.values(), *plain.values()]
+            )
+            blind = day_scorer(session, papers=papers, now=now, topics=[])  # no topic vectors
+        rows: dict[str, list[tuple[str, int, int, int]]] = {}
+        for name, t in sorted(topics.items()):
+            relevant = {by_key[canonical_key(str(x))] for x in t["relevant"]}  # type: ignore[attr-defined]
+            scores = scorer.topic(asked[name])
+            matched = {int(scorer.ranker.ids[i]) for i in scores.matched.nonzero()[0]}
+            rows.setdefault("filter", []).append((name, *prf(matched, relevant)))
+            lexical = blind.pick([asked[name]], within=None, limit=10**6, dial=DEFAULT_DIAL)
+            rows.setdefault("lexical", []).append(
+                (name, *prf({m.paper_id for m in lexical.matches}, relevant))
+            )
+            for step in DIAL:
+                picked = scorer.pick([asked[name]], within=None, limit=10**6, dial=step)
+                rows.setdefault(f"dial {step}", []).append(
+                    (name, *prf({m.paper_id for m in picked.matches}, relevant))
+                )
+            no_about = scorer.pick([plain[name]], within=None, limit=10**6, dial=DEFAULT_DIAL)
+            rows.setdefault("no sentence", []).append(
+                (name, *prf({m.paper_id for m in no_about.matches}, relevant))
+            )
+        print(f"{len(topics)} topics from {', '.join(str(f) for f in files)}; 575 papers")
+        for label, counts in rows.items():
+            note = "  (default)" if label == f"dial {DEFAULT_DIAL}" else ""
+            print(line(label, counts) + note)
+            if args.per_topic:
+                for name, tp, fp, fn in counts:
+                    p = tp / (tp + fp) if tp + fp else 1.0
+                    r = tp / (tp + fn)
+                    print(f"    {name}  P {p:.2f} R {r:.2f}  ({tp} of {tp + fn}, {fp} wrong)")
+
+
+if __name__ == "__main__":
+    main()

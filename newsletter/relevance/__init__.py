@@ -1,0 +1,35 @@
+"""Relevance: what a digest includes, a calibrated decision per (topic, paper).
+
+``reference.py`` holds the window every score is normalised against; ``score.py``
+fuses the filter's lexical evidence with meaning and decides at the subscriber's
+dial step.
+"""
+
+from newsletter.relevance.reference import Reference, load_reference
+from newsletter.relevance.score import (
+    ALPHA,
+    DEFAULT_DIAL,
+    DIAL,
+    Pick,
+    Picked,
+    Scorer,
+    Step,
+    Topic,
+    TopicScores,
+    ceiling,
+)
+
+__all__ = [
+    "ALPHA",
+    "DEFAULT_DIAL",
+    "DIAL",
+    "Pick",
+    "Picked",
+    "Reference",
+    "Scorer",
+    "Step",
+    "Topic",
+    "TopicScores",
+    "ceiling",
+    "load_reference",
+]

@@ -1,0 +1,134 @@
+"""The embedding model and the stored vectors: the same numbers as the reference
+implementation, loaded with no network, computed once, recomputed when they must be."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.embed import store
+from newsletter.embed.encoder import DIM, MODEL_NAME, Encoder, shared_encoder
+from newsletter.models import PaperVector, TopicVector
+from tests.helpers import add_paper
+
+FIXTURE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
+
+
+@pytest.fixture(autouse=True)
+def no_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """These tests watch the model work: the bundled seed vectors are out of the way."""
+    monkeypatch.setattr(store, "SEED_DIR", tmp_path / "no-seed")
+
+
+def test_vectors_equal_sentence_transformers_and_load_without_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fixture was made with sentence-transformers on PyTorch (see its "made_with");
+    our NumPy forward pass must give the same unit vectors, with every socket refused."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    reference = json.loads(FIXTURE.read_text())
+    expected = np.stack(
+        [np.frombuffer(base64.b64decode(v), np.float32) for v in reference["vectors"]]
+    )
+    got = Encoder().encode(reference["texts"]).vectors
+    assert got.shape == (len(reference["texts"]), DIM)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (got * expected).sum(1).min() > 0.9999
+
+
+def test_sentence_vectors_come_from_the_same_pass_and_point_the_right_way() -> None:
+    text = "Graph neural networks for molecules. We predict protein folding with attention."
+    spans = [(0, 36), (37, len(text))]
+    encoded = shared_encoder().encode([text], spans=[spans])
+    sentences = encoded.sentences[0]
+    queries = shared_encoder().encode(["protein structure prediction", "graph learning"]).vectors
+    assert (sentences @ queries[0]).argmax() == 1
+    assert (sentences @ queries[1]).argmax() == 0
+
+
+def _vectors(engine: sa.Engine) -> dict[int, PaperVector]:
+    with db.session_scope(engine=engine) as session:
+        return {v.paper_id: v for v in session.exec(select(PaperVector))}
+
+
+def test_papers_are_embedded_once_then_again_only_when_something_changed(
+    sqlite_engine: sa.Engine, now: datetime
+) -> None:
+    engine = sqlite_engine
+    seen = now - timedelta(hours=1)
+    ids = [
+        add_paper(engine, title=f"Paper {i}", abstract=f"Abstract number {i}. More.", seen=seen)
+        for i in range(3)
+    ]
+    first = store.embed_papers(engine=engine)
+    assert (first.embedded, first.reused) == (3, 0)
+    again = store.embed_papers(engine=engine)
+    assert (again.embedded, again.reused) == (0, 3)
+    before = _vectors(engine)
+    # A changed abstract, a corrupt blob, a vector of another model: each embedded again.
+    with db.session_scope(engine=engine) as session:
+        rewrite = sa.text("UPDATE papers SET abstract = 'Rewritten. Entirely.' WHERE id = :i")
+        session.execute(rewrite, {"i": ids[0]})
+        session.get(PaperVector, ids[1]).vector = b"\x00\x01garbage"  # type: ignore[union-attr]
+    after = store.embed_papers(engine=engine)
+    assert (after.embedded, after.reused) == (2, 1)
+    now_vectors = _vectors(engine)
+    assert now_vectors[ids[2]].vector == before[ids[2]].vector
+    assert now_vectors[ids[0]].text_hash != before[ids[0]].text_hash
+    assert store.unpack(now_vectors[ids[1]].vector, 1) is not None
+    with db.session_scope(engine=engine) as session:
+        session.get(PaperVector, ids[2]).model = "an-older-model"  # type: ignore[union-attr]
+    assert store.embed_papers(engine=engine).embedded == 1
+    assert store.embed_papers(engine=engine, rebuild=True).embedded == 3
+    assert {v.model for v in _vectors(engine).values()} == {MODEL_NAME}
+
+
+def test_topics_share_one_vector_per_text(sqlite_engine: sa.Engine, now: datetime) -> None:
+    from tests.helpers import subscribe
+
+    subscribe(
+        sqlite_engine, email="a@example.org", topics=["diffusion | Image generation"], now=now
+    )
+    subscribe(sqlite_engine, email="b@example.org", topics=["=image | Image generation"], now=now)
+    subscribe(sqlite_engine, email="c@example.org", topics=["LoRA"], now=now)
+    assert store.embed_topics(engine=sqlite_engine) == 2  # "Image generation" and "LoRA"
+    assert store.embed_topics(engine=sqlite_engine) == 0
+    with db.session_scope(engine=sqlite_engine) as session:
+        assert len(session.exec(select(TopicVector)).all()) == 2
+
+
+def test_the_bundled_seed_matches_what_the_model_computes(
+    monkeypatch: pytest.MonkeyPatch, sqlite_engine: sa.Engine, now: datetime
+) -> None:
+    """The sample corpus ships with its vectors; they must be what the model gives."""
+    from newsletter.corpus.ingest import ingest
+    from tests.conftest import CORPUS
+
+    monkeypatch.setattr(store, "SEED_DIR", CORPUS / "embeddings")
+    ingest(engine=sqlite_engine, paths=[CORPUS], now=now)
+    report = store.embed_papers(engine=sqlite_engine)
+    assert report.seeded == 575 and report.embedded == 0
+    seeded = _vectors(sqlite_engine)
+    sample = sorted(seeded)[::97]
+    with db.session_scope(engine=sqlite_engine) as session:
+        for pid in sample:
+            session.delete(session.get(PaperVector, pid))
+    monkeypatch.setattr(store, "SEED_DIR", Path("/nonexistent"))
+    assert store.embed_papers(engine=sqlite_engine).embedded == len(sample)
+    computed = _vectors(sqlite_engine)
+    for pid in sample:
+        a, b = (store.unpack(v[pid].vector, 1)[0] for v in (seeded, computed))  # type: ignore[index]
+        assert float(a @ b) > 0.999

@@ -1,0 +1,380 @@
+"""What a digest includes: the calibrated score, its explanations, its dial, and the
+places a topic's sentence enters. The sample corpus (with its bundled vectors) is the
+reference window, first seen days before the day being planned."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from html import unescape as html_unescape
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.backends.memory import MemoryBackend
+from newsletter.corpus.ingest import ingest
+from newsletter.embed.store import embed_papers, embed_topics, ensure_topic_vectors
+from newsletter.errors import SubscriberError
+from newsletter.models import Paper
+from newsletter.plan import plan_digests
+from newsletter.relevance import DIAL, Topic
+from newsletter.relevance.day import day_scorer, text_of
+from newsletter.render.content import paper_texts
+from newsletter.subscribers import validate_subscriber
+from tests.conftest import CORPUS, make_settings
+from tests.helpers import add_paper, deliver, subscribe
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+PEFT = Topic("LoRA", "Low-rank adaptation for parameter-efficient fine-tuning of language models")
+DIFFUSION = Topic("diffusion", "Diffusion models for image synthesis")
+# An abstract of ordinary length that mentions LoRA once, in passing.
+VISION_BENCHMARK = (
+    "We present a benchmark for image classification, detection and segmentation across "
+    "forty datasets collected from medical imaging, remote sensing and driving scenes. "
+    "Twelve backbones are trained from scratch and compared under identical budgets; "
+    "among many baselines we also try LoRA once. Convolutional networks remain strong on "
+    "small datasets while vision transformers lead when data is plentiful, and we release "
+    "code, splits and leaderboards to support reproducible comparison."
+)
+
+
+def _store(tmp_path: Path, name: str) -> tuple[sa.Engine, object]:
+    url = f"sqlite:///{tmp_path / name}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    ingest(engine=engine, paths=[CORPUS], now=NOW - timedelta(days=3))  # the reference window
+    return engine, make_settings(tmp_path, url)
+
+
+def _embed(engine: sa.Engine) -> None:
+    embed_papers(engine=engine)
+    embed_topics(engine=engine)
+
+
+def _today(engine: sa.Engine, title: str, abstract: str, *, upvotes: int | None = None) -> int:
+    return add_paper(
+        engine, title=title, abstract=abstract, seen=NOW - timedelta(hours=1), upvotes=upvotes
+    )
+
+
+def _fillers(engine: sa.Engine, count: int) -> None:
+    """Papers on other subjects, so the day is big or small."""
+    fields = (
+        "protein folding",
+        "traffic forecasting",
+        "weather models",
+        "robot grasping",
+        "music transcription",
+        "chip placement",
+        "legal documents",
+        "crop yields",
+    )
+    with db.session_scope(engine=engine) as session:
+        session.add_all(
+            Paper(
+                key=f"filler {i}",
+                title=f"A study of {fields[i % 8]}, number {i}",
+                abstract=f"We look at {fields[i % 8]} once more; case {i}.",
+                source_file="t",
+                first_seen_at=NOW - timedelta(hours=2),
+                updated_at=NOW,
+            )
+            for i in range(count)
+        )
+
+
+def _digest_of(engine: sa.Engine, settings, address: str):  # type: ignore[no-untyped-def]
+    report = plan_digests(engine=engine, settings=settings, now=NOW, due_only=False)
+    return next(p.ranked for p in report.planned if p.email == address)
+
+
+def test_the_same_paper_gets_the_same_decision_on_a_small_and_a_big_day(tmp_path: Path) -> None:
+    decisions = []
+    for day_size in (20, 1000):
+        engine, settings = _store(tmp_path, f"day{day_size}.db")
+        strong = _today(
+            engine,
+            "Low-Rank Adapters for Efficient Tuning of Language Models",
+            "We fine-tune language models with trainable low-rank matrices.",
+        )
+        weak = _today(engine, "A Benchmark of Vision Models", VISION_BENCHMARK)
+        _fillers(engine, day_size - 2)
+        subscribe(engine, email="p@example.org", topics=[f"{PEFT.query} | {PEFT.about}"], now=NOW)
+        _embed(engine)
+        picked = _digest_of(engine, settings, "p@example.org")
+        shown = {m.paper_id: round(m.score, 9) for m in picked.matches}
+        near = {m.paper_id: round(m.score, 9) for m in picked.near}
+        decisions.append(((strong in shown, shown.get(strong)), (weak in shown, near.get(weak))))
+        db.make_engine(str(engine.url)).dispose()
+    assert decisions[0] == decisions[1]
+    assert decisions[0][0][0] is True and decisions[0][1][0] is False
+
+
+def test_a_paper_with_only_synonyms_enters_on_meaning_and_says_why(tmp_path: Path) -> None:
+    engine, settings = _store(tmp_path, "synonym.db")
+    paper = _today(
+        engine,
+        "Low-Rank Adapters for Efficient Tuning of Large Language Models",
+        "Fine-tuning every weight of a large model is costly. We freeze the pretrained "
+        "weights and learn small low-rank update matrices. It matches full fine-tuning.",
+    )
+    subscribe(engine, email="s@example.org", topics=[f"{PEFT.query} | {PEFT.about}"], now=NOW)
+    _embed(engine)
+    picked = _digest_of(engine, settings, "s@example.org")
+    (pick,) = [m for m in picked.matches if m.paper_id == paper]
+    assert pick.meaning and pick.close_to == PEFT.about and pick.words == ()
+    backend = MemoryBackend()
+    deliver(engine, settings, backend, NOW)
+    msg = email.message_from_bytes(backend.sent[0].data, policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "close to “Low-rank adaptation for parameter-efficient" in html
+    assert "<strong>" in html  # the abstract's sentence nearest the topic
+    assert "close to “Low-rank adaptation" in text
+
+
+def test_a_passing_mention_stays_out_and_a_main_subject_is_in(tmp_path: Path) -> None:
+    engine, settings = _store(tmp_path, "mention.db")
+    mention = _today(
+        engine,
+        "A Benchmark for Video Question Answering",
+        "We evaluate twelve systems; one of them uses diffusion for data. Results "
+        "show that reasoning over long videos remains hard.",
+    )
+    subject = _today(
+        engine,
+        "Diffusion Models Beat GANs on Image Synthesis",
+        "We show diffusion models reach better image sample quality than GANs.",
+    )
+    subscribe(
+        engine, email="d@example.org", topics=[f"{DIFFUSION.query} | {DIFFUSION.about}"], now=NOW
+    )
+    _embed(engine)
+    picked = _digest_of(engine, settings, "d@example.org")
+    shown = [m.paper_id for m in picked.matches]
+    assert subject in shown and mention not in shown
+    (pick,) = [m for m in picked.matches if m.paper_id == subject]
+    assert "Diffusion" in pick.words and not pick.meaning
+
+
+def test_the_dial_moves_the_line_one_way(tmp_path: Path) -> None:
+    engine, _ = _store(tmp_path, "dial.db")
+    topics = [
+        DIFFUSION,
+        PEFT,
+        Topic("reasoning AND LLM", "Reasoning in large language models"),
+        Topic("speech OR audio"),
+        Topic('"reinforcement learning"'),
+    ]
+    ensure_topic_vectors(engine=engine, texts=[text_of(t) for t in topics])
+    embed_papers(engine=engine)
+    with db.session_scope(engine=engine) as session:
+        papers = list(session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id)))
+        scorer = day_scorer(session, papers=papers, now=NOW, topics=topics)
+    for topic in topics:
+        sizes, previous = [], set()
+        for step in sorted(DIAL):
+            chosen = {
+                m.paper_id
+                for m in scorer.pick([topic], within=None, limit=10**6, dial=step).matches
+            }
+            assert previous <= chosen, (topic, step)
+            previous = chosen
+            sizes.append(len(chosen))
+        assert sizes[0] < sizes[-1], topic
+
+
+def test_without_vectors_the_decision_falls_back_to_the_words(tmp_path: Path) -> None:
+    """A paper whose vector is missing (the model was not installed) is judged on its
+    words alone: still in when its title is the topic, no crash."""
+    engine, settings = _store(tmp_path, "novectors.db")
+    paper = _today(engine, "Diffusion for Everyone", "A diffusion model, explained.")
+    subscribe(engine, email="n@example.org", topics=["diffusion"], now=NOW)
+    picked = _digest_of(engine, settings, "n@example.org")  # nothing embedded at all
+    assert paper in [m.paper_id for m in picked.matches]
+    assert all(m.semantic is None for m in picked.matches)
+
+
+# --- the sentence about a topic, everywhere it enters -------------------------------------
+
+LONG = "x" * 301
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "says"),
+    [
+        (f"diffusion | {LONG}", "about", "at most 300"),
+        ("diffusion | \x07bell", "topic", "control"),
+        ("diffusion | ab", "about", "too short"),
+        ({"filter": "diffusion", "about": 3}, "topic", "filter"),
+    ],
+)
+def test_a_bad_sentence_is_refused_naming_the_field(topic: object, field: str, says: str) -> None:
+    with pytest.raises(SubscriberError) as info:
+        validate_subscriber(email="a@example.org", topics=[topic], timezone="UTC", send_at="08:00")
+    assert info.value.field == field and says in str(info.value)
+
+
+def test_sentences_enter_by_cli_import_and_filters_test(tmp_path: Path) -> None:
+    from tests.test_hardening import _cli
+
+    _cli(tmp_path, "db", "upgrade")
+    _cli(
+        tmp_path,
+        "subscribers",
+        "add",
+        "a@example.org",
+        "-t",
+        "LoRA",
+        "--about",
+        PEFT.about,
+        "-t",
+        "diffusion",
+        "--dial",
+        "4",
+    )
+    bad = _cli(
+        tmp_path, "subscribers", "add", "b@example.org", "-t", "x", "--about", LONG, ok=False
+    )
+    assert bad.returncode == 1 and "about:" in bad.stderr and "300" in bad.stderr
+    (tmp_path / "s.json").write_text(
+        json.dumps(
+            [
+                {
+                    "email": "c@example.org",
+                    "topics": [{"filter": "speech", "about": "Speech recognition"}],
+                },
+                {"email": "d@example.org", "topics": ["audio | " + LONG]},
+            ]
+        )
+    )
+    imported = _cli(tmp_path, "subscribers", "import", "s.json", ok=False)
+    assert "s.json:1: about:" in imported.stderr and "imported 1 subscribers" in imported.stdout
+    listed = json.loads(_cli(tmp_path, "subscribers", "list", "--json").stdout)
+    assert {s["email"]: s["topics"] for s in listed} == {
+        "a@example.org": [f"LoRA | {PEFT.about}", "diffusion"],
+        "c@example.org": ["speech | Speech recognition"],
+    }
+    refused = _cli(tmp_path, "filters", "test", "LoRA", "--about", LONG, ok=False)
+    assert refused.returncode == 1 and "300" in refused.stderr
+
+
+def test_filters_test_lists_the_digest_with_score_parts_and_the_line(tmp_path: Path) -> None:
+    from tests.test_hardening import _cli
+
+    _cli(tmp_path, "db", "upgrade", NEWSLETTER_CORPUS_DIR=str(CORPUS))
+    _cli(tmp_path, "ingest", NEWSLETTER_CORPUS_DIR=str(CORPUS))
+    shown = json.loads(
+        _cli(
+            tmp_path, "filters", "test", "LoRA OR adapter", "--about", PEFT.about, "--all", "--json"
+        ).stdout
+    )
+    assert shown["about"] == PEFT.about and shown["dial"] == 3
+    assert 0 < shown["included"] < shown["matched"]
+    for paper in shown["papers"]:
+        assert paper["score"] >= shown["threshold"] or paper["carried_by_meaning"]
+        assert {"lexical", "semantic", "words"} <= set(paper)
+    assert shown["below"] and all(p["score"] < shown["threshold"] for p in shown["below"])
+    scores = [p["score"] for p in shown["below"]]
+    assert scores == sorted(scores, reverse=True)
+    text = _cli(tmp_path, "filters", "test", "LoRA OR adapter", "--all").stdout
+    assert "make the digest at dial 3 (Balanced)" in text and "below the line" in text
+
+
+def test_the_preference_centre_and_api_take_the_sentence_and_dial(tmp_path: Path) -> None:
+    import httpx
+
+    from newsletter.web import create_app
+    from tests.helpers import live_server, runtime_for
+    from tests.smtp_server import free_port
+
+    port = free_port()
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'w.db'}",
+        NEWSLETTER_ADMIN_TOKEN="a" * 40,
+        NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
+    )
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine=engine)
+    sid = subscribe(engine, email="w@example.org", topics=["diffusion"], now=NOW)
+    auth = {"Authorization": "Bearer " + "a" * 40}
+    links = runtime_for(settings, engine).links
+    from newsletter.links import Recipient
+    from newsletter.models import Subscriber
+
+    with db.session_scope(engine=engine) as session:
+        row = session.get(Subscriber, sid)
+        prefs = links.preferences(who=Recipient(sid, row.token_salt))  # type: ignore[union-attr]
+    with (
+        live_server(create_app(runtime=runtime_for(settings, engine)), port) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        page = client.get(httpx.URL(prefs).path)
+        assert page.status_code == 200 and 'name="dial"' in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        form = {
+            "csrf": csrf,
+            "cadence": "daily",
+            "timezone": "UTC",
+            "send_at": "08:00",
+            "action": "save",
+        }
+        bad = client.post(
+            httpx.URL(prefs).path, data=form | {"topics": f"LoRA | {LONG}", "dial": "3"}
+        )
+        assert bad.status_code == 422 and "300" in bad.text
+        good = client.post(
+            httpx.URL(prefs).path,
+            data=form | {"topics": f"LoRA | {PEFT.about}\ndiffusion", "dial": "5"},
+        )
+        assert good.status_code == 200 and "Saved." in good.text
+        api = client.get(f"/api/subscribers/{sid}", headers=auth).json()
+        assert api["dial"] == 5 and api["topics"] == [f"LoRA | {PEFT.about}", "diffusion"]
+        patched = client.patch(
+            f"/api/subscribers/{sid}",
+            headers=auth,
+            json={"topics": [{"filter": "speech", "about": LONG}]},
+        )
+        assert patched.status_code == 422 and patched.json()["field"] == "about"
+        dial = client.patch(f"/api/subscribers/{sid}", headers=auth, json={"dial": 9})
+        assert dial.status_code == 422 and dial.json()["field"] == "dial"
+
+
+def test_near_the_line_is_counted_in_the_email_and_listed_in_the_archive(tmp_path: Path) -> None:
+    import httpx
+
+    from newsletter.web import create_app
+    from tests.helpers import live_server, runtime_for
+    from tests.smtp_server import free_port
+
+    port = free_port()
+    url_db = f"sqlite:///{tmp_path / 'near.db'}"
+    engine = db.make_engine(url_db)
+    db.upgrade(engine=engine)
+    settings = make_settings(tmp_path, url_db, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
+    ingest(engine=engine, paths=[CORPUS], now=NOW - timedelta(days=3))
+    _today(engine, "Diffusion Models for Images", "Diffusion models generate images.")
+    subscribe(engine, email="l@example.org", topics=["diffusion"], now=NOW)
+    _embed(engine)
+    picked = _digest_of(engine, settings, "l@example.org")
+    assert picked.near  # the corpus has papers that mention diffusion in passing
+    with db.session_scope(engine=engine) as session:
+        below = session.get(Paper, picked.near[0].paper_id).title  # type: ignore[union-attr]
+    backend = MemoryBackend()
+    deliver(engine, settings, backend, NOW)
+    msg = email.message_from_bytes(backend.sent[0].data, policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert f"and {len(picked.near)} more that might interest you, just below the line" in html
+    archive = re.search(r'href="(http://[^"]+/d/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+    with live_server(create_app(runtime=runtime_for(settings, engine)), port) as url:
+        page = httpx.get(url + httpx.URL(archive).path)
+    assert page.status_code == 200 and "Just below the line" in page.text
+    visible = html_unescape(re.sub(r"<[^>]+>", "", page.text))
+    assert paper_texts(below, "")[0] in visible
