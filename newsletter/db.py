@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlmodel import Session
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -54,6 +54,8 @@ def session_scope(*, engine: sa.Engine) -> Iterator[Session]:
 
 
 def _alembic_config(url: str) -> Config:
+    from alembic.config import Config  # a fifth of a second: only the schema's commands pay it
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -62,11 +64,15 @@ def _alembic_config(url: str) -> Config:
 
 def upgrade(*, engine: sa.Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (idempotent)."""
+    from alembic import command
+
     _migrate(engine, command.upgrade, revision)
 
 
 def downgrade(*, engine: sa.Engine, revision: str) -> None:
     """Undo migrations down to ``revision`` (an operator rolling back a release)."""
+    from alembic import command
+
     _migrate(engine, command.downgrade, revision)
 
 
@@ -99,11 +105,15 @@ def _migrate(engine: sa.Engine, step: Callable[[Config, str], None], revision: s
 
 
 def current_revision(*, engine: sa.Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import dkim
-
 from newsletter.config import DkimSettings
 from newsletter.errors import ConfigError
 
@@ -33,6 +31,8 @@ class Signer:
 
     def sign(self, message: bytes) -> bytes:
         """The message with its DKIM-Signature header first."""
+        import dkim  # dnspython comes with it: a tenth of a second every command need not pay
+
         try:
             header = dkim.sign(
                 message,

@@ -37,8 +37,7 @@ from newsletter.embed.encoder import DIM, MODEL_NAME, Encoder, shared_encoder
 from newsletter.filters import compile_filter
 from newsletter.filters.ast import Phrase, Term
 from newsletter.models import Paper, PaperVector, TopicFilter, TopicVector, utcnow
-from newsletter.render.content import clean
-from newsletter.text import latex_to_text
+from newsletter.text import latex_to_text, one_line
 
 SEED_DIR = Path(__file__).resolve().parent.parent.parent / "corpus" / "embeddings"
 _CHUNK = 500  # papers read per query while looking for work
@@ -58,7 +57,8 @@ def abstract_sentences(abstract: str) -> list[tuple[int, int]]:
 
 
 def display(text: str) -> str:
-    return clean(latex_to_text(text))
+    """A text as a reader sees it (``render.content`` shows it so): LaTeX resolved, one line."""
+    return one_line(latex_to_text(text))
 
 
 def paper_text(title: str, abstract: str) -> tuple[str, int]:
