@@ -34,8 +34,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.subscribers import NewSubscriber, event, replace_topics
-from newsletter.tokens import new_salt
+from newsletter.subscribers import NewSubscriber, event, new_row, replace_topics
 
 CONFIRM_RESEND_AFTER = timedelta(minutes=10)  # a second sign-up sooner sends nothing more
 _QUEUE_BATCH = 100
@@ -94,15 +93,7 @@ def _queue_one(session: Session, *, signup_id: int, now: datetime, domain: str) 
         session.delete(signup)  # nothing to confirm, and nothing to tell the stranger
         return 0
     if row is None:
-        row = Subscriber(
-            email=signup.email,
-            status=SubscriberStatus.PENDING,
-            token_salt=new_salt(),
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(row)
-        session.flush()
+        row = new_row(session=session, email=signup.email, status=SubscriberStatus.PENDING, now=now)
     else:
         recent = session.exec(
             select(Delivery.id).where(

@@ -214,23 +214,37 @@ def event(*, kind: EventKind, subscriber_id: int | None, now: datetime, **detail
     )
 
 
+def new_row(
+    *, session: Session, email: str, status: SubscriberStatus, now: datetime, **fields: object
+) -> Subscriber:
+    """A new subscriber row with its own link salt, flushed so it has an id."""
+    row = Subscriber(
+        email=email,
+        status=status,
+        token_salt=new_salt(),
+        created_at=now,
+        updated_at=now,
+        **fields,  # type: ignore[arg-type]
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def add_subscriber(*, session: Session, subscriber: NewSubscriber, now: datetime) -> Subscriber:
     """Store a validated subscriber; a duplicate address raises SubscriberError."""
     exists = session.exec(select(Subscriber.id).where(Subscriber.email == subscriber.email)).first()
     if exists is not None:
         raise DuplicateSubscriberError(f"{subscriber.email} is already subscribed", field="email")
-    row = Subscriber(
+    row = new_row(
+        session=session,
         email=subscriber.email,
+        status=SubscriberStatus.ACTIVE,
+        now=now,
         name=subscriber.name,
         timezone=subscriber.timezone,
         send_at=subscriber.send_at,
-        status=SubscriberStatus.ACTIVE,
-        token_salt=new_salt(),
-        created_at=now,
-        updated_at=now,
     )
-    session.add(row)
-    session.flush()
     replace_topics(session=session, subscriber_id=row.id, topics=subscriber.topics, now=now)  # type: ignore[arg-type]
     session.add(event(kind=EventKind.ADDED, subscriber_id=row.id, now=now))
     return row
