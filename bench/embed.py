@@ -22,17 +22,17 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from datetime import date  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import resource
+import time
+from datetime import date
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from newsletter.corpus.parser import read_dump  # noqa: E402
-from newsletter.embed.encoder import DIM, MAX_TOKENS, Encoder  # noqa: E402
-from newsletter.embed.store import abstract_sentences, paper_text  # noqa: E402
+from newsletter.corpus.sources.dump import read_dump
+from newsletter.embed.encoder import DIM, MAX_TOKENS, Encoder
+from newsletter.embed.store import abstract_sentences, paper_text
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from newsletter import db
 from newsletter.corpus.ingest import ingest
-from newsletter.corpus.parser import read_dump
+from newsletter.corpus.sources.dump import read_dump
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 

@@ -36,8 +36,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from newsletter.corpus.ingest import merge_records
-from newsletter.corpus.parser import read_dump
+from newsletter.corpus.records import merge_records
+from newsletter.corpus.sources.dump import read_dump
 from newsletter.filters import DayIndex, PaperDoc, Ranker, compile_filter, naive
 from newsletter.filters.index import iter_bits
 

@@ -30,6 +30,11 @@ DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
+# Where papers come from: the corpus folder (offline), and the live sources fetched.
+SOURCE_NAMES = ("dumps", "daily_papers", "arxiv")
+LIVE_SOURCE_NAMES = ("daily_papers", "arxiv")
+# An arXiv category: "cs.CL", "math.AP", "astro-ph.GA", "hep-th", "cond-mat.stat-mech".
+_ARXIV_CATEGORY_RE = re.compile(r"[a-z]+(?:-[a-z]+)*(?:\.[A-Za-z]+(?:-[A-Za-z]+)*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +98,24 @@ class Settings:
     trusted_proxies: tuple[str, ...]  # addresses whose X-Forwarded-For is believed
     corpus_max_bytes: int
     admin_token: str = field(repr=False)  # never printed, never logged
+    sources: tuple[str, ...]  # of SOURCE_NAMES, in the order given
+    daily_papers_url: str
+    arxiv_categories: tuple[str, ...]
+    arxiv_rss_url: str
+    arxiv_api_url: str
+    fetch_minutes: float
+    fetch_timeout: float
+    fetch_max_bytes: int
+    fetch_delay: float  # seconds between two requests to one host
 
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def live_sources(self) -> tuple[str, ...]:
+        """The configured sources fetched over the network (empty: offline)."""
+        return tuple(s for s in self.sources if s in LIVE_SOURCE_NAMES)
 
     @property
     def message_id_domain(self) -> str:
@@ -231,6 +250,15 @@ def load_settings(
         trusted_proxies=_proxies(get("NEWSLETTER_TRUSTED_PROXIES")),
         corpus_max_bytes=int(_number("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
+        sources=_sources(get("NEWSLETTER_SOURCES")),
+        daily_papers_url=_http_url("NEWSLETTER_DAILY_PAPERS_URL", get),
+        arxiv_categories=_arxiv_categories(get("NEWSLETTER_ARXIV_CATEGORIES")),
+        arxiv_rss_url=_http_url("NEWSLETTER_ARXIV_RSS_URL", get),
+        arxiv_api_url=_http_url("NEWSLETTER_ARXIV_API_URL", get),
+        fetch_minutes=_number("NEWSLETTER_FETCH_MINUTES", get, minimum=0.01),
+        fetch_timeout=_number("NEWSLETTER_FETCH_TIMEOUT", get, minimum=0.01),
+        fetch_max_bytes=int(_number("NEWSLETTER_FETCH_MAX_MB", get, minimum=0.001) * 2**20),
+        fetch_delay=_number("NEWSLETTER_FETCH_DELAY", get, minimum=0),
         retry=RetryPolicy(
             base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
             max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
@@ -309,6 +337,63 @@ def _admin_token(value: str) -> str:
     return value
 
 
+def _comma_list(value: str) -> list[str]:
+    return [item for item in (v.strip() for v in value.split(",")) if item]
+
+
+def _sources(value: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in _comma_list(value.lower()):
+        if item not in SOURCE_NAMES:
+            raise ConfigError(
+                setting="NEWSLETTER_SOURCES",
+                message=f"expected some of {', '.join(SOURCE_NAMES)}, got {item!r}",
+            )
+        if item not in found:
+            found.append(item)
+    if not found:
+        raise ConfigError(
+            setting="NEWSLETTER_SOURCES",
+            message=f"name at least one of {', '.join(SOURCE_NAMES)} (dumps: offline)",
+        )
+    return tuple(found)
+
+
+def _arxiv_categories(value: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in _comma_list(value):
+        if not _ARXIV_CATEGORY_RE.fullmatch(item) or len(item) > 40:
+            raise ConfigError(
+                setting="NEWSLETTER_ARXIV_CATEGORIES",
+                message=f"not an arXiv category (like cs.CL or hep-th): {item!r}",
+            )
+        if item not in found:
+            found.append(item)
+    if not found:
+        raise ConfigError(
+            setting="NEWSLETTER_ARXIV_CATEGORIES", message="name at least one category (cs.CL)"
+        )
+    return tuple(found)
+
+
+def _http_url(name: str, get: Callable[[str], str]) -> str:
+    """An http(s) URL with a host, nothing a request line or a header could choke on."""
+    url = get(name)
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.fragment
+        or any(c.isspace() or ord(c) < 32 or c in '<>"' for c in url)
+    ):
+        raise ConfigError(setting=name, message=f"expected an http(s) URL, got {url!r}")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError(setting=name, message=f"not a valid port in {url!r}") from None
+    return url
+
+
 def _proxies(value: str) -> tuple[str, ...]:
     """Addresses or networks (CIDR) of trusted reverse proxies."""
     found = []
@@ -376,4 +461,6 @@ def describe(settings: Settings) -> dict[str, Any]:
     shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
     shown["smtp"] = repr(settings.smtp) + (" password=(set)" if settings.smtp.password else "")
     shown["admin_token"] = "(set)" if settings.admin_token else "(unset: admin API off)"
+    shown["sources"] = ",".join(settings.sources)
+    shown["arxiv_categories"] = ",".join(settings.arxiv_categories)
     return {k: str(v) for k, v in shown.items()}

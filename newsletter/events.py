@@ -26,3 +26,7 @@ class EventKind(enum.StrEnum):
     # ingest
     FILE_INGESTED = "ingest.file"
     FILE_FAILED = "ingest.file_failed"
+    PAPER_REVISED = "ingest.paper_revised"  # a new arXiv version replaced title and abstract
+    # live sources
+    SOURCE_FETCHED = "source.fetched"
+    SOURCE_FAILED = "source.failed"

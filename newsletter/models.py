@@ -74,6 +74,7 @@ class DeliveryStatus(enum.StrEnum):
 
 class Paper(SQLModel, table=True):
     __tablename__ = "papers"
+    __table_args__ = (sa.UniqueConstraint("arxiv_id", name="uq_papers_arxiv_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=512, unique=True, description="normalized title: the dedupe key")
@@ -88,6 +89,44 @@ class Paper(SQLModel, table=True):
     source_file: str = Field(max_length=1000, description="first corpus file it was seen in")
     first_seen_at: datetime = _ts(index=True)  # type: ignore[assignment]
     updated_at: datetime = _ts()  # type: ignore[assignment]
+    # Identity and links (issue 13). Every one is filled by whichever source knows it
+    # and never blanked by one that does not.
+    arxiv_id: str | None = Field(
+        default=None, max_length=32, description="without version: 2405.12345"
+    )
+    arxiv_version: int | None = Field(default=None, description="the newest version seen")
+    author_names: str | None = Field(
+        default=None, sa_type=sa.Text(), description="JSON list of names, in the paper's order"
+    )
+    categories: str | None = Field(
+        default=None, max_length=300, description="arXiv categories, primary first, spaced"
+    )
+    code_url: str | None = Field(default=None, max_length=500)
+    project_url: str | None = Field(default=None, max_length=500)
+    summary: str | None = Field(
+        default=None, sa_type=sa.Text(), description="a source's short summary (Hugging Face AI)"
+    )
+    keywords: str | None = Field(default=None, sa_type=sa.Text(), description="JSON list")
+    sources: str | None = Field(
+        default=None, max_length=100, description="the kinds of source it was seen in, spaced"
+    )
+
+
+class SourceState(SQLModel, table=True):
+    """What a live source last answered: validators for a conditional request, and
+    when it may be asked again (after an error, not before its back-off)."""
+
+    __tablename__ = "source_state"
+
+    name: str = Field(primary_key=True, max_length=200, description="source and its URL's key")
+    url: str = Field(max_length=1000)
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=100)
+    fetched_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    next_after: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    failures: int = Field(default=0, description="errors in a row")
+    last_status: str | None = Field(default=None, max_length=300)
+    papers: int = Field(default=0, description="papers in its last good answer")
 
 
 class CorpusFile(SQLModel, table=True):

@@ -36,7 +36,7 @@ from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.embed.store import display
-from newsletter.ledger.jobs import digest_papers
+from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.links import Links, Recipient
 from newsletter.models import (
     Cadence,
@@ -379,9 +379,7 @@ def preview_digest(
             for m in planned.ranked.matches
             for p in (papers[m.paper_id],)
         )  # fmt: skip
-        shown = digest_papers(
-            items=items, texts={i: (p.title, p.abstract) for i, p in papers.items()}
-        )  # type: ignore[misc]
+        shown = digest_papers(items=items, texts={i: paper_text(p) for i, p in papers.items()})  # type: ignore[misc]
         who = Recipient(sub.id, sub.token_salt)  # type: ignore[arg-type]
         return render.Digest(
             to_address=sub.email,

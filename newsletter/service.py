@@ -1,10 +1,12 @@
 """``newsletter run``: the whole pipeline as one long-lived process.
 
 One asyncio loop holds:
-  - the scheduler (APScheduler 3.11, AsyncIOScheduler): ingest every
-    ``NEWSLETTER_INGEST_MINUTES``, plan every ``NEWSLETTER_PLAN_MINUTES`` (both
-    once right at start-up too), forget unconfirmed sign-ups hourly, and the
-    operator's daily report at ``NEWSLETTER_REPORT_AT`` UTC;
+  - the scheduler (APScheduler 3.11, AsyncIOScheduler): ingest the corpus folder
+    every ``NEWSLETTER_INGEST_MINUTES`` (when ``dumps`` is among
+    ``NEWSLETTER_SOURCES``), fetch the live sources every ``NEWSLETTER_FETCH_MINUTES``
+    (when any is configured), plan every ``NEWSLETTER_PLAN_MINUTES`` (all once right
+    at start-up too), forget unconfirmed sign-ups hourly, and the operator's daily
+    report at ``NEWSLETTER_REPORT_AT`` UTC;
   - the delivery worker (``deliver.run_worker``);
   - the web app (uvicorn), unless ``web`` is off.
 
@@ -30,6 +32,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -129,6 +132,8 @@ class Jobs:
     leadership: Leadership
     now: Callable[[], datetime] = utcnow
     last_report_day: str | None = field(default=None)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the service stops: a fetch in progress ends between two requests."""
 
     def ingest(self) -> None:
         if not self.leadership.held():
@@ -154,6 +159,30 @@ class Jobs:
                         "papers": result.papers,
                     },
                 )
+        if report.new_papers:
+            embedded = embed.catch_up(engine=self.engine)
+            if embedded is not None:
+                log.info("papers embedded", extra={"papers": embedded.embedded})
+
+    def fetch(self) -> None:
+        """The live sources (``corpus.fetch`` logs each URL's outcome), then embeddings."""
+        if not self.settings.live_sources or not self.leadership.held():
+            return
+        from newsletter.corpus.fetch import fetch_sources
+
+        report = fetch_sources(
+            engine=self.engine,
+            settings=self.settings,
+            now=self.now(),
+            sleep=self.stopping.wait,
+            stop=self.stopping.is_set,
+        )
+        if report.results:
+            log.info(
+                "sources fetched",
+                extra={"urls": len(report.results), "failed": len(report.failed),
+                       "new_papers": report.new_papers},
+            )  # fmt: skip
         if report.new_papers:
             embedded = embed.catch_up(engine=self.engine)
             if embedded is not None:
@@ -218,10 +247,17 @@ async def run(
         start = utcnow()
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         every = {"ingest": settings.ingest_minutes, "plan": settings.plan_minutes}
-        scheduler.add_job(
-            jobs.ingest, "interval", minutes=every["ingest"], next_run_time=start, id="ingest",
-            **common,
-        )  # fmt: skip
+        if "dumps" in settings.sources:
+            scheduler.add_job(
+                jobs.ingest, "interval", minutes=every["ingest"], next_run_time=start,
+                id="ingest", **common,
+            )  # fmt: skip
+        if settings.live_sources:
+            # In the scheduler's threads, like every job here: its waits block no one.
+            scheduler.add_job(
+                jobs.fetch, "interval", minutes=settings.fetch_minutes, next_run_time=start,
+                id="fetch", **common,
+            )  # fmt: skip
         # Planning starts a moment after ingest, so a first run plans what it just read.
         scheduler.add_job(
             jobs.plan, "interval", minutes=every["plan"], id="plan",
@@ -266,6 +302,7 @@ async def run(
         await stop.wait()
     finally:
         log.info("service stopping")
+        jobs.stopping.set()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         if server is not None:

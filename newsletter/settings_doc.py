@@ -96,6 +96,47 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "64",
         "Largest corpus file read, in MiB; a larger one is refused with a message.",
     ),
+    "NEWSLETTER_SOURCES": (
+        "dumps",
+        "Where papers come from, comma-separated: dumps (the corpus folder; offline), "
+        "daily_papers (Hugging Face Daily Papers), arxiv (arXiv category feeds). "
+        "`newsletter run` reads the folder only when dumps is listed.",
+    ),
+    "NEWSLETTER_DAILY_PAPERS_URL": (
+        "https://huggingface.co/api/daily_papers",
+        "Daily Papers API; ?date=YYYY-MM-DD is added, one request per day.",
+    ),
+    "NEWSLETTER_ARXIV_CATEGORIES": (
+        "cs.CL,cs.LG,cs.CV,cs.AI",
+        "arXiv categories fetched (comma-separated), one feed each.",
+    ),
+    "NEWSLETTER_ARXIV_RSS_URL": (
+        "https://rss.arxiv.org/rss/",
+        "arXiv's daily announcements; the category is appended (…/rss/cs.CL).",
+    ),
+    "NEWSLETTER_ARXIV_API_URL": (
+        "https://export.arxiv.org/api/query",
+        "arXiv's query API, for `newsletter sources fetch --since` (one query per "
+        "category and day).",
+    ),
+    "NEWSLETTER_FETCH_MINUTES": (
+        "60",
+        "How often `newsletter run` fetches the live sources; no source is asked again "
+        "sooner (nor before its back-off after an error) unless forced.",
+    ),
+    "NEWSLETTER_FETCH_TIMEOUT": (
+        "30",
+        "Seconds a live source may take to connect, between two pieces of an answer, "
+        "and for a whole answer.",
+    ),
+    "NEWSLETTER_FETCH_MAX_MB": (
+        "20",
+        "Largest answer taken from a live source, in MiB; a larger one is refused unread.",
+    ),
+    "NEWSLETTER_FETCH_DELAY": (
+        "3",
+        "Seconds between two requests to one host (arXiv asks for 3).",
+    ),
     "NEWSLETTER_DKIM_DOMAIN": ("", "DKIM signing domain (d=); empty: no DKIM signature."),
     "NEWSLETTER_DKIM_SELECTOR": (
         "",

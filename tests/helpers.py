@@ -23,8 +23,15 @@ from newsletter.subscribers import add_subscriber, validate_subscriber
 
 
 def add_paper(
-    engine: sa.Engine, *, title: str, abstract: str, seen: datetime, upvotes: int | None = None
+    engine: sa.Engine,
+    *,
+    title: str,
+    abstract: str,
+    seen: datetime,
+    upvotes: int | None = None,
+    **fields: object,
 ) -> int:
+    """A paper stored directly; ``fields`` are other ``Paper`` columns (arxiv_id, …)."""
     with db.session_scope(engine=engine) as session:
         paper = Paper(
             key=canonical_key(title),
@@ -34,6 +41,7 @@ def add_paper(
             source_file="test",
             first_seen_at=seen,
             updated_at=seen,
+            **fields,  # type: ignore[arg-type]
         )
         session.add(paper)
         session.flush()

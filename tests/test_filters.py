@@ -4,6 +4,7 @@ and ranking with its explanations."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import re
@@ -14,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from newsletter.corpus.ingest import merge_records
-from newsletter.corpus.parser import read_dump
+from newsletter.corpus.records import merge_records
+from newsletter.corpus.sources.dump import read_dump
 from newsletter.errors import FilterSyntaxError
 from newsletter.filters import (
     DayIndex,
@@ -26,8 +27,22 @@ from newsletter.filters import (
     parse_filter,
     to_query,
 )
-from newsletter.filters.ast import COMPARISONS, All, And, Compare, Node, Not, Or, Phrase, Term
-from newsletter.filters.index import iter_bits
+from newsletter.filters.ast import (
+    COMPARISONS,
+    All,
+    And,
+    Author,
+    Category,
+    Compare,
+    Has,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Term,
+    positive_leaves,
+)
+from newsletter.filters.index import compile_tree, iter_bits
 from newsletter.filters.parser import MAX_DEPTH, MAX_QUERY_CHARS
 from newsletter.filters.tokens import tokens
 from tests.conftest import CORPUS
@@ -76,9 +91,41 @@ def load_corpus_docs() -> list[PaperDoc]:
     return docs
 
 
+# Dumps carry no author names, categories or code links; the corpus papers get some here,
+# drawn per paper, so the matchers are compared on metadata too. Every fifth paper keeps
+# none, as a page-dump paper has none.
+AUTHOR_POOL = [
+    "José Müller", "Anna Muller", "Müllerová Petra", "Ada King Lovelace", "Ada Byron",
+    "Jean-Luc Picard", "Luc Jean", "Zhang Wei", "Wei Zhang", "Henri Poincar\\'e",
+    "Seán O'Brien", "Björn Ståhl", "JOSE MULLER",
+]  # fmt: skip
+CATEGORY_POOL = [
+    "cs.CL", "cs.LG", "cs.CV", "cs.AI", "stat.ML", "hep-th", "math.OC", "eess.AS", "q-bio.NC",
+    "CS.RO",
+]  # fmt: skip
+
+
+def with_metadata(docs: list[PaperDoc]) -> list[PaperDoc]:
+    out = []
+    for i, doc in enumerate(docs):
+        if i % 5 == 0:
+            out.append(doc)
+            continue
+        rng = random.Random(i)
+        out.append(
+            dataclasses.replace(
+                doc,
+                author_names=tuple(rng.sample(AUTHOR_POOL, rng.randint(1, 4))),
+                categories=tuple(rng.sample(CATEGORY_POOL, rng.randint(1, 3))),
+                has_code=rng.random() < 0.4,
+            )
+        )
+    return out
+
+
 @pytest.fixture(scope="module")
 def corpus_docs() -> list[PaperDoc]:
-    docs = load_corpus_docs()
+    docs = with_metadata(load_corpus_docs())
     assert len(docs) == 575
     return docs
 
@@ -192,6 +239,41 @@ PARSES: list[tuple[str, Node]] = [
     ("Upvotes>10", Compare("upvotes", ">", 10)),
     ("upvotes>=5 diffusion", And((Compare("upvotes", ">=", 5), T("diffusion")))),
     ("-authors>20", Not(Compare("authors", ">", 20))),
+    # metadata: author names (folded whole words), arXiv categories, code
+    ("author:lovelace", Author(("lovelace",))),
+    ("Author:Lovelace", Author(("lovelace",))),
+    ('author:"Ada Lovelace"', Author(("ada", "lovelace"))),
+    ('author:"ada  lovelace"', Author(("ada", "lovelace"))),
+    ('author:"Lovelace"', Author(("lovelace",))),
+    ("author:Müller", Author(("muller",))),
+    ('author:"José Müller"', Author(("jose", "muller"))),
+    ("author:Poincar\\'e", Author(("poincare",))),
+    ("author:jean-luc", Author(("jean", "luc"))),
+    ("author:O'Brien", Author(("o", "brien"))),
+    ("author:models", Author(("models",))),  # unstemmed
+    ("author:3", Author(("3",))),
+    ("category:cs.CL", Category("cs.cl")),
+    ("category:cs.cl", Category("cs.cl")),
+    ("Category:CS.CL", Category("cs.cl")),
+    ('category:"cs.CL"', Category("cs.cl")),
+    ("category:cs.*", Category("cs.*")),
+    ("category:Stat.*", Category("stat.*")),
+    ("category:hep-th", Category("hep-th")),
+    ("category:physics.comp-ph", Category("physics.comp-ph")),
+    ("has:code", Has("code")),
+    ("has:Code", Has("code")),
+    ("-has:code", Not(Has("code"))),
+    ("NOT category:cs.CV", Not(Category("cs.cv"))),
+    ("has:code category:cs.CL", And((Has("code"), Category("cs.cl")))),
+    ("has:code AND category:cs.CL", And((Has("code"), Category("cs.cl")))),
+    ("author:lovelace OR category:cs.*", Or((Author(("lovelace",)), Category("cs.*")))),
+    (
+        "diffusion -category:cs.CV has:code",
+        And((T("diffusion"), Not(Category("cs.cv")), Has("code"))),
+    ),
+    ("NOT (author:lovelace OR has:code)", Not(Or((Author(("lovelace",)), Has("code"))))),
+    ("title:(a OR author:b)", Or((T("a", "title"), Author(("b",))))),
+    ("authors>=3 author:lovelace", And((Compare("authors", ">=", 3), Author(("lovelace",))))),
     # everything
     ("*", All()),
     ("* -video", And((All(), Not(T("video"))))),
@@ -291,6 +373,39 @@ ERRORS: list[tuple[str, int, str]] = [
     ("a b\r", 4, "one line"),
     ("(" * (MAX_DEPTH + 1) + "a" + ")" * (MAX_DEPTH + 1), MAX_DEPTH + 1, "too deeply nested"),
     ("NOT " * (MAX_DEPTH + 1) + "a", 4 * MAX_DEPTH + 1, "too deeply nested"),
+    ("year:2024", 1, "use title:, abstract:, org:, author:, category:, has:"),
+    # author:
+    ("author:", 1, "author: needs a value right after it, as in author:lovelace"),
+    ("diffusion author: lovelace", 11, "author: needs a value right after it"),
+    ("author:(ada OR lovelace)", 8, "author: takes one value, not a group"),
+    ("author:love*", 12, "author: matches whole words of a name, so * does not work there"),
+    ("author:=lovelace", 8, "author: already matches whole words exactly; drop the ="),
+    ('author:""', 8, "author: needs a name to look for"),
+    ("author:-", 8, "author: needs a name to look for"),
+    ("author:AND", 1, "author: needs a value right after it"),
+    # category:
+    ("category:", 1, "category: needs a value right after it, as in category:cs.CL"),
+    ("category:cs..CL", 10, "'cs..CL' is not an arXiv category; write one like cs.CL"),
+    ("category:cs.CL.x", 10, "'cs.CL.x' is not an arXiv category"),
+    ("category:cs_CL", 10, "'cs_CL' is not an arXiv category"),
+    ("category:3d", 10, "'3d' is not an arXiv category"),
+    ("category:cs.C*", 10, "'cs.C*' is not an arXiv category"),
+    ("category:*", 10, "'*' is not an arXiv category"),
+    ("category:cs*", 10, "for every cs category write cs.*"),
+    ("category:cs", 10, "'cs' needs a subject, as in cs.CL; for every cs category write cs.*"),
+    ("category:Math", 10, "'Math' needs a subject, as in math.OC"),
+    ("category:çs.CL", 10, "'çs.CL' is not an arXiv category"),
+    ("category:\u212aS.CL", 10, "is not an arXiv category"),  # a Kelvin sign, not a K
+    ("diffusion -category:cs.", 21, "'cs.' is not an arXiv category"),
+    ("category:(cs.CL OR cs.LG)", 10, "category: takes one value, not a group"),
+    # has:
+    ("has:data", 5, "has: accepts only code, as in has:code"),
+    ("has:code has:pdf", 14, "has: accepts only code"),
+    ("NOT has:*", 9, "has: accepts only code"),
+    ("has:upvotes>3", 5, "has: accepts only code"),
+    ("has:", 1, "has: needs a value right after it, as in has:code"),
+    ("has: code", 1, "has: needs a value right after it"),
+    ("has:(code)", 5, "has: takes one value, not a group"),
 ]
 
 
@@ -331,6 +446,8 @@ PIECES = [
     "or", "AND", "OR", "NOT", "-", "(", ")", '"', "*", "=", "title:", "abstract:", "org:",
     "foo:", "upvotes>=5", "authors<3", "date>=2024-01-01", "date=2024-13-40", "upvotes>x",
     "upvotes=²", "diffus*", "=models", "ab*c", ":", "\\", "'", "İ", "ß", "ﬁ", "ǰ", "\t", "\n",
+    "author:", "category:", "has:", "code", "cs.CL", "cs.*", "cs", "hep-th", "José", "Müller",
+    "Jean-Luc", "author:lovelace", 'author:"José Müller"', "category:cs.*", "has:code",
 ]  # fmt: skip
 grammarish = st.lists(
     st.tuples(st.sampled_from(PIECES), st.sampled_from(["", " ", "  "])), max_size=14
@@ -380,7 +497,16 @@ compares = st.one_of(
     ),
     st.builds(Compare, st.just("date"), st.sampled_from(COMPARISONS), st.dates()),
 )
-leaves = st.one_of(plain_terms, prefix_terms, phrases, compares, st.just(All()))
+NAME_WORDS = ["jose", "muller", "ada", "lovelace", "jean", "luc", "o", "brien", "li", "mull",
+              "3", "and", "title"]  # fmt: skip
+CATEGORY_NAMES = ["cs.cl", "cs.lg", "cs.cv", "stat.ml", "hep-th", "math.oc", "cs.ro", "cs.*",
+                  "stat.*", "math.*", "hep-th.*", "physics.comp-ph"]  # fmt: skip
+metadata = st.one_of(
+    st.lists(st.sampled_from(NAME_WORDS), min_size=1, max_size=3).map(lambda ws: Author(tuple(ws))),
+    st.builds(Category, st.sampled_from(CATEGORY_NAMES)),
+    st.just(Has("code")),
+)
+leaves = st.one_of(plain_terms, prefix_terms, phrases, compares, metadata, st.just(All()))
 
 
 def _flat(kind: type[And] | type[Or], children: list[Node]) -> Node:
@@ -445,9 +571,44 @@ class FilterGenerator:
         self.authors = sorted({1, 3, 5, 10, 30} | {doc.authors or 1 for doc in docs})
         days = sorted({doc.day for doc in docs if doc.day})
         self.days = [days[0], days[-1], *rng.sample(days, 20), date(2024, 1, 1)]
+        self.author_lists = sorted({doc.author_names for doc in docs if len(doc.author_names) > 1})
+        self.categories = sorted({c for doc in docs for c in doc.categories} | {"cs.SD"})
+
+    def metadata(self) -> str:
+        """author:, category: or has:, drawn so that each matches some papers and not others:
+        whole names, some of their words (in order, reversed, across two authors, cut short)."""
+        rng = self.rng
+        kind = rng.random()
+        if kind < 0.55:
+            names = rng.choice(self.author_lists)
+            parts = rng.choice(names).split()
+            how = rng.random()
+            if how < 0.35:
+                words = [rng.choice(parts)]
+            elif how < 0.55:
+                words = parts
+            elif how < 0.65:
+                words = parts[::-1]
+            elif how < 0.8:  # a word of one author, then a word of another
+                other = rng.choice([n for n in names if n.split() != parts])
+                words = [rng.choice(parts), rng.choice(other.split())]
+            else:  # a word cut short: never a whole-word match
+                word = rng.choice(parts)
+                words = [word[: rng.randint(1, len(word))]]
+            text = " ".join(words)
+            quoted = " " in text or rng.random() < 0.3
+            return f'author:"{text}"' if quoted else f"author:{text}"
+        if kind < 0.85:
+            category = rng.choice(self.categories)
+            if rng.random() < 0.3:
+                return f"category:{category.split('.')[0]}.*"
+            return f"category:{category.lower() if rng.random() < 0.3 else category}"
+        return "has:code"
 
     def leaf(self) -> str:
         rng = self.rng
+        if rng.random() < 0.12:
+            return self.metadata()
         kind = rng.random()
         if kind < 0.30:
             return rng.choice(self.words)
@@ -529,6 +690,62 @@ def test_indexed_matcher_agrees_with_naive_over_the_corpus(
         non_trivial += 0 < len(expected) < len(corpus_docs)
     # The generator is not vacuous: most filters split the corpus.
     assert non_trivial > len(queries) // 2
+    # ... and it exercises author:, category: and has:, alone and among other terms.
+    for field in ("author:", "category:", "has:"):
+        assert sum(field in q for q in queries) > 50, field
+
+
+def test_indexed_matcher_agrees_with_naive_on_metadata_alone(
+    corpus_docs: list[PaperDoc], corpus_index: DayIndex, corpus_analysed: list[dict]
+) -> None:
+    """Every author:, category: and has: leaf the generator writes, on its own: those
+    that match some papers and those (reversed, across two names, cut short) that match
+    none."""
+    gen = FilterGenerator(corpus_docs, random.Random(11))
+    queries = {gen.metadata() for _ in range(1500)}
+    assert len(queries) > 200
+    split = none = 0
+    for query in sorted(queries):
+        tree = parse_filter(query)
+        expected = {
+            i for i, doc in enumerate(corpus_docs) if naive.matches(tree, doc, corpus_analysed[i])
+        }
+        assert set(iter_bits(corpus_index.evaluate(tree))) == expected, query
+        assert set(iter_bits(compile_tree(tree)(corpus_index))) == expected, query
+        split += 0 < len(expected) < len(corpus_docs)
+        none += not expected
+    assert split > 80 and none > 80
+
+
+NAME_PARTS = ["José", "Jose", "MÜLLER", "Muller", "Müllerová", "Ada", "King", "Lovelace",
+              "Jean-Luc", "Luc", "O'Brien", "Li", "3"]  # fmt: skip
+CATEGORY_VALUES = ["cs.CL", "cs.LG", "CS.cv", "stat.ML", "hep-th", "math.OC", "physics.comp-ph"]
+metadata_papers = st.builds(
+    PaperDoc,
+    id=st.just(0),
+    title=st.lists(st.sampled_from(VOCAB), max_size=5).map(" ".join),
+    abstract=st.lists(st.sampled_from(VOCAB), max_size=8).map(" ".join),
+    upvotes=st.none() | st.integers(0, 20),
+    authors=st.none() | st.integers(1, 5),
+    author_names=st.lists(
+        st.lists(st.sampled_from(NAME_PARTS), min_size=1, max_size=4).map(" ".join), max_size=3
+    ).map(tuple),
+    categories=st.lists(st.sampled_from(CATEGORY_VALUES), max_size=3, unique=True).map(tuple),
+    has_code=st.booleans(),
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(metadata_papers, min_size=1, max_size=8), trees(3))
+def test_indexed_matcher_agrees_with_naive_on_random_papers(
+    docs: list[PaperDoc], tree: Node
+) -> None:
+    """Random papers with names, categories and code links; random filters over words,
+    numbers and metadata: the index, the compiled filter and the naive matcher agree."""
+    index = DayIndex(docs)
+    expected = {i for i, doc in enumerate(docs) if naive.matches(tree, doc)}
+    assert set(iter_bits(index.evaluate(tree))) == expected
+    assert set(iter_bits(compile_tree(tree)(index))) == expected
 
 
 def test_presearch_never_drops_a_match_on_a_small_day(corpus_docs: list[PaperDoc]) -> None:
@@ -832,3 +1049,165 @@ def test_word_scores_over_all_papers_at_once_equal_paper_by_paper(
     for leaf in leaves:
         fast, slow = ranker.leaf_scores(leaf), ranker.leaf_scores_by_paper(leaf)
         assert np.allclose(fast, slow, rtol=1e-12, atol=1e-12), leaf
+
+
+# --- 7. metadata: author:, category:, has: --------------------------------------------------
+
+META_PAPERS = [
+    PaperDoc(
+        1,
+        "Diffusion models for text",
+        "We train diffusion models on text.",
+        upvotes=5,
+        author_names=("José Müller", "Ada King Lovelace"),
+        categories=("cs.CL", "cs.LG"),
+        has_code=True,
+    ),
+    PaperDoc(
+        2,
+        "Graph learning at scale",
+        "Message passing networks.",
+        upvotes=12,
+        author_names=("Jose Smith", "Anna Muller"),  # jose and muller, but in two names
+        categories=("stat.ML", "cs.LG"),
+    ),
+    PaperDoc(
+        3,
+        "Video diffusion",
+        "Frames, generated.",
+        upvotes=2,
+        author_names=("Petra Müllerová", "Jean-Luc Picard"),
+        categories=("cs.CV",),
+        has_code=True,
+    ),
+    PaperDoc(
+        4,
+        "String theory in AdS",
+        "Branes and holography.",
+        author_names=("Juan Maldacena",),
+        categories=("hep-th",),
+    ),
+    # a page-dump paper: no names, no categories, no code link
+    PaperDoc(5, "A dumped paper about diffusion", "Nothing but text.", upvotes=1),
+]
+
+META_MATCHES: list[tuple[str, set[int]]] = [
+    # author: whole words, folded, in order, within one name
+    ("author:muller", {1, 2}),
+    ("author:Müller", {1, 2}),
+    ("author:MULLER", {1, 2}),
+    ('author:"jose muller"', {1}),  # paper 2 has a Jose and a Muller, not one José Müller
+    ('author:"José Müller"', {1}),
+    ('author:"muller jose"', set()),  # order matters
+    ("author:mull", set()),  # whole words only
+    ("author:Müllerová", {3}),
+    ("author:mullerova", {3}),
+    ("author:jose", {1, 2}),
+    ('author:"ada lovelace"', {1}),  # other words may come between
+    ('author:"lovelace ada"', set()),
+    ('author:"ada king lovelace"', {1}),
+    ("author:jean-luc", {3}),
+    ('author:"luc picard"', {3}),
+    ('author:"jean luc picard"', {3}),
+    ('author:"picard jean"', set()),
+    ("author:diffusion", set()),  # words of the title are not names
+    ('author:"smith anna"', set()),  # the end of one name and the start of the next
+    ("-author:picard", {1, 2, 4, 5}),  # the dumped paper has no authors: NOT matches it
+    # category: exact (any case) or a whole archive
+    ("category:cs.CL", {1}),
+    ("category:cs.cl", {1}),
+    ("category:CS.LG", {1, 2}),
+    ('category:"cs.CV"', {3}),
+    ("category:cs.*", {1, 2, 3}),
+    ("category:stat.*", {2}),
+    ("category:hep-th", {4}),
+    ("category:hep-th.*", set()),  # hep-th has no subjects
+    ("category:cs.RO", set()),
+    ("category:stat.ML OR category:hep-th", {2, 4}),
+    ("NOT category:cs.*", {4, 5}),
+    # has:code
+    ("has:code", {1, 3}),
+    ("-has:code", {2, 4, 5}),
+    # combined with each other, with words and with numbers
+    ("has:code AND category:cs.CL", {1}),
+    ("has:code category:cs.CV", {3}),
+    ("has:code -category:cs.CV", {1}),
+    ("diffusion has:code", {1, 3}),
+    ("diffusion -has:code", {5}),
+    ("diffusion -author:muller", {3, 5}),
+    ("author:muller OR category:hep-th", {1, 2, 4}),
+    ("(author:picard OR author:maldacena) -category:cs.*", {4}),
+    ("NOT (author:lovelace OR has:code)", {2, 4, 5}),
+    ("upvotes>=5 category:cs.LG", {1, 2}),
+    ("title:(diffusion OR author:maldacena)", {1, 3, 4, 5}),
+    ("* -category:cs.*", {4, 5}),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), META_MATCHES, ids=[q for q, _ in META_MATCHES])
+def test_metadata_filters_match_these_papers(query: str, expected: set[int]) -> None:
+    index = DayIndex(META_PAPERS)
+    tree = parse_filter(query)
+    by_id = {META_PAPERS[i].id for i in iter_bits(index.evaluate(tree))}
+    assert by_id == expected
+    assert {doc.id for doc in META_PAPERS if naive.matches(tree, doc)} == expected
+    flt = compile_filter(query)
+    bits = Ranker(index).filter_bits(flt)
+    assert {META_PAPERS[i].id for i in iter_bits(bits)} == expected
+    assert parse_filter(to_query(tree)) == tree
+
+
+def test_metadata_names_no_words_to_score_or_highlight() -> None:
+    for query in ("has:code", "category:cs.*", 'author:"José Müller"', "-author:lovelace"):
+        assert positive_leaves(parse_filter(query)) == []
+        assert compile_filter(query).leaves == ()
+    flt = compile_filter("diffusion has:code -category:cs.CV author:jose")
+    assert flt.leaves == (T("diffusion"),)
+
+
+def test_filter_of_metadata_only_matches_and_ranks_by_upvotes() -> None:
+    """Like upvotes>=5: nothing to score, so its matches come by upvotes, then freshness,
+    each naming the filter and no words."""
+    ranked = rank(META_PAPERS, ["has:code OR category:cs.LG"])
+    assert ids(ranked) == [2, 1, 3]
+    assert all(m.score == 0.0 for m in ranked.matches)
+    assert all(m.words == () for m in ranked.matches)
+    assert all(m.filters == ("has:code OR category:cs.LG",) for m in ranked.matches)
+    (only,) = rank(META_PAPERS, ["has:code AND category:cs.CL"]).matches
+    assert (only.paper_id, only.words) == (1, ())
+
+
+def test_metadata_adds_no_score_to_the_words_beside_it() -> None:
+    """``diffusion has:code`` scores its papers exactly as ``diffusion`` does, and shows
+    only the words it matched: metadata narrows, it never ranks or highlights."""
+    docs = [*META_PAPERS, *FILLER]
+    plain = {m.paper_id: m for m in rank(docs, ["diffusion"]).matches}
+    narrowed = rank(docs, ["diffusion has:code"]).matches
+    assert [m.paper_id for m in narrowed] == [p for p in plain if p in (1, 3)]
+    for m in narrowed:
+        assert m.score == pytest.approx(plain[m.paper_id].score)
+        assert m.words == plain[m.paper_id].words
+    assert {w.lower() for m in narrowed for w in m.words} == {"diffusion"}
+
+
+def test_metadata_only_filter_is_taken_at_its_word_by_the_digest() -> None:
+    """The digest's score treats it like a comparison: a ceiling of 0, so its matches are in."""
+    from newsletter.relevance.score import ceiling
+
+    index = DayIndex(META_PAPERS)
+    for query in ("has:code", "category:cs.CL has:code", "author:lovelace OR category:cs.*"):
+        assert ceiling(parse_filter(query), index.stats) == 0.0, query
+    with_word = parse_filter("diffusion has:code")
+    assert ceiling(with_word, index.stats) == ceiling(parse_filter("diffusion"), index.stats)
+
+
+def test_author_index_narrows_by_name_words_before_checking_names() -> None:
+    """A lookup intersects postings of folded name words; only papers with every word are
+    checked for one name holding them in order."""
+    index = DayIndex(META_PAPERS)
+    assert set(iter_bits(index.name_postings["muller"])) == {0, 1}
+    assert "mullerova" in index.name_postings and "müller" not in index.name_postings
+    assert set(iter_bits(index.category_postings["cs.*"])) == {0, 1, 2}
+    assert set(iter_bits(index.category_postings["cs.lg"])) == {0, 1}
+    assert set(iter_bits(index.has_code)) == {0, 2}
+    assert index.names[4] == ()  # the dumped paper

@@ -14,7 +14,7 @@ from sqlmodel import Session, func, select
 
 from newsletter.corpus.ingest import IngestReport, ingest
 from newsletter.corpus.keys import canonical_key
-from newsletter.corpus.parser import read_dump
+from newsletter.corpus.sources.dump import read_dump
 from newsletter.models import CorpusFile, Event, Paper
 from tests.conftest import CORPUS
 

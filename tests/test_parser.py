@@ -1,4 +1,4 @@
-"""Tests for newsletter.corpus.parser: page dumps in, paper records out (pure, fast)."""
+"""Tests for newsletter.corpus.sources.dump: page dumps in, paper records out (pure, fast)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.corpus.parser import (
+from newsletter.corpus.sources.dump import (
     CHROME_LINES,
     PaperRecord,
     decode_dump,

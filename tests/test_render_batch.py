@@ -23,7 +23,7 @@ from sqlmodel import select
 from newsletter import db
 from newsletter.corpus.ingest import ingest
 from newsletter.filters import DayIndex, Ranker, compile_filter
-from newsletter.ledger.jobs import digest_papers
+from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.models import Paper
 from newsletter.relevance.day import paper_doc
 from newsletter.render import (
@@ -95,7 +95,7 @@ def sample_digests(tmp_path_factory: pytest.TempPathFactory) -> list[Digest]:
     with db.session_scope(engine=engine) as session:
         papers = list(session.exec(select(Paper).order_by(Paper.id)))
     ranker = Ranker(DayIndex([paper_doc(p) for p in papers]))
-    texts = {p.id: (p.title, p.abstract) for p in papers}
+    texts = {p.id: paper_text(p) for p in papers}
     shown = {p.id: p for p in papers}
     digests = []
     for i, query in enumerate(FILTERS):
@@ -154,6 +154,14 @@ names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), ma
             st.none() | texts,
             st.none() | texts,
             st.none() | st.integers(0, 300),
+            st.tuples(
+                st.none() | st.from_regex(r"[0-9]{4}\.[0-9]{5}", fullmatch=True),
+                st.none() | texts | st.just("https://github.com/o/r?a=1&b=<2>"),
+                st.none() | texts | st.just("https://example.org/p?q=1&x=2"),
+                st.lists(names, max_size=4),
+                st.none() | texts,
+                st.none() | st.integers(0, 50),
+            ),
         ),
         max_size=8,
     ),
@@ -173,8 +181,15 @@ def test_batch_equals_reference_on_random_text(papers, more, near, name) -> None
             close_to=close_to,
             # the nearest sentence is a piece of the abstract as displayed
             nearest=clean(a)[start or 0 : (start or 0) + 60] if start is not None else None,
+            arxiv_id=arxiv_id,
+            code_url=code,
+            project_url=project,
+            author_names=tuple(authors),
+            summary=summary,
+            authors=count,
         )
-        for t, a, topics, terms, upvotes, org, close_to, start in papers
+        for t, a, topics, terms, upvotes, org, close_to, start, more_fields in papers
+        for arxiv_id, code, project, authors, summary, count in (more_fields,)
     )
     assert_same(BatchRenderer(), replace(digest(shown, more=more, name=name), near_count=near))
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 import typer
 from typer.exceptions import TyperException
 
+import newsletter.cli.sources  # noqa: F401  (registers `sources list` and `sources fetch`)
 from newsletter import db
 from newsletter.cli import corpus, delivery, people, running  # noqa: F401  (they register commands)
 from newsletter.cli.common import app, err

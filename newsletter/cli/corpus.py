@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +17,9 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.models import Paper, utcnow
+from newsletter.paper_links import PaperLinks, paper_links
 from newsletter.relevance import ALPHA, DIAL, Picked, Scorer, Topic, TopicScores
-from newsletter.text import terminal_safe
+from newsletter.text import latex_to_text, one_line, terminal_safe
 
 if TYPE_CHECKING:
     pass
@@ -83,9 +85,14 @@ def ingest(
     for result in report.files:
         if result.error is not None:
             err.print("skipped " + terminal_safe(str(result.error)), markup=False)
+        for problem in result.skipped:  # one bad item of an answer; the rest went in
+            err.print(terminal_safe(f"warning: {result.path}: {problem}"), markup=False)
     states = Counter(f.status for f in report.files)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no files"
-    out.print(f"{len(report.files)} files ({summary}); {report.new_papers} new papers")
+    updated = sum(f.updated_papers for f in report.files)
+    out.print(
+        f"{len(report.files)} files ({summary}); {report.new_papers} new papers, {updated} updated"
+    )
     embed_stored(ctx.engine)
     if report.errors:
         raise typer.Exit(1)
@@ -147,19 +154,42 @@ def papers_list(
     with db.session_scope(engine=ctx.engine) as session:
         papers = list(session.exec(query))
     if as_json:
-        _print_json([p.model_dump(exclude={"key"}) for p in papers])
+        _print_json([paper_json(p) for p in papers])
         return
-    table = Table("id", "first seen", "published", "▲", "title", box=None)
+    table = Table("id", "first seen", "published", "▲", "arXiv", "title", box=None)
     for p in papers:
         table.add_row(
             str(p.id),
             f"{p.first_seen_at:%Y-%m-%d}",
             str(p.published_on or ""),
             str(p.upvotes or ""),
-            p.title,
+            p.arxiv_id or "",
+            Text(terminal_safe(p.title)),
         )
     out.print(table)
     out.print(f"{len(papers)} papers")
+
+
+def links_of(paper: Paper) -> PaperLinks:
+    return paper_links(
+        title=one_line(latex_to_text(paper.title)),
+        arxiv_id=paper.arxiv_id,
+        code=paper.code_url,
+        project=paper.project_url,
+    )
+
+
+def paper_json(paper: Paper) -> dict[str, object]:
+    """A stored paper for scripts: its fields, lists as lists, and its links."""
+    data = paper.model_dump(exclude={"key", "author_names", "keywords", "categories", "sources"})
+    lists = {
+        "author_names": json.loads(paper.author_names) if paper.author_names else [],
+        "keywords": json.loads(paper.keywords) if paper.keywords else [],
+        "categories": (paper.categories or "").split(),
+        "sources": (paper.sources or "").split(),
+    }
+    links = links_of(paper)
+    return data | lists | {"links": {k: getattr(links, k) for k in links.__slots__}}
 
 
 # --- filters ----------------------------------------------------------------------
@@ -203,6 +233,7 @@ def filters_test(
         papers = list(session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id)))
         scorer = day_scorer(session, papers=papers, now=utcnow(), topics=[topic])
     titles = {p.id: p.title for p in papers}
+    pages = {p.id: links_of(p) for p in papers}
     scores = scorer.topic(topic)
     picked = scorer.pick([topic], within=None, limit=10**9, dial=dial)
     shown = picked.matches[:limit]
@@ -219,6 +250,7 @@ def filters_test(
             "matched": bool(scores.matched[i]),
             "words": list(scorer_words(scorer, topic, i)),
             "carried_by_meaning": meaning,
+            "links": {k: getattr(pages[pid], k) for k in pages[pid].__slots__},
         }
 
     if as_json:
@@ -245,6 +277,7 @@ def filters_test(
         title = Text(terminal_safe(f"{rank:3}. {titles[m.paper_id]}"))
         title.highlight_words(m.words, style="bold underline", case_sensitive=False)
         out.print(title, Text("  " + _parts(scores, m.index, m.meaning), style="dim"))
+        out.print(Text("     " + pages[m.paper_id].page, style="dim"), soft_wrap=True)
     if show_all:
         out.print(f"below the line (score under {step.threshold}):", markup=False)
         for i, pid in below:

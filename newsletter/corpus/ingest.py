@@ -5,6 +5,10 @@ the next run reads that file again. An unchanged file (same SHA-256 as last
 time) is skipped without parsing; a changed one adds only what is new and
 fills blanks in what is known. A file that cannot be parsed is reported with
 its path and line, recorded, and skipped: the other files still go in.
+
+Files of any source are taken (page dumps, Daily Papers JSON, arXiv feeds; see
+``corpus.sources``), and a paper is stored once whichever told it: found by its
+arXiv id, else by its title's key, and merged by ``records.merge_record``.
 """
 
 from __future__ import annotations
@@ -12,22 +16,36 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from newsletter.corpus.keys import canonical_key
-from newsletter.corpus.parser import PaperRecord, decode_dump, parse_dump
+from newsletter.corpus.records import PaperRecord, merge_record, merge_records
+from newsletter.corpus.sources import SUFFIXES, parse_bytes
 from newsletter.db import error_reason, session_scope
 from newsletter.errors import CorpusError
 from newsletter.events import EventKind
 from newsletter.models import CorpusFile, Event, Paper
 
-# Fields a later sighting may fill in when the stored paper has them blank.
-_MERGED_FIELDS = ("authors", "organization", "organization_handle", "published_on", "page_date")
+# Record fields stored as they are; the tuples are stored as JSON or spaced words.
+_PLAIN = (
+    "title",
+    "abstract",
+    "authors",
+    "organization",
+    "organization_handle",
+    "published_on",
+    "upvotes",
+    "page_date",
+    "arxiv_id",
+    "arxiv_version",
+    "code_url",
+    "project_url",
+    "summary",
+)
 
 
 @dataclass(slots=True)
@@ -38,6 +56,8 @@ class FileResult:
     new_papers: int = 0
     updated_papers: int = 0
     error: CorpusError | None = None
+    kind: str | None = None
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -54,11 +74,12 @@ class IngestReport:
 
 
 def corpus_files(*, paths: Iterable[Path]) -> list[Path]:
-    """Expand directories to their ``*.txt`` files, in name order (dumps are numbered)."""
+    """Expand directories to the files of any source in them (``*.txt``, ``*.json``,
+    ``*.xml``, ``*.atom``, ``*.rss``), in name order (dumps are numbered)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.glob("*.txt") if p.is_file()))
+            found.extend(sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()))
         elif path.exists():
             found.append(path)
         else:
@@ -66,98 +87,113 @@ def corpus_files(*, paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def merge_records(records: Iterable[PaperRecord]) -> dict[str, PaperRecord]:
-    """Collapse records sharing a key; later sightings fill the blanks of earlier ones."""
-    merged: dict[str, PaperRecord] = {}
-    for rec in records:
-        key = canonical_key(rec.title)
-        if not key:
-            continue
-        old = merged.get(key)
-        merged[key] = rec if old is None else _merge_record(old, rec)
-    return merged
+def _words(value: str | None) -> tuple[str, ...]:
+    return tuple(value.split()) if value else ()
 
 
-def _merge_record(old: PaperRecord, new: PaperRecord) -> PaperRecord:
-    changes = {f: getattr(new, f) for f in _MERGED_FIELDS if getattr(old, f) is None}
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if new.upvotes is not None and (old.upvotes is None or new.upvotes > old.upvotes):
-        changes["upvotes"] = new.upvotes
-    if len(new.abstract) > len(old.abstract):
-        changes["abstract"] = new.abstract
-    return replace(old, **changes) if changes else old
+def _json_list(value: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(value)) if value else ()
 
 
-def _merge_into(paper: Paper, rec: PaperRecord) -> bool:
-    """Fill blanks of a stored paper from a new sighting; never overwrite with blanks."""
-    changed = False
-    for name in _MERGED_FIELDS:
-        value = getattr(rec, name)
-        if value is not None and getattr(paper, name) is None:
-            setattr(paper, name, value)
-            changed = True
-    if rec.upvotes is not None and (paper.upvotes is None or rec.upvotes > paper.upvotes):
-        paper.upvotes = rec.upvotes  # upvotes only grow; the highest count seen is the newest
-        changed = True
-    if not paper.abstract and rec.abstract:
-        paper.abstract = rec.abstract
-        changed = True
-    return changed
+def record_of(paper: Paper) -> PaperRecord:
+    """A stored paper as a record, so one merge rule serves records and rows."""
+    return PaperRecord(
+        line=0,
+        **{name: getattr(paper, name) for name in _PLAIN},  # type: ignore[arg-type]
+        author_names=_json_list(paper.author_names),
+        keywords=_json_list(paper.keywords),
+        categories=_words(paper.categories),
+        source=paper.sources or "dump",
+    )
+
+
+def row_values(rec: PaperRecord) -> dict[str, object]:
+    """The ``papers`` columns a record fills."""
+    return {
+        **{name: getattr(rec, name) for name in _PLAIN},
+        "key": rec.key,
+        "author_names": json.dumps(list(rec.author_names), ensure_ascii=False)
+        if rec.author_names
+        else None,
+        "keywords": json.dumps(list(rec.keywords), ensure_ascii=False) if rec.keywords else None,
+        "categories": " ".join(rec.categories) or None,
+        "sources": rec.source,
+    }
 
 
 def _check_fits(records: dict[str, PaperRecord], *, source: str) -> None:
     """Refuse as a broken file what the database would refuse (PostgreSQL enforces lengths)."""
     columns = Paper.__table__.c  # type: ignore[attr-defined]
-    for key, rec in records.items():
-        for name, value in (
-            ("key", key),
-            ("title", rec.title),
-            ("organization", rec.organization),
-            ("organization_handle", rec.organization_handle),
-        ):
-            limit = columns[name].type.length
-            if value is not None and limit is not None and len(value) > limit:
+    for rec in records.values():
+        values = row_values(rec)
+        for name, value in values.items():
+            limit = getattr(columns[name].type, "length", None)
+            if isinstance(value, str) and limit is not None and len(value) > limit:
                 message = f"the paper's {name} is longer than {limit} characters"
                 raise CorpusError(path=source, line=rec.line, message=message)
+
+
+def _existing(session: Session, column: sa.ColumnElement[str], values: list[str]) -> list[Paper]:
+    found: list[Paper] = []
+    for start in range(0, len(values), 500):  # stay under bound-parameter limits
+        found.extend(session.exec(select(Paper).where(column.in_(values[start : start + 500]))))
+    return found
 
 
 def _store(
     session: Session, *, records: dict[str, PaperRecord], source: str, now: datetime
 ) -> tuple[int, int]:
-    keys = list(records)
-    existing: dict[str, Paper] = {}
-    for start in range(0, len(keys), 500):  # stay under bound-parameter limits
-        chunk = keys[start : start + 500]
-        query = select(Paper).where(Paper.key.in_(chunk))  # type: ignore[attr-defined]
-        existing.update({p.key: p for p in session.exec(query)})
+    ids = [r.arxiv_id for r in records.values() if r.arxiv_id]
+    by_id = {p.arxiv_id: p for p in _existing(session, Paper.arxiv_id, ids)}  # type: ignore[arg-type]
+    keys = [r.key for r in records.values()]
+    by_key = {p.key: p for p in _existing(session, Paper.key, keys)}  # type: ignore[arg-type]
     new_rows: list[dict[str, object]] = []
+    taken: set[str] = set()
     updated = 0
-    for key, rec in records.items():
-        paper = existing.get(key)
+    for rec in records.values():
+        paper = by_id.get(rec.arxiv_id) if rec.arxiv_id else None
         if paper is None:
-            new_rows.append(
-                {
-                    "key": key,
-                    "title": rec.title,
-                    "abstract": rec.abstract,
-                    "authors": rec.authors,
-                    "organization": rec.organization,
-                    "organization_handle": rec.organization_handle,
-                    "published_on": rec.published_on,
-                    "upvotes": rec.upvotes,
-                    "page_date": rec.page_date,
-                    "source_file": source,
-                    "first_seen_at": now,
-                    "updated_at": now,
-                }
-            )
-        elif _merge_into(paper, rec):
+            paper = by_key.get(rec.key)
+            if paper is not None and paper.arxiv_id and rec.arxiv_id:
+                paper = None  # one title, two ids: two papers
+        if paper is None:
+            values = row_values(rec)
+            if rec.key in by_key or rec.key in taken:  # keys are unique; ids tell these apart
+                values["key"] = f"{rec.key} {rec.arxiv_id}"
+            taken.add(values["key"])  # type: ignore[arg-type]
+            stamps = {"source_file": source, "first_seen_at": now, "updated_at": now}
+            new_rows.append(values | stamps)
+        elif _merge_into(session, paper, rec, now=now):
             paper.updated_at = now
             updated += 1
     if new_rows:
         # One executemany instead of an ORM object per paper: 5x faster on a whole dump.
         session.execute(sa.insert(Paper), new_rows)
     return len(new_rows), updated
+
+
+def _merge_into(session: Session, paper: Paper, rec: PaperRecord, *, now: datetime) -> bool:
+    """Merge a new telling into a stored paper; whether anything changed."""
+    old = record_of(paper)
+    merged = merge_record(old, rec, stored=True)
+    if merged == old:
+        return False
+    values = row_values(merged)
+    if merged.key != paper.key:
+        clash = session.exec(select(Paper.id).where(Paper.key == merged.key)).first()
+        values["key"] = paper.key if clash is not None else merged.key
+    for name, value in values.items():
+        setattr(paper, name, value)
+    if merged.arxiv_version != old.arxiv_version and old.arxiv_version is not None:
+        detail = {
+            "paper_id": paper.id,
+            "arxiv_id": merged.arxiv_id,
+            "from": old.arxiv_version,
+            "to": merged.arxiv_version,
+            "title_changed": merged.title != old.title,
+        }
+        session.add(Event(at=now, kind=EventKind.PAPER_REVISED, detail=json.dumps(detail)))
+    return True
 
 
 DEFAULT_MAX_BYTES = 64 * 2**20
@@ -197,8 +233,7 @@ def ingest_file(
         row = row or CorpusFile(path=source, sha256=digest, size=len(data), status="ok")
         row.sha256, row.size, row.ingested_at = digest, len(data), now
         try:
-            text = decode_dump(data=data, source=source)
-            parsed = parse_dump(text=text, source=source, today=now.date())
+            parsed = parse_bytes(data=data, source=source, today=now.date())
             records = merge_records(parsed.papers)
             _check_fits(records, source=source)
         except CorpusError as exc:
@@ -211,10 +246,23 @@ def ingest_file(
         new, updated = _store(session, records=records, source=source, now=now)
         row.status, row.error, row.papers, row.new_papers = "ok", None, len(records), new
         session.add(row)
-        detail = {"path": source, "papers": len(records), "new": new, "updated": updated}
+        detail = {
+            "path": source,
+            "kind": parsed.kind,
+            "papers": len(records),
+            "new": new,
+            "updated": updated,
+            "skipped": list(parsed.skipped[:20]),
+        }
         session.add(Event(at=now, kind=EventKind.FILE_INGESTED, detail=json.dumps(detail)))
     return FileResult(
-        path=source, status=status, papers=len(records), new_papers=new, updated_papers=updated
+        path=source,
+        status=status,
+        papers=len(records),
+        new_papers=new,
+        updated_papers=updated,
+        kind=parsed.kind,
+        skipped=parsed.skipped,
     )
 
 

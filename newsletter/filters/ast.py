@@ -12,6 +12,9 @@ from datetime import date
 
 TEXT_FIELDS = ("title", "abstract", "org")
 NUMERIC_FIELDS = ("upvotes", "authors", "date")
+# Fields that filter on a paper's metadata: never scored, never highlighted.
+META_FIELDS = ("author", "category", "has")
+HAS_VALUES = ("code",)
 COMPARISONS = (">=", "<=", ">", "<", "=")
 
 
@@ -41,6 +44,29 @@ class Compare:
 
 
 @dataclass(frozen=True, slots=True)
+class Author:
+    """``author:"Ada Lovelace"``: folded words (``docs.name_words``), all within one
+    author's name, whole and in this order (other words may come between)."""
+
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    """``category:cs.CL``: an arXiv category, lower-cased (``cs.cl``); ``cs.*`` is any
+    category of the archive."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Has:
+    """``has:code``: a paper that names a code repository. ``what`` is one of HAS_VALUES."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class All:
     """``*``: every paper (the trending digest)."""
 
@@ -60,7 +86,7 @@ class Or:
     children: tuple[Node, ...]
 
 
-Node = Term | Phrase | Compare | All | Not | And | Or
+Node = Term | Phrase | Compare | Author | Category | Has | All | Not | And | Or
 
 
 def _field(field: str | None) -> str:
@@ -76,6 +102,12 @@ def to_query(node: Node) -> str:
             return f'{_field(field)}"{" ".join(words)}"'
         case Compare(field, op, value):
             return f"{field}{op}{value.isoformat() if isinstance(value, date) else value}"
+        case Author(words):
+            return f"author:{words[0]}" if len(words) == 1 else f'author:"{" ".join(words)}"'
+        case Category(name):
+            return f"category:{name}"
+        case Has(what):
+            return f"has:{what}"
         case All():
             return "*"
         case Not(child):
@@ -95,7 +127,8 @@ def to_query(node: Node) -> str:
 
 def positive_leaves(node: Node) -> list[Term | Phrase]:
     """Words and phrases whose presence makes the filter match (not those under NOT):
-    what an explanation names and what ranking scores."""
+    what an explanation names and what ranking scores. Comparisons and metadata
+    (``author:``, ``category:``, ``has:``) only filter: they are not words."""
     match node:
         case Term() | Phrase():
             return [node]

@@ -7,12 +7,14 @@ papers through this module, so they cannot disagree about what a paper says.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from newsletter.filters.tokens import stem, tokens
+from newsletter.text import fold
 
 FIELDS = ("title", "abstract", "org")
 DEFAULT_FIELDS = ("title", "abstract")  # a word without a field looks here
@@ -30,6 +32,9 @@ class PaperDoc:
     authors: int | None = None
     published_on: date | None = None
     first_seen_at: datetime | None = None
+    author_names: tuple[str, ...] = ()  # as the paper lists them (a dump gives none)
+    categories: tuple[str, ...] = ()  # arXiv categories, primary first: "cs.CL"
+    has_code: bool = False  # a source named a code repository
 
     @property
     def day(self) -> date | None:
@@ -99,3 +104,36 @@ def phrase_at(stems: list[str], words: tuple[str, ...]) -> Iterator[int]:
     for i, s in enumerate(stems):
         if s == first and stems[i : i + k] == want:
             yield i
+
+
+# --- metadata: author names, categories -----------------------------------------------------
+
+_NAME_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """The words of an author's name (or of an ``author:`` filter), folded: accents and
+    case gone, split at spaces and punctuation. "José Müller-Lüdenscheidt" ->
+    ("jose", "muller", "ludenscheidt"). Unstemmed: names are not English words."""
+    return tuple(_NAME_WORD_RE.findall(fold(name)))
+
+
+def name_has(name: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    """Does one name (its ``name_words``) hold ``words`` whole and in order? Other words
+    may come between ("ada lovelace" is in "Ada King Lovelace"), not before or after
+    one another ("lovelace ada" is not)."""
+    rest = iter(name)
+    return all(w in rest for w in words)  # `in` advances the iterator: a subsequence
+
+
+def author_has(names: tuple[tuple[str, ...], ...], words: tuple[str, ...]) -> bool:
+    """Does any one of a paper's names (each its ``name_words``) hold ``words`` in order?"""
+    return any(name_has(name, words) for name in names)
+
+
+def category_keys(category: str) -> tuple[str, ...]:
+    """What ``category:`` can find a paper's category under: itself lower-cased, and
+    ``archive.*`` when it has a subject ("cs.CL" -> "cs.cl", "cs.*")."""
+    key = category.lower()
+    archive, dot, _ = key.partition(".")
+    return (key, f"{archive}.*") if dot else (key,)

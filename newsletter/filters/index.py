@@ -8,6 +8,12 @@ a phrase intersects its words' bitsets and checks positions only in the papers
 left. Results are cached per sub-tree, so a filter (or part of one) shared by
 many subscribers costs one evaluation.
 
+Metadata is indexed the same way: each category (and ``archive.*``) maps to a
+bitset, so does ``has:code``, and each folded word of an author's name maps to
+the papers with an author bearing it; ``author:"ada lovelace"`` intersects its
+words' bitsets and checks, only in the papers left, that one name holds them
+in order.
+
 Before that, a presearch in the manner of Lucene's Monitor: each filter's
 anchor terms (words one of which must occur for it to match) are extracted
 once when it is compiled, and a filter none of whose anchors occurs today is
@@ -23,7 +29,19 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from newsletter.filters.ast import All, And, Compare, Node, Not, Or, Phrase, Term
+from newsletter.filters.ast import (
+    All,
+    And,
+    Author,
+    Category,
+    Compare,
+    Has,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Term,
+)
 from newsletter.filters.bm25 import CorpusStats
 from newsletter.filters.docs import (
     DEFAULT_FIELDS,
@@ -31,8 +49,11 @@ from newsletter.filters.docs import (
     Field,
     PaperDoc,
     analyse,
+    author_has,
+    category_keys,
     compare,
     field_text,
+    name_words,
     numeric_value,
     phrase_at,
 )
@@ -101,8 +122,13 @@ def compile_tree(node: Node) -> Evaluator:
         case Phrase(words, fld) if len(words) <= 2:
             (key,) = _phrase_keys(words)
             return _lookup(tuple((f, key) for f in ((fld,) if fld else DEFAULT_FIELDS)))
-        case Term() | Phrase() | Compare():
-            return lambda ix: ix.evaluate(node)  # exact, prefixes, long phrases, numbers: cached
+        case Category(name):
+            return lambda ix: ix.category_postings.get(name, 0)
+        case Has("code"):
+            return lambda ix: ix.has_code
+        case Term() | Phrase() | Compare() | Author() | Has():
+            # exact, prefixes, long phrases, numbers, names: cached
+            return lambda ix: ix.evaluate(node)
         case All():
             return lambda ix: ix.everything
         case Not(child):
@@ -155,6 +181,23 @@ class DayIndex:
         members: dict[str, defaultdict[str, list[int]]] = {f: defaultdict(list) for f in FIELDS}
         occurrences: dict[str, defaultdict[str, list[int]]] = {f: defaultdict(list) for f in FIELDS}
         vocab: dict[str, set[str]] = {f: set() for f in FIELDS}
+        # Metadata: each paper's names as words, and name word / category -> papers.
+        self.names: list[tuple[tuple[str, ...], ...]] = []
+        name_members: defaultdict[str, list[int]] = defaultdict(list)
+        category_members: defaultdict[str, list[int]] = defaultdict(list)
+        with_code: list[int] = []
+        for i, doc in enumerate(self.papers):
+            names = tuple(ws for ws in map(name_words, doc.author_names) if ws)
+            self.names.append(names)
+            for word in {w for ws in names for w in ws}:
+                name_members[word].append(i)
+            for key in {k for c in doc.categories for k in category_keys(c)}:
+                category_members[key].append(i)
+            if doc.has_code:
+                with_code.append(i)
+        self.name_postings = {w: _bits(v) for w, v in name_members.items()}
+        self.category_postings = {k: _bits(v) for k, v in category_members.items()}
+        self.has_code = _bits(with_code) if with_code else 0
         for i, doc in enumerate(self.papers):
             analysed = {f: analyse(field_text(doc, f)) for f in FIELDS}
             self.fields.append(analysed)
@@ -192,14 +235,14 @@ class DayIndex:
         NOT; leaves are worked out here and cached (many filters share words). Whole
         filters are cached by the Ranker, by their text.
         """
-        if not isinstance(node, Term | Phrase | Compare):
+        if not isinstance(node, Term | Phrase | Compare | Author | Category | Has):
             return compile_tree(node)(self)
         cached = self._cache.get(node)
         if cached is None:
             cached = self._cache[node] = self._leaf(node)
         return cached
 
-    def _leaf(self, node: Term | Phrase | Compare) -> int:
+    def _leaf(self, node: Term | Phrase | Compare | Author | Category | Has) -> int:
         match node:
             case Term(word, fld, exact, prefix):
                 bits = 0
@@ -233,6 +276,21 @@ class DayIndex:
                     if compare(op, numeric_value(doc, name), value):
                         bits |= 1 << i
                 return bits
+            case Author(words):
+                candidates = self.everything
+                for word in dict.fromkeys(words):
+                    candidates &= self.name_postings.get(word, 0)
+                    if not candidates:
+                        return 0
+                if len(words) > 1:  # every word is some author's; is there one holding all?
+                    for i in iter_bits(candidates):
+                        if not author_has(self.names[i], words):
+                            candidates &= ~(1 << i)
+                return candidates
+            case Category(name):
+                return self.category_postings.get(name, 0)
+            case Has(what):
+                return self.has_code if what == "code" else 0
         raise TypeError(f"not a filter leaf: {node!r}")
 
     # --- ranking and explanation ----------------------------------------------------

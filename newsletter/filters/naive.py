@@ -7,14 +7,29 @@ measures the indexed matcher against it.
 
 from __future__ import annotations
 
-from newsletter.filters.ast import All, And, Compare, Node, Not, Or, Phrase, Term
+from newsletter.filters.ast import (
+    All,
+    And,
+    Author,
+    Category,
+    Compare,
+    Has,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Term,
+)
 from newsletter.filters.docs import (
     DEFAULT_FIELDS,
     FIELDS,
     Field,
     PaperDoc,
+    category_keys,
     compare,
     field_text,
+    name_has,
+    name_words,
     numeric_value,
     phrase_at,
 )
@@ -49,6 +64,12 @@ def matches(node: Node, doc: PaperDoc, fields: dict[str, Field] | None = None) -
             )
         case Compare(name, op, value):
             return compare(op, numeric_value(doc, name), value)
+        case Author(words):
+            return any(name_has(name_words(name), words) for name in doc.author_names)
+        case Category(name):
+            return any(name in category_keys(c) for c in doc.categories)
+        case Has(what):
+            return what == "code" and doc.has_code
         case All():
             return True
         case Not(child):

@@ -6,13 +6,19 @@ Grammar (operators in capitals; lower-case "and" is just a word)::
     or       := and ("OR" and)*
     and      := unary (["AND"] unary)*          adjacent terms: implicit AND
     unary    := ("NOT" | "-") unary | primary
-    primary  := "(" or ")" | "*" | compare | [field ":"] atom | field ":" "(" or ")"
+    primary  := "(" or ")" | "*" | compare | meta | [field ":"] atom | field ":" "(" or ")"
     atom     := word | word "*" | "=" word | '"' words '"'
     compare  := ("upvotes" | "authors") op integer | "date" op YYYY-MM-DD
     op       := ">=" | "<=" | ">" | "<" | "="
     field    := "title" | "abstract" | "org"
+    meta     := "author:" name | "category:" category | "has:" "code"
+    name     := word | '"' words '"'        whole words of one author's name, in order
+    category := archive ["." subject] | archive ".*"      cs.CL, hep-th, cs.*
+    archive  := letter (letter | "-")*      subject likewise; any case
 
-Messages are written for the person typing the filter, not for programmers.
+``author:``, ``category:`` and ``has:`` filter on a paper's metadata: each takes one
+value (no parentheses, no ``*`` or ``=`` on a name), and none is a word to score or
+highlight. Messages are written for the person typing the filter, not for programmers.
 """
 
 from __future__ import annotations
@@ -24,17 +30,23 @@ from datetime import date
 from newsletter.errors import FilterSyntaxError
 from newsletter.filters.ast import (
     COMPARISONS,
+    HAS_VALUES,
+    META_FIELDS,
     NUMERIC_FIELDS,
     TEXT_FIELDS,
     All,
     And,
+    Author,
+    Category,
     Compare,
+    Has,
     Node,
     Not,
     Or,
     Phrase,
     Term,
 )
+from newsletter.filters.docs import name_words
 from newsletter.filters.tokens import tokens
 
 MAX_QUERY_CHARS = 500
@@ -42,6 +54,16 @@ MAX_DEPTH = 20  # nesting; deeper is a typo or an attack, not a research interes
 _COMPARE_RE = re.compile(r"(upvotes|authors|date)(>=|<=|>|<|=)(\S*)", re.IGNORECASE)
 _FIELD_RE = re.compile(r"([A-Za-z]+):")
 _SPECIAL = '()"'
+# An arXiv category: archive, then optionally "." and a subject class (cs.CL, hep-th,
+# physics.comp-ph), or "archive.*" for every subject of the archive. Checked lower-cased.
+_CATEGORY_RE = re.compile(r"[a-z][a-z-]*(?:\.(?:[a-z][a-z-]*|\*))?")
+# Archives whose every category has a subject ("category:cs" alone would find nothing),
+# with one of their categories to show.
+_SUBJECT_ARCHIVES = {
+    "cs": "cs.CL", "econ": "econ.EM", "eess": "eess.IV", "math": "math.OC", "nlin": "nlin.CD",
+    "physics": "physics.optics", "q-bio": "q-bio.NC", "q-fin": "q-fin.ST", "stat": "stat.ML",
+}  # fmt: skip
+_EXAMPLES = {"author": 'author:lovelace or author:"Ada Lovelace"', "category": "category:cs.CL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +223,13 @@ class _Parser:
         raise self.fail(tok.col, f"{tok.text} needs something on both sides")
 
     def field(self, tok: _Tok) -> Node:
-        if tok.text not in TEXT_FIELDS:
-            known = ", ".join(f"{f}:" for f in TEXT_FIELDS)
+        if tok.text not in TEXT_FIELDS + META_FIELDS:
+            known = ", ".join(f"{f}:" for f in TEXT_FIELDS + META_FIELDS)
             raise self.fail(tok.col, f"unknown field '{tok.text}:'; use {known}")
         nxt = self.peek()
         adjacent = nxt is not None and nxt.col == tok.col + len(tok.text) + 1
+        if tok.text in META_FIELDS:
+            return self.meta(tok, self.take() if adjacent else None)
         if not adjacent or nxt.kind not in ("WORD", "PHRASE", "LPAREN", "STAR", "COMPARE"):  # type: ignore[union-attr]
             raise self.fail(
                 tok.col, f"{tok.text}: needs a word right after it, as in {tok.text}:diffusion"
@@ -235,6 +259,56 @@ class _Parser:
         if prefix and len(words[0]) < 2:
             raise self.fail(col, "a wildcard needs at least 2 letters before the *")
         return Term(words[0], field, exact=exact, prefix=prefix)
+
+    def meta(self, tok: _Tok, value: _Tok | None) -> Node:
+        """``author:``, ``category:`` or ``has:`` and the token right after it (None: a
+        space or nothing came after the colon)."""
+        name = tok.text
+        example = _EXAMPLES.get(name, "has:code")
+        if value is None or value.kind not in ("WORD", "PHRASE", "STAR", "COMPARE"):
+            if value is not None and value.kind == "LPAREN":
+                raise self.fail(
+                    value.col, f"{name}: takes one value, not a group: write {name}:a OR {name}:b"
+                )
+            raise self.fail(tok.col, f"{name}: needs a value right after it, as in {example}")
+        text, col = value.text, value.col
+        if name == "author":
+            if value.kind == "WORD" and text.startswith("="):
+                raise self.fail(col, "author: already matches whole words exactly; drop the =")
+            if value.kind != "PHRASE" and "*" in text:
+                raise self.fail(
+                    col + text.index("*"),
+                    "author: matches whole words of a name, so * does not work there; "
+                    "write the whole word, as in author:lovelace",
+                )
+            words = name_words(text)
+            if not words:
+                raise self.fail(col, f"author: needs a name to look for, as in {example}")
+            return Author(words)
+        if name == "category":
+            raw = text.strip() if value.kind == "PHRASE" else text
+            key = raw.lower()
+            if not raw.isascii() or _CATEGORY_RE.fullmatch(key) is None:
+                shown = text if len(text) <= 30 else text[:29] + "…"
+                archive = key.rstrip("*").rstrip(".")
+                hint = (
+                    f"for every {archive} category write {archive}.*"
+                    if "*" in key and _CATEGORY_RE.fullmatch(archive) and "." not in archive
+                    else "write one like cs.CL or hep-th, or cs.* for every cs category"
+                )
+                raise self.fail(col, f"'{shown}' is not an arXiv category; {hint}")
+            if key in _SUBJECT_ARCHIVES:
+                raise self.fail(
+                    col,
+                    f"'{text}' needs a subject, as in {_SUBJECT_ARCHIVES[key]}; "
+                    f"for every {key} category write {key}.*",
+                )
+            return Category(key)
+        what = text.strip().lower() if value.kind == "PHRASE" else text.lower()
+        if what in HAS_VALUES:
+            return Has(what)
+        accepted = " or ".join(HAS_VALUES)
+        raise self.fail(col, f"has: accepts only {accepted}, as in has:code")
 
     def compare(self, tok: _Tok) -> Node:
         m = _COMPARE_RE.fullmatch(tok.text)

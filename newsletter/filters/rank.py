@@ -6,7 +6,9 @@ match it of BM25F over each filter's positive words (a title occurrence counts
 most ``UPVOTE_BOOST`` for upvotes (logarithmic, capped: popularity reorders
 near-equals but never lifts an abstract mention over a title hit). Equal
 scores go to more upvotes, then to the fresher paper; with no words to score
-(the ``*`` filter) that is exactly: upvotes, then freshness.
+(the ``*`` filter) that is exactly: upvotes, then freshness. Comparisons and
+metadata (``upvotes>=5``, ``author:``, ``category:``, ``has:code``) only narrow the
+matches: they are not words, so they score nothing and highlight nothing.
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ others. The same rows give the same jobs, so a resend is the same message.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -18,6 +21,56 @@ from newsletter import snapshot
 from newsletter.links import Links, Recipient
 from newsletter.models import DeliveryKind, Paper, Subscriber, SubscriberStatus
 from newsletter.render import Confirmation, Digest, DigestPaper
+from newsletter.render.content import AUTHORS_SHOWN
+
+
+class PaperText(NamedTuple):
+    """What a digest shows of a paper that is read from the paper, not the snapshot: its
+    words and its links. A resend shows the same words; a link a source gave since the
+    first attempt may be added."""
+
+    title: str
+    abstract: str
+    arxiv_id: str | None = None
+    code_url: str | None = None
+    project_url: str | None = None
+    author_names: tuple[str, ...] = ()  # the first few only
+    summary: str | None = None
+
+
+PAPER_TEXT_COLUMNS = (
+    Paper.id,
+    Paper.title,
+    Paper.abstract,
+    Paper.arxiv_id,
+    Paper.code_url,
+    Paper.project_url,
+    Paper.author_names,
+    Paper.summary,
+)
+
+
+def paper_text(row: Paper | sa.Row[tuple[object, ...]]) -> PaperText:
+    """A ``Paper`` (or a row of ``PAPER_TEXT_COLUMNS``) as a digest shows it."""
+    names = json.loads(row.author_names) if row.author_names else []  # type: ignore[arg-type]
+    return PaperText(
+        row.title,  # type: ignore[arg-type]
+        row.abstract,  # type: ignore[arg-type]
+        row.arxiv_id,  # type: ignore[arg-type]
+        row.code_url,  # type: ignore[arg-type]
+        row.project_url,  # type: ignore[arg-type]
+        tuple(names[:AUTHORS_SHOWN]),
+        row.summary,  # type: ignore[arg-type]
+    )
+
+
+def paper_texts(*, session: Session, ids: Iterable[int]) -> dict[int, PaperText]:
+    wanted = list(set(ids))
+    found: dict[int, PaperText] = {}
+    for start in range(0, len(wanted), 500):  # stay under bound-parameter limits
+        query = select(*PAPER_TEXT_COLUMNS).where(Paper.id.in_(wanted[start : start + 500]))  # type: ignore[union-attr,call-overload]
+        found.update((row.id, paper_text(row)) for row in session.exec(query))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +117,20 @@ class _Reader:
 
 
 def digest_papers(
-    *, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+    *, items: tuple[snapshot.Item, ...], texts: dict[int, PaperText]
 ) -> tuple[DigestPaper, ...]:
-    """A digest's papers to render: the ledger's snapshot, titles and abstracts by paper id."""
+    """A digest's papers to render: the ledger's snapshot, and what is read from each
+    paper (``PaperText``) by id."""
     try:
         return tuple(
             DigestPaper(
-                *texts[i.paper_id],
+                title=(t := texts[i.paper_id]).title,
+                abstract=t.abstract,
+                arxiv_id=t.arxiv_id,
+                code_url=t.code_url,
+                project_url=t.project_url,
+                author_names=t.author_names,
+                summary=t.summary,
                 authors=i.authors,
                 organization=i.organization,
                 published_on=i.published_on,
@@ -89,13 +149,13 @@ def digest_papers(
 @dataclass(slots=True)
 class JobLoader:
     """Loads jobs batch after batch. Digests of one ranking share one snapshot text; the
-    loader hands them one tuple of papers (kept across batches while the papers' titles
-    and abstracts are unchanged), so the renderer's caches find them at once."""
+    loader hands them one tuple of papers (kept across batches while what they show of
+    each paper is unchanged), so the renderer's caches find them at once."""
 
     links: Links
     confirm_hours: float = 48
     with_near: bool = False  # the archive page lists the papers just below the line too
-    _papers: dict[str, tuple[tuple[tuple[str, str], ...], _Papers]] = field(
+    _papers: dict[str, tuple[tuple[PaperText, ...], _Papers]] = field(
         default_factory=dict, repr=False
     )
     _papers_max: int = 20_000
@@ -118,12 +178,7 @@ class JobLoader:
             except snapshot.SnapshotError as exc:
                 decoded[text] = str(exc)
         wanted = {i.paper_id for d in decoded.values() if not isinstance(d, str) for i in d}
-        texts = {
-            pid: (title, abstract)
-            for pid, title, abstract in session.exec(
-                select(Paper.id, Paper.title, Paper.abstract).where(Paper.id.in_(wanted))  # type: ignore[union-attr]
-            )
-        }
+        texts = paper_texts(session=session, ids=wanted)
         papers: dict[str, _Papers | str] = {}
         for text, items in decoded.items():
             try:
@@ -197,7 +252,7 @@ class JobLoader:
         return DigestJob(delivery_id, sid, to_address, wanted, digest)
 
     def _shared(
-        self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, tuple[str, str]]
+        self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, PaperText]
     ) -> _Papers:
         try:
             shown = tuple(texts[i.paper_id] for i in items)

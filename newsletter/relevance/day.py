@@ -32,6 +32,9 @@ def paper_doc(paper: Paper) -> PaperDoc:
         authors=paper.authors,
         published_on=paper.published_on,
         first_seen_at=paper.first_seen_at,
+        author_names=tuple(json.loads(paper.author_names)) if paper.author_names else (),
+        categories=tuple(paper.categories.split()) if paper.categories else (),
+        has_code=paper.code_url is not None,
     )
 
 

@@ -16,10 +16,11 @@ keeps for its life; all are keyed by value and bounded. The output equals
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from markupsafe import escape
 
+from newsletter.paper_links import PaperLinks
 from newsletter.render import content, mime
 from newsletter.render.budget import within_budget
 from newsletter.render.compiled import (
@@ -41,7 +42,9 @@ _SHELL_SLOTS = (
     "subject", "preview", "brand", "edition", "headline", "to_name", "papers_html",
     "more", "near", "to_address", "topics", "archive_url", "preferences_url", "unsubscribe_url",
 )  # fmt: skip
-_PAPER_SLOTS = ("title_html", "meta", "excerpt_html", "topics")
+_PAPER_SLOTS = (
+    "title_html", "page_url", "meta", "excerpt_html", "summary", "links_html", "topics",
+)  # fmt: skip
 _TEXT_SLOTS = (
     "brand", "edition", "headline", "to_name", "papers_text", "more", "near", "footer",
     "archive_url", "preferences_url", "unsubscribe_url",
@@ -58,6 +61,17 @@ class _Bounded(dict[Any, Any]):
         return value
 
 
+class _Own(NamedTuple):
+    """What a paper shows whoever it is sent to: the key of its cached blocks."""
+
+    title: str
+    abstract: str
+    meta: str
+    nearest: str | None
+    summary: str
+    links: PaperLinks
+
+
 def _common_start(a: str, b: str) -> str:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -71,11 +85,11 @@ class BatchRenderer:
     def __init__(self, *, templates_dir: Path | None = None) -> None:
         self.root = (templates_dir or TEMPLATES_DIR).resolve()
         self._halves: dict[tuple[str, tuple[bool, ...]], tuple[FillIn, FillIn]] = {}
-        self._paper_templates: dict[bool, tuple[Compiled, tuple[str, str], str]] = {}
-        self._heads = _Bounded()  # (title, abstract, meta, terms) -> the paper, highlighted
-        self._tails = _Bounded()  # (matched topics, meta) -> its "Matched: …" line and end
-        self._text_heads = _Bounded()  # (title, abstract, meta) -> text, unnumbered
-        self._numbered = _Bounded()  # (index, title, abstract, meta) -> text, numbered
+        self._paper_templates: dict[tuple[bool, bool], tuple[Compiled, tuple[str, str], str]] = {}
+        self._heads = _Bounded()  # (the paper's own texts, terms) -> the paper, highlighted
+        self._tails = _Bounded()  # (matched topics, variant) -> its "Matched: …" line and end
+        self._text_heads = _Bounded()  # the paper's own texts -> text, unnumbered
+        self._numbered = _Bounded()  # (index, the paper's own texts) -> text, numbered
         self._text_tails = _Bounded()
         self._papers = _Bounded()  # a digest's papers -> (HTML blocks, text blocks)
         self._aria = _Bounded()  # subject -> what MJML makes of it in the aria-label
@@ -137,14 +151,17 @@ class BatchRenderer:
             self._halves[key] = (FillIn(pieces[:at]), FillIn(pieces[at + 1 :]))
         return self._halves[key]
 
-    def _paper_template(self, meta: bool) -> tuple[Compiled, tuple[str, str], str]:
-        """``paper.html.j2`` as it stands in a digest (through MJML), cut where its topics
-        line starts: the head's pieces, the tail with a topics line (before, after the
-        topics), and the tail without one."""
-        if meta not in self._paper_templates:
+    def _paper_template(self, shape: tuple[bool, bool]) -> tuple[Compiled, tuple[str, str], str]:
+        """``paper.html.j2`` as it stands in a digest (through MJML), for papers with or
+        without a meta line and a summary (``shape``), cut where its topics line starts:
+        the head's pieces, the tail with a topics line (before, after the topics), and the
+        tail without one."""
+        if shape not in self._paper_templates:
+            meta, summary = shape
 
             def variant(topics: bool) -> Compiled:
-                blank = tuple(s for s, on in (("meta", meta), ("topics", topics)) if not on)
+                optional = (("meta", meta), ("summary", summary), ("topics", topics))
+                blank = tuple(s for s, on in optional if not on)
                 return compile_template(
                     name="paper.html.j2",
                     slots=_PAPER_SLOTS,
@@ -161,8 +178,8 @@ class BatchRenderer:
             shared = _common_start(with_line[at - 1], without[-1])
             head = Compiled((*with_line[: at - 1], shared))
             tail_with = (with_line[at - 1][len(shared) :], with_line[at + 1])
-            self._paper_templates[meta] = (head, tail_with, without[-1][len(shared) :])
-        return self._paper_templates[meta]
+            self._paper_templates[shape] = (head, tail_with, without[-1][len(shared) :])
+        return self._paper_templates[shape]
 
     # --- the papers, cached -------------------------------------------------------------
 
@@ -183,51 +200,66 @@ class BatchRenderer:
         html: list[EncodedPart] = []
         text: list[EncodedPart] = []
         for i, paper in enumerate(papers, 1):
-            meta = content.meta_line(paper)
-            html += (self._html_head(paper, meta), self._html_tail(paper, meta))
-            text += (self._text_head(i, paper, meta), self._text_tail(paper))
+            own = _Own(
+                paper.title,
+                paper.abstract,
+                content.meta_line(paper),
+                paper.nearest,
+                content.summary_line(paper.summary),
+                content.links_of(paper),
+            )
+            shape = (bool(own.meta), bool(own.summary))
+            html += (self._html_head(paper, own, shape), self._html_tail(paper, shape))
+            text += (self._text_head(i, own), self._text_tail(paper))
         return self._papers.put(papers, (html, text))  # type: ignore[no-any-return]
 
-    def _html_head(self, paper: DigestPaper, meta: str) -> EncodedPart:
-        key = (paper.title, paper.abstract, meta, paper.matched_terms, paper.nearest)
+    def _html_head(self, paper: DigestPaper, own: _Own, shape: tuple[bool, bool]) -> EncodedPart:
+        key = (own, paper.matched_terms)
         found = self._heads.get(key)
         if found is None:
-            head = self._paper_template(bool(meta))[0]
+            head = self._paper_template(shape)[0]
             title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
             filled = head.fill(
                 {
                     "title_html": content.highlight(title, paper.matched_terms),
-                    "meta": escape(meta),
+                    "page_url": escape(own.links.page),
+                    "meta": escape(own.meta),
                     "excerpt_html": content.excerpt_html(
                         excerpt, paper.matched_terms, paper.nearest
                     ),
+                    "summary": escape(own.summary),
+                    "links_html": content.links_html(own.links),
                 }
             )
             found = self._heads.put(key, mime.encode(filled))
         return found  # type: ignore[no-any-return]
 
-    def _html_tail(self, paper: DigestPaper, meta: str) -> EncodedPart:
-        key = (paper.matched_topics, paper.close_to, bool(meta))
+    def _html_tail(self, paper: DigestPaper, shape: tuple[bool, bool]) -> EncodedPart:
+        key = (paper.matched_topics, paper.close_to, shape)
         found = self._tails.get(key)
         if found is None:
-            _, (before, after), without = self._paper_template(bool(meta))
+            _, (before, after), without = self._paper_template(shape)
             line = content.topics_line(paper.matched_topics, paper.close_to)
             # str(): Markup on the right of "+" would escape the template text on its left.
             text = before + str(escape(line)) + after if line else without
             found = self._tails.put(key, mime.encode(text))
         return found  # type: ignore[no-any-return]
 
-    def _text_head(self, index: int, paper: DigestPaper, meta: str) -> EncodedPart:
-        key = (index, paper.title, paper.abstract, meta)
+    def _text_head(self, index: int, own: _Own) -> EncodedPart:
+        key = (index, own)
         found = self._numbered.get(key)
         if found is None:
-            plain_key = key[1:]
-            head = self._text_heads.get(plain_key)
+            head = self._text_heads.get(own)
             if head is None:
-                head = self._text_heads.put(
-                    plain_key,
-                    mime.encode(content.paper_text_head(paper.title, paper.abstract, meta)),
+                text = content.paper_text_head(
+                    own.title,
+                    own.abstract,
+                    own.meta,
+                    own.nearest,
+                    summary=own.summary,
+                    links=own.links,
                 )
+                head = self._text_heads.put(own, mime.encode(text))
             number = content.numbered(index, "    ")  # "1.  ": as wide as the indent
             found = self._numbered.put(key, mime.with_prefix(head, number, replacing=4))
         return found  # type: ignore[no-any-return]

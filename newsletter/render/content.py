@@ -21,6 +21,7 @@ from datetime import date, datetime
 
 from markupsafe import Markup, escape
 
+from newsletter.paper_links import PaperLinks, paper_links
 from newsletter.text import latex_to_text, one_line
 
 SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox lists
@@ -29,6 +30,11 @@ TEXT_WIDTH = 78
 ELLIPSIS = "…"
 TOPICS_SHOWN = 3  # filters named per paper; the rest are counted
 TOPIC_CHARS = 60  # a long filter is cut in display
+AUTHORS_SHOWN = 3  # "Ada Lovelace, Alan Turing, Grace Hopper and 12 more"
+AUTHOR_CHARS = 60
+SUMMARY_CHARS = 300
+SUMMARY_LABEL = "AI summary (Hugging Face)"
+LINK_STYLE = "color:#0b3d91;text-decoration:underline;"
 NO_PAPERS = "No new papers matched your topics this time."
 # <mark> says "this matched" to screen readers too; the inline colour keeps it visible
 # in bold titles and in clients that drop <style> blocks.
@@ -50,6 +56,11 @@ class DigestPaper:
     matched_terms: tuple[str, ...] = ()  # words/phrases that matched (lowercase), highlighted
     close_to: str | None = None  # the topic sentence whose meaning carried it in
     nearest: str | None = None  # the abstract's sentence nearest that topic
+    arxiv_id: str | None = None  # "2405.12345": the title links to its page, plus its PDF
+    code_url: str | None = None  # a repository a source named
+    project_url: str | None = None
+    author_names: tuple[str, ...] = ()  # the first few, in the paper's order
+    summary: str | None = None  # a source's own summary (Hugging Face's, AI-written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,17 +223,73 @@ def excerpt_html(excerpt: str, terms: tuple[str, ...], nearest: str | None) -> M
     return highlight(excerpt, terms)
 
 
+def authors_text(names: tuple[str, ...], count: int | None) -> str:
+    """ "Ada Lovelace, Alan Turing, Grace Hopper and 12 more" when names are known, else
+    "15 authors" (a page dump gives only the count), else ""."""
+    shown = [shorten(n, AUTHOR_CHARS) for n in map(clean, names[:AUTHORS_SHOWN]) if n]
+    total = max(count or 0, len(names))
+    if not shown:
+        return plural(count, "author") if count is not None else ""
+    rest = total - len(shown)
+    if rest > 0:
+        return f"{', '.join(shown)} and {rest} more"
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
 def meta_line(paper: DigestPaper) -> str:
     meta = []
+    authors = authors_text(paper.author_names, paper.authors)
+    if authors:
+        meta.append(authors)
     if paper.organization and clean(paper.organization):
         meta.append(clean(paper.organization))
-    if paper.authors is not None:
-        meta.append(plural(paper.authors, "author"))
     if paper.published_on is not None:
         meta.append(format_date(paper.published_on))
     if paper.upvotes is not None:
         meta.append("▲ " + plural(paper.upvotes, "upvote"))
     return " · ".join(meta)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _links(title: str, arxiv_id: str | None, code: str | None, project: str | None) -> PaperLinks:
+    return paper_links(
+        title=clean(latex_to_text(title)), arxiv_id=arxiv_id, code=code, project=project
+    )
+
+
+def links_of(paper: DigestPaper) -> PaperLinks:
+    """Where the reader opens the paper: its arXiv page (a title search when no source gave
+    an id), its PDF, its code and its project page."""
+    return _links(paper.title, paper.arxiv_id, paper.code_url, paper.project_url)
+
+
+def link_list(links: PaperLinks) -> list[tuple[str, str]]:
+    """(label, URL) of each link, in the order both parts show them."""
+    found = [("arXiv" if links.pdf else "Find on arXiv", links.page)]
+    found += [(label, url) for label, url in (
+        ("PDF", links.pdf), ("Code", links.code), ("Project page", links.project)
+    ) if url]  # fmt: skip
+    return found
+
+
+def links_html(links: PaperLinks) -> Markup:
+    """The paper's links as one line of anchors; every URL and label escaped."""
+    return Markup(" · ").join(
+        Markup('<a href="{}" style="{}">{}</a>').format(url, LINK_STYLE, label)
+        for label, url in link_list(links)
+    )
+
+
+def links_text(links: PaperLinks) -> str:
+    """The links in the text part: one per line, each URL whole on its line (text
+    clients make a URL clickable only when nothing is glued to it)."""
+    return "".join(f"    {label}: {url}\n" for label, url in link_list(links))
+
+
+def summary_line(summary: str | None) -> str:
+    """A source's summary, marked as what it is; "" when there is none."""
+    text = clean(latex_to_text(summary or ""))
+    return f"{SUMMARY_LABEL}: {shorten(text, SUMMARY_CHARS)}" if text else ""
 
 
 def topic_list(topics: list[str] | tuple[str, ...], shown: int) -> str:
@@ -247,7 +314,15 @@ def topics_line(matched_topics: tuple[str, ...], close_to: str | None = None) ->
     return line
 
 
-def paper_text_head(title: str, abstract: str, meta: str, nearest: str | None = None) -> str:
+def paper_text_head(
+    title: str,
+    abstract: str,
+    meta: str,
+    nearest: str | None = None,
+    *,
+    summary: str = "",
+    links: PaperLinks | None = None,
+) -> str:
     """A paper in the text part up to its topics line, indented four spaces (the number
     goes into the indent of the first line)."""
     title_text, excerpt = paper_texts(title, abstract, nearest)
@@ -255,7 +330,10 @@ def paper_text_head(title: str, abstract: str, meta: str, nearest: str | None = 
     if meta:
         lines.append(fill(meta, indent="    "))
     lines += ["", fill(excerpt, indent="    ")]
-    return "\n".join(lines) + "\n"
+    if summary:
+        lines += ["", fill(summary, indent="    ")]
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + links_text(links) if links is not None else "")
 
 
 def paper_text_tail(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:

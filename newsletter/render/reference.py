@@ -23,10 +23,14 @@ from newsletter.render.mime import RenderedDigest
 def paper_context(paper: DigestPaper) -> dict[str, object]:
     """What ``paper.html.j2`` is given for one paper."""
     title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
+    links = content.links_of(paper)
     return {
         "title_html": content.highlight(title, paper.matched_terms),
+        "page_url": links.page,
         "meta": content.meta_line(paper),
         "excerpt_html": content.excerpt_html(excerpt, paper.matched_terms, paper.nearest),
+        "summary": content.summary_line(paper.summary),
+        "links_html": content.links_html(links),
         "topics": content.topics_line(paper.matched_topics, paper.close_to),
     }
 
@@ -42,7 +46,15 @@ def papers_text(papers: tuple[DigestPaper, ...]) -> str:
         return content.NO_PAPERS + "\n\n"
     return "".join(
         content.numbered(
-            i, content.paper_text_head(p.title, p.abstract, content.meta_line(p), p.nearest)
+            i,
+            content.paper_text_head(
+                p.title,
+                p.abstract,
+                content.meta_line(p),
+                p.nearest,
+                summary=content.summary_line(p.summary),
+                links=content.links_of(p),
+            ),
         )
         + content.paper_text_tail(p.matched_topics, p.close_to)
         for i, p in enumerate(papers, 1)

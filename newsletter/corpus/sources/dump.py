@@ -25,16 +25,21 @@ one) nor after the ingest day: a paper cannot be published after the page
 that lists it was written.
 
 This module is pure: text in, records out. Reading files is ``read_dump``.
+A dump is what no other source recognises: it is tried last.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from newsletter.corpus.records import Batch, PaperRecord
 from newsletter.errors import CorpusError
+from newsletter.paper_links import github_in_text
+
+KIND = "dump"
 
 # Exact lines of page chrome. Compared after stripping, case-sensitively:
 # a paper titled "subscribe" in lower case would still be a paper.
@@ -71,28 +76,6 @@ _META_DOT = "·"
 # An abstract that ends like this is complete; anything else at the very end
 # of a file means the dump was cut off while being written.
 _COMPLETE_END_RE = re.compile(r"""(?:[.!?)\]}"'”’]|https?://\S+)$""")
-
-
-@dataclass(frozen=True, slots=True)
-class PaperRecord:
-    """One paper as read from a dump, before it meets the database."""
-
-    title: str
-    abstract: str
-    line: int
-    """1-based line of the title in its file, for error messages and audits."""
-    authors: int | None = None
-    organization: str | None = None
-    organization_handle: str | None = None
-    published_on: date | None = None
-    upvotes: int | None = None
-    page_date: date | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedDump:
-    papers: list[PaperRecord] = field(default_factory=list)
-    page_date: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +127,7 @@ def _content_lines(text: str) -> list[tuple[int, str]]:
     return [(i, line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
 
 
-def parse_dump(*, text: str, source: str, today: date) -> ParsedDump:
+def parse_dump(*, text: str, source: str, today: date) -> Batch:
     """Parse a page dump.
 
     ``source`` names the file in errors; ``today`` is the ingest day, the
@@ -246,14 +229,21 @@ def parse_dump(*, text: str, source: str, today: date) -> ParsedDump:
             )
 
         papers.append(
-            PaperRecord(title=title, abstract=abstract, line=title_no, page_date=page_date, **meta)  # type: ignore[arg-type]
+            PaperRecord(
+                title=title,
+                abstract=abstract,
+                line=title_no,
+                page_date=page_date,
+                code_url=github_in_text(abstract),
+                **meta,  # type: ignore[arg-type]
+            )
         )
 
     if not papers:
         raise CorpusError(
             path=source, line=lines[-1][0], message="no paper found, only page chrome"
         )
-    return ParsedDump(papers=papers, page_date=page_date)
+    return Batch(papers=papers, page_date=page_date, kind=KIND)
 
 
 def _line_at(data: bytes, offset: int) -> int:
@@ -279,8 +269,17 @@ def decode_dump(*, data: bytes, source: str) -> str:
         ) from None
 
 
-def read_dump(*, path: Path, today: date) -> ParsedDump:
+def read_dump(*, path: Path, today: date) -> Batch:
     source = str(path)
     return parse_dump(
         text=decode_dump(data=path.read_bytes(), source=source), source=source, today=today
     )
+
+
+def recognises(text: str) -> bool:
+    """Anything may be a dump; the parser says whether it is one."""
+    return True
+
+
+def parse(*, text: str, source: str, today: date) -> Batch:
+    return parse_dump(text=text, source=source, today=today)
