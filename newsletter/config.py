@@ -10,7 +10,6 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -23,18 +22,26 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from newsletter.errors import ConfigError
+from newsletter.setting_values import (
+    arxiv_categories_setting,
+    choice_setting,
+    http_url_setting,
+    int_setting,
+    number_setting,
+    port_setting,
+    proxies_setting,
+    sources_setting,
+)
 from newsletter.settings_doc import PREFIX, SETTINGS_DOC
-from newsletter.values import NUMBER_RE, ascii_int, validate_send_at, validate_timezone
+from newsletter.values import validate_send_at, validate_timezone
 
 DELIVERY_BACKENDS = ("file", "smtp", "memory")
 # Variables with our prefix that are not settings: read by scripts and tests.
 NOT_SETTINGS = frozenset({"NEWSLETTER_VENV", "NEWSLETTER_TEST_PG"})
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
 # Where papers come from: the corpus folder (offline), and the live sources fetched.
-SOURCE_NAMES = ("dumps", "daily_papers", "arxiv")
 LIVE_SOURCE_NAMES = ("daily_papers", "arxiv")
 # An arXiv category: "cs.CL", "math.AP", "astro-ph.GA", "hep-th", "cond-mat.stat-mech".
-_ARXIV_CATEGORY_RE = re.compile(r"[a-z]+(?:-[a-z]+)*(?:\.[A-Za-z]+(?:-[A-Za-z]+)*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +139,6 @@ def _env(dotenv_path: Path | None, environ: dict[str, str] | None) -> dict[str, 
     return values
 
 
-def _int(name: str, raw: str, *, minimum: int) -> int:
-    value = ascii_int(raw)
-    if value is None:
-        raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}")
-    if value < minimum:
-        raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
-    return value
-
-
 def load_settings(
     *, dotenv_path: Path | None = None, environ: dict[str, str] | None = None
 ) -> Settings:
@@ -227,57 +225,53 @@ def load_settings(
         default_send_at=validate_send_at(
             get("NEWSLETTER_DEFAULT_SEND_AT"), setting="NEWSLETTER_DEFAULT_SEND_AT"
         ),
-        digest_max_papers=_int(
+        digest_max_papers=int_setting(
             "NEWSLETTER_DIGEST_MAX_PAPERS", get("NEWSLETTER_DIGEST_MAX_PAPERS"), minimum=1
         ),
-        first_digest_days=_int(
+        first_digest_days=int_setting(
             "NEWSLETTER_FIRST_DIGEST_DAYS", get("NEWSLETTER_FIRST_DIGEST_DAYS"), minimum=0
         ),
         smtp=_smtp(get),
-        lease_seconds=_number("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
-        send_workers=_int("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1),
+        lease_seconds=number_setting("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
+        send_workers=int_setting(
+            "NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1
+        ),
         dkim=_dkim(get, home),
         web_host=get("NEWSLETTER_WEB_HOST"),
-        web_port=_port("NEWSLETTER_WEB_PORT", get),
-        confirm_hours=_number("NEWSLETTER_CONFIRM_HOURS", get, minimum=0.01),
-        log_format=_choice("NEWSLETTER_LOG_FORMAT", get, ("text", "json")),
-        log_level=_choice("NEWSLETTER_LOG_LEVEL", get, ("debug", "info", "warning", "error")),
-        ingest_minutes=_number("NEWSLETTER_INGEST_MINUTES", get, minimum=0.01),
-        plan_minutes=_number("NEWSLETTER_PLAN_MINUTES", get, minimum=0.01),
+        web_port=port_setting("NEWSLETTER_WEB_PORT", get),
+        confirm_hours=number_setting("NEWSLETTER_CONFIRM_HOURS", get, minimum=0.01),
+        log_format=choice_setting("NEWSLETTER_LOG_FORMAT", get, ("text", "json")),
+        log_level=choice_setting(
+            "NEWSLETTER_LOG_LEVEL", get, ("debug", "info", "warning", "error")
+        ),
+        ingest_minutes=number_setting("NEWSLETTER_INGEST_MINUTES", get, minimum=0.01),
+        plan_minutes=number_setting("NEWSLETTER_PLAN_MINUTES", get, minimum=0.01),
         operator_email=_operator_email(get("NEWSLETTER_OPERATOR_EMAIL")),
         report_at=validate_send_at(get("NEWSLETTER_REPORT_AT"), setting="NEWSLETTER_REPORT_AT"),
-        send_empty=_choice("NEWSLETTER_SEND_EMPTY", get, ("no", "yes")) == "yes",
-        trusted_proxies=_proxies(get("NEWSLETTER_TRUSTED_PROXIES")),
-        corpus_max_bytes=int(_number("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20),
+        send_empty=choice_setting("NEWSLETTER_SEND_EMPTY", get, ("no", "yes")) == "yes",
+        trusted_proxies=proxies_setting(get("NEWSLETTER_TRUSTED_PROXIES")),
+        corpus_max_bytes=int(
+            number_setting("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20
+        ),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
-        sources=_sources(get("NEWSLETTER_SOURCES")),
-        daily_papers_url=_http_url("NEWSLETTER_DAILY_PAPERS_URL", get),
-        arxiv_categories=_arxiv_categories(get("NEWSLETTER_ARXIV_CATEGORIES")),
-        arxiv_rss_url=_http_url("NEWSLETTER_ARXIV_RSS_URL", get),
-        arxiv_api_url=_http_url("NEWSLETTER_ARXIV_API_URL", get),
-        fetch_minutes=_number("NEWSLETTER_FETCH_MINUTES", get, minimum=0.01),
-        fetch_timeout=_number("NEWSLETTER_FETCH_TIMEOUT", get, minimum=0.01),
-        fetch_max_bytes=int(_number("NEWSLETTER_FETCH_MAX_MB", get, minimum=0.001) * 2**20),
-        fetch_delay=_number("NEWSLETTER_FETCH_DELAY", get, minimum=0),
+        sources=sources_setting(get("NEWSLETTER_SOURCES")),
+        daily_papers_url=http_url_setting("NEWSLETTER_DAILY_PAPERS_URL", get),
+        arxiv_categories=arxiv_categories_setting(get("NEWSLETTER_ARXIV_CATEGORIES")),
+        arxiv_rss_url=http_url_setting("NEWSLETTER_ARXIV_RSS_URL", get),
+        arxiv_api_url=http_url_setting("NEWSLETTER_ARXIV_API_URL", get),
+        fetch_minutes=number_setting("NEWSLETTER_FETCH_MINUTES", get, minimum=0.01),
+        fetch_timeout=number_setting("NEWSLETTER_FETCH_TIMEOUT", get, minimum=0.01),
+        fetch_max_bytes=int(number_setting("NEWSLETTER_FETCH_MAX_MB", get, minimum=0.001) * 2**20),
+        fetch_delay=number_setting("NEWSLETTER_FETCH_DELAY", get, minimum=0),
         retry=RetryPolicy(
-            base_seconds=_number("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
-            max_seconds=_number("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
-            deadline_hours=_number("NEWSLETTER_RETRY_DEADLINE_HOURS", get, minimum=0),
-            soft_bounce_limit=_int(
+            base_seconds=number_setting("NEWSLETTER_RETRY_BASE_SECONDS", get, minimum=0.001),
+            max_seconds=number_setting("NEWSLETTER_RETRY_MAX_SECONDS", get, minimum=0.001),
+            deadline_hours=number_setting("NEWSLETTER_RETRY_DEADLINE_HOURS", get, minimum=0),
+            soft_bounce_limit=int_setting(
                 "NEWSLETTER_SOFT_BOUNCE_LIMIT", get("NEWSLETTER_SOFT_BOUNCE_LIMIT"), minimum=1
             ),
         ),
     )
-
-
-def _number(name: str, get: Callable[[str], str], *, minimum: float) -> float:
-    raw = get(name)
-    if not NUMBER_RE.fullmatch(raw):
-        raise ConfigError(setting=name, message=f"expected a number, got {raw!r}")
-    value = float(raw)
-    if not value >= minimum:  # also refuses NaN
-        raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
-    return value
 
 
 _DKIM_NAMES = ("NEWSLETTER_DKIM_DOMAIN", "NEWSLETTER_DKIM_SELECTOR", "NEWSLETTER_DKIM_KEY_FILE")
@@ -313,15 +307,6 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
     return DkimSettings(domain=domain, selector=selector, key_file=path)
 
 
-def _choice(name: str, get: Callable[[str], str], options: tuple[str, ...]) -> str:
-    value = get(name).strip().lower()
-    if value not in options:
-        raise ConfigError(
-            setting=name, message=f"expected one of {', '.join(options)}, got {value!r}"
-        )
-    return value
-
-
 def _operator_email(value: str) -> str:
     value = value.strip()
     if value and ("@" not in value or any(c.isspace() or ord(c) < 32 for c in value)):
@@ -337,79 +322,6 @@ def _admin_token(value: str) -> str:
     return value
 
 
-def _comma_list(value: str) -> list[str]:
-    return [item for item in (v.strip() for v in value.split(",")) if item]
-
-
-def _sources(value: str) -> tuple[str, ...]:
-    found: list[str] = []
-    for item in _comma_list(value.lower()):
-        if item not in SOURCE_NAMES:
-            raise ConfigError(
-                setting="NEWSLETTER_SOURCES",
-                message=f"expected some of {', '.join(SOURCE_NAMES)}, got {item!r}",
-            )
-        if item not in found:
-            found.append(item)
-    if not found:
-        raise ConfigError(
-            setting="NEWSLETTER_SOURCES",
-            message=f"name at least one of {', '.join(SOURCE_NAMES)} (dumps: offline)",
-        )
-    return tuple(found)
-
-
-def _arxiv_categories(value: str) -> tuple[str, ...]:
-    found: list[str] = []
-    for item in _comma_list(value):
-        if not _ARXIV_CATEGORY_RE.fullmatch(item) or len(item) > 40:
-            raise ConfigError(
-                setting="NEWSLETTER_ARXIV_CATEGORIES",
-                message=f"not an arXiv category (like cs.CL or hep-th): {item!r}",
-            )
-        if item not in found:
-            found.append(item)
-    if not found:
-        raise ConfigError(
-            setting="NEWSLETTER_ARXIV_CATEGORIES", message="name at least one category (cs.CL)"
-        )
-    return tuple(found)
-
-
-def _http_url(name: str, get: Callable[[str], str]) -> str:
-    """An http(s) URL with a host, nothing a request line or a header could choke on."""
-    url = get(name)
-    parts = urlsplit(url)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.fragment
-        or any(c.isspace() or ord(c) < 32 or c in '<>"' for c in url)
-    ):
-        raise ConfigError(setting=name, message=f"expected an http(s) URL, got {url!r}")
-    try:
-        parts.port  # noqa: B018  (raises on a port that is not a number)
-    except ValueError:
-        raise ConfigError(setting=name, message=f"not a valid port in {url!r}") from None
-    return url
-
-
-def _proxies(value: str) -> tuple[str, ...]:
-    """Addresses or networks (CIDR) of trusted reverse proxies."""
-    found = []
-    for item in (v.strip() for v in value.split(",")):
-        if not item:
-            continue
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ConfigError(
-                setting="NEWSLETTER_TRUSTED_PROXIES", message=f"not an address or network: {item!r}"
-            ) from None
-        found.append(item)
-    return tuple(found)
-
-
 def sa_url_masked(url: str) -> str:
     """A database URL with its password hidden, for display."""
     parts = urlsplit(url)
@@ -417,13 +329,6 @@ def sa_url_masked(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
-
-
-def _port(name: str, get: Callable[[str], str]) -> int:
-    port = _int(name, get(name), minimum=1)
-    if port > 65535:
-        raise ConfigError(setting=name, message=f"not a port: {port}")
-    return port
 
 
 def _smtp(get: Callable[[str], str]) -> SmtpSettings:
@@ -436,21 +341,23 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     host = get("NEWSLETTER_SMTP_HOST")
     if not host or any(c.isspace() for c in host):
         raise ConfigError(setting="NEWSLETTER_SMTP_HOST", message=f"not a host name: {host!r}")
-    port = _port("NEWSLETTER_SMTP_PORT", get)
+    port = port_setting("NEWSLETTER_SMTP_PORT", get)
     return SmtpSettings(
         host=host,
         port=port,
         tls=tls,
         username=get("NEWSLETTER_SMTP_USERNAME"),
         password=get("NEWSLETTER_SMTP_PASSWORD"),
-        timeout=_number("NEWSLETTER_SMTP_TIMEOUT", get, minimum=0.001),
-        pool_size=_int("NEWSLETTER_SMTP_POOL_SIZE", get("NEWSLETTER_SMTP_POOL_SIZE"), minimum=1),
-        max_per_connection=_int(
+        timeout=number_setting("NEWSLETTER_SMTP_TIMEOUT", get, minimum=0.001),
+        pool_size=int_setting(
+            "NEWSLETTER_SMTP_POOL_SIZE", get("NEWSLETTER_SMTP_POOL_SIZE"), minimum=1
+        ),
+        max_per_connection=int_setting(
             "NEWSLETTER_SMTP_MAX_PER_CONNECTION",
             get("NEWSLETTER_SMTP_MAX_PER_CONNECTION"),
             minimum=1,
         ),
-        rate=_number("NEWSLETTER_SMTP_RATE", get, minimum=0),
+        rate=number_setting("NEWSLETTER_SMTP_RATE", get, minimum=0),
     )
 
 

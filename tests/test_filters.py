@@ -42,7 +42,8 @@ from newsletter.filters.ast import (
     Term,
     positive_leaves,
 )
-from newsletter.filters.index import compile_tree, iter_bits
+from newsletter.filters.bitsets import iter_bits
+from newsletter.filters.index import compile_tree
 from newsletter.filters.parser import MAX_DEPTH, MAX_QUERY_CHARS
 from newsletter.filters.tokens import tokens
 from tests.conftest import CORPUS

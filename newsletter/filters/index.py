@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from newsletter.filters.ast import (
     Phrase,
     Term,
 )
+from newsletter.filters.bitsets import bits_of, iter_bits
 from newsletter.filters.bm25 import CorpusStats
 from newsletter.filters.docs import (
     DEFAULT_FIELDS,
@@ -66,16 +67,6 @@ def _phrase_keys(words: tuple[str, ...]) -> list[str]:
     if len(stems) == 1:
         return stems
     return [f"{a} {b}" for a, b in itertools.pairwise(stems)]
-
-
-def _bits(indexes: list[int]) -> int:
-    """A bitset from increasing indexes, built in one pass over bytes (no big-int churn)."""
-    if len(indexes) == 1:
-        return 1 << indexes[0]
-    data = bytearray(indexes[-1] // 8 + 1)
-    for i in indexes:
-        data[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(data, "little")
 
 
 def anchors(node: Node) -> frozenset[tuple[str, str]] | None:
@@ -195,9 +186,9 @@ class DayIndex:
                 category_members[key].append(i)
             if doc.has_code:
                 with_code.append(i)
-        self.name_postings = {w: _bits(v) for w, v in name_members.items()}
-        self.category_postings = {k: _bits(v) for k, v in category_members.items()}
-        self.has_code = _bits(with_code) if with_code else 0
+        self.name_postings = {w: bits_of(v) for w, v in name_members.items()}
+        self.category_postings = {k: bits_of(v) for k, v in category_members.items()}
+        self.has_code = bits_of(with_code) if with_code else 0
         for i, doc in enumerate(self.papers):
             analysed = {f: analyse(field_text(doc, f)) for f in FIELDS}
             self.fields.append(analysed)
@@ -211,7 +202,7 @@ class DayIndex:
         self._members, self._occurrences = members, occurrences
         self._counts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.postings: dict[str, dict[str, int]] = {
-            f: {k: _bits(v) for k, v in m.items()} for f, m in members.items()
+            f: {k: bits_of(v) for k, v in m.items()} for f, m in members.items()
         }
         self.vocab = {f: sorted(words) for f, words in vocab.items()}
         self.stats = stats or CorpusStats.of(self)
@@ -393,11 +384,3 @@ class DayIndex:
                 s for _, s in surface_tokens(field_text(self.papers[i], f))
             ]
         return cached
-
-
-def iter_bits(bits: int) -> Iterator[int]:
-    """Indexes of the set bits, lowest first."""
-    while bits:
-        low = bits & -bits
-        yield low.bit_length() - 1
-        bits ^= low

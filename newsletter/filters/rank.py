@@ -21,13 +21,13 @@ from functools import lru_cache
 import numpy as np
 
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
+from newsletter.filters.bitsets import iter_bits
 from newsletter.filters.bm25 import K1, TITLE_BOOST, B
 from newsletter.filters.index import (
     DayIndex,
     Evaluator,
     anchors,
     compile_tree,
-    iter_bits,
 )
 from newsletter.filters.parser import parse_filter
 from newsletter.filters.tokens import stem

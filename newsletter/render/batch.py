@@ -35,6 +35,7 @@ from newsletter.render.compiled import (
 )
 from newsletter.render.content import Digest, DigestPaper, Sender
 from newsletter.render.headers import check_url, digest_headers
+from newsletter.render.links import links_html, links_of, links_text
 from newsletter.render.mime import EncodedPart, FillIn, RenderedDigest
 from newsletter.render.reference import digest_values
 
@@ -206,7 +207,7 @@ class BatchRenderer:
                 content.meta_line(paper),
                 paper.nearest,
                 content.summary_line(paper.summary),
-                content.links_of(paper),
+                links_of(paper),
             )
             shape = (bool(own.meta), bool(own.summary))
             html += (self._html_head(paper, own, shape), self._html_tail(paper, shape))
@@ -228,7 +229,7 @@ class BatchRenderer:
                         excerpt, paper.matched_terms, paper.nearest
                     ),
                     "summary": escape(own.summary),
-                    "links_html": content.links_html(own.links),
+                    "links_html": links_html(own.links),
                 }
             )
             found = self._heads.put(key, mime.encode(filled))
@@ -257,7 +258,7 @@ class BatchRenderer:
                     own.meta,
                     own.nearest,
                     summary=own.summary,
-                    links=own.links,
+                    links=links_text(own.links),
                 )
                 head = self._text_heads.put(own, mime.encode(text))
             number = content.numbered(index, "    ")  # "1.  ": as wide as the indent

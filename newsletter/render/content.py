@@ -21,7 +21,6 @@ from datetime import date, datetime
 
 from markupsafe import Markup, escape
 
-from newsletter.paper_links import PaperLinks, paper_links
 from newsletter.text import latex_to_text, one_line
 
 SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox lists
@@ -34,7 +33,6 @@ AUTHORS_SHOWN = 3  # "Ada Lovelace, Alan Turing, Grace Hopper and 12 more"
 AUTHOR_CHARS = 60
 SUMMARY_CHARS = 300
 SUMMARY_LABEL = "AI summary (Hugging Face)"
-LINK_STYLE = "color:#0b3d91;text-decoration:underline;"
 NO_PAPERS = "No new papers matched your topics this time."
 # <mark> says "this matched" to screen readers too; the inline colour keeps it visible
 # in bold titles and in clients that drop <style> blocks.
@@ -250,42 +248,6 @@ def meta_line(paper: DigestPaper) -> str:
     return " · ".join(meta)
 
 
-@functools.lru_cache(maxsize=20_000)
-def _links(title: str, arxiv_id: str | None, code: str | None, project: str | None) -> PaperLinks:
-    return paper_links(
-        title=clean(latex_to_text(title)), arxiv_id=arxiv_id, code=code, project=project
-    )
-
-
-def links_of(paper: DigestPaper) -> PaperLinks:
-    """Where the reader opens the paper: its arXiv page (a title search when no source gave
-    an id), its PDF, its code and its project page."""
-    return _links(paper.title, paper.arxiv_id, paper.code_url, paper.project_url)
-
-
-def link_list(links: PaperLinks) -> list[tuple[str, str]]:
-    """(label, URL) of each link, in the order both parts show them."""
-    found = [("arXiv" if links.pdf else "Find on arXiv", links.page)]
-    found += [(label, url) for label, url in (
-        ("PDF", links.pdf), ("Code", links.code), ("Project page", links.project)
-    ) if url]  # fmt: skip
-    return found
-
-
-def links_html(links: PaperLinks) -> Markup:
-    """The paper's links as one line of anchors; every URL and label escaped."""
-    return Markup(" · ").join(
-        Markup('<a href="{}" style="{}">{}</a>').format(url, LINK_STYLE, label)
-        for label, url in link_list(links)
-    )
-
-
-def links_text(links: PaperLinks) -> str:
-    """The links in the text part: one per line, each URL whole on its line (text
-    clients make a URL clickable only when nothing is glued to it)."""
-    return "".join(f"    {label}: {url}\n" for label, url in link_list(links))
-
-
 def summary_line(summary: str | None) -> str:
     """A source's summary, marked as what it is; "" when there is none."""
     text = clean(latex_to_text(summary or ""))
@@ -321,10 +283,10 @@ def paper_text_head(
     nearest: str | None = None,
     *,
     summary: str = "",
-    links: PaperLinks | None = None,
+    links: str = "",
 ) -> str:
     """A paper in the text part up to its topics line, indented four spaces (the number
-    goes into the indent of the first line)."""
+    goes into the indent of the first line); ``links`` is ``links.links_text``."""
     title_text, excerpt = paper_texts(title, abstract, nearest)
     lines = [fill(title_text, indent="    ")]
     if meta:
@@ -333,7 +295,7 @@ def paper_text_head(
     if summary:
         lines += ["", fill(summary, indent="    ")]
     text = "\n".join(lines) + "\n"
-    return text + ("\n" + links_text(links) if links is not None else "")
+    return text + ("\n" + links if links else "")
 
 
 def paper_text_tail(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:

@@ -17,20 +17,21 @@ from newsletter.render.budget import within_budget
 from newsletter.render.compiled import TEMPLATES_DIR, mjml_to_html, render_template
 from newsletter.render.content import Confirmation, Digest, DigestPaper, Sender
 from newsletter.render.headers import check_url, digest_headers, transactional_headers
+from newsletter.render.links import links_html, links_of, links_text
 from newsletter.render.mime import RenderedDigest
 
 
 def paper_context(paper: DigestPaper) -> dict[str, object]:
     """What ``paper.html.j2`` is given for one paper."""
     title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
-    links = content.links_of(paper)
+    links = links_of(paper)
     return {
         "title_html": content.highlight(title, paper.matched_terms),
         "page_url": links.page,
         "meta": content.meta_line(paper),
         "excerpt_html": content.excerpt_html(excerpt, paper.matched_terms, paper.nearest),
         "summary": content.summary_line(paper.summary),
-        "links_html": content.links_html(links),
+        "links_html": links_html(links),
         "topics": content.topics_line(paper.matched_topics, paper.close_to),
     }
 
@@ -53,7 +54,7 @@ def papers_text(papers: tuple[DigestPaper, ...]) -> str:
                 content.meta_line(p),
                 p.nearest,
                 summary=content.summary_line(p.summary),
-                links=content.links_of(p),
+                links=links_text(links_of(p)),
             ),
         )
         + content.paper_text_tail(p.matched_topics, p.close_to)

@@ -1,0 +1,123 @@
+"""One parser per kind of setting: the raw text in, the checked value out, or a
+``ConfigError`` that names the setting. ``newsletter.config`` assembles them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from newsletter.errors import ConfigError
+from newsletter.values import NUMBER_RE, ascii_int
+
+SOURCE_NAMES = ("dumps", "daily_papers", "arxiv")
+_ARXIV_CATEGORY_RE = re.compile(r"[a-z]+(?:-[a-z]+)*(?:\.[A-Za-z]+(?:-[A-Za-z]+)*)?")
+
+
+def int_setting(name: str, raw: str, *, minimum: int) -> int:
+    value = ascii_int(raw)
+    if value is None:
+        raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}")
+    if value < minimum:
+        raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
+    return value
+
+
+def number_setting(name: str, get: Callable[[str], str], *, minimum: float) -> float:
+    raw = get(name)
+    if not NUMBER_RE.fullmatch(raw):
+        raise ConfigError(setting=name, message=f"expected a number, got {raw!r}")
+    value = float(raw)
+    if not value >= minimum:  # also refuses NaN
+        raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
+    return value
+
+
+def choice_setting(name: str, get: Callable[[str], str], options: tuple[str, ...]) -> str:
+    value = get(name).strip().lower()
+    if value not in options:
+        raise ConfigError(
+            setting=name, message=f"expected one of {', '.join(options)}, got {value!r}"
+        )
+    return value
+
+
+def comma_list(value: str) -> list[str]:
+    return [item for item in (v.strip() for v in value.split(",")) if item]
+
+
+def sources_setting(value: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in comma_list(value.lower()):
+        if item not in SOURCE_NAMES:
+            raise ConfigError(
+                setting="NEWSLETTER_SOURCES",
+                message=f"expected some of {', '.join(SOURCE_NAMES)}, got {item!r}",
+            )
+        if item not in found:
+            found.append(item)
+    if not found:
+        raise ConfigError(
+            setting="NEWSLETTER_SOURCES",
+            message=f"name at least one of {', '.join(SOURCE_NAMES)} (dumps: offline)",
+        )
+    return tuple(found)
+
+
+def arxiv_categories_setting(value: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in comma_list(value):
+        if not _ARXIV_CATEGORY_RE.fullmatch(item) or len(item) > 40:
+            raise ConfigError(
+                setting="NEWSLETTER_ARXIV_CATEGORIES",
+                message=f"not an arXiv category (like cs.CL or hep-th): {item!r}",
+            )
+        if item not in found:
+            found.append(item)
+    if not found:
+        raise ConfigError(
+            setting="NEWSLETTER_ARXIV_CATEGORIES", message="name at least one category (cs.CL)"
+        )
+    return tuple(found)
+
+
+def http_url_setting(name: str, get: Callable[[str], str]) -> str:
+    """An http(s) URL with a host, nothing a request line or a header could choke on."""
+    url = get(name)
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.fragment
+        or any(c.isspace() or ord(c) < 32 or c in '<>"' for c in url)
+    ):
+        raise ConfigError(setting=name, message=f"expected an http(s) URL, got {url!r}")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError(setting=name, message=f"not a valid port in {url!r}") from None
+    return url
+
+
+def proxies_setting(value: str) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) of trusted reverse proxies."""
+    found = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                setting="NEWSLETTER_TRUSTED_PROXIES", message=f"not an address or network: {item!r}"
+            ) from None
+        found.append(item)
+    return tuple(found)
+
+
+def port_setting(name: str, get: Callable[[str], str]) -> int:
+    port = int_setting(name, get(name), minimum=1)
+    if port > 65535:
+        raise ConfigError(setting=name, message=f"not a port: {port}")
+    return port
