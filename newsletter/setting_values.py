@@ -47,39 +47,41 @@ def comma_list(value: str) -> list[str]:
     return [item for item in (v.strip() for v in value.split(",")) if item]
 
 
-def sources_setting(value: str) -> tuple[str, ...]:
+def _distinct_items(
+    name: str, value: str, *, valid: Callable[[str], bool], refused: str, empty: str
+) -> tuple[str, ...]:
+    """A comma list of at least one item, each ``valid``, repeats dropped, order kept;
+    ``refused`` names a bad item as ``{item}``."""
     found: list[str] = []
-    for item in comma_list(value.lower()):
-        if item not in SOURCE_NAMES:
-            raise ConfigError(
-                setting="NEWSLETTER_SOURCES",
-                message=f"expected some of {', '.join(SOURCE_NAMES)}, got {item!r}",
-            )
+    for item in comma_list(value):
+        if not valid(item):
+            raise ConfigError(setting=name, message=refused.format(item=repr(item)))
         if item not in found:
             found.append(item)
     if not found:
-        raise ConfigError(
-            setting="NEWSLETTER_SOURCES",
-            message=f"name at least one of {', '.join(SOURCE_NAMES)} (dumps: offline)",
-        )
+        raise ConfigError(setting=name, message=empty)
     return tuple(found)
+
+
+def sources_setting(value: str) -> tuple[str, ...]:
+    names = ", ".join(SOURCE_NAMES)
+    return _distinct_items(
+        "NEWSLETTER_SOURCES",
+        value.lower(),
+        valid=SOURCE_NAMES.__contains__,
+        refused=f"expected some of {names}, got {{item}}",
+        empty=f"name at least one of {names} (dumps: offline)",
+    )
 
 
 def arxiv_categories_setting(value: str) -> tuple[str, ...]:
-    found: list[str] = []
-    for item in comma_list(value):
-        if not _ARXIV_CATEGORY_RE.fullmatch(item) or len(item) > 40:
-            raise ConfigError(
-                setting="NEWSLETTER_ARXIV_CATEGORIES",
-                message=f"not an arXiv category (like cs.CL or hep-th): {item!r}",
-            )
-        if item not in found:
-            found.append(item)
-    if not found:
-        raise ConfigError(
-            setting="NEWSLETTER_ARXIV_CATEGORIES", message="name at least one category (cs.CL)"
-        )
-    return tuple(found)
+    return _distinct_items(
+        "NEWSLETTER_ARXIV_CATEGORIES",
+        value,
+        valid=lambda item: len(item) <= 40 and bool(_ARXIV_CATEGORY_RE.fullmatch(item)),
+        refused="not an arXiv category (like cs.CL or hep-th): {item}",
+        empty="name at least one category (cs.CL)",
+    )
 
 
 def http_url_setting(name: str, get: Callable[[str], str]) -> str:

@@ -34,6 +34,11 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
         ("NEWSLETTER_SECRET_KEY", "short", "at least 32 characters"),
         ("DATABASE_URL", "mysql://x", "only sqlite"),
         ("NEWSLETTER_OUTBOX", "x", "unknown setting"),
+        ("NEWSLETTER_SOURCES", "dumps,ftp", "daily_papers, arxiv, got 'ftp'"),
+        ("NEWSLETTER_SOURCES", " , ", "name at least one of"),
+        ("NEWSLETTER_ARXIV_CATEGORIES", "cs.CL,cs CL", "not an arXiv category (like cs.CL"),
+        ("NEWSLETTER_ARXIV_CATEGORIES", ",", "name at least one category"),
+        ("NEWSLETTER_DAILY_PAPERS_URL", "https://h/x\nHost: y", "expected an http(s) URL"),
     ],
 )
 def test_wrong_value_fails_naming_the_setting(
