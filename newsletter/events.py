@@ -30,3 +30,5 @@ class EventKind(enum.StrEnum):
     # live sources
     SOURCE_FETCHED = "source.fetched"
     SOURCE_FAILED = "source.failed"
+    # feedback
+    VOTED = "feedback.vote"  # "more like this", "not for me", or taking one back

@@ -8,10 +8,9 @@ Three phases, one function each:
    that row; for a first digest, ``first_digest_days`` back) that were never sent to
    them. The edition is the subscriber's local calendar date.
 2. ``_Matcher``: the candidate papers indexed once (``filters.DayIndex``) against the
-   reference window, with their stored vectors; each distinct topic scored once for
-   all papers (``relevance``); a subscriber's digest is the papers their topics let in
-   at their dial step, restricted to what is new for them, ranked, and those just
-   below the line. Planning reads stored vectors only: it never runs the model.
+   reference window, with stored vectors; each distinct topic, as its reader taught it
+   (``feedback``), scored once for all papers (``relevance``); a digest is what the
+   topics let in at the dial step, new to the reader, ranked, and what is just below.
 3. ``_record``: rows inserted in bulk. One row per (subscriber, edition) is a unique
    constraint, so planning twice, or two planners at once, cannot make two digests:
    the loser's insert is skipped and it moves on. The Message-ID is chosen here, once,
@@ -36,6 +35,7 @@ from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.embed.store import display
+from newsletter.feedback import taught_topics
 from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.links import Links, Recipient
 from newsletter.models import (
@@ -50,7 +50,7 @@ from newsletter.models import (
 )
 from newsletter.relevance import DEFAULT_DIAL, Pick, Picked, Scorer, Topic
 from newsletter.relevance.day import day_scorer
-from newsletter.subscribers import find, normalize_email, topic_rows
+from newsletter.subscribers import find, normalize_email
 
 RECORD_BATCH = 1000  # digests written per round trip batch
 FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
@@ -132,7 +132,7 @@ def plan_digests(
         )
         if not due:
             return report
-        topics = topic_rows(session=session, ids=[d.subscriber_id for d in due])
+        topics = taught_topics(session=session, ids=[d.subscriber_id for d in due])
         wanted = {t for ts in topics.values() for t in ts}
         matcher = _Matcher.load(session, since=min(d.since for d in due), now=now, topics=wanted)
         drafts: list[_Draft] = []

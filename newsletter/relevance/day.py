@@ -46,6 +46,7 @@ def day_scorer(
     session: Session, *, papers: Sequence[Paper], now: datetime, topics: Iterable[Topic]
 ) -> Scorer:
     """A scorer over ``papers`` (first-seen order) for ``topics``."""
+    topics = list(topics)
     reference = load_reference(session, now=now, model=MODEL_NAME)
     ranker = Ranker(DayIndex([paper_doc(p) for p in papers], stats=reference.stats))
     vectors, present, sentences = _paper_vectors(session, [p.id for p in papers])  # type: ignore[misc]
@@ -61,6 +62,9 @@ def day_scorer(
             vector = unpack(blob, 1) if model == MODEL_NAME else None
             if vector is not None:
                 topic_vectors[hashes[digest]] = vector[0]
+    voted_ids = sorted({pid for t in topics for pid, _ in t.taught})
+    voted_rows, voted_present, _ = _paper_vectors(session, voted_ids)
+    voted = {pid: voted_rows[i] for i, pid in enumerate(voted_ids) if voted_present[i]}
     return Scorer(
         ranker,
         reference=reference,
@@ -69,6 +73,7 @@ def day_scorer(
         topic_vectors=topic_vectors,
         topic_text=text_of,
         sentences=sentences.get,
+        voted=voted,
     )
 
 

@@ -23,7 +23,7 @@ chosen on hand-judged topics (bench/relevance.py) and are the same for every top
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ from newsletter.filters import CorpusStats, Ranker, compile_filter
 from newsletter.filters.ast import All, And, Node, Or, Phrase, Term
 from newsletter.filters.bm25 import K1
 from newsletter.filters.tokens import stem
+from newsletter.relevance.feedback import neighbours, rocchio, split_votes
 from newsletter.relevance.reference import Reference
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
@@ -64,6 +65,9 @@ DEFAULT_DIAL = 3
 class Topic:
     query: str
     about: str | None = None
+    # The reader's votes in this topic, (paper id, +1 or -1), sorted: part of what the
+    # topic is, so subscribers who taught nothing still share one decision.
+    taught: tuple[tuple[int, int], ...] = ()
 
 
 def ceiling(node: Node, stats: CorpusStats) -> float:
@@ -93,7 +97,10 @@ class TopicScores:
     has_meaning: np.ndarray  # bool: a z-score was computed for this paper
     words_only: bool  # the filter names no words: its matches are the answer
     everything: bool  # "*"
-    fused: np.ndarray  # lexical + ALPHA * semantic
+    fused: np.ndarray  # lexical + ALPHA * semantic + shift
+    shift: np.ndarray  # what nearness to voted papers adds (+) or takes (-); 0 untaught
+    liked: tuple[int, ...] = ()  # ids of the liked papers with a vector
+    carrier: np.ndarray | None = None  # per paper, the index in ``liked`` that lifted it
 
     def included(self, step: Step) -> np.ndarray:
         if self.everything:
@@ -101,8 +108,15 @@ class TopicScores:
         if self.words_only:
             return self.matched
         by_filter = self.matched & (self.fused >= step.threshold)
-        by_meaning = self.has_meaning & (self.semantic >= step.enter) & (self.cosine >= MIN_COSINE)
-        return by_filter | by_meaning
+        by_meaning = (
+            self.has_meaning
+            & (self.semantic >= step.enter)
+            & (self.cosine >= MIN_COSINE)
+            & (self.shift >= 0)  # not a near-duplicate of a paper the reader turned down
+        )
+        # "More like this": a close neighbour of a liked paper, over the line on its own
+        by_vote = (self.shift > 0) & (self.fused >= step.threshold)
+        return by_filter | by_meaning | by_vote
 
     def near(self, step: Step) -> np.ndarray:
         if self.everything or self.words_only:
@@ -171,11 +185,13 @@ class Scorer:
         topic_vectors: dict[str, np.ndarray],
         topic_text: Callable[[Topic], str],
         sentences: SentenceSource | None = None,
+        voted: Mapping[int, np.ndarray] | None = None,
     ) -> None:
         self.ranker, self.reference = ranker, reference
         self.vectors, self.present = vectors, present
         self.topic_vectors, self.topic_text = topic_vectors, topic_text
         self.sentences = sentences
+        self.voted = voted or {}  # vectors of the papers readers voted on, by paper id
         self._topics: dict[Topic, TopicScores] = {}
         self._decided: dict[tuple[Topic, int], _Decided] = {}
         self._words: dict[tuple[str, int], tuple[str, ...]] = {}
@@ -204,18 +220,28 @@ class Scorer:
         else:
             lexical = matched.astype(float)
         semantic, cosine, has_meaning = self._zero, self._zero, self._nothing
+        shift, carrier, liked_ids = self._zero, None, []
         q = self.topic_vectors.get(self.topic_text(topic))
         if q is not None and self.vectors is not None and self.reference.vectors >= 2:
+            liked_ids, liked, disliked = split_votes(topic.taught, self.voted)
+            if liked or disliked:
+                q = rocchio(q, liked=liked, disliked=disliked)
+                shift, carrier = neighbours(
+                    self.vectors, reference=self.reference, liked=liked, disliked=disliked,
+                    alpha=ALPHA,
+                )  # fmt: skip
             centre, spread = self.reference.spread(q[None, :])
             has_meaning = self.present
             cosine = self.vectors @ q  # rows without a vector are zeros: cosine 0
             semantic = (cosine - centre[0]) / spread[0]
             if not self._all_present:
                 semantic = np.where(has_meaning, semantic, 0.0)
-        fused = lexical + ALPHA * semantic
+                shift = np.where(has_meaning, shift, 0.0)
+        fused = lexical + ALPHA * semantic + shift
         return TopicScores(
-            topic, matched, lexical, semantic, cosine, has_meaning, words_only, everything, fused
-        )
+            topic, matched, lexical, semantic, cosine, has_meaning, words_only, everything, fused,
+            shift, tuple(liked_ids), carrier,
+        )  # fmt: skip
 
     def _decision(self, topic: Topic, dial: int) -> _Decided:
         key = (topic, dial)

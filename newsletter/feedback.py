@@ -1,0 +1,143 @@
+"""Votes: a reader's "more like this" and "not for me" on a paper, in one of their topics.
+
+A vote is an event in the ledger (``feedback.vote``), never an update in place: what a
+topic has been taught is the replay of its events, last vote per paper wins, and a vote
+of ``none`` takes one back. So nothing learned is lost, any vote can be undone, and the
+state can always be rebuilt (``taught``). A topic is named by its filter as stored: the
+topic's row is replaced when the reader edits their topics, the filter is what they
+taught. Editing a filter starts that topic afresh.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from newsletter.errors import SubscriberError
+from newsletter.events import EventKind
+from newsletter.models import Event, Paper, Subscriber, TopicFilter
+from newsletter.relevance import Topic
+from newsletter.subscribers import event, topic_rows
+
+
+class Vote(enum.StrEnum):
+    UP = "up"  # more like this
+    DOWN = "down"  # not for me
+    NONE = "none"  # take the vote back
+
+    @property
+    def sign(self) -> int:
+        return {"up": 1, "down": -1, "none": 0}[self.value]
+
+
+Taught = dict[tuple[int, str], tuple[tuple[int, int], ...]]  # (subscriber, filter) -> votes
+
+
+def record_vote(
+    *,
+    session: Session,
+    subscriber: Subscriber,
+    query: str,
+    paper_id: int,
+    vote: Vote,
+    source: str,
+    now: datetime,
+    delivery_id: int | None = None,
+) -> tuple[tuple[int, int], ...]:
+    """Append one vote and return what the topic is taught now. The topic must be one of
+    the subscriber's and the paper must exist; a vote equal to the current one is kept
+    (a second tap changes nothing) but not written twice."""
+    topics = _topics_of(session, subscriber.id)  # type: ignore[arg-type]
+    if query not in topics:
+        raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")
+    if session.get(Paper, paper_id) is None:
+        raise SubscriberError(f"no paper with id {paper_id}", field="paper")
+    before = taught(session=session, subscriber_ids=[subscriber.id]).get(  # type: ignore[list-item]
+        (subscriber.id, query),
+        (),  # type: ignore[arg-type]
+    )
+    current = dict(before).get(paper_id, 0)
+    if current == vote.sign:
+        return before
+    ev = event(
+        kind=EventKind.VOTED,
+        subscriber_id=subscriber.id,
+        now=now,
+        paper=paper_id,
+        topic=query,
+        vote=vote.value,
+        source=source,
+    )
+    ev.delivery_id = delivery_id
+    session.add(ev)
+    session.flush()
+    votes = dict(before)
+    if vote.sign:
+        votes[paper_id] = vote.sign
+    else:
+        votes.pop(paper_id, None)
+    return tuple(sorted(votes.items()))
+
+
+def taught(*, session: Session, subscriber_ids: Sequence[int] | None = None) -> Taught:
+    """What each (subscriber, topic) has been taught: the replay of the vote events, in
+    the order they were written. Votes in a topic the subscriber no longer has are
+    kept in the ledger but not returned."""
+    query = select(Event.subscriber_id, Event.detail).where(Event.kind == EventKind.VOTED)
+    ids = list(subscriber_ids) if subscriber_ids is not None else None
+    state: dict[tuple[int, str], dict[int, int]] = {}
+    for start in range(0, len(ids) if ids is not None else 1, 5000):
+        chunk = query
+        if ids is not None:
+            chunk = chunk.where(Event.subscriber_id.in_(ids[start : start + 5000]))  # type: ignore[union-attr]
+        for sid, detail in session.exec(chunk.order_by(Event.id)):  # type: ignore[union-attr]
+            d = json.loads(detail)
+            votes = state.setdefault((sid, d["topic"]), {})
+            sign = Vote(d["vote"]).sign
+            if sign:
+                votes[int(d["paper"])] = sign
+            else:
+                votes.pop(int(d["paper"]), None)
+    live = _live_topics(session, {sid for sid, _ in state})
+    return {
+        key: tuple(sorted(votes.items())) for key, votes in state.items() if votes and key in live
+    }
+
+
+def taught_topics(*, session: Session, ids: Sequence[int]) -> dict[int, list[Topic]]:
+    """Each subscriber's topics with what they taught them (planning, ``filters test``)."""
+    topics = topic_rows(session=session, ids=ids)
+    state = taught(session=session, subscriber_ids=list(topics))
+    if not state:
+        return topics
+    return {
+        sid: [Topic(t.query, t.about, state.get((sid, t.query), ())) for t in ts]
+        for sid, ts in topics.items()
+    }
+
+
+def _topics_of(session: Session, subscriber_id: int) -> list[str]:
+    return list(
+        session.exec(
+            select(TopicFilter.query)
+            .where(TopicFilter.subscriber_id == subscriber_id)
+            .order_by(TopicFilter.id)  # type: ignore[arg-type]
+        )
+    )
+
+
+def _live_topics(session: Session, subscriber_ids: set[int]) -> set[tuple[int, str]]:
+    ids, live = sorted(subscriber_ids), set()
+    for start in range(0, len(ids), 5000):
+        live.update(
+            session.exec(
+                select(TopicFilter.subscriber_id, TopicFilter.query).where(
+                    TopicFilter.subscriber_id.in_(ids[start : start + 5000])  # type: ignore[attr-defined]
+                )
+            )
+        )
+    return live

@@ -1,0 +1,178 @@
+"""Votes ("more like this", "not for me"): kept as events, replayed into what each topic is
+taught, and felt by the next digest. The sample corpus (with its bundled vectors) is the
+reference window, first seen days before the day being planned."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import func, select
+
+from newsletter import db
+from newsletter.corpus.ingest import ingest
+from newsletter.embed.store import embed_papers, embed_topics
+from newsletter.errors import SubscriberError
+from newsletter.events import EventKind
+from newsletter.feedback import Vote, record_vote, taught, taught_topics
+from newsletter.models import Event, Paper
+from newsletter.plan import plan_digests
+from newsletter.subscribers import find, replace_topics
+from tests.conftest import CORPUS, make_settings
+from tests.helpers import add_paper, subscribe
+from tests.test_cli import run
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+DIFFUSION = "diffusion | Diffusion models for image synthesis"
+
+
+def _store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'news.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    ingest(engine=engine, paths=[CORPUS], now=NOW - timedelta(days=3))  # the reference window
+    return engine, make_settings(tmp_path, url, NEWSLETTER_FIRST_DIGEST_DAYS="1"), url
+
+
+def _paper(engine: sa.Engine, words: str) -> Paper:
+    with db.session_scope(engine=engine) as session:
+        row = session.exec(
+            select(Paper).where(Paper.title.contains(words)).order_by(Paper.id)  # type: ignore[attr-defined]
+        ).first()
+        assert row is not None, words
+        session.expunge(row)
+        return row
+
+
+def _twin(engine: sa.Engine, paper: Paper) -> int:
+    """Today's near-duplicate of ``paper``: the same abstract under a slightly other title."""
+    return add_paper(
+        engine,
+        title=paper.title + " (extended version)",
+        abstract=paper.abstract,
+        seen=NOW - timedelta(hours=1),
+    )
+
+
+def _vote(engine: sa.Engine, email: str, paper_id: int, vote: Vote, query: str = "diffusion"):  # type: ignore[no-untyped-def]
+    with db.session_scope(engine=engine) as session:
+        return record_vote(
+            session=session,
+            subscriber=find(session=session, email=email),
+            query=query,
+            paper_id=paper_id,
+            vote=vote,
+            source="test",
+            now=NOW,
+        )
+
+
+def _taught(engine: sa.Engine) -> dict:  # type: ignore[type-arg]
+    with db.session_scope(engine=engine) as session:
+        return taught(session=session)
+
+
+def _votes_written(engine: sa.Engine) -> int:
+    with db.session_scope(engine=engine) as session:
+        return session.exec(
+            select(func.count()).select_from(Event).where(Event.kind == EventKind.VOTED)
+        ).one()
+
+
+def test_a_vote_switches_undoes_and_a_second_tap_writes_nothing(tmp_path: Path) -> None:
+    engine, _settings, _url = _store(tmp_path)
+    a = subscribe(engine, email="a@example.org", topics=[DIFFUSION, "speech"], now=NOW)
+    b = subscribe(engine, email="b@example.org", topics=[DIFFUSION], now=NOW)
+    p, q = _paper(engine, "Diffusion").id, _paper(engine, "Speech").id
+
+    assert _vote(engine, "a@example.org", p, Vote.UP) == ((p, 1),)
+    assert _vote(engine, "a@example.org", p, Vote.UP) == ((p, 1),)  # a second tap
+    assert _votes_written(engine) == 1
+    assert _vote(engine, "a@example.org", q, Vote.DOWN) == tuple(sorted(((p, 1), (q, -1))))
+    assert _vote(engine, "a@example.org", p, Vote.DOWN) == tuple(sorted(((p, -1), (q, -1))))
+    assert _vote(engine, "a@example.org", q, Vote.NONE) == ((p, -1),)  # undone
+    assert _vote(engine, "a@example.org", p, Vote.UP, query="speech") == ((p, 1),)
+
+    # The state is the replay of the events, per subscriber and topic; b taught nothing.
+    assert _taught(engine) == {(a, "diffusion"): ((p, -1),), (a, "speech"): ((p, 1),)}
+    with db.session_scope(engine=engine) as session:
+        topics = taught_topics(session=session, ids=[a, b])
+    assert [t.taught for t in topics[a]] == [((p, -1),), ((p, 1),)]
+    assert [t.taught for t in topics[b]] == [()]
+
+    # A topic the reader removed keeps its events but teaches nothing any more.
+    with db.session_scope(engine=engine) as session:
+        replace_topics(session=session, subscriber_id=a, topics=["speech"], now=NOW)
+    assert _taught(engine) == {(a, "speech"): ((p, 1),)}
+    assert _votes_written(engine) == 5
+
+
+def test_a_vote_names_a_topic_and_a_paper_that_exist(tmp_path: Path) -> None:
+    engine, _settings, _url = _store(tmp_path)
+    subscribe(engine, email="a@example.org", topics=[DIFFUSION], now=NOW)
+    paper = _paper(engine, "Diffusion").id
+    with pytest.raises(SubscriberError, match=r"topic: a@example\.org has no topic 'speech'"):
+        _vote(engine, "a@example.org", paper, Vote.UP, query="speech")
+    with pytest.raises(SubscriberError, match="paper: no paper with id 999999"):
+        _vote(engine, "a@example.org", 999_999, Vote.UP)
+    assert _votes_written(engine) == 0
+
+
+def _digest(engine: sa.Engine, settings, email: str) -> list[int]:  # type: ignore[no-untyped-def]
+    report = plan_digests(engine=engine, settings=settings, now=NOW, due_only=False, dry_run=True)
+    (planned,) = [p for p in report.planned if p.email == email]
+    return [m.paper_id for m in planned.ranked.matches]
+
+
+def test_a_disliked_papers_twin_drops_below_the_line_and_a_liked_papers_twin_rises(
+    tmp_path: Path,
+) -> None:
+    engine, settings, url = _store(tmp_path)
+    disliked = _paper(engine, "Diffusion")
+    liked = _paper(engine, "Speech")  # far from the topic: its filter does not match it
+    twin_of_disliked, twin_of_liked = _twin(engine, disliked), _twin(engine, liked)
+    subscribe(engine, email="r@example.org", topics=[DIFFUSION], now=NOW)
+    subscribe(engine, email="other@example.org", topics=[DIFFUSION], now=NOW)
+    embed_papers(engine=engine)  # today's two papers go through the model
+    embed_topics(engine=engine)
+
+    before = _digest(engine, settings, "r@example.org")
+    assert twin_of_disliked in before and twin_of_liked not in before
+
+    # Votes through the operator's command, as a reader's taps would be recorded.
+    env = {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "k" * 40}
+    home = tmp_path / "home"
+    home.mkdir()
+    vote = ("feedback", "r@example.org", "--paper")
+    said = run(home, *vote, str(disliked.id), "--vote", "down", env=env)
+    assert "down:" in said.stdout and "0 liked, 1 disliked" in said.stdout
+    run(home, *vote, liked.title, "--vote", "up", env=env)
+
+    after = _digest(engine, settings, "r@example.org")
+    assert twin_of_disliked not in after, "the near-duplicate of a disliked paper stays out"
+    assert twin_of_liked in after, "the near-duplicate of a liked paper comes in"
+    assert _digest(engine, settings, "other@example.org") == before, "nobody else is changed"
+
+    # Undoing both votes gives the digest back as it was.
+    run(home, *vote, str(disliked.id), "--vote", "none", env=env)
+    run(home, *vote, str(liked.id), "--vote", "none", "--topic", "1", env=env)
+    assert _digest(engine, settings, "r@example.org") == before
+
+
+def test_the_feedback_command_refuses_what_it_cannot_find(tmp_path: Path) -> None:
+    engine, _settings, url = _store(tmp_path)
+    subscribe(engine, email="r@example.org", topics=[DIFFUSION], now=NOW)
+    env = {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "k" * 40}
+    home = tmp_path / "home"
+    home.mkdir()
+    for args, says in (
+        (["--paper", "No Such Paper At All", "--vote", "up"], "paper: no paper 'No Such Paper"),
+        (["--paper", "1", "--vote", "up", "--topic", "2"], "has 1 topics; --topic 2 is not one"),
+        (["--paper", "1", "--vote", "maybe"], "'maybe' is not one of"),
+    ):
+        proc = run(home, "feedback", "r@example.org", *args, env=env, ok=False)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert _votes_written(engine) == 0
