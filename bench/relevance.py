@@ -15,6 +15,13 @@ compared with the judgement:
 Micro precision and recall count every (topic, paper) decision together; macro
 averages the per-topic figures. Nothing here is fitted: the constants are those in
 newsletter/relevance/score.py, the same for every topic.
+
+With --feedback, a simulated reader then teaches each topic: day by day (one page dump
+is one day) the digest shows the day's top DIGEST papers the topic includes and the
+NOT_SURE best just below the line; the reader marks each "more like this" when it is
+relevant, "not for me" when it is not. After 5, 10, 20 and 30 votes the taught topic
+is scored again, at the default step, on all papers and on the papers not voted on
+(there beside the cold score on the same papers).
 """
 
 from __future__ import annotations
@@ -57,10 +64,51 @@ def line(label: str, counts: list[tuple[str, int, int, int]]) -> str:
     return f"{label:12s} micro P {p:.2f} R {r:.2f} F1 {f1:.2f}   macro P {mp:.2f} R {mr:.2f}"
 
 
+DIGEST = 10
+NOT_SURE = 2
+CHECKPOINTS = (5, 10, 20, 30)
+
+
+def simulate(scorer, topic: Topic, relevant: set[int], days: list[list[int]]):  # type: ignore[no-untyped-def]
+    """The votes a reader gives, in order: (paper id, +1 or -1), up to the last checkpoint."""
+    position = {int(pid): i for i, pid in enumerate(scorer.ranker.ids)}
+    votes: dict[int, int] = {}
+    rounds = [*days, [pid for day in days for pid in day]]  # then anything left unvoted
+    for day in rounds:
+        if len(votes) >= CHECKPOINTS[-1]:
+            break
+        bits = sum(1 << position[pid] for pid in day if pid not in votes)
+        taught = Topic(topic.query, topic.about, tuple(sorted(votes.items())))
+        picked = scorer.pick([taught], within=bits, limit=DIGEST, dial=DEFAULT_DIAL)
+        for m in (*picked.matches, *picked.near[:NOT_SURE]):
+            if len(votes) < CHECKPOINTS[-1]:
+                votes[m.paper_id] = 1 if m.paper_id in relevant else -1
+    return list(votes.items())
+
+
+def feedback_rows(scorer, asked: dict[str, Topic], judged, days):  # type: ignore[no-untyped-def]
+    """Per checkpoint: (topic, tp, fp, fn) on all papers, taught and cold on unvoted."""
+    rows: dict[str, list[tuple[str, int, int, int]]] = {}
+    for name, relevant in judged.items():
+        topic = asked[name]
+        votes = simulate(scorer, topic, relevant, days)
+        cold = {m.paper_id for m in scorer.pick([topic], within=None, limit=10**6).matches}
+        for n in CHECKPOINTS:
+            given = dict(votes[:n])
+            taught = Topic(topic.query, topic.about, tuple(sorted(given.items())))
+            chosen = {m.paper_id for m in scorer.pick([taught], within=None, limit=10**6).matches}
+            left = relevant - set(given)
+            rows.setdefault(f"{n} votes", []).append((name, *prf(chosen, relevant)))
+            rows.setdefault(f"{n} unvoted", []).append((name, *prf(chosen - set(given), left)))
+            rows.setdefault(f"{n} cold", []).append((name, *prf(cold - set(given), left)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topics", type=Path, action="append", help="judged topics (JSON)")
     parser.add_argument("--per-topic", action="store_true", help="print each topic's figures")
+    parser.add_argument("--feedback", action="store_true", help="simulate a reader's votes")
     args = parser.parse_args()
     files = args.topics or [DEV]
     topics: dict[str, dict[str, object]] = {}
@@ -86,9 +134,15 @@ def main() -> None:
                 session, papers=papers, now=now, topics=[*asked.values(), *plain.values()]
             )
             blind = day_scorer(session, papers=papers, now=now, topics=[])  # no topic vectors
+            days: dict[str, list[int]] = {}
+            for p in papers:
+                days.setdefault(p.source_file, []).append(p.id)  # type: ignore[arg-type]
         rows: dict[str, list[tuple[str, int, int, int]]] = {}
-        for name, t in sorted(topics.items()):
-            relevant = {by_key[canonical_key(str(x))] for x in t["relevant"]}  # type: ignore[attr-defined]
+        judged = {
+            name: {by_key[canonical_key(str(x))] for x in t["relevant"]}  # type: ignore[attr-defined]
+            for name, t in sorted(topics.items())
+        }
+        for name, relevant in judged.items():
             scores = scorer.topic(asked[name])
             matched = {int(scorer.ranker.ids[i]) for i in scores.matched.nonzero()[0]}
             rows.setdefault("filter", []).append((name, *prf(matched, relevant)))
@@ -105,6 +159,14 @@ def main() -> None:
             rows.setdefault("no sentence", []).append(
                 (name, *prf({m.paper_id for m in no_about.matches}, relevant))
             )
+        if args.feedback:
+            vectors, present = scorer.vectors, scorer.present
+            scorer.voted = {
+                int(pid): vectors[i]  # type: ignore[index]
+                for i, pid in enumerate(scorer.ranker.ids)
+                if present[i]  # type: ignore[index]
+            }
+            rows |= feedback_rows(scorer, asked, judged, [days[k] for k in sorted(days)])
         print(f"{len(topics)} topics from {', '.join(str(f) for f in files)}; 575 papers")
         for label, counts in rows.items():
             note = "  (default)" if label == f"dial {DEFAULT_DIAL}" else ""

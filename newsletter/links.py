@@ -48,3 +48,9 @@ class Links:
     def confirm(self, *, who: Recipient, delivery_id: int) -> str:
         """The double opt-in link: it names the confirmation mail it came in."""
         return self._url("confirm", tokens.CONFIRM, who, delivery_id)
+
+    def vote(self, *, who: Recipient, delivery_id: int, paper_id: int, topic: int) -> str:
+        """A paper's vote page, as it came in one digest; ``topic`` indexes the topics
+        that carried it (in the digest's snapshot). ``/up`` and ``/down`` are appended:
+        the direction is the reader's choice on the page, so it needs no signature."""
+        return self._url("v", tokens.VOTE, who, delivery_id, paper_id, topic)

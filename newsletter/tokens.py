@@ -29,6 +29,7 @@ UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 ARCHIVE = "archive"
 CONFIRM = "confirm"
+VOTE = "vote"
 MIN_KEY_BYTES = 32
 _MAC_BYTES = 20
 _MAX_IDS = 6

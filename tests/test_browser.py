@@ -24,10 +24,12 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.backends.file import FileBackend
+from newsletter.feedback import taught
 from newsletter.models import Subscriber
+from newsletter.plan import plan_digests
 from newsletter.web import create_app
 from tests.conftest import IN_CI, make_settings
-from tests.helpers import add_paper, deliver, live_server, runtime_for
+from tests.helpers import add_paper, deliver, live_server, runtime_for, subscribe
 from tests.smtp_server import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -127,3 +129,44 @@ def test_sign_up_confirm_preferences_unsubscribe(
         4,
         "Europe/Paris",
     )
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_a_vote_from_the_email_then_undo(browser: Browser, tmp_path: Path, width: int) -> None:
+    url = f"sqlite:///{tmp_path / 'web.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    port = free_port()
+    settings = make_settings(tmp_path, url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
+    now = datetime.now(UTC)
+    paper = add_paper(
+        engine, title="Diffusion models", abstract="About diffusion.", seen=now - timedelta(hours=1)
+    )
+    subscribe(engine, email="reader@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's loop
+        backend = FileBackend(directory=settings.outbox_dir)
+        pool.submit(deliver, engine, settings, backend, now).result()
+    (eml,) = settings.outbox_dir.rglob("*.eml")
+    mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    not_for_me = re.search(r"Not for me: (http://127\.0\.0\.1:\d+/v/\S+)", text).group(1)  # type: ignore[union-attr]
+    axe = Axe()
+    with live_server(create_app(runtime=runtime_for(settings, engine)), port):
+        page = browser.new_page(viewport={"width": width, "height": 800})
+        page.goto(not_for_me)
+        expect(page.get_by_role("heading", name="Not for you?")).to_be_visible()
+        _audit(page, axe)
+        _shot(page, f"{width}-5-vote")
+        page.get_by_role("button", name="Yes, not for me").click()
+        expect(page.get_by_role("status")).to_contain_text("fewer papers like “Diffusion models”")
+        _audit(page, axe)
+        _shot(page, f"{width}-6-voted")
+        with db.session_scope(engine=engine) as session:
+            assert list(taught(session=session).values()) == [((paper, -1),)]
+        page.get_by_role("button", name="Undo my vote").click()
+        expect(page.get_by_role("heading", name="Vote taken back")).to_be_visible()
+        _audit(page, axe)
+        page.close()
+    with db.session_scope(engine=engine) as session:
+        assert taught(session=session) == {}

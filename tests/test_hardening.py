@@ -158,7 +158,7 @@ def test_default_install_signs_links_that_serve_accepts_and_empty_key_macs_are_r
     with _process(tmp_path, "serve", "--port", str(port), port=port, **base) as url:
         for msg in messages.values():
             links = _links(msg)
-            assert {httpx.URL(link).path.split("/")[1] for link in links} == {"u", "p", "d"}
+            assert {httpx.URL(link).path.split("/")[1] for link in links} == {"u", "p", "d", "v"}
             for link in links:
                 assert httpx.get(url + httpx.URL(link).path).status_code == 200, link
         # What the empty key used to sign: a stranger's links, computed from ids alone.
@@ -167,6 +167,7 @@ def test_default_install_signs_links_that_serve_accepts_and_empty_key_macs_are_r
             ("1", "preferences", "p"),
             ("1-1", "archive", "d"),
             ("1-1", "confirm", "confirm"),
+            ("1-1-1-0", "vote", "v"),
         ]
         for ident, purpose, prefix in forgeries:
             for salt in ("", "-"):

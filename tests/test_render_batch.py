@@ -57,8 +57,15 @@ FILTERS = [
 ]
 
 
-def digest(papers: tuple[DigestPaper, ...], *, more: int = 0, name: str | None = "Ada") -> Digest:
+def digest(
+    papers: tuple[DigestPaper, ...],
+    *,
+    more: int = 0,
+    name: str | None = "Ada",
+    votes: tuple[str, ...] = (),
+) -> Digest:
     return Digest(
+        votes=votes,
         to_address="ada@example.org",
         to_name=name,
         edition=date(2026, 11, 23),
@@ -112,7 +119,10 @@ def sample_digests(tmp_path_factory: pytest.TempPathFactory) -> list[Digest]:
             )
             for m in ranked.matches
         )
-        digests.append(digest(digest_papers(items=items, texts=texts), more=ranked.more))
+        votes = tuple(f"https://papers.example/v/1-{i}-{m.paper_id}-0.x" for m in ranked.matches)
+        digests.append(
+            digest(digest_papers(items=items, texts=texts), more=ranked.more, votes=votes)
+        )
     for start in range(0, len(papers), 20):
         chunk = papers[start : start + 20]
         items = tuple(
@@ -168,8 +178,9 @@ names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), ma
     more=st.integers(0, 3),
     near=st.integers(0, 3),
     name=st.none() | names,
+    votes=st.lists(st.sampled_from(["", "https://papers.example/v/1-2-3-0.x&<y>"]), max_size=9),
 )
-def test_batch_equals_reference_on_random_text(papers, more, near, name) -> None:  # type: ignore[no-untyped-def]
+def test_batch_equals_reference_on_random_text(papers, more, near, name, votes) -> None:  # type: ignore[no-untyped-def]
     shown = tuple(
         DigestPaper(
             title=t,
@@ -191,7 +202,8 @@ def test_batch_equals_reference_on_random_text(papers, more, near, name) -> None
         for t, a, topics, terms, upvotes, org, close_to, start, more_fields in papers
         for arxiv_id, code, project, authors, summary, count in (more_fields,)
     )
-    assert_same(BatchRenderer(), replace(digest(shown, more=more, name=name), near_count=near))
+    d = digest(shown, more=more, name=name, votes=tuple(votes))
+    assert_same(BatchRenderer(), replace(d, near_count=near))
 
 
 @pytest.mark.parametrize(

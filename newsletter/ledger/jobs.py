@@ -107,6 +107,9 @@ Job = DigestJob | ConfirmationJob | UnreadableJob
 class _Papers:
     shown: tuple[DigestPaper, ...]  # in the email
     near: tuple[DigestPaper, ...]  # just below the line: counted in the email, listed online
+    # Per shown paper, its id when the reader can vote on it: a topic of theirs carried
+    # it (not "*", everything); else None.
+    votable: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,12 @@ class JobLoader:
             unsubscribe_url=self.links.unsubscribe(who=who, delivery_id=delivery_id),
             preferences_url=self.links.preferences(who=who),
             archive_url=self.links.archive(who=who, delivery_id=delivery_id),
+            votes=tuple(
+                ""
+                if pid is None
+                else self.links.vote(who=who, delivery_id=delivery_id, paper_id=pid, topic=0)
+                for pid in shown.votable
+            ),
         )
         return DigestJob(delivery_id, sid, to_address, wanted, digest)
 
@@ -261,9 +270,11 @@ class JobLoader:
         entry = self._papers.get(text)
         if entry is not None and entry[0] == shown:
             return entry[1]
+        top = tuple(i for i in items if not i.near)
         papers = _Papers(
-            digest_papers(items=tuple(i for i in items if not i.near), texts=texts),
+            digest_papers(items=top, texts=texts),
             digest_papers(items=tuple(i for i in items if i.near), texts=texts),
+            tuple(i.paper_id if i.topics and i.topics[0] != "*" else None for i in top),
         )
         if len(self._papers) >= self._papers_max:
             self._papers.clear()

@@ -35,7 +35,7 @@ from newsletter.render.compiled import (
 )
 from newsletter.render.content import Digest, DigestPaper, Sender
 from newsletter.render.headers import check_url, digest_headers
-from newsletter.render.links import links_html, links_of, links_text
+from newsletter.render.links import links_html, links_of, links_text, votes_html, votes_text
 from newsletter.render.mime import EncodedPart, FillIn, RenderedDigest
 from newsletter.render.reference import digest_values
 
@@ -45,6 +45,7 @@ _SHELL_SLOTS = (
 )  # fmt: skip
 _PAPER_SLOTS = (
     "title_html", "page_url", "meta", "excerpt_html", "summary", "links_html", "topics",
+    "votes_html",
 )  # fmt: skip
 _TEXT_SLOTS = (
     "brand", "edition", "headline", "to_name", "papers_text", "more", "near", "footer",
@@ -86,7 +87,7 @@ class BatchRenderer:
     def __init__(self, *, templates_dir: Path | None = None) -> None:
         self.root = (templates_dir or TEMPLATES_DIR).resolve()
         self._halves: dict[tuple[str, tuple[bool, ...]], tuple[FillIn, FillIn]] = {}
-        self._paper_templates: dict[tuple[bool, bool], tuple[Compiled, tuple[str, str], str]] = {}
+        self._paper_templates: dict[_Shape, tuple[Compiled, Compiled, Compiled]] = {}
         self._heads = _Bounded()  # (the paper's own texts, terms) -> the paper, highlighted
         self._tails = _Bounded()  # (matched topics, variant) -> its "Matched: …" line and end
         self._text_heads = _Bounded()  # the paper's own texts -> text, unnumbered
@@ -106,14 +107,19 @@ class BatchRenderer:
         for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
             check_url(name, getattr(digest, name))
         values = digest_values(digest, sender, subject)
-        html_blocks, text_blocks = self._papers_part(digest.papers)
+        votes = tuple(digest.vote_url(i) for i in range(len(digest.papers)))
+        html_blocks, text_blocks = self._papers_part(digest.papers, tuple(map(bool, votes)))
         variant = tuple(bool(values[k]) for k in _OPTIONAL)
         html_values = {k: str(escape(v)) for k, v in values.items()}
         html_values["subject_aria"] = self._aria_label(html_values["subject"])
         before, after = self._halves_of("digest.mjml.j2", variant)
-        html = mime.join([before.fill(html_values), *html_blocks, after.fill(html_values)])
+        html = mime.join(
+            [before.fill(html_values), *_with_votes(html_blocks, votes), after.fill(html_values)]
+        )
         before, after = self._halves_of("digest.txt.j2", variant)
-        text = mime.join([before.fill(values), *text_blocks, after.fill(values)])
+        text = mime.join(
+            [before.fill(values), *_with_votes(text_blocks, votes), after.fill(values)]
+        )
         return RenderedDigest(subject, headers, text, html)
 
     def _aria_label(self, title: str) -> str:
@@ -152,16 +158,18 @@ class BatchRenderer:
             self._halves[key] = (FillIn(pieces[:at]), FillIn(pieces[at + 1 :]))
         return self._halves[key]
 
-    def _paper_template(self, shape: tuple[bool, bool]) -> tuple[Compiled, tuple[str, str], str]:
+    def _paper_template(self, shape: _Shape) -> tuple[Compiled, Compiled, Compiled]:
         """``paper.html.j2`` as it stands in a digest (through MJML), for papers with or
-        without a meta line and a summary (``shape``), cut where its topics line starts:
-        the head's pieces, the tail with a topics line (before, after the topics), and the
-        tail without one."""
+        without a meta line, a summary and votes (``shape``), cut where its topics line
+        starts: the head, the tail with a topics line (slots: topics, votes_html), and
+        the tail without one (slot: votes_html)."""
         if shape not in self._paper_templates:
-            meta, summary = shape
+            meta, summary, votes = shape
 
             def variant(topics: bool) -> Compiled:
-                optional = (("meta", meta), ("summary", summary), ("topics", topics))
+                optional = (
+                    ("meta", meta), ("summary", summary), ("topics", topics), ("votes_html", votes)
+                )  # fmt: skip
                 blank = tuple(s for s, on in optional if not on)
                 return compile_template(
                     name="paper.html.j2",
@@ -174,22 +182,25 @@ class BatchRenderer:
 
             with_line, without = variant(True).pieces, variant(False).pieces
             at = with_line.index("topics")
-            if with_line[: at - 1] != without[:-1]:  # the cut below relies on this
+            if with_line[: at - 1] != without[: at - 1]:  # the cut below relies on this
                 raise RenderError("paper.html.j2: the topics line must come after everything else")
-            shared = _common_start(with_line[at - 1], without[-1])
+            shared = _common_start(with_line[at - 1], without[at - 1])
             head = Compiled((*with_line[: at - 1], shared))
-            tail_with = (with_line[at - 1][len(shared) :], with_line[at + 1])
-            self._paper_templates[shape] = (head, tail_with, without[-1][len(shared) :])
+            tail_with = Compiled((with_line[at - 1][len(shared) :], *with_line[at:]))
+            tail_without = Compiled((without[at - 1][len(shared) :], *without[at:]))
+            self._paper_templates[shape] = (head, tail_with, tail_without)
         return self._paper_templates[shape]
 
     # --- the papers, cached -------------------------------------------------------------
 
     def _papers_part(
-        self, papers: tuple[DigestPaper, ...]
-    ) -> tuple[list[EncodedPart], list[EncodedPart]]:
-        """The papers' blocks, HTML and text; per tuple of papers, by value (digests of
-        one ranking share one tuple, so the lookup is an identity check)."""
-        found = self._papers.get(papers)
+        self, papers: tuple[DigestPaper, ...], votable: tuple[bool, ...]
+    ) -> tuple[list[_Block], list[_Block]]:
+        """The papers' blocks, HTML and text; per tuple of papers (and which carry votes),
+        by value (digests of one ranking share one tuple, so the lookup is an identity
+        check). A block with votes is filled per reader (``_with_votes``)."""
+        key = (papers, votable)
+        found = self._papers.get(key)
         if found is not None:
             return found  # type: ignore[no-any-return]
         if not papers:
@@ -197,10 +208,10 @@ class BatchRenderer:
                 [mime.encode(str(escape(content.NO_PAPERS)))],
                 [mime.encode(content.NO_PAPERS + "\n\n")],
             )
-            return self._papers.put(papers, blocks)  # type: ignore[no-any-return]
-        html: list[EncodedPart] = []
-        text: list[EncodedPart] = []
-        for i, paper in enumerate(papers, 1):
+            return self._papers.put(key, blocks)  # type: ignore[no-any-return]
+        html: list[_Block] = []
+        text: list[_Block] = []
+        for i, (paper, votes) in enumerate(zip(papers, votable, strict=True), 1):
             own = _Own(
                 paper.title,
                 paper.abstract,
@@ -209,13 +220,13 @@ class BatchRenderer:
                 content.summary_line(paper.summary),
                 links_of(paper),
             )
-            shape = (bool(own.meta), bool(own.summary))
+            shape = (bool(own.meta), bool(own.summary), votes)
             html += (self._html_head(paper, own, shape), self._html_tail(paper, shape))
-            text += (self._text_head(i, own), self._text_tail(paper))
-        return self._papers.put(papers, (html, text))  # type: ignore[no-any-return]
+            text += (self._text_head(i, own), *self._text_tail(paper, votes))
+        return self._papers.put(key, (html, text))  # type: ignore[no-any-return]
 
-    def _html_head(self, paper: DigestPaper, own: _Own, shape: tuple[bool, bool]) -> EncodedPart:
-        key = (own, paper.matched_terms)
+    def _html_head(self, paper: DigestPaper, own: _Own, shape: _Shape) -> EncodedPart:
+        key = (own, paper.matched_terms, shape)  # the cut before the topics line varies
         found = self._heads.get(key)
         if found is None:
             head = self._paper_template(shape)[0]
@@ -235,15 +246,14 @@ class BatchRenderer:
             found = self._heads.put(key, mime.encode(filled))
         return found  # type: ignore[no-any-return]
 
-    def _html_tail(self, paper: DigestPaper, shape: tuple[bool, bool]) -> EncodedPart:
+    def _html_tail(self, paper: DigestPaper, shape: _Shape) -> _Block:
         key = (paper.matched_topics, paper.close_to, shape)
         found = self._tails.get(key)
         if found is None:
-            _, (before, after), without = self._paper_template(shape)
+            _, with_line, without = self._paper_template(shape)
             line = content.topics_line(paper.matched_topics, paper.close_to)
-            # str(): Markup on the right of "+" would escape the template text on its left.
-            text = before + str(escape(line)) + after if line else without
-            found = self._tails.put(key, mime.encode(text))
+            tail = _partly(with_line, {"topics": str(escape(line))}) if line else without
+            found = self._tails.put(key, _block(tail))
         return found  # type: ignore[no-any-return]
 
     def _text_head(self, index: int, own: _Own) -> EncodedPart:
@@ -265,10 +275,49 @@ class BatchRenderer:
             found = self._numbered.put(key, mime.with_prefix(head, number, replacing=4))
         return found  # type: ignore[no-any-return]
 
-    def _text_tail(self, paper: DigestPaper) -> EncodedPart:
-        key = (paper.matched_topics, paper.close_to)
+    def _text_tail(self, paper: DigestPaper, votes: bool) -> tuple[_Block, ...]:
+        """The topics line, and the votes' slot (then the blank line) when there are any."""
+        key = (paper.matched_topics, paper.close_to, votes)
         found = self._text_tails.get(key)
         if found is None:
-            text = content.paper_text_tail(paper.matched_topics, paper.close_to)
-            found = self._text_tails.put(key, mime.encode(text))
+            topics = content.paper_text_tail(paper.matched_topics, paper.close_to)
+            # The votes go between the topics line and the closing blank line.
+            found = (mime.encode(topics[:-1]), _TEXT_VOTES) if votes else (mime.encode(topics),)
+            self._text_tails.put(key, found)
         return found  # type: ignore[no-any-return]
+
+
+_Shape = tuple[bool, bool, bool]  # a paper's meta line, summary and votes: there or not
+_Block = EncodedPart | FillIn  # a FillIn's only slot is the reader's votes
+_TEXT_VOTES = FillIn(("", "votes_text", "\n"))
+
+
+def _partly(compiled: Compiled, values: dict[str, str]) -> Compiled:
+    """``compiled`` with some slots filled: their values merge into the static text."""
+    out = [compiled.pieces[0]]
+    for slot, static in zip(compiled.pieces[1::2], compiled.pieces[2::2], strict=True):
+        if slot in values:
+            out[-1] += values[slot] + static
+        else:
+            out += (slot, static)
+    return Compiled(tuple(out))
+
+
+def _block(compiled: Compiled) -> _Block:
+    """Encoded once when nothing is left to fill, else a fill-in for the votes."""
+    return FillIn(compiled.pieces) if compiled.slots else mime.encode(compiled.pieces[0])
+
+
+def _with_votes(blocks: list[_Block], votes: tuple[str, ...]) -> list[EncodedPart]:
+    """The blocks with each paper's vote links filled in (the n-th fill-in is the n-th
+    paper with votes)."""
+    urls = iter(url for url in votes if url)
+    out: list[EncodedPart] = []
+    for block in blocks:
+        if isinstance(block, FillIn):
+            slot, url = block.pieces[1], next(urls)
+            value = str(votes_html(url)) if slot == "votes_html" else votes_text(url)
+            out.append(block.fill({slot: value}))
+        else:
+            out.append(block)
+    return out

@@ -75,6 +75,12 @@ class Digest:
     archive_url: str  # https://…/d/TOKEN ("view in browser")
     near_count: int = 0  # papers just below the line, listed in the archive
     near_papers: tuple[DigestPaper, ...] = ()  # those papers: the archive page only
+    # Per paper of ``papers``, its vote page for this reader ("" for a paper without one;
+    # empty: no votes at all, as in a preview).
+    votes: tuple[str, ...] = ()
+
+    def vote_url(self, index: int) -> str:
+        return self.votes[index] if index < len(self.votes) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,9 +304,12 @@ def paper_text_head(
     return text + ("\n" + links if links else "")
 
 
-def paper_text_tail(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:
+def paper_text_tail(
+    matched_topics: tuple[str, ...], close_to: str | None = None, votes: str = ""
+) -> str:
+    """The paper's topics line, then its vote links (``links.votes_text``), then a blank."""
     topics = topics_line(matched_topics, close_to)
-    return ("\n" + fill(topics, indent="    ") + "\n" if topics else "") + "\n"
+    return ("\n" + fill(topics, indent="    ") + "\n" if topics else "") + votes + "\n"
 
 
 def numbered(index: int, head: str) -> str:

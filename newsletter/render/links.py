@@ -1,5 +1,7 @@
 """A paper's links as both parts show them: a line of anchors in the HTML, one URL per
-line in the text part. Which links a paper has is decided in ``newsletter.paper_links``."""
+line in the text part. Which links a paper has is decided in ``newsletter.paper_links``.
+Under each paper, the reader's two votes: "More like this" and "Not for me" (a page
+that asks for one tap; opening the link records nothing)."""
 
 from __future__ import annotations
 
@@ -48,3 +50,21 @@ def links_text(links: PaperLinks) -> str:
     """The links in the text part: one per line, each URL whole on its line (text
     clients make a URL clickable only when nothing is glued to it)."""
     return "".join(f"    {label}: {url}\n" for label, url in link_list(links))
+
+
+VOTES = (("up", "More like this"), ("down", "Not for me"))
+
+
+def votes_html(url: str) -> Markup:
+    """The vote links under a paper (``url`` is its vote page; "" for none)."""
+    if not url:
+        return Markup("")
+    return Markup(" · ").join(
+        Markup('<a href="{}/{}" style="{}">{}</a>').format(url, way, LINK_STYLE, label)
+        for way, label in VOTES
+    )
+
+
+def votes_text(url: str) -> str:
+    """The vote links in the text part, one URL per line like the paper's links."""
+    return "".join(f"    {label}: {url}/{way}\n" for way, label in VOTES) if url else ""

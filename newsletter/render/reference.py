@@ -17,12 +17,12 @@ from newsletter.render.budget import within_budget
 from newsletter.render.compiled import TEMPLATES_DIR, mjml_to_html, render_template
 from newsletter.render.content import Confirmation, Digest, DigestPaper, Sender
 from newsletter.render.headers import check_url, digest_headers, transactional_headers
-from newsletter.render.links import links_html, links_of, links_text
+from newsletter.render.links import links_html, links_of, links_text, votes_html, votes_text
 from newsletter.render.mime import RenderedDigest
 
 
-def paper_context(paper: DigestPaper) -> dict[str, object]:
-    """What ``paper.html.j2`` is given for one paper."""
+def paper_context(paper: DigestPaper, vote_url: str = "") -> dict[str, object]:
+    """What ``paper.html.j2`` is given for one paper (``vote_url``: its vote page)."""
     title, excerpt = content.paper_texts(paper.title, paper.abstract, paper.nearest)
     links = links_of(paper)
     return {
@@ -33,15 +33,19 @@ def paper_context(paper: DigestPaper) -> dict[str, object]:
         "summary": content.summary_line(paper.summary),
         "links_html": links_html(links),
         "topics": content.topics_line(paper.matched_topics, paper.close_to),
+        "votes_html": votes_html(vote_url),
     }
 
 
-def papers_html(papers: tuple[DigestPaper, ...], root: Path) -> Markup:
-    blocks = [render_template(root, "paper.html.j2", paper_context(p)) for p in papers]
+def papers_html(papers: tuple[DigestPaper, ...], root: Path, votes: tuple[str, ...] = ()) -> Markup:
+    blocks = [
+        render_template(root, "paper.html.j2", paper_context(p, votes[i] if i < len(votes) else ""))
+        for i, p in enumerate(papers)
+    ]
     return Markup("".join(blocks))  # safe: Jinja escaped every value in them
 
 
-def papers_text(papers: tuple[DigestPaper, ...]) -> str:
+def papers_text(papers: tuple[DigestPaper, ...], votes: tuple[str, ...] = ()) -> str:
     """The papers in the text part: numbered, wrapped at 78 columns."""
     if not papers:
         return content.NO_PAPERS + "\n\n"
@@ -57,7 +61,9 @@ def papers_text(papers: tuple[DigestPaper, ...]) -> str:
                 links=links_text(links_of(p)),
             ),
         )
-        + content.paper_text_tail(p.matched_topics, p.close_to)
+        + content.paper_text_tail(
+            p.matched_topics, p.close_to, votes_text(votes[i - 1] if i <= len(votes) else "")
+        )
         for i, p in enumerate(papers, 1)
     )
 
@@ -101,13 +107,13 @@ def _render(digest: Digest, sender: Sender, root: Path) -> RenderedDigest:
         check_url(name, getattr(digest, name))
     values = digest_values(digest, sender, subject)
     html_context = values | {
-        "papers_html": papers_html(digest.papers, root)
+        "papers_html": papers_html(digest.papers, root, digest.votes)
         if digest.papers
         else escape(content.NO_PAPERS),
         "near_html": papers_html(digest.near_papers, root),
     }
     html = mjml_to_html(render_template(root, "digest.mjml.j2", html_context))
-    text_context = values | {"papers_text": papers_text(digest.papers)}
+    text_context = values | {"papers_text": papers_text(digest.papers, digest.votes)}
     text = render_template(root, "digest.txt.j2", text_context)
     return RenderedDigest(subject, headers, mime.encode(text), mime.encode(html))
 

@@ -1,0 +1,152 @@
+"""Votes from the email over real HTTP: the links are taken from real .eml files the file
+backend wrote; opening them (GET, HEAD) records nothing, the page's button does."""
+
+from __future__ import annotations
+
+import email.message
+import html
+import json
+import re
+
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.feedback import taught
+from newsletter.models import Event, Paper, Subscriber
+from tests.test_web import Site, _csrf, _digests, _path, _status
+from tests.test_web import site as site
+
+URL_RE = re.compile(r"https?://[^\s\"'<>]+")
+
+
+def _parts(msg: email.message.EmailMessage) -> tuple[str, str]:
+    text, markup = (part.get_content().replace("\r\n", "\n") for part in msg.iter_parts())
+    return text, markup
+
+
+def _vote_links(msg: email.message.EmailMessage) -> tuple[list[str], list[str]]:
+    """(links in the HTML part, links in the text part) that lead to a vote page."""
+    text, markup = _parts(msg)
+    in_html = [html.unescape(u) for u in re.findall(r'href="([^"]+)"', markup) if "/v/" in u]
+    in_text = [u for u in URL_RE.findall(text) if "/v/" in u]
+    return in_html, in_text
+
+
+def _events(site: Site, kind: str) -> list[dict]:  # type: ignore[type-arg]
+    with db.session_scope(engine=site.engine) as session:
+        return [
+            json.loads(e.detail) | {"subscriber": e.subscriber_id, "delivery": e.delivery_id}
+            for e in session.exec(select(Event).where(Event.kind == kind).order_by(Event.id))
+        ]
+
+
+def _taught(site: Site) -> dict:  # type: ignore[type-arg]
+    with db.session_scope(engine=site.engine) as session:
+        return taught(session=session)
+
+
+def _ids(site: Site, address: str) -> tuple[int, int]:
+    with db.session_scope(engine=site.engine) as session:
+        sid = session.exec(select(Subscriber.id).where(Subscriber.email == address)).one()
+        pid = session.exec(select(Paper.id).where(Paper.title == "Diffusion for All")).one()
+        return sid, pid  # type: ignore[return-value]
+
+
+def test_every_paper_carries_both_votes_in_both_parts_and_opening_any_link_records_nothing(
+    site: Site,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    msg = messages["dee@example.org"]
+    in_html, in_text = _vote_links(msg)
+    assert [u.rsplit("/", 1)[1] for u in in_html] == ["up", "down"]
+    assert in_text == in_html, "the text part lists the same vote links"
+    text, markup = _parts(msg)
+    assert "More like this" in markup and "Not for me" in markup
+    assert re.search(r"    More like this: http\S+/up\n    Not for me: http\S+/down\n", text)
+
+    # What a mail scanner or a link previewer does: open every link of the message.
+    links = {html.unescape(u) for u in re.findall(r'href="([^"]+)"', markup)}
+    links |= set(URL_RE.findall(text))
+    links |= {str(msg["List-Unsubscribe"]).strip("<>")}
+    ours = sorted(u for u in links if u.startswith(site.url))
+    assert len(ours) >= 5
+    for url in ours:
+        for reply in (site.client.get(_path(url)), site.client.head(_path(url))):
+            assert reply.status_code == 200, url
+            assert reply.headers["referrer-policy"] == "no-referrer"
+    assert _events(site, "feedback.vote") == []
+    assert _events(site, "subscriber.unsubscribed") == []
+    assert _status(site, "dee@example.org") == "active"
+
+
+def test_one_tap_records_and_the_page_switches_and_undoes(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    up, down = (_path(u) for u in _vote_links(messages["dee@example.org"])[0])
+    sid, pid = _ids(site, "dee@example.org")
+
+    page = site.client.get(up)
+    assert "More like this?" in page.text and "Diffusion for All" in page.text
+    assert "in your topic “diffusion”" in page.text
+    csrf = _csrf(page.text)
+    done = site.client.post(up, data={"csrf": csrf, "vote": "up"})
+    assert done.status_code == 200 and "Thanks: more like this" in done.text
+    assert "will get more papers close to “Diffusion for All”" in done.text
+    assert _taught(site) == {(sid, "diffusion"): ((pid, 1),)}
+
+    site.client.post(up, data={"csrf": csrf, "vote": "up"})  # a second tap: nothing new
+    switched = site.client.post(down, data={"csrf": csrf, "vote": "down"})
+    assert "Thanks: not for you" in switched.text and "Undo my vote" in switched.text
+    assert _taught(site) == {(sid, "diffusion"): ((pid, -1),)}
+    undone = site.client.post(down, data={"csrf": _csrf(switched.text), "vote": "none"})
+    assert "Vote taken back" in undone.text
+    assert _taught(site) == {}
+
+    votes = _events(site, "feedback.vote")
+    assert [v["vote"] for v in votes] == ["up", "down", "none"]
+    assert {(v["subscriber"], v["paper"], v["topic"], v["source"]) for v in votes} == {
+        (sid, pid, "diffusion", "web")
+    }
+    with db.session_scope(engine=site.engine) as session:
+        delivery = session.exec(
+            select(Event.delivery_id).where(Event.kind == "feedback.vote")
+        ).first()
+    assert delivery is not None, "a vote names the digest it came from"
+
+
+def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    up = _path(_vote_links(messages["dee@example.org"])[0][0])
+    eve_up = _path(_vote_links(messages["eve@example.org"])[0][0])
+    token = up.split("/")[2]
+    ident, mac = token.split(".")
+    sid, did, pid, topic = ident.split("-")
+    bad = [
+        f"{ident}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}",
+        f"{ident}.{mac[:10]}",
+        f"{sid}-{did}-{int(pid) + 1}-{topic}.{mac}",  # another paper
+        f"{sid}-{did}-{pid}-{int(topic) + 1}.{mac}",  # another topic
+        f"{sid}-{int(did) + 1}-{pid}-{topic}.{mac}",  # another digest
+        f"{ident}.{eve_up.split('/')[2].split('.')[1]}",  # eve's MAC on dee's ids
+        f"{sid}-{did}.{mac}",  # an unsubscribe token's shape
+    ]
+    unknown = site.client.get("/v/nothing")
+    assert unknown.status_code == 404
+    csrf = _csrf(site.client.get(up).text)
+    for forged in bad:
+        for reply in (
+            site.client.get(f"/v/{forged}/up"),
+            site.client.post(f"/v/{forged}/up", data={"csrf": csrf, "vote": "up"}),
+        ):
+            assert reply.status_code == 404, forged
+            assert reply.text == unknown.text
+    assert site.client.get(f"{up[:-3]}/sideways").status_code == 404
+
+    # The button's POST needs the page's token, bound to this reader.
+    eve_csrf = _csrf(site.client.get(eve_up).text)
+    for data in ({"vote": "up"}, {"csrf": "1.x", "vote": "up"}, {"csrf": eve_csrf, "vote": "up"}):
+        refused = site.client.post(up, data=data)
+        assert refused.status_code == 400
+        assert "This form was open too long, or did not come from this site" in refused.text
+    assert site.client.post(up, data={"csrf": csrf, "vote": "sideways"}).status_code == 400
+    assert _events(site, "feedback.vote") == []
