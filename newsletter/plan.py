@@ -78,6 +78,7 @@ class PlannedDigest:
     ranked: Picked
     delivery_id: int | None  # None on a dry run
     subscriber_id: int | None = None
+    items: str = ""  # the ledger snapshot of what it holds (``snapshot.encode``)
 
 
 @dataclass(slots=True)
@@ -145,8 +146,9 @@ def plan_digests(
                 report.no_match.append(d.email)  # empty days send nothing by default
                 continue
             if dry_run:
+                items = matcher.snapshot(ranked, key)
                 report.planned.append(
-                    PlannedDigest(d.email, d.edition, ranked, None, d.subscriber_id)
+                    PlannedDigest(d.email, d.edition, ranked, None, d.subscriber_id, items)
                 )
                 continue
             drafts.append(_Draft(d, ranked, matcher.snapshot(ranked, key)))
@@ -271,13 +273,12 @@ class _Matcher:
         return text
 
     def _item(self, m: Pick, *, near: bool) -> snapshot.Item:
-        sentence = None
-        if m.sentence is not None:
-            a, b = m.sentence
-            sentence = display(self.abstracts[m.paper_id])[a:b]
+        a, b = m.sentence or (0, 0)
+        sentence = display(self.abstracts[m.paper_id])[a:b] if m.sentence is not None else None
         return snapshot.Item(
             m.paper_id, m.filters, m.words, *self.shown[m.paper_id],
             close_to=m.close_to if m.meaning else None, sentence=sentence, near=near,
+            liked=m.liked,
         )  # fmt: skip
 
 
@@ -308,7 +309,9 @@ def _record(
             report.already_planned.append(d.email)
         else:
             report.planned.append(
-                PlannedDigest(d.email, d.edition, draft.ranked, delivery_id, d.subscriber_id)
+                PlannedDigest(
+                    d.email, d.edition, draft.ranked, delivery_id, d.subscriber_id, draft.items
+                )
             )
 
 
@@ -371,14 +374,9 @@ def preview_digest(
         if not report.planned:
             return None
         planned = report.planned[0]
-        ids = [m.paper_id for m in planned.ranked.matches]
+        items = tuple(i for i in snapshot.decode(planned.items) if not i.near)
+        ids = [i.paper_id for i in items]
         papers = {p.id: p for p in session.exec(select(Paper).where(Paper.id.in_(ids)))}  # type: ignore[union-attr]
-        items = tuple(
-            snapshot.Item(m.paper_id, m.filters, m.words, p.upvotes, p.authors, p.organization,
-                          p.published_on, close_to=m.close_to if m.meaning else None)
-            for m in planned.ranked.matches
-            for p in (papers[m.paper_id],)
-        )  # fmt: skip
         shown = digest_papers(items=items, texts={i: paper_text(p) for i, p in papers.items()})  # type: ignore[misc]
         who = Recipient(sub.id, sub.token_salt)  # type: ignore[arg-type]
         return render.Digest(

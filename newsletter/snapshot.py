@@ -48,6 +48,7 @@ class Item:
     close_to: str | None = None
     sentence: str | None = None
     near: bool = False
+    liked: str | None = None  # the title of the liked paper a vote carried it by
 
 
 def _row(i: Item) -> dict[str, object]:
@@ -66,6 +67,8 @@ def _row(i: Item) -> dict[str, object]:
         row["sentence"] = i.sentence
     if i.near:
         row["near"] = True
+    if i.liked:
+        row["liked"] = i.liked
     return row
 
 
@@ -89,6 +92,7 @@ def decode(text: str) -> tuple[Item, ...]:
                 close_to=row.get("close_to"),
                 sentence=row.get("sentence"),
                 near=bool(row.get("near", False)),
+                liked=row.get("liked"),
             )
             for row in json.loads(text)
         )

@@ -120,10 +120,14 @@ def test_a_vote_names_a_topic_and_a_paper_that_exist(tmp_path: Path) -> None:
     assert _votes_written(engine) == 0
 
 
-def _digest(engine: sa.Engine, settings, email: str) -> list[int]:  # type: ignore[no-untyped-def]
+def _picks(engine: sa.Engine, settings, email: str):  # type: ignore[no-untyped-def]
     report = plan_digests(engine=engine, settings=settings, now=NOW, due_only=False, dry_run=True)
     (planned,) = [p for p in report.planned if p.email == email]
-    return [m.paper_id for m in planned.ranked.matches]
+    return planned.ranked.matches
+
+
+def _digest(engine: sa.Engine, settings, email: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return [m.paper_id for m in _picks(engine, settings, email)]
 
 
 def test_a_disliked_papers_twin_drops_below_the_line_and_a_liked_papers_twin_rises(
@@ -153,6 +157,11 @@ def test_a_disliked_papers_twin_drops_below_the_line_and_a_liked_papers_twin_ris
     after = _digest(engine, settings, "r@example.org")
     assert twin_of_disliked not in after, "the near-duplicate of a disliked paper stays out"
     assert twin_of_liked in after, "the near-duplicate of a liked paper comes in"
+    (why,) = [m for m in _picks(engine, settings, "r@example.org") if m.paper_id == twin_of_liked]
+    assert why.liked == liked.title and not why.meaning, "it says which vote carried it"
+    preview = run(home, "preview", "r@example.org", env=env).stdout
+    said = " ".join(preview.split())
+    assert f"like “{liked.title[:40]}" in said and "”, which you marked" in said
     assert _digest(engine, settings, "other@example.org") == before, "nobody else is changed"
 
     # Undoing both votes gives the digest back as it was.

@@ -142,6 +142,7 @@ def digest_papers(
                 matched_terms=i.terms,
                 close_to=i.close_to,
                 nearest=i.sentence,
+                liked=i.liked,
             )
             for i in items
         )

@@ -17,6 +17,7 @@ from newsletter.filters import DayIndex, PaperDoc, Ranker
 from newsletter.models import Paper, PaperVector, TopicVector
 from newsletter.relevance.reference import load_reference
 from newsletter.relevance.score import Scorer, Topic
+from newsletter.text import latex_to_text
 
 _CHUNK = 500
 
@@ -65,6 +66,10 @@ def day_scorer(
     voted_ids = sorted({pid for t in topics for pid, _ in t.taught})
     voted_rows, voted_present, _ = _paper_vectors(session, voted_ids)
     voted = {pid: voted_rows[i] for i, pid in enumerate(voted_ids) if voted_present[i]}
+    titles = {
+        pid: latex_to_text(title)
+        for pid, title in session.exec(select(Paper.id, Paper.title).where(Paper.id.in_(voted)))  # type: ignore[union-attr]
+    }
     return Scorer(
         ranker,
         reference=reference,
@@ -74,6 +79,7 @@ def day_scorer(
         topic_text=text_of,
         sentences=sentences.get,
         voted=voted,
+        voted_titles=titles,
     )
 
 

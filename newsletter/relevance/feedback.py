@@ -50,7 +50,7 @@ def neighbours(
     alpha: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per paper (rows of ``vectors``): the shift its nearness to voted papers earns, and
-    which voted paper carried it (an index into ``liked``, -1 for none)."""
+    the liked paper it is nearest (an index into ``liked``; -1 when none was liked)."""
     shift = np.zeros(len(vectors))
     carrier = np.full(len(vectors), -1)
     for sign, voted in ((1.0, liked), (-1.0, disliked)):
@@ -63,7 +63,7 @@ def neighbours(
         excess = np.maximum(best - NEIGHBOUR_Z, 0.0)
         shift += sign * alpha * excess
         if sign > 0:
-            carrier = np.where(excess > 0, z.argmax(axis=1), -1)
+            carrier = z.argmax(axis=1)
     return shift, carrier
 
 

@@ -100,7 +100,7 @@ class TopicScores:
     fused: np.ndarray  # lexical + ALPHA * semantic + shift
     shift: np.ndarray  # what nearness to voted papers adds (+) or takes (-); 0 untaught
     liked: tuple[int, ...] = ()  # ids of the liked papers with a vector
-    carrier: np.ndarray | None = None  # per paper, the index in ``liked`` that lifted it
+    carrier: np.ndarray | None = None  # per paper, the index in ``liked`` of the nearest
 
     def included(self, step: Step) -> np.ndarray:
         if self.everything:
@@ -145,6 +145,7 @@ class Pick:
     meaning: bool  # its meaning carried it over the line
     close_to: str | None  # the topic sentence it is close to
     sentence: tuple[int, int] | None  # span of the abstract sentence nearest the topic
+    liked: str | None = None  # the title of the liked paper whose vote carried it in
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ class _Decided:
     near: np.ndarray  # bool: just below the line
     value: np.ndarray  # what orders them (the fused score; 0 for "*")
     carried: np.ndarray  # bool: meaning carried it over the line
+    voted: np.ndarray  # bool: a liked paper's nearness carried it over the line
 
 
 class Scorer:
@@ -186,12 +188,14 @@ class Scorer:
         topic_text: Callable[[Topic], str],
         sentences: SentenceSource | None = None,
         voted: Mapping[int, np.ndarray] | None = None,
+        voted_titles: Mapping[int, str] | None = None,
     ) -> None:
         self.ranker, self.reference = ranker, reference
         self.vectors, self.present = vectors, present
         self.topic_vectors, self.topic_text = topic_vectors, topic_text
         self.sentences = sentences
         self.voted = voted or {}  # vectors of the papers readers voted on, by paper id
+        self.voted_titles = voted_titles or {}
         self._topics: dict[Topic, TopicScores] = {}
         self._decided: dict[tuple[Topic, int], _Decided] = {}
         self._words: dict[tuple[str, int], tuple[str, ...]] = {}
@@ -251,8 +255,12 @@ class Scorer:
             inside = s.included(step)
             meaning = s.has_meaning & (~s.matched | (s.lexical < step.threshold))
             carried = inside & meaning & (not s.words_only) & (not s.everything)
+            voted = np.zeros_like(inside)
+            if s.liked:  # in because of the votes: out for the topic as the reader wrote it
+                voted = inside & ~self._decision(Topic(topic.query, topic.about), dial).inside
+                carried &= ~voted  # a vote carried it, not the topic's sentence
             value = np.zeros(len(inside)) if s.everything else s.fused
-            found = self._decided[key] = _Decided(s, inside, s.near(step), value, carried)
+            found = self._decided[key] = _Decided(s, inside, s.near(step), value, carried, voted)
         return found
 
     def pick(
@@ -308,7 +316,7 @@ class Scorer:
         names: list[str] = []
         words: dict[str, None] = {}
         meaning_topic: TopicScores | None = None
-        lexical, semantic = 0.0, None
+        lexical, semantic, liked = 0.0, None, None
         for d in decided:
             if not (d.inside[i] or d.near[i]):
                 continue
@@ -321,6 +329,8 @@ class Scorer:
                 words.update(dict.fromkeys(self._words_of(s.topic.query, i)))
             if d.carried[i] and meaning_topic is None:
                 meaning_topic = s
+            if d.voted[i] and liked is None and s.carrier is not None:
+                liked = self.voted_titles.get(s.liked[int(s.carrier[i])])
         sentence = self._nearest(i, meaning_topic) if meaning_topic is not None else None
         return Pick(
             index=i,
@@ -333,6 +343,7 @@ class Scorer:
             meaning=meaning_topic is not None,
             close_to=meaning_topic.topic.about if meaning_topic is not None else None,
             sentence=sentence,
+            liked=liked,
         )
 
     def _words_of(self, query: str, i: int) -> tuple[str, ...]:

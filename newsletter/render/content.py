@@ -53,6 +53,7 @@ class DigestPaper:
     matched_topics: tuple[str, ...] = ()  # the subscriber's filters that matched (user text)
     matched_terms: tuple[str, ...] = ()  # words/phrases that matched (lowercase), highlighted
     close_to: str | None = None  # the topic sentence whose meaning carried it in
+    liked: str | None = None  # the title of a paper the reader liked, which carried it in
     nearest: str | None = None  # the abstract's sentence nearest that topic
     arxiv_id: str | None = None  # "2405.12345": the title links to its page, plus its PDF
     code_url: str | None = None  # a repository a source named
@@ -269,9 +270,11 @@ def topic_list(topics: list[str] | tuple[str, ...], shown: int) -> str:
     return ", ".join(names)
 
 
-def topics_line(matched_topics: tuple[str, ...], close_to: str | None = None) -> str:
+def topics_line(
+    matched_topics: tuple[str, ...], close_to: str | None = None, liked: str | None = None
+) -> str:
     """Why the paper is here: "Matched: …" and, when meaning carried it, what it is
-    close to ("" when nothing is named)."""
+    close to, and when a vote did, the paper the reader liked ("" when nothing is named)."""
     topics = tuple(t for t in map(clean, matched_topics) if t)
     if topics == ("*",):
         return "Among the day's most upvoted papers"
@@ -279,6 +282,9 @@ def topics_line(matched_topics: tuple[str, ...], close_to: str | None = None) ->
     if close_to and clean(close_to):
         close = f"close to “{shorten(clean(close_to), TOPIC_CHARS)}”"
         line = f"{line} · {close}" if line else close[0].upper() + close[1:]
+    if liked and clean(liked):
+        like = f"like “{shorten(clean(liked), TOPIC_CHARS)}”, which you marked"
+        line = f"{line} · {like}" if line else like[0].upper() + like[1:]
     return line
 
 
@@ -305,10 +311,13 @@ def paper_text_head(
 
 
 def paper_text_tail(
-    matched_topics: tuple[str, ...], close_to: str | None = None, votes: str = ""
+    matched_topics: tuple[str, ...],
+    close_to: str | None = None,
+    votes: str = "",
+    liked: str | None = None,
 ) -> str:
     """The paper's topics line, then its vote links (``links.votes_text``), then a blank."""
-    topics = topics_line(matched_topics, close_to)
+    topics = topics_line(matched_topics, close_to, liked)
     return ("\n" + fill(topics, indent="    ") + "\n" if topics else "") + votes + "\n"
 
 
