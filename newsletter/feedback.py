@@ -51,7 +51,7 @@ def record_vote(
     """Append one vote and return what the topic is taught now. The topic must be one of
     the subscriber's and the paper must exist; a vote equal to the current one is kept
     (a second tap changes nothing) but not written twice."""
-    topics = _topics_of(session, subscriber.id)  # type: ignore[arg-type]
+    topics = topics_of(session, subscriber.id)  # type: ignore[arg-type]
     if query not in topics:
         raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")
     if session.get(Paper, paper_id) is None:
@@ -120,7 +120,7 @@ def taught_topics(*, session: Session, ids: Sequence[int]) -> dict[int, list[Top
     }
 
 
-def _topics_of(session: Session, subscriber_id: int) -> list[str]:
+def topics_of(session: Session, subscriber_id: int) -> list[str]:
     return list(
         session.exec(
             select(TopicFilter.query)

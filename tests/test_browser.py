@@ -151,6 +151,7 @@ def test_a_vote_from_the_email_then_undo(browser: Browser, tmp_path: Path, width
     mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     not_for_me = re.search(r"Not for me: (http://127\.0\.0\.1:\d+/v/\S+)", text).group(1)  # type: ignore[union-attr]
+    preferences = re.search(r"Manage preferences:\r?\n  (\S+)", text).group(1)  # type: ignore[union-attr]
     axe = Axe()
     with live_server(create_app(runtime=runtime_for(settings, engine)), port):
         page = browser.new_page(viewport={"width": width, "height": 800})
@@ -164,9 +165,22 @@ def test_a_vote_from_the_email_then_undo(browser: Browser, tmp_path: Path, width
         _shot(page, f"{width}-6-voted")
         with db.session_scope(engine=engine) as session:
             assert list(taught(session=session).values()) == [((paper, -1),)]
+        page.get_by_role("button", name="More like this").click()  # switched
+        expect(page.get_by_role("heading", name="Thanks: more like this")).to_be_visible()
         page.get_by_role("button", name="Undo my vote").click()
         expect(page.get_by_role("heading", name="Vote taken back")).to_be_visible()
         _audit(page, axe)
+
+        # The preference centre lists what was taught, with undo.
+        page.goto(not_for_me)
+        page.get_by_role("button", name="Yes, not for me").click()
+        page.goto(preferences)
+        expect(page.get_by_role("heading", name="What you taught your topics")).to_be_visible()
+        expect(page.get_by_text("Not for me: Diffusion models")).to_be_visible()
+        _audit(page, axe)
+        _shot(page, f"{width}-7-taught")
+        page.get_by_role("button", name="Undo your vote on Diffusion models").click()
+        expect(page.get_by_role("status")).to_contain_text("Vote undone.")
         page.close()
     with db.session_scope(engine=engine) as session:
         assert taught(session=session) == {}

@@ -150,3 +150,49 @@ def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None
         assert "This form was open too long, or did not come from this site" in refused.text
     assert site.client.post(up, data={"csrf": csrf, "vote": "sideways"}).status_code == 400
     assert _events(site, "feedback.vote") == []
+
+
+def _preferences(msg: email.message.EmailMessage) -> str:
+    text, _ = _parts(msg)
+    return _path(re.search(r"Manage preferences:\n  (\S+)", text).group(1))  # type: ignore[union-attr]
+
+
+def test_the_preference_centre_lists_votes_and_undoes_or_resets_them(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    up, down = (_path(u) for u in _vote_links(messages["dee@example.org"])[0])
+    sid, pid = _ids(site, "dee@example.org")
+    prefs = _preferences(messages["dee@example.org"])
+    assert "What you taught your topics" not in site.client.get(prefs).text
+
+    site.client.post(up, data={"csrf": _csrf(site.client.get(up).text), "vote": "up"})
+    eve_up = _path(_vote_links(messages["eve@example.org"])[0][0])
+    site.client.post(eve_up, data={"csrf": _csrf(site.client.get(eve_up).text), "vote": "up"})
+    page = site.client.get(prefs)
+    assert "What you taught your topics" in page.text
+    assert "More like this: Diffusion for All" in " ".join(page.text.split())
+    csrf = _csrf(page.text)
+
+    for bad in (
+        {"csrf": "1.x", "topic": "diffusion", "paper": str(pid)},
+        {"csrf": csrf, "topic": "diffusion", "paper": str(pid + 1)},  # no such vote
+        {"csrf": csrf, "topic": "video", "paper": str(pid)},  # no such topic
+        {"csrf": csrf, "topic": "diffusion", "paper": "²"},
+    ):
+        assert site.client.post(f"{prefs}/votes", data=bad).status_code == 400
+    assert _taught(site)[(sid, "diffusion")] == ((pid, 1),)
+
+    undone = site.client.post(
+        f"{prefs}/votes", data={"csrf": csrf, "topic": "diffusion", "paper": str(pid)}
+    )
+    assert undone.status_code == 200 and "Vote undone." in undone.text
+    assert (sid, "diffusion") not in _taught(site)
+    assert "What you taught your topics" not in undone.text
+
+    site.client.post(down, data={"csrf": _csrf(site.client.get(down).text), "vote": "down"})
+    reset = site.client.post(
+        f"{prefs}/votes", data={"csrf": csrf, "topic": "diffusion", "action": "reset"}
+    )
+    assert "Vote undone." in reset.text and (sid, "diffusion") not in _taught(site)
+    assert len(_taught(site)) == 1, "eve's vote is hers alone"
+    sources = [v["source"] for v in _events(site, "feedback.vote") if v["subscriber"] == sid]
+    assert sources == ["web", "preferences", "web", "preferences"]

@@ -1,15 +1,19 @@
 """The preference centre: topics (with how many recent papers each would have matched),
-daily / weekly / paused, time zone and send time. The link in every digest opens it."""
+daily / weekly / paused, time zone and send time, and what the reader taught each topic
+with their votes (each one undone, or a topic's all reset). The link in every digest
+opens it."""
 
 from __future__ import annotations
 
+from sqlmodel import Session, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from newsletter import subscribers, tokens
+from newsletter import feedback, subscribers, tokens
 from newsletter.db import session_scope
-from newsletter.models import Subscriber, SubscriberStatus, utcnow
+from newsletter.models import Paper, Subscriber, SubscriberStatus, utcnow
+from newsletter.values import ascii_int
 from newsletter.web import forms
 from newsletter.web.preview import RecentPapers
 from newsletter.web.signup import STALE_FORM
@@ -22,8 +26,31 @@ def routes(site: Site) -> list[Route]:
     engine = site.runtime.engine
     recent = RecentPapers(engine=engine)
 
+    def taught_by_topic(session: Session, row: Subscriber) -> list[dict[str, object]]:
+        """Each topic the reader voted in, in their order: its papers, titled."""
+        state = feedback.taught(session=session, subscriber_ids=[row.id])  # type: ignore[list-item]
+        ids = {pid for votes in state.values() for pid, _ in votes}
+        titles = dict(session.exec(select(Paper.id, Paper.title).where(Paper.id.in_(ids))).all())  # type: ignore[union-attr]
+        return [
+            {
+                "query": query,
+                "papers": [
+                    {"id": pid, "vote": vote, "title": titles.get(pid, "?")}
+                    for pid, vote in state[(row.id, query)]  # type: ignore[index]
+                ],
+            }
+            for query in feedback.topics_of(session, row.id)  # type: ignore[arg-type]
+            if (row.id, query) in state
+        ]
+
     def form_page(
-        row: Subscriber, form: forms.Form, *, saved: bool = False, status: int = 200
+        row: Subscriber,
+        form: forms.Form,
+        *,
+        saved: bool = False,
+        status: int = 200,
+        taught: list[dict[str, object]] | None = None,
+        notice: str | None = None,
     ) -> Response:
         topics = forms.topic_lines(form.values.get("topics", ""))
         # Only topics that parsed: a form with a topic error shows the error, not counts.
@@ -39,6 +66,30 @@ def routes(site: Site) -> list[Route]:
             dial_steps=forms.DIAL_STEPS,
             csrf=forms.csrf_token(key=site.key, scope=f"p:{row.id}"),
             unsubscribe=site.runtime.links.unsubscribe(who=recipient(row)),
+            taught=taught or [],
+            notice=notice,
+            votes_action=site.runtime.links.preferences(who=recipient(row)) + "/votes",
+        )
+
+    def current(
+        session: Session, row: Subscriber, *, status: int = 200, notice: str | None = None
+    ) -> Response:
+        """The page as the stored settings fill it."""
+        topics = subscribers.topics_by_subscriber(session=session, ids=[row.id])  # type: ignore[list-item]
+        values = {
+            "topics": "\n".join(topics.get(row.id, [])),  # type: ignore[arg-type]
+            "dial": str(row.dial),
+            "cadence": row.cadence,
+            "weekday": "" if row.weekday is None else str(row.weekday),
+            "timezone": row.timezone,
+            "send_at": row.send_at,
+        }
+        return form_page(
+            row,
+            forms.Form(values=values),
+            status=status,
+            taught=taught_by_topic(session, row),
+            notice=notice,
         )
 
     def preferences_page(request: Request) -> Response:
@@ -46,17 +97,42 @@ def routes(site: Site) -> list[Route]:
             found = site.subscriber_for(session, request, purpose=tokens.PREFERENCES, arity=(1,))
             if found is None or found[0].status == SubscriberStatus.PENDING:
                 return site.not_found()
+            return current(session, found[0])
+
+    async def votes_post(request: Request) -> Response:
+        """Undo one vote (``paper``) or reset a topic (``action=reset``)."""
+        data = await request.form()
+        with session_scope(engine=engine) as session:
+            found = site.subscriber_for(session, request, purpose=tokens.PREFERENCES, arity=(1,))
+            if found is None or found[0].status == SubscriberStatus.PENDING:
+                return site.not_found()
             row = found[0]
-            topics = subscribers.topics_by_subscriber(session=session, ids=[row.id])  # type: ignore[list-item]
-            values = {
-                "topics": "\n".join(topics.get(row.id, [])),  # type: ignore[arg-type]
-                "dial": str(row.dial),
-                "cadence": row.cadence,
-                "weekday": "" if row.weekday is None else str(row.weekday),
-                "timezone": row.timezone,
-                "send_at": row.send_at,
-            }
-            return form_page(row, forms.Form(values=values))
+            if not forms.csrf_ok(
+                key=site.key, scope=f"p:{row.id}", token=str(data.get("csrf", ""))
+            ):
+                return current(
+                    session, row, status=400, notice=STALE_FORM + " Nothing was changed."
+                )
+            query = str(data.get("topic", ""))
+            votes = dict(
+                feedback.taught(session=session, subscriber_ids=[row.id]).get((row.id, query), ())  # type: ignore[list-item, arg-type]
+            )
+            paper = ascii_int(str(data.get("paper", "")))
+            chosen = list(votes) if data.get("action") == "reset" else [paper]
+            if not votes or not all(pid in votes for pid in chosen):
+                return current(session, row, status=400, notice="There was no such vote.")
+            for pid in chosen:
+                feedback.record_vote(
+                    session=session,
+                    subscriber=row,
+                    query=query,
+                    paper_id=pid,  # type: ignore[arg-type]
+                    vote=feedback.Vote.NONE,
+                    source="preferences",
+                    now=utcnow(),
+                )
+            said = "Vote undone." if len(chosen) == 1 else f"{len(chosen)} votes undone."
+            return current(session, row, notice=said)
 
     async def preferences_post(request: Request) -> Response:
         data = await request.form()
@@ -90,4 +166,5 @@ def routes(site: Site) -> list[Route]:
     return [
         Route("/p/{token}", preferences_page, methods=["GET"]),
         Route("/p/{token}", preferences_post, methods=["POST"]),
+        Route("/p/{token}/votes", votes_post, methods=["POST"]),
     ]
