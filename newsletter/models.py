@@ -166,6 +166,11 @@ class Subscriber(SQLModel, table=True):
         sa_column_kwargs={"server_default": "3"},
         description="1 (fewer, surer papers) to 5 (more, broader): where the line falls",
     )
+    ask_feedback: bool = Field(
+        default=True,
+        sa_column_kwargs={"server_default": sa.true()},
+        description="digests may carry papers just below the line, asking for a vote",
+    )
     token_salt: str = Field(
         default_factory=new_salt,
         max_length=32,

@@ -7,7 +7,7 @@ Three phases, one function each:
    digest covers the papers first seen since their previous one (``covers_until`` of
    that row; for a first digest, ``first_digest_days`` back) that were never sent to
    them. The edition is the subscriber's local calendar date.
-2. ``_Matcher``: the candidate papers indexed once (``filters.DayIndex``) against the
+2. ``matcher.Matcher``: the candidate papers indexed once (``filters.DayIndex``) against the
    reference window, with stored vectors; each distinct topic, as its reader taught it
    (``feedback``), scored once for all papers (``relevance``); a digest is what the
    topics let in at the dial step, new to the reader, ranked, and what is just below.
@@ -20,7 +20,6 @@ Three phases, one function each:
 
 from __future__ import annotations
 
-import bisect
 import secrets
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -34,10 +33,10 @@ from sqlmodel import Session, select
 from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
-from newsletter.embed.store import display
 from newsletter.feedback import taught_topics
 from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.links import Links, Recipient
+from newsletter.matcher import Matcher
 from newsletter.models import (
     Cadence,
     Delivery,
@@ -48,8 +47,7 @@ from newsletter.models import (
     SubscriberStatus,
     UTCDateTime,
 )
-from newsletter.relevance import DEFAULT_DIAL, Pick, Picked, Scorer, Topic
-from newsletter.relevance.day import day_scorer
+from newsletter.relevance import DEFAULT_DIAL, Picked
 from newsletter.subscribers import find, normalize_email
 
 RECORD_BATCH = 1000  # digests written per round trip batch
@@ -96,6 +94,7 @@ class _Due:
     edition: date
     since: datetime  # papers first seen after this are new for them
     dial: int = DEFAULT_DIAL
+    ask: bool = True  # the digest may ask about papers just below the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +134,17 @@ def plan_digests(
             return report
         topics = taught_topics(session=session, ids=[d.subscriber_id for d in due])
         wanted = {t for ts in topics.values() for t in ts}
-        matcher = _Matcher.load(session, since=min(d.since for d in due), now=now, topics=wanted)
+        matcher = Matcher.load(session, since=min(d.since for d in due), now=now, topics=wanted)
         drafts: list[_Draft] = []
         batch_size = FIRST_RECORD_BATCH
         for d in due:
             ranked, key = matcher.rank(
-                d, topics.get(d.subscriber_id, []), settings.digest_max_papers
+                subscriber_id=d.subscriber_id,
+                since=d.since,
+                topics=topics.get(d.subscriber_id, []),
+                limit=settings.digest_max_papers,
+                dial=d.dial,
+                ask=d.ask,
             )
             if not ranked.matches and not settings.send_empty:
                 report.no_match.append(d.email)  # empty days send nothing by default
@@ -186,6 +190,7 @@ def _who_is_due(
         Subscriber.cadence,
         Subscriber.weekday,
         Subscriber.dial,
+        Subscriber.ask_feedback,
     ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
     if only_email is not None:
         query = query.where(Subscriber.email == only_email)
@@ -206,7 +211,7 @@ def _who_is_due(
         )
     }
     due: list[_Due] = []
-    for sid, email, timezone, send_at, cadence, weekday, dial in subscribers:
+    for sid, email, timezone, send_at, cadence, weekday, dial, ask in subscribers:
         edition = local_edition(now=now, timezone=timezone)
         prev = last.get(sid)
         if prev is not None and prev[0] >= edition and not next_edition:
@@ -217,83 +222,8 @@ def _who_is_due(
             report.not_due.append(email)
         else:
             since = prev[1] if prev is not None else first_since
-            due.append(_Due(sid, email, edition, since, dial))
+            due.append(_Due(sid, email, edition, since, dial, ask))
     return due
-
-
-class _Matcher:
-    """Phase 2: the candidate papers, scored once per distinct topic, and each
-    subscriber's pick. Subscribers who chose the same topics and dial and are due the
-    same papers share one pick (the scorer memoizes it) and so one ledger snapshot,
-    encoded once here under the pick's key: a value, never an object's identity."""
-
-    def __init__(self, papers: list[Paper], sent: dict[int, set[int]], scorer: Scorer) -> None:
-        self.scorer = scorer
-        self.sent = sent
-        self.position = {p.id: i for i, p in enumerate(papers)}  # oldest first
-        self.seen = [p.first_seen_at for p in papers]
-        self.everything = (1 << len(papers)) - 1
-        self.shown = {p.id: (p.upvotes, p.authors, p.organization, p.published_on) for p in papers}
-        self.abstracts = {p.id: p.abstract for p in papers}
-        self._snapshots: dict[_Key, str] = {}
-
-    @classmethod
-    def load(
-        cls, session: Session, *, since: datetime, now: datetime, topics: set[Topic]
-    ) -> _Matcher:
-        papers = list(
-            session.exec(
-                select(Paper)
-                .where(Paper.first_seen_at > since, Paper.first_seen_at <= now)
-                .order_by(Paper.first_seen_at, Paper.id)
-            )
-        )
-        scorer = day_scorer(session, papers=papers, now=now, topics=topics)
-        return cls(papers, _sent_papers(session=session, since=since), scorer)
-
-    def rank(self, due: _Due, topics: list[Topic], limit: int) -> tuple[Picked, _Key]:
-        """The subscriber's pick, and its key: what makes two picks the same."""
-        # New for this subscriber: first seen after `since` (a suffix, the list is in
-        # first-seen order), minus what one of their digests already held.
-        first_new = bisect.bisect_right(self.seen, due.since)
-        within = self.everything & ~((1 << first_new) - 1)
-        for paper_id in self.sent.get(due.subscriber_id, ()):
-            if paper_id in self.position:
-                within &= ~(1 << self.position[paper_id])
-        key = (tuple(topics), within, limit, due.dial)
-        return self.scorer.pick(topics, within=within, limit=limit, dial=due.dial), key
-
-    def snapshot(self, picked: Picked, key: _Key) -> str:
-        text = self._snapshots.get(key)
-        if text is None:
-            text = self._snapshots[key] = snapshot.encode(
-                [self._item(m, near=False) for m in picked.matches]
-                + [self._item(m, near=True) for m in picked.near]
-            )
-        return text
-
-    def _item(self, m: Pick, *, near: bool) -> snapshot.Item:
-        a, b = m.sentence or (0, 0)
-        sentence = display(self.abstracts[m.paper_id])[a:b] if m.sentence is not None else None
-        return snapshot.Item(
-            m.paper_id, m.filters, m.words, *self.shown[m.paper_id],
-            close_to=m.close_to if m.meaning else None, sentence=sentence, near=near,
-            liked=m.liked,
-        )  # fmt: skip
-
-
-_Key = tuple[tuple[Topic, ...], int, int, int]  # (topics, papers in reach as a bitset, limit, dial)
-
-
-def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
-    """Per subscriber, the papers of their digests planned after ``since``: a superset of
-    those first seen after ``since`` (a digest holds only papers seen before it was planned)."""
-    sent: dict[int, set[int]] = {}
-    for sid, items in session.exec(
-        select(Delivery.subscriber_id, Delivery.items).where(Delivery.created_at > since)
-    ):
-        sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
-    return sent
 
 
 def _record(

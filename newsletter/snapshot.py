@@ -49,6 +49,7 @@ class Item:
     sentence: str | None = None
     near: bool = False
     liked: str | None = None  # the title of the liked paper a vote carried it by
+    unsure: bool = False  # just below the line, shown to ask the reader ("not sure…")
 
 
 def _row(i: Item) -> dict[str, object]:
@@ -69,6 +70,8 @@ def _row(i: Item) -> dict[str, object]:
         row["near"] = True
     if i.liked:
         row["liked"] = i.liked
+    if i.unsure:
+        row["unsure"] = True
     return row
 
 
@@ -93,6 +96,7 @@ def decode(text: str) -> tuple[Item, ...]:
                 sentence=row.get("sentence"),
                 near=bool(row.get("near", False)),
                 liked=row.get("liked"),
+                unsure=bool(row.get("unsure", False)),
             )
             for row in json.loads(text)
         )

@@ -94,3 +94,19 @@ def terminal_safe(text: str) -> str:
     if not has_unsafe(text):
         return text
     return _UNSAFE_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+_INVISIBLE = frozenset(("Cf", "Cn", "Co", "Cs"))  # format, unassigned, private, surrogate
+_MARKS = frozenset(("Mn", "Mc", "Me"))
+
+
+def visible(text: str) -> str:
+    """``text`` without characters an inbox list shows as nothing or as a box (format
+    characters, unassigned and private-use code points), and without combining marks
+    that have nothing to combine with."""
+    if text.isascii():
+        return text
+    kept = "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE)
+    while kept and unicodedata.category(kept[0]) in _MARKS:
+        kept = kept[1:]
+    return kept

@@ -4,6 +4,7 @@ reference window, first seen days before the day being planned."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,6 +164,13 @@ def test_a_disliked_papers_twin_drops_below_the_line_and_a_liked_papers_twin_ris
     said = " ".join(preview.split())
     assert f"like “{liked.title[:40]}" in said and "”, which you marked" in said
     assert _digest(engine, settings, "other@example.org") == before, "nobody else is changed"
+    shown = json.loads(
+        run(home, "filters", "test", "--subscriber", "r@example.org", "--json", env=env).stdout
+    )
+    assert shown["taught"] == {"liked": 1, "disliked": 1} and shown["query"] == "diffusion"
+    (twin,) = [p for p in shown["papers"] if p["id"] == twin_of_liked]
+    assert twin["liked"] == liked.title
+    assert twin_of_disliked not in [p["id"] for p in shown["papers"]]
 
     # Undoing both votes gives the digest back as it was.
     run(home, *vote, str(disliked.id), "--vote", "none", env=env)

@@ -21,9 +21,9 @@ from newsletter.backends.memory import MemoryBackend
 from newsletter.corpus.ingest import ingest
 from newsletter.embed.store import embed_papers, embed_topics, ensure_topic_vectors
 from newsletter.errors import SubscriberError
-from newsletter.models import Paper
+from newsletter.models import Paper, Subscriber
 from newsletter.plan import plan_digests
-from newsletter.relevance import DIAL, Topic
+from newsletter.relevance import ALPHA, DIAL, Topic
 from newsletter.relevance.day import day_scorer, text_of
 from newsletter.render.content import paper_texts
 from newsletter.subscribers import validate_subscriber
@@ -337,6 +337,17 @@ def test_the_preference_centre_and_api_take_the_sentence_and_dial(tmp_path: Path
         assert good.status_code == 200 and "Saved." in good.text
         api = client.get(f"/api/subscribers/{sid}", headers=auth).json()
         assert api["dial"] == 5 and api["topics"] == [f"LoRA | {PEFT.about}", "diffusion"]
+        assert api["ask_feedback"] is False, "an unticked box turns asking off"
+        asked = client.post(
+            httpx.URL(prefs).path, data=form | {"topics": "diffusion", "dial": "3", "ask": "on"}
+        )
+        assert 'name="ask" value="on" checked' in asked.text
+        api = client.get(f"/api/subscribers/{sid}", headers=auth).json()
+        assert api["ask_feedback"] is True
+        off = client.patch(f"/api/subscribers/{sid}", headers=auth, json={"ask_feedback": False})
+        assert off.status_code == 200 and off.json()["ask_feedback"] is False
+        bad_ask = client.patch(f"/api/subscribers/{sid}", headers=auth, json={"ask_feedback": "no"})
+        assert bad_ask.status_code == 422 and bad_ask.json()["field"] == "ask_feedback"
         patched = client.patch(
             f"/api/subscribers/{sid}",
             headers=auth,
@@ -365,16 +376,49 @@ def test_near_the_line_is_counted_in_the_email_and_listed_in_the_archive(tmp_pat
     _embed(engine)
     picked = _digest_of(engine, settings, "l@example.org")
     assert picked.near  # the corpus has papers that mention diffusion in passing
-    with db.session_scope(engine=engine) as session:
-        below = session.get(Paper, picked.near[0].paper_id).title  # type: ignore[union-attr]
     backend = MemoryBackend()
     deliver(engine, settings, backend, NOW)
     msg = email.message_from_bytes(backend.sent[0].data, policy=email.policy.default)
     html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    assert f"and {len(picked.near)} more that might interest you, just below the line" in html
+    # The two closest to the line are in the email, asking; the rest are counted.
+    assert len(picked.unsure) == 2
+    assert {m.paper_id for m in picked.unsure} <= {m.paper_id for m in picked.near}
+    # ... and they are the least certain: the smallest distance to the line.
+    with db.session_scope(engine=engine) as session:
+        papers = list(session.exec(select(Paper).order_by(Paper.first_seen_at, Paper.id)))
+        scorer = day_scorer(session, papers=papers, now=NOW, topics=[Topic("diffusion")])
+    s, step = scorer.topic(Topic("diffusion")), DIAL[3]
+    margin = {
+        int(scorer.ranker.ids[i]): step.threshold - s.fused[i]
+        if s.matched[i]
+        else ALPHA * (step.enter - s.semantic[i])
+        for i in range(len(papers))
+    }
+    by_margin = sorted((m.paper_id for m in picked.near), key=margin.__getitem__)
+    assert [m.paper_id for m in picked.unsure] == by_margin[:2]
+    assert html.count("Not sure this is for you — tell us with a vote") == len(picked.unsure) == 2
+    rest = len(picked.near) - len(picked.unsure)
+    assert f"and {rest} more that might interest you, just below the line" in html
     archive = re.search(r'href="(http://[^"]+/d/[^"]+)"', html).group(1)  # type: ignore[union-attr]
     with live_server(create_app(runtime=runtime_for(settings, engine)), port) as url:
         page = httpx.get(url + httpx.URL(archive).path)
     assert page.status_code == 200 and "Just below the line" in page.text
     visible = html_unescape(re.sub(r"<[^>]+>", "", page.text))
-    assert paper_texts(below, "")[0] in visible
+    unsure = {m.paper_id for m in picked.unsure}
+    with db.session_scope(engine=engine) as session:
+        listed = [
+            session.get(Paper, m.paper_id).title for m in picked.near if m.paper_id not in unsure
+        ]  # type: ignore[union-attr]
+    assert listed and all(paper_texts(t, "")[0] in visible for t in listed)
+
+    # A reader who turned asking off gets no such papers.
+    quiet = subscribe(engine, email="q@example.org", topics=["diffusion"], now=NOW)
+    with db.session_scope(engine=engine) as session:
+        row = session.get(Subscriber, quiet)
+        row.ask_feedback = False  # type: ignore[union-attr]
+        session.add(row)
+    report = plan_digests(engine=engine, settings=settings, now=NOW, due_only=False,
+                          dry_run=True, only_email="q@example.org")  # fmt: skip
+    (theirs,) = report.planned
+    assert theirs.ranked.near and not theirs.ranked.unsure
+    assert '"unsure"' not in theirs.items

@@ -199,6 +199,7 @@ def test_batch_equals_reference_on_random_text(papers, more, near, name, votes) 
             summary=summary,
             authors=count,
             liked=close_to[::-1] if close_to else None,
+            unsure=bool(upvotes and upvotes % 2),
         )
         for t, a, topics, terms, upvotes, org, close_to, start, more_fields in papers
         for arxiv_id, code, project, authors, summary, count in (more_fields,)

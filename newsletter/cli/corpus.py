@@ -16,13 +16,14 @@ from rich.text import Text
 from sqlmodel import select
 
 from newsletter import db
+from newsletter.errors import SubscriberError
 from newsletter.models import Paper, utcnow
 from newsletter.paper_links import PaperLinks, paper_links
-from newsletter.relevance import ALPHA, DIAL, Picked, Scorer, Topic, TopicScores
+from newsletter.relevance import ALPHA, DEFAULT_DIAL, DIAL, Picked, Scorer, Topic, TopicScores
 from newsletter.text import latex_to_text, one_line, terminal_safe
 
 if TYPE_CHECKING:
-    pass
+    from newsletter.runtime import Runtime
 from newsletter.cli.common import (
     _context,
     _parse_day,
@@ -198,14 +199,25 @@ def paper_json(paper: Paper) -> dict[str, object]:
 @filters_app.command("test")
 def filters_test(
     query: Annotated[
-        str, typer.Argument(help="A filter, e.g. 'diffusion AND NOT video' or 'org:\"ZIP Lab\"'.")
-    ],
+        str | None,
+        typer.Argument(help="A filter, e.g. 'diffusion AND NOT video' or 'org:\"ZIP Lab\"'."),
+    ] = None,
     about: Annotated[
         str | None, typer.Option("--about", help="A sentence about the topic (its meaning).")
     ] = None,
     dial: Annotated[
-        int, typer.Option(min=1, max=5, help="1 fewest, surest papers ... 5 more, broader.")
-    ] = 3,
+        int | None,
+        typer.Option(min=1, max=5, help="1 fewest, surest papers ... 5 more (default 3)."),
+    ] = None,
+    subscriber: Annotated[
+        str | None,
+        typer.Option(
+            "--subscriber", help="Test a subscriber's topic as they taught it (their dial too)."
+        ),
+    ] = None,
+    topic_number: Annotated[
+        int, typer.Option("--topic", min=1, help="With --subscriber: which topic (1 = first).")
+    ] = 1,
     limit: Annotated[int, typer.Option(help="Show this many of the included papers.")] = 20,
     show_all: Annotated[
         bool, typer.Option("--all", help="Also list the matches below the line, with scores.")
@@ -220,11 +232,18 @@ def filters_test(
     from newsletter.relevance.day import day_scorer, text_of
     from newsletter.subscribers import validate_topic
 
+    ctx = _context()
+    if subscriber is not None:
+        topic, dial = _taught_topic(ctx, subscriber, topic_number, dial)
+        query, about = topic.query, topic.about
+    elif query is None:
+        raise SubscriberError("give a filter, or --subscriber EMAIL", field="query")
+    else:
+        topic = Topic(query, about)
+    dial = dial or DEFAULT_DIAL
     compile_filter(query)  # a syntax error goes to main(), which draws the caret
-    topic = Topic(query, about)
     if about is not None:
         validate_topic({"filter": query, "about": about})
-    ctx = _context()
     try:
         ensure_topic_vectors(engine=ctx.engine, texts=[text_of(topic)])
     except embed.ModelMissingError as exc:
@@ -239,6 +258,7 @@ def filters_test(
     shown = picked.matches[:limit]
     below = _below_the_line(scorer, scores, picked, dial) if show_all else []
     step = DIAL[dial]
+    liked = {m.paper_id: m.liked for m in picked.matches if m.liked}
 
     def row(i: int, pid: int, meaning: bool = False) -> dict[str, object]:
         return {
@@ -250,6 +270,7 @@ def filters_test(
             "matched": bool(scores.matched[i]),
             "words": list(scorer_words(scorer, topic, i)),
             "carried_by_meaning": meaning,
+            "liked": liked.get(pid),
             "links": {k: getattr(pages[pid], k) for k in pages[pid].__slots__},
         }
 
@@ -260,6 +281,11 @@ def filters_test(
                 "canonical": to_query(compile_filter(query).tree),
                 "about": about,
                 "dial": dial,
+                "subscriber": subscriber,
+                "taught": {
+                    "liked": sum(1 for _, v in topic.taught if v > 0),
+                    "disliked": sum(1 for _, v in topic.taught if v < 0),
+                },
                 "threshold": step.threshold,
                 "matched": int(scores.matched.sum()),
                 "included": picked.total,
@@ -272,11 +298,16 @@ def filters_test(
     out.print(
         f"{int(scores.matched.sum())} of {len(papers)} papers match {canonical}", markup=False
     )
+    if topic.taught:
+        up = sum(1 for _, v in topic.taught if v > 0)
+        out.print(f"taught: {up} liked, {len(topic.taught) - up} disliked", markup=False)
     out.print(f"{picked.total} make the digest at dial {dial} ({step.label})", markup=False)
     for rank, m in enumerate(shown, start=1):
         title = Text(terminal_safe(f"{rank:3}. {titles[m.paper_id]}"))
         title.highlight_words(m.words, style="bold underline", case_sensitive=False)
-        out.print(title, Text("  " + _parts(scores, m.index, m.meaning), style="dim"))
+        why = _parts(scores, m.index, m.meaning)
+        why += f" (carried by your vote: like {m.liked!r})" if m.liked else ""
+        out.print(title, Text("  " + terminal_safe(why), style="dim"))
         out.print(Text("     " + pages[m.paper_id].page, style="dim"), soft_wrap=True)
     if show_all:
         out.print(f"below the line (score under {step.threshold}):", markup=False)
@@ -285,6 +316,21 @@ def filters_test(
                 Text(terminal_safe(f"     {titles[pid]}")),
                 Text("  " + _parts(scores, i), style="dim"),
             )
+
+
+def _taught_topic(ctx: Runtime, email: str, number: int, dial: int | None) -> tuple[Topic, int]:
+    """A subscriber's topic with their votes, and the dial to test it at."""
+    from newsletter.feedback import taught_topics
+    from newsletter.subscribers import find
+
+    with db.session_scope(engine=ctx.engine) as session:
+        row = find(session=session, email=email)
+        topics = taught_topics(session=session, ids=[row.id]).get(row.id, [])  # type: ignore[list-item, arg-type]
+        if number > len(topics):
+            raise SubscriberError(
+                f"{row.email} has {len(topics)} topics; --topic {number} is not one", field="topic"
+            )
+        return topics[number - 1], dial or row.dial
 
 
 def scorer_words(scorer: Scorer, topic: Topic, i: int) -> tuple[str, ...]:

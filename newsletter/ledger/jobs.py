@@ -143,6 +143,7 @@ def digest_papers(
                 close_to=i.close_to,
                 nearest=i.sentence,
                 liked=i.liked,
+                unsure=i.unsure,
             )
             for i in items
         )

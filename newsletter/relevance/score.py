@@ -42,6 +42,7 @@ ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling share
 MIN_COSINE = 0.45
 LEXICAL_CAP = 1.5
 NEAR = 0.15  # "near the line": this far below it (a quarter of that for meaning alone)
+UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class Picked:
     matches: tuple[Pick, ...]
     total: int  # papers in, before the digest's cap
     near: tuple[Pick, ...]  # papers just below the line, best first
+    # Of ``near``, the UNSURE closest to the line, closest first: where the topic's
+    # decision is least certain, so a vote there teaches the most.
+    unsure: tuple[Pick, ...] = ()
 
     @property
     def more(self) -> int:
@@ -172,6 +176,7 @@ class _Decided:
     value: np.ndarray  # what orders them (the fused score; 0 for "*")
     carried: np.ndarray  # bool: meaning carried it over the line
     voted: np.ndarray  # bool: a liked paper's nearness carried it over the line
+    margin: np.ndarray  # how far below the line, in fused-score units (for "unsure")
 
 
 class Scorer:
@@ -260,7 +265,13 @@ class Scorer:
                 voted = inside & ~self._decision(Topic(topic.query, topic.about), dial).inside
                 carried &= ~voted  # a vote carried it, not the topic's sentence
             value = np.zeros(len(inside)) if s.everything else s.fused
-            found = self._decided[key] = _Decided(s, inside, s.near(step), value, carried, voted)
+            # Below the line by the filter's score when it matched, else by meaning alone.
+            margin = np.where(
+                s.matched, step.threshold - s.fused, ALPHA * (step.enter - s.semantic)
+            )
+            found = self._decided[key] = _Decided(
+                s, inside, s.near(step), value, carried, voted, margin
+            )
         return found
 
     def pick(
@@ -279,10 +290,14 @@ class Scorer:
         self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int
     ) -> Picked:
         decided, shown, below, best = self.decide(topics, within=within, dial=dial)
+        near = tuple(self._explain(i, decided, best) for i in below[:limit])
+        margin = np.min([np.where(d.near, d.margin, np.inf) for d in decided], axis=0)
+        closest = sorted(range(len(near)), key=lambda k: (margin[near[k].index], k))
         return Picked(
             matches=tuple(self._explain(i, decided, best) for i in shown[:limit]),
             total=len(shown),
-            near=tuple(self._explain(i, decided, best) for i in below[:limit]),
+            near=near,
+            unsure=tuple(near[k] for k in closest[:UNSURE]),
         )
 
     def decide(

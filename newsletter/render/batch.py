@@ -247,11 +247,13 @@ class BatchRenderer:
         return found  # type: ignore[no-any-return]
 
     def _html_tail(self, paper: DigestPaper, shape: _Shape) -> _Block:
-        key = (paper.matched_topics, paper.close_to, paper.liked, shape)
+        key = (paper.matched_topics, paper.close_to, paper.liked, paper.unsure, shape)
         found = self._tails.get(key)
         if found is None:
             _, with_line, without = self._paper_template(shape)
-            line = content.topics_line(paper.matched_topics, paper.close_to, paper.liked)
+            line = content.topics_line(
+                paper.matched_topics, paper.close_to, paper.liked, paper.unsure
+            )
             tail = _partly(with_line, {"topics": str(escape(line))}) if line else without
             found = self._tails.put(key, _block(tail))
         return found  # type: ignore[no-any-return]
@@ -277,11 +279,11 @@ class BatchRenderer:
 
     def _text_tail(self, paper: DigestPaper, votes: bool) -> tuple[_Block, ...]:
         """The topics line, and the votes' slot (then the blank line) when there are any."""
-        key = (paper.matched_topics, paper.close_to, paper.liked, votes)
+        key = (paper.matched_topics, paper.close_to, paper.liked, paper.unsure, votes)
         found = self._text_tails.get(key)
         if found is None:
             topics = content.paper_text_tail(
-                paper.matched_topics, paper.close_to, liked=paper.liked
+                paper.matched_topics, paper.close_to, liked=paper.liked, unsure=paper.unsure
             )
             # The votes go between the topics line and the closing blank line.
             found = (mime.encode(topics[:-1]), _TEXT_VOTES) if votes else (mime.encode(topics),)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import functools
 import re
 import textwrap
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from markupsafe import Markup, escape
 
-from newsletter.text import latex_to_text, one_line
+from newsletter.text import latex_to_text, one_line, visible
 
 SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox lists
 EXCERPT_CHARS = 400
@@ -34,6 +33,7 @@ AUTHOR_CHARS = 60
 SUMMARY_CHARS = 300
 SUMMARY_LABEL = "AI summary (Hugging Face)"
 NO_PAPERS = "No new papers matched your topics this time."
+UNSURE_LINE = "Not sure this is for you — tell us with a vote"
 # <mark> says "this matched" to screen readers too; the inline colour keeps it visible
 # in bold titles and in clients that drop <style> blocks.
 MARK_OPEN = '<mark style="background-color:#fff0a8;color:inherit;">'
@@ -54,6 +54,7 @@ class DigestPaper:
     matched_terms: tuple[str, ...] = ()  # words/phrases that matched (lowercase), highlighted
     close_to: str | None = None  # the topic sentence whose meaning carried it in
     liked: str | None = None  # the title of a paper the reader liked, which carried it in
+    unsure: bool = False  # just below the line: shown to ask the reader (after the rest)
     nearest: str | None = None  # the abstract's sentence nearest that topic
     arxiv_id: str | None = None  # "2405.12345": the title links to its page, plus its PDF
     code_url: str | None = None  # a repository a source named
@@ -271,10 +272,14 @@ def topic_list(topics: list[str] | tuple[str, ...], shown: int) -> str:
 
 
 def topics_line(
-    matched_topics: tuple[str, ...], close_to: str | None = None, liked: str | None = None
+    matched_topics: tuple[str, ...],
+    close_to: str | None = None,
+    liked: str | None = None,
+    unsure: bool = False,
 ) -> str:
     """Why the paper is here: "Matched: …" and, when meaning carried it, what it is
-    close to, and when a vote did, the paper the reader liked ("" when nothing is named)."""
+    close to, and when a vote did, the paper the reader liked ("" when nothing is named).
+    A paper shown to ask about it says so first."""
     topics = tuple(t for t in map(clean, matched_topics) if t)
     if topics == ("*",):
         return "Among the day's most upvoted papers"
@@ -285,6 +290,8 @@ def topics_line(
     if liked and clean(liked):
         like = f"like “{shorten(clean(liked), TOPIC_CHARS)}”, which you marked"
         line = f"{line} · {like}" if line else like[0].upper() + like[1:]
+    if unsure:
+        line = f"{UNSURE_LINE} · {line}" if line else UNSURE_LINE
     return line
 
 
@@ -315,9 +322,10 @@ def paper_text_tail(
     close_to: str | None = None,
     votes: str = "",
     liked: str | None = None,
+    unsure: bool = False,
 ) -> str:
     """The paper's topics line, then its vote links (``links.votes_text``), then a blank."""
-    topics = topics_line(matched_topics, close_to, liked)
+    topics = topics_line(matched_topics, close_to, liked, unsure)
     return ("\n" + fill(topics, indent="    ") + "\n" if topics else "") + votes + "\n"
 
 
@@ -334,34 +342,23 @@ def brand(sender: Sender) -> str:
     return clean(sender.name or "") or "Paper Digest"
 
 
-_INVISIBLE = frozenset(("Cf", "Cn", "Co", "Cs"))  # format, unassigned, private, surrogate
-_MARKS = frozenset(("Mn", "Mc", "Me"))
-
-
-def visible(text: str) -> str:
-    """``text`` without characters an inbox list shows as nothing or as a box (format
-    characters, unassigned and private-use code points), and without combining marks
-    that have nothing to combine with."""
-    if text.isascii():
-        return text
-    kept = "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE)
-    while kept and unicodedata.category(kept[0]) in _MARKS:
-        kept = kept[1:]
-    return kept
-
-
 def subject(digest: Digest) -> str:
     if not digest.papers:
         return "No new papers matched your topics"
     # The count covers the papers beyond the cap too; the body says "and N more".
-    total = len(digest.papers) + digest.more_count
+    total = matched_count(digest)
     prefix = f"{plural(total, 'new paper')}: "
     title = " ".join(visible(clean(latex_to_text(digest.papers[0].title))).split())
     return prefix + shorten(title or "(untitled)", SUBJECT_MAX - len(prefix))
 
 
+def matched_count(digest: Digest) -> int:
+    """The papers the topics let in (those beyond the cap too), not those asked about."""
+    return sum(1 for p in digest.papers if not p.unsure) + digest.more_count
+
+
 def headline(digest: Digest) -> str:
-    total = len(digest.papers) + digest.more_count
+    total = matched_count(digest)
     return (
         f"{plural(total, 'new paper')} in your topics"
         if digest.papers

@@ -32,7 +32,9 @@ def paper_context(paper: DigestPaper, vote_url: str = "") -> dict[str, object]:
         "excerpt_html": content.excerpt_html(excerpt, paper.matched_terms, paper.nearest),
         "summary": content.summary_line(paper.summary),
         "links_html": links_html(links),
-        "topics": content.topics_line(paper.matched_topics, paper.close_to, paper.liked),
+        "topics": content.topics_line(
+            paper.matched_topics, paper.close_to, paper.liked, paper.unsure
+        ),
         "votes_html": votes_html(vote_url),
     }
 
@@ -66,6 +68,7 @@ def papers_text(papers: tuple[DigestPaper, ...], votes: tuple[str, ...] = ()) ->
             p.close_to,
             votes_text(votes[i - 1] if i <= len(votes) else ""),
             p.liked,
+            p.unsure,
         )
         for i, p in enumerate(papers, 1)
     )

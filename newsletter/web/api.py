@@ -50,6 +50,7 @@ def _subscriber_json(row: Subscriber, topics: list[str]) -> dict[str, Any]:
         "cadence": row.cadence,
         "weekday": row.weekday,
         "dial": row.dial,
+        "ask_feedback": row.ask_feedback,
         "created_at": row.created_at.isoformat(),
     }
 
@@ -190,6 +191,10 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
                 cadence=body.get("cadence", row.cadence), weekday=body.get("weekday", row.weekday)
             )
             row.dial = subscribers.validate_dial(body.get("dial", row.dial))
+            ask = body.get("ask_feedback", row.ask_feedback)
+            if not isinstance(ask, bool):
+                raise SubscriberError("must be true or false", field="ask_feedback")
+            row.ask_feedback = ask
             status = _str_field(body, "status", row.status)
             if status != row.status and status not in ADMIN_STATUSES:
                 raise SubscriberError("can be set to active or unsubscribed", field="status")

@@ -19,7 +19,7 @@ from newsletter.web.preview import RecentPapers
 from newsletter.web.signup import STALE_FORM
 from newsletter.web.site import Site, masked, recipient
 
-_FIELDS = ("topics", "dial", "cadence", "weekday", "timezone", "send_at")
+_FIELDS = ("topics", "dial", "cadence", "weekday", "timezone", "send_at", "ask")
 
 
 def routes(site: Site) -> list[Route]:
@@ -83,6 +83,7 @@ def routes(site: Site) -> list[Route]:
             "weekday": "" if row.weekday is None else str(row.weekday),
             "timezone": row.timezone,
             "send_at": row.send_at,
+            "ask": "on" if row.ask_feedback else "",
         }
         return form_page(
             row,
@@ -159,6 +160,7 @@ def routes(site: Site) -> list[Route]:
             )  # type: ignore[arg-type]
             row.cadence, row.weekday, row.timezone, row.send_at = cadence, weekday, tz, at
             row.dial = dial
+            row.ask_feedback = form.values.get("ask") == "on"
             row.updated_at = now
             session.add(row)
             return form_page(row, form, saved=True)
