@@ -321,7 +321,7 @@ def _with_votes(blocks: list[_Block], votes: tuple[str, ...]) -> list[EncodedPar
         if isinstance(block, FillIn):
             slot, url = block.pieces[1], next(urls)
             value = str(votes_html(url)) if slot == "votes_html" else votes_text(url)
-            out.append(block.fill({slot: value}))
+            out.append(block.fill_one(value))
         else:
             out.append(block)
     return out

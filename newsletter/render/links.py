@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from newsletter.paper_links import PaperLinks, paper_links
 from newsletter.render.content import DigestPaper, clean
@@ -59,10 +59,11 @@ def votes_html(url: str) -> Markup:
     """The vote links under a paper (``url`` is its vote page; "" for none)."""
     if not url:
         return Markup("")
-    return Markup(" · ").join(
-        Markup('<a href="{}/{}" style="{}">{}</a>').format(url, way, LINK_STYLE, label)
-        for way, label in VOTES
-    )
+    # One escape and plain string joins: this runs for every paper of every digest (the
+    # labels and the style hold nothing to escape).
+    href = escape(url)
+    anchors = (f'<a href="{href}/{way}" style="{LINK_STYLE}">{label}</a>' for way, label in VOTES)
+    return Markup(" · ".join(anchors))
 
 
 def votes_text(url: str) -> str:

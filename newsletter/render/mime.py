@@ -184,3 +184,9 @@ class FillIn:
             value = texts[i] = values[texts[i]]
             qps[i] = _qp_piece(value)
         return EncodedPart("".join(texts), b"".join(qps), _mint=_MINT)
+
+    def fill_one(self, value: str) -> EncodedPart:
+        """``fill`` for a template of one slot (a paper's votes: twenty per message)."""
+        (before, _, after), (q_before, _, q_after) = self.pieces, self.encoded
+        encoded = q_before + _qp_piece(value) + q_after
+        return EncodedPart(before + value + after, encoded, _mint=_MINT)
