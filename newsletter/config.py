@@ -31,6 +31,7 @@ from newsletter.setting_values import (
     port_setting,
     proxies_setting,
     sources_setting,
+    workers_setting,
 )
 from newsletter.settings_doc import PREFIX, SETTINGS_DOC
 from newsletter.values import validate_send_at, validate_timezone
@@ -114,6 +115,8 @@ class Settings:
     fetch_timeout: float
     fetch_max_bytes: int
     fetch_delay: float  # seconds between two requests to one host
+    bounce_localpart: str  # VERP: localpart+TOKEN@bounce_domain
+    bounce_domain: str  # "" : return paths are the From address (VERP off)
 
     @property
     def data_dir(self) -> Path:
@@ -233,9 +236,7 @@ def load_settings(
         ),
         smtp=_smtp(get),
         lease_seconds=number_setting("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
-        send_workers=int_setting(
-            "NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS"), minimum=1
-        ),
+        send_workers=workers_setting("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS")),
         dkim=_dkim(get, home),
         web_host=get("NEWSLETTER_WEB_HOST"),
         web_port=port_setting("NEWSLETTER_WEB_PORT", get),
@@ -254,6 +255,8 @@ def load_settings(
             number_setting("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20
         ),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
+        bounce_localpart=_bounce_localpart(get("NEWSLETTER_BOUNCE_LOCALPART")),
+        bounce_domain=_bounce_domain(get("NEWSLETTER_BOUNCE_DOMAIN")),
         sources=sources_setting(get("NEWSLETTER_SOURCES")),
         daily_papers_url=http_url_setting("NEWSLETTER_DAILY_PAPERS_URL", get),
         arxiv_categories=arxiv_categories_setting(get("NEWSLETTER_ARXIV_CATEGORIES")),
@@ -305,6 +308,22 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
             setting="NEWSLETTER_DKIM_KEY_FILE", message=f"{path} is not a PEM private key"
         )
     return DkimSettings(domain=domain, selector=selector, key_file=path)
+
+
+def _bounce_localpart(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", value):
+        raise ConfigError(
+            setting="NEWSLETTER_BOUNCE_LOCALPART",
+            message=f"letters, digits, '.', '_' or '-' (at most 16): got {value!r}",
+        )
+    return value
+
+
+def _bounce_domain(value: str) -> str:
+    value = value.strip().lower()
+    if value and (not _DNS_LABELS_RE.fullmatch(value) or "." not in value):
+        raise ConfigError(setting="NEWSLETTER_BOUNCE_DOMAIN", message=f"not a domain: {value!r}")
+    return value
 
 
 def _operator_email(value: str) -> str:

@@ -215,10 +215,14 @@ class DeliveryLoop:
                     sender=runtime.sender,
                     signer=runtime.signer,
                     renderer=self.renderer,
+                    return_path=job.return_path,
                 )
             elif isinstance(job, ConfirmationJob):
                 message = outgoing_confirmation(
-                    confirmation=job.confirmation, sender=runtime.sender, signer=runtime.signer
+                    confirmation=job.confirmation,
+                    sender=runtime.sender,
+                    signer=runtime.signer,
+                    return_path=job.return_path,
                 )
             else:
                 return _Ready(job, None, PermanentDeliveryError(f"cannot render: {job.problem}"))

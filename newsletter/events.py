@@ -23,6 +23,9 @@ class EventKind(enum.StrEnum):
     REQUEUED = "delivery.requeued"
     HARD_BOUNCE = "bounce.hard"
     SOFT_BOUNCE = "bounce.soft"
+    COMPLAINT = "bounce.complaint"  # a feedback-loop report: the reader called it spam
+    BOUNCE_UNMATCHED = "bounce.unmatched"  # a report tied to no digest of ours, kept
+    BOUNCE_REFUSED = "bounce.refused"  # a return path whose signature does not check
     # ingest
     FILE_INGESTED = "ingest.file"
     FILE_FAILED = "ingest.file_failed"

@@ -238,6 +238,9 @@ def _insert(session: Any, rows_in: list[tuple[NewSubscriber, int]], *, now: date
         }
         for s in subs
     ]
+    if session.get_bind().dialect.name == "postgresql":
+        _copy(session, rows, subs, now=now)
+        return
     table = Subscriber.__table__  # type: ignore[attr-defined]
     ids = dict(
         session.connection()
@@ -258,3 +261,30 @@ def _insert(session: Any, rows_in: list[tuple[NewSubscriber, int]], *, now: date
             for s in subs
         ],
     )
+
+
+def _copy(
+    session: Any, rows: list[dict[str, Any]], subs: list[NewSubscriber], *, now: datetime
+) -> None:
+    """PostgreSQL: the ids drawn from the sequence in one query, then the three tables
+    loaded with COPY. A multi-row INSERT of thousands of rows spends most of its time
+    in the driver, turning the statement's placeholders into PostgreSQL's."""
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT nextval(pg_get_serial_sequence('subscribers', 'id')) FROM generate_series(1, %s)",
+        (len(rows),),
+    )
+    ids = [row[0] for row in cursor.fetchall()]
+    columns = list(rows[0])
+    with cursor.copy(f"COPY subscribers (id, {', '.join(columns)}) FROM STDIN") as copy:
+        for sid, row in zip(ids, rows, strict=True):
+            copy.write_row((sid, *row.values()))
+    with cursor.copy(
+        "COPY topic_filters (subscriber_id, query, about, created_at) FROM STDIN"
+    ) as copy:
+        for sid, sub in zip(ids, subs, strict=True):
+            for topic in map(split_topic, sub.topics):
+                copy.write_row((sid, topic.query, topic.about, now))
+    with cursor.copy("COPY events (at, kind, subscriber_id, detail) FROM STDIN") as copy:
+        for sid in ids:
+            copy.write_row((now, str(EventKind.ADDED), sid, "{}"))

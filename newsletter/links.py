@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from newsletter import tokens
+from newsletter.bounces import verp
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class Recipient:
 class Links:
     base_url: str
     key: bytes = field(repr=False)
+    bounce_localpart: str = "bounces"
+    bounce_domain: str = ""  # "": no VERP return paths
 
     def __post_init__(self) -> None:
         if len(self.key) < tokens.MIN_KEY_BYTES:
@@ -44,6 +47,19 @@ class Links:
 
     def archive(self, *, who: Recipient, delivery_id: int) -> str:
         return self._url("d", tokens.ARCHIVE, who, delivery_id)
+
+    def return_path(self, *, who: Recipient, delivery_id: int) -> str | None:
+        """The message's envelope sender when VERP is on (``bounces.verp``), else None."""
+        if not self.bounce_domain:
+            return None
+        return verp.return_path(
+            key=self.key,
+            localpart=self.bounce_localpart,
+            domain=self.bounce_domain,
+            subscriber_id=who.subscriber_id,
+            delivery_id=delivery_id,
+            salt=who.salt,
+        )
 
     def confirm(self, *, who: Recipient, delivery_id: int) -> str:
         """The double opt-in link: it names the confirmation mail it came in."""

@@ -51,7 +51,12 @@ def build_runtime(*, settings: Settings, engine: sa.Engine | None = None) -> Run
         settings=settings,
         engine=engine if engine is not None else db.make_engine(settings.database_url),
         key=key,
-        links=Links(base_url=settings.base_url, key=key),
+        links=Links(
+            base_url=settings.base_url,
+            key=key,
+            bounce_localpart=settings.bounce_localpart,
+            bounce_domain=settings.bounce_domain,
+        ),
         sender=render.Sender(address=settings.from_address, name=settings.from_name or None),
         signer=signer_for(settings.dkim),
     )

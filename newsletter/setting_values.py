@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -22,6 +23,13 @@ def int_setting(name: str, raw: str, *, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
     return value
+
+
+def workers_setting(name: str, raw: str) -> int:
+    """A number of processes, or ``auto``: one per core this process may run on."""
+    if raw.strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    return int_setting(name, raw, minimum=1)
 
 
 def number_setting(name: str, get: Callable[[str], str], *, minimum: float) -> float:

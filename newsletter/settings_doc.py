@@ -60,9 +60,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "How long a worker holds a claimed digest; a dead worker's are taken back after this.",
     ),
     "NEWSLETTER_SEND_WORKERS": (
-        "1",
-        "Delivery processes `newsletter send` runs beside planning (one per core is "
-        "fastest); each has its own SMTP pool, and they share NEWSLETTER_SMTP_RATE.",
+        "auto",
+        "Delivery processes `newsletter send` runs beside planning: a number, or auto "
+        "for one per core (the fastest); each has its own SMTP pool, and they share "
+        "NEWSLETTER_SMTP_RATE.",
     ),
     "NEWSLETTER_WEB_HOST": (
         "127.0.0.1",
@@ -155,6 +156,15 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "NEWSLETTER_SOFT_BOUNCE_LIMIT": (
         "3",
         "Soft bounces in a row that suppress a subscriber (a hard bounce suppresses at once).",
+    ),
+    "NEWSLETTER_BOUNCE_DOMAIN": (
+        "",
+        "Where bounces and complaints come back: each message's envelope sender becomes "
+        "LOCALPART+TOKEN@this domain (VERP, signed per digest). Empty: VERP off.",
+    ),
+    "NEWSLETTER_BOUNCE_LOCALPART": (
+        "bounces",
+        "The local part of the VERP return path (the mailbox an MTA forwards bounces from).",
     ),
 }
 

@@ -314,7 +314,7 @@ def replace_topics(
 
 # --- status changes ---------------------------------------------------------------------
 
-UNSUBSCRIBE_SOURCES = ("one-click", "page", "admin", "bounce")
+UNSUBSCRIBE_SOURCES = ("one-click", "page", "admin", "bounce", "complaint")
 
 
 def unsubscribe(

@@ -44,6 +44,7 @@ class Accepted:
     recipient: str
     message_id: str
     data: bytes
+    mail_from: str = ""  # the envelope sender (the return path)
 
 
 class FaultyHandler:
@@ -94,7 +95,12 @@ class FaultyHandler:
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 self.accepted.append(
-                    Accepted(rcpt, str(message["Message-ID"]), envelope.original_content)
+                    Accepted(
+                        rcpt,
+                        str(message["Message-ID"]),
+                        envelope.original_content,
+                        envelope.mail_from or "",
+                    )
                 )
         return "250 2.0.0 queued"
 

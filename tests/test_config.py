@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
         ("NEWSLETTER_SOURCES", " , ", "name at least one of"),
         ("NEWSLETTER_ARXIV_CATEGORIES", "cs.CL,cs CL", "not an arXiv category (like cs.CL"),
         ("NEWSLETTER_ARXIV_CATEGORIES", ",", "name at least one category"),
+        ("NEWSLETTER_SEND_WORKERS", "many", "expected a whole number"),
+        ("NEWSLETTER_SEND_WORKERS", "0", "must be at least 1"),
         ("NEWSLETTER_DAILY_PAPERS_URL", "https://h/x\nHost: y", "expected an http(s) URL"),
     ],
 )
@@ -49,6 +52,13 @@ def test_wrong_value_fails_naming_the_setting(
     assert info.value.setting == name
     assert str(info.value).startswith(f"{name}: ")
     assert says in str(info.value)
+
+
+def test_send_workers_default_to_one_per_core(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert load_settings(environ={}, dotenv_path=tmp_path / "none").send_workers == cores
+    two = load_settings(environ={"NEWSLETTER_SEND_WORKERS": "2"}, dotenv_path=tmp_path / "x")
+    assert two.send_workers == 2
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:

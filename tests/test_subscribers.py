@@ -12,13 +12,14 @@ from sqlmodel import select
 from newsletter import db
 from newsletter.errors import DuplicateSubscriberError, SubscriberError
 from newsletter.importer import import_subscribers
-from newsletter.models import Subscriber, TopicFilter
+from newsletter.models import Event, Subscriber, TopicFilter
 from newsletter.subscribers import (
     add_subscriber,
     remove_subscriber,
     topics_by_subscriber,
     validate_subscriber,
 )
+from tests.helpers import subscribe
 
 
 def _valid(**overrides: object):  # type: ignore[no-untyped-def]
@@ -168,3 +169,31 @@ def test_csv_without_email_column_is_refused(engine: sa.Engine, tmp_path: Path, 
     path.write_text("address,topics\na@b.org,x\n")
     with pytest.raises(SubscriberError, match="'email' column"):
         _import(engine, path, now)
+
+
+def test_an_import_in_bulk_stores_whole_rows_and_later_adds_still_work(
+    engine: sa.Engine,
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    """The bulk path (COPY on PostgreSQL, multi-row INSERT on SQLite) stores what the
+    one-by-one path would: topics with their sentences, salts, events; ids stay in step."""
+    path = tmp_path / "subs.csv"
+    rows = ["email,name,topics,dial"]
+    rows += [f"u{i}@example.org,,diffusion | Image models;speech,{1 + i % 5}" for i in range(2500)]
+    path.write_text("\n".join(rows) + "\n")
+    report = _import(engine, path, now)
+    assert len(report.added) == 2500 and not report.errors
+    later = subscribe(engine, email="later@example.org", topics=["x"], now=now)
+    with db.session_scope(engine=engine) as session:
+        subs = list(session.exec(select(Subscriber)))
+        topics = topics_by_subscriber(session=session)
+        added = session.exec(
+            select(sa.func.count()).select_from(Event).where(Event.kind == "subscriber.added")
+        ).one()
+    assert len(subs) == 2501 and len({s.token_salt for s in subs}) == 2501
+    assert all(s.token_salt and s.name is None for s in subs if s.email != "later@example.org")
+    u7 = next(s for s in subs if s.email == "u7@example.org")
+    assert (u7.dial, u7.timezone, u7.send_at, u7.status) == (3, "UTC", "07:00", "active")
+    assert topics[u7.id] == ["diffusion | Image models", "speech"]
+    assert later == max(s.id for s in subs) and added == 2501

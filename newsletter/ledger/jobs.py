@@ -80,6 +80,7 @@ class DigestJob:
     to_address: str
     wanted: bool  # the subscriber is still active
     digest: Digest
+    return_path: str | None = None  # the envelope sender (VERP), when not the From address
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class ConfirmationJob:
     to_address: str
     wanted: bool  # the address is not active yet
     confirmation: Confirmation
+    return_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,7 @@ class JobLoader:
                     date=created,
                     expires_hours=self.confirm_hours,
                 ),
+                self.links.return_path(who=who, delivery_id=delivery_id),
             )
         wanted = reader.status == SubscriberStatus.ACTIVE
         shown = papers[row.items]  # type: ignore[index]
@@ -260,7 +263,10 @@ class JobLoader:
                 for pid in shown.votable
             ),
         )
-        return DigestJob(delivery_id, sid, to_address, wanted, digest)
+        return DigestJob(
+            delivery_id, sid, to_address, wanted, digest,
+            self.links.return_path(who=who, delivery_id=delivery_id),
+        )  # fmt: skip
 
     def _shared(
         self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, PaperText]

@@ -18,22 +18,32 @@ def outgoing(
     sender: Sender,
     signer: Signer | None = None,
     renderer: BatchRenderer | None = None,
+    return_path: str | None = None,
 ) -> OutgoingMessage:
     """A digest's message; through ``renderer`` when given (the delivery loop's), else
-    the reference renderer (a preview, a test)."""
+    the reference renderer (a preview, a test). ``return_path``: the envelope sender,
+    when bounces go elsewhere than the From address (VERP)."""
     if renderer is not None:
         rendered = renderer.render(digest=digest, sender=sender)
     else:
         rendered = render_digest(digest=digest, sender=sender)
-    return _message(rendered, digest.message_id, digest.to_address, digest.edition, sender, signer)
+    return _message(
+        rendered, digest.message_id, digest.to_address, digest.edition, sender, signer, return_path
+    )
 
 
 def outgoing_confirmation(
-    *, confirmation: Confirmation, sender: Sender, signer: Signer | None = None
+    *,
+    confirmation: Confirmation,
+    sender: Sender,
+    signer: Signer | None = None,
+    return_path: str | None = None,
 ) -> OutgoingMessage:
     rendered = render_confirmation(confirmation=confirmation, sender=sender)
     c = confirmation
-    return _message(rendered, c.message_id, c.to_address, c.date.date(), sender, signer)
+    return _message(
+        rendered, c.message_id, c.to_address, c.date.date(), sender, signer, return_path
+    )
 
 
 def _message(
@@ -43,11 +53,12 @@ def _message(
     edition: date,
     sender: Sender,
     signer: Signer | None,
+    return_path: str | None,
 ) -> OutgoingMessage:
     data = to_mime_bytes(rendered=rendered)
     return OutgoingMessage(
         message_id=message_id,
-        sender=sender.address,
+        sender=return_path or sender.address,
         recipients=(to_address,),
         data=data if signer is None else signer.sign(data),
         edition=edition,

@@ -1,0 +1,227 @@
+"""A bounce or complaint message in, its consequence in the ledger out.
+
+The message is tied to one delivery by its VERP return path (signed, so a forged
+bounce cannot suppress a stranger: a return path whose MAC does not check is refused
+and recorded), else by the Message-ID of the quoted original together with the
+recipient the report names (both must match a digest we sent). What follows, as
+events with their source:
+
+* hard bounce: the subscriber is suppressed at once;
+* soft bounce: suppressed once ``soft_bounce_limit`` digests in a row bounced (a digest
+  that did not bounce breaks the run);
+* complaint: unsubscribed at once (source ``complaint``);
+* a delay or an auto-reply: nothing; unrecognised or unmatched: an event for the
+  operator, nothing guessed.
+
+The same message processed twice (a replayed mailbox) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from newsletter import subscribers
+from newsletter.bounces import verp
+from newsletter.bounces.classify import Kind, Report, classify, parse
+from newsletter.config import RetryPolicy
+from newsletter.db import session_scope
+from newsletter.events import EventKind
+from newsletter.ledger.outcomes import suppress
+from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
+
+_ADDRESS_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
+_RECORDED = (
+    EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.COMPLAINT,
+    EventKind.BOUNCE_UNMATCHED, EventKind.BOUNCE_REFUSED,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    report: Report
+    action: str  # what was done, for the operator
+    subscriber_id: int | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BounceAddress:
+    localpart: str
+    domain: str
+    key: bytes
+
+
+def process_message(
+    *,
+    engine: sa.Engine,
+    data: bytes,
+    address: BounceAddress | None,
+    policy: RetryPolicy,
+    now: datetime,
+    source: str,
+    envelope_to: Sequence[str] = (),
+) -> Outcome:
+    """Classify one message and record what follows (``source``: "file", "lmtp", ...)."""
+    msg = parse(data)
+    report = classify(msg)
+    bounce_id = str(msg.get("Message-ID") or "").strip() or hashlib.sha256(data).hexdigest()
+    detail = {"bounce_id": bounce_id[:200], "source": source, "how": report.how}
+    if report.kind in (Kind.AUTO_REPLY, Kind.DELAYED):
+        return Outcome(report, f"nothing: {report.kind.value.replace('_', ' ')}")
+    with session_scope(engine=engine) as session:
+        if _seen(session, bounce_id[:200]):
+            return Outcome(report, "nothing: already processed")
+        if report.kind == Kind.UNRECOGNISED:
+            _note(session, EventKind.BOUNCE_UNMATCHED, now, detail | {"why": "unrecognised",
+                  "subject": str(msg.get("Subject", ""))[:200]})  # fmt: skip
+            return Outcome(report, "kept for the operator: not recognised as a bounce")
+        found = _delivery(session, msg, report, address, envelope_to)
+        if isinstance(found, str):
+            forged = found.startswith("forged")
+            kind = EventKind.BOUNCE_REFUSED if forged else EventKind.BOUNCE_UNMATCHED
+            _note(session, kind, now, detail | {"why": found})
+            return Outcome(report, f"kept for the operator: {found}")
+        row, subscriber = found
+        detail |= {"status": report.status, "text": report.diagnostic}
+        action = _apply(session, report, row, subscriber, detail, policy, now)
+        return Outcome(report, action, subscriber.id, row.id)
+
+
+def _seen(session: Session, bounce_id: str) -> bool:
+    marker = json.dumps(bounce_id)
+    return (
+        session.exec(
+            select(Event.id).where(
+                Event.kind.in_(_RECORDED),  # type: ignore[attr-defined]
+                Event.detail.contains(f'"bounce_id": {marker}'),  # type: ignore[attr-defined]
+            )
+        ).first()
+        is not None
+    )
+
+
+def _note(session: Session, kind: EventKind, now: datetime, detail: dict[str, object]) -> None:
+    session.add(Event(at=now, kind=kind, detail=json.dumps(detail)))
+
+
+def _delivery(
+    session: Session,
+    msg: object,
+    report: Report,
+    address: BounceAddress | None,
+    envelope_to: Sequence[str],
+) -> tuple[Delivery, Subscriber] | str:
+    """The digest (or confirmation) the report is about, or why there is none."""
+    if address is not None:
+        candidates = [*envelope_to]
+        for header in _ADDRESS_HEADERS:
+            candidates += [str(v) for v in msg.get_all(header, [])]  # type: ignore[attr-defined]
+        for text in candidates:
+            for part in text.split(","):
+                named = verp.read(part, localpart=address.localpart, domain=address.domain)
+                if named is None:
+                    continue
+                subscriber = session.get(Subscriber, named.subscriber_id)
+                row = session.get(Delivery, named.delivery_id)
+                salt = subscriber.token_salt if subscriber is not None else "-"
+                if not verp.verify(named, key=address.key, salt=salt):
+                    return "forged return path (its signature does not check)"
+                if subscriber is None or row is None or row.subscriber_id != subscriber.id:
+                    return "return path of a digest that no longer exists"
+                return row, subscriber
+    if report.original_message_id is None:
+        return "no return path of ours and no quoted Message-ID"
+    row = session.exec(
+        select(Delivery).where(Delivery.message_id == report.original_message_id)
+    ).first()
+    if row is None:
+        return f"no message {report.original_message_id} was sent"
+    if report.recipients and row.to_address.lower() not in report.recipients:
+        return "the report names another recipient than the message it quotes"
+    subscriber = session.get(Subscriber, row.subscriber_id)
+    if subscriber is None:
+        return "the subscriber is gone"
+    return row, subscriber
+
+
+def _apply(
+    session: Session,
+    report: Report,
+    row: Delivery,
+    subscriber: Subscriber,
+    detail: dict[str, object],
+    policy: RetryPolicy,
+    now: datetime,
+) -> str:
+    def event(kind: EventKind) -> None:
+        session.add(
+            Event(
+                at=now,
+                kind=kind,
+                subscriber_id=subscriber.id,
+                delivery_id=row.id,
+                detail=json.dumps(detail),
+            )
+        )
+
+    if report.kind == Kind.COMPLAINT:
+        event(EventKind.COMPLAINT)
+        subscribers.unsubscribe(
+            session=session,
+            subscriber_id=subscriber.id,  # type: ignore[arg-type]
+            now=now,
+            source="complaint",
+            delivery_id=row.id,
+        )
+        return "unsubscribed: the reader reported it as spam"
+    if report.kind == Kind.HARD:
+        event(EventKind.HARD_BOUNCE)
+        was = subscriber.status
+        suppress(session, subscriber=subscriber, row=row, now=now, why="hard bounce")
+        return "suppressed: hard bounce" if was == SubscriberStatus.ACTIVE else "hard bounce"
+    event(EventKind.SOFT_BOUNCE)
+    session.flush()
+    run = _soft_run(session, subscriber.id, row.id)  # type: ignore[arg-type]
+    subscriber.soft_bounces = run
+    session.add(subscriber)
+    if run >= policy.soft_bounce_limit and subscriber.status == SubscriberStatus.ACTIVE:
+        suppress(session, subscriber=subscriber, row=row, now=now, why="soft bounces")
+        return f"suppressed: {run} digests in a row bounced"
+    return f"soft bounce ({run} of {policy.soft_bounce_limit} in a row)"
+
+
+def _soft_run(session: Session, subscriber_id: int, delivery_id: int) -> int:
+    """How many of the subscriber's digests up to this one bounced softly, in a row."""
+    ids = list(
+        session.exec(
+            select(Delivery.id)
+            .where(
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.kind == DeliveryKind.DIGEST,
+                Delivery.id <= delivery_id,  # type: ignore[operator]
+            )
+            .order_by(Delivery.id.desc())  # type: ignore[union-attr]
+            .limit(50)
+        )
+    )
+    bounced = set(
+        session.exec(
+            select(Event.delivery_id).where(
+                Event.kind == EventKind.SOFT_BOUNCE,
+                Event.delivery_id.in_(ids),  # type: ignore[union-attr]
+            )
+        )
+    )
+    run = 0
+    for did in ids:
+        if did not in bounced:
+            break
+        run += 1
+    return run

@@ -1,0 +1,241 @@
+"""Bounces and complaints that arrive after the relay said yes: VERP return paths in the
+real SMTP envelope, then a corpus of real-shaped reports (tests/fixtures/bounces/)
+through ``newsletter bounces process`` in a real process, with the subscribers' state
+and the ledger's events asserted."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter import db
+from newsletter.backends.smtp import SMTPBackend
+from newsletter.bounces import verp
+from newsletter.models import Delivery, Event, Subscriber
+from newsletter.plan import plan_digests
+from tests.conftest import make_settings
+from tests.helpers import add_paper, deliver, subscribe
+from tests.smtp_server import SMTPServer
+from tests.test_cli import run
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+DOMAIN = "bounce.papers.example"
+KEY = "k" * 40
+# A suppression is counted with the unsubscribes too (source "bounce").
+HARD = ["bounce.hard", "subscriber.suppressed", "subscriber.unsubscribed"]
+# fixture -> (status afterwards, the events it leaves, soft bounces counted)
+EXPECTED = {
+    "postfix_hard": ("suppressed", HARD, 0),
+    "exim_hard": ("suppressed", HARD, 0),
+    "gmail_hard": ("suppressed", HARD, 0),
+    "ses_dsn": ("suppressed", HARD, 0),
+    "exchange_dsn": ("suppressed", HARD, 0),  # no VERP
+    "mailbox_full": ("active", ["bounce.soft"], 1),
+    "expired_4xx": ("active", ["bounce.soft"], 1),
+    "delayed": ("active", [], 0),
+    "out_of_office": ("active", [], 0),
+    "arf_complaint": ("unsubscribed", ["bounce.complaint", "subscriber.unsubscribed"], 0),
+    "forged_verp": ("active", [], 0),
+    "never_sent": ("active", [], 0),
+    "unrecognised": ("active", [], 0),
+}
+
+
+def _settings(tmp_path: Path, url: str, **env: str):  # type: ignore[no-untyped-def]
+    return make_settings(
+        tmp_path, url, NEWSLETTER_BOUNCE_DOMAIN=DOMAIN, NEWSLETTER_SECRET_KEY=KEY, **env
+    )
+
+
+def _sent(tmp_path: Path, url: str, emails: list[str]):  # type: ignore[no-untyped-def]
+    """One digest delivered over SMTP to each address; the accepted messages by recipient."""
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    add_paper(
+        engine, title="Diffusion at scale", abstract="Diffusion.", seen=NOW - timedelta(hours=1)
+    )
+    for address in emails:
+        subscribe(engine, email=address, topics=["diffusion"], now=NOW)
+    server = SMTPServer().start()
+    try:
+        settings = _settings(
+            tmp_path,
+            url,
+            NEWSLETTER_DELIVERY="smtp",
+            NEWSLETTER_SMTP_HOST="127.0.0.1",
+            NEWSLETTER_SMTP_PORT=str(server.port),
+        )
+        plan_digests(engine=engine, settings=settings, now=NOW, due_only=False)
+        deliver(engine, settings, SMTPBackend(settings=settings.smtp), NOW)
+        accepted = {a.recipient: a for a in server.handler.accepted}
+    finally:
+        server.stop()
+    assert sorted(accepted) == sorted(emails)
+    return engine, accepted
+
+
+def _state(engine: sa.Engine, address: str) -> tuple[str, list[str], int]:
+    with db.session_scope(engine=engine) as session:
+        row = session.exec(select(Subscriber).where(Subscriber.email == address)).one()
+        kinds = [
+            e.kind
+            for e in session.exec(
+                select(Event).where(Event.subscriber_id == row.id).order_by(Event.id)  # type: ignore[arg-type]
+            )
+            if e.kind.startswith(("bounce.", "subscriber.s", "subscriber.u"))
+        ]
+        return row.status, kinds, row.soft_bounces
+
+
+def _operator_events(engine: sa.Engine) -> list[dict[str, str]]:
+    with db.session_scope(engine=engine) as session:
+        return [
+            {"kind": e.kind, **json.loads(e.detail)}
+            for e in session.exec(select(Event).where(Event.subscriber_id.is_(None)))  # type: ignore[union-attr]
+            if e.kind in ("bounce.unmatched", "bounce.refused")
+        ]
+
+
+def test_the_return_path_is_signed_per_digest_and_off_by_default(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine, accepted = _sent(tmp_path, database_url, ["ada@example.org"])
+    mail_from = accepted["ada@example.org"].mail_from
+    named = verp.read(mail_from, localpart="bounces", domain=DOMAIN)
+    assert named is not None and len(mail_from.split("@")[0]) <= 64
+    with db.session_scope(engine=engine) as session:
+        row = session.exec(select(Delivery)).one()
+        salt = session.get(Subscriber, row.subscriber_id).token_salt  # type: ignore[union-attr]
+    assert (named.subscriber_id, named.delivery_id) == (row.subscriber_id, row.id)
+    assert verp.verify(named, key=KEY.encode(), salt=salt)
+    assert not verp.verify(named, key=KEY.encode(), salt="another salt")
+    assert not verp.verify(named, key=b"", salt=salt)
+    tampered = verp.read(
+        mail_from.replace(f"-{row.id}.", f"-{row.id + 1}."), localpart="bounces", domain=DOMAIN
+    )
+    assert tampered is not None and not verp.verify(tampered, key=KEY.encode(), salt=salt)
+
+    # Without NEWSLETTER_BOUNCE_DOMAIN the envelope sender is the From address, as before.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    server = SMTPServer().start()
+    try:
+        url = f"sqlite:///{plain / 'p.db'}"
+        engine2 = db.make_engine(url)
+        db.upgrade(engine=engine2)
+        add_paper(engine2, title="Diffusion", abstract="Diffusion.", seen=NOW - timedelta(hours=1))
+        subscribe(engine2, email="bo@example.org", topics=["diffusion"], now=NOW)
+        settings = make_settings(plain, url, NEWSLETTER_SMTP_PORT=str(server.port))
+        plan_digests(engine=engine2, settings=settings, now=NOW, due_only=False)
+        deliver(engine2, settings, SMTPBackend(settings=settings.smtp), NOW)
+        assert [a.mail_from for a in server.handler.accepted] == [settings.from_address]
+    finally:
+        server.stop()
+
+
+def _fill(template: str, *, accepted, address: str, msgid: str) -> str:  # type: ignore[no-untyped-def]
+    mail_from = accepted.mail_from
+    local, _, _ = mail_from.partition("@")
+    mac = local.rsplit(".", 1)[1]
+    forged = mail_from.replace(mac, "a" * len(mac))
+    return (
+        template.replace("{VERP}", mail_from)
+        .replace("{FORGED}", forged)
+        .replace("{RCPT}", address)
+        .replace("{MSGID}", msgid)
+        .replace("{BOUNCE}", f"bounces@{DOMAIN}")
+    )
+
+
+def test_each_report_in_the_corpus_has_its_consequence(tmp_path: Path, database_url: str) -> None:
+    addresses = {name: f"{name.replace('_', '.')}@example.org" for name in EXPECTED}
+    engine, accepted = _sent(tmp_path, database_url, list(addresses.values()))
+    mailbox = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (mailbox / sub).mkdir(parents=True)
+    for name, address in addresses.items():
+        a = accepted[address]
+        text = _fill((FIXTURES / f"{name}.eml").read_text(), accepted=a, address=address,
+                     msgid=a.message_id)  # fmt: skip
+        folder = "new" if hash(name) % 2 else "cur"
+        (mailbox / folder / f"1732350000.{name}.host:2,").write_text(text)
+
+    env = {"DATABASE_URL": database_url, "NEWSLETTER_SECRET_KEY": KEY,
+           "NEWSLETTER_BOUNCE_DOMAIN": DOMAIN}  # fmt: skip
+    home = tmp_path / "home"
+    home.mkdir()
+    said = run(home, "bounces", "process", str(mailbox), env=env)
+    for name, (status, events, soft) in EXPECTED.items():
+        assert _state(engine, addresses[name]) == (status, events, soft), name
+    summary = "13 messages: 7 hard, 2 soft, 1 complaint, 1 delayed, 1 auto reply, 1 unrecognised"
+    assert summary in said.stdout, said.stdout
+    why = {e["why"][:20] for e in _operator_events(engine)}
+    assert why == {"forged return path (", "no message <never-se", "unrecognised"}
+    refused = [e for e in _operator_events(engine) if e["kind"] == "bounce.refused"]
+    assert len(refused) == 1
+
+    # A replayed mailbox changes nothing.
+    again = run(home, "bounces", "process", str(mailbox), env=env)
+    assert "already processed" in again.stdout
+    for name, (status, events, soft) in EXPECTED.items():
+        assert _state(engine, addresses[name]) == (status, events, soft), name
+
+    # A complaint is honoured before the next planning run: no digest for them.
+    report = plan_digests(
+        engine=engine, settings=_settings(tmp_path, database_url),
+        now=NOW + timedelta(days=1), due_only=False, dry_run=True,
+    )  # fmt: skip
+    planned = {p.email for p in report.planned}
+    assert addresses["arf_complaint"] not in planned
+    assert addresses["postfix_hard"] not in planned
+
+
+def _soft(engine: sa.Engine, tmp_path: Path, address: str, accepted, env, n: int) -> str:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"soft{n}.eml"
+    text = _fill((FIXTURES / "mailbox_full.eml").read_text(), accepted=accepted, address=address,
+                 msgid=accepted.message_id)  # fmt: skip
+    path.write_text(text.replace("gmail-dsn-0002", f"gmail-dsn-soft-{n}"))
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return run(home, "bounces", "process", str(path), env=env).stdout
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_soft_bounces_suppress_after_the_limit_in_a_row_across_digests(
+    tmp_path: Path, database_url: str, broken: bool
+) -> None:
+    env = {"DATABASE_URL": database_url, "NEWSLETTER_SECRET_KEY": KEY,
+           "NEWSLETTER_BOUNCE_DOMAIN": DOMAIN, "NEWSLETTER_SOFT_BOUNCE_LIMIT": "3"}  # fmt: skip
+    engine = db.make_engine(database_url)
+    db.upgrade(engine=engine)
+    subscribe(engine, email="ada@example.org", topics=["diffusion"], now=NOW)
+    said = []
+    for day in range(3):
+        now = NOW + timedelta(days=day)
+        add_paper(
+            engine, title=f"Diffusion {day}", abstract="Diffusion.", seen=now - timedelta(hours=1)
+        )
+        server = SMTPServer().start()
+        try:
+            settings = _settings(tmp_path, database_url, NEWSLETTER_SMTP_PORT=str(server.port),
+                                 NEWSLETTER_SOFT_BOUNCE_LIMIT="3")  # fmt: skip
+            plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+            deliver(engine, settings, SMTPBackend(settings=settings.smtp), now)
+            (accepted,) = server.handler.accepted
+        finally:
+            server.stop()
+        if broken and day == 1:
+            continue  # the second digest did not bounce
+        said.append(_soft(engine, tmp_path, "ada@example.org", accepted, env, day))
+    status, events, soft = _state(engine, "ada@example.org")
+    if broken:
+        assert (status, soft) == ("active", 1) and "1 of 3 in a row" in said[-1]
+    else:
+        assert (status, soft) == ("suppressed", 3) and "3 digests in a row bounced" in said[-1]
+        assert events[-2:] == ["subscriber.suppressed", "subscriber.unsubscribed"]
