@@ -60,19 +60,25 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-@pytest.mark.parametrize("width", [375, 1280])
-def test_sign_up_confirm_preferences_unsubscribe(
-    browser: Browser, tmp_path: Path, width: int
-) -> None:
+def _site(tmp_path: Path, *, seen: timedelta):  # type: ignore[no-untyped-def]
+    """A database with one paper about diffusion, first seen ``seen`` ago, and settings
+    whose links lead to a free port."""
     url = f"sqlite:///{tmp_path / 'web.db'}"
     engine = db.make_engine(url)
     db.upgrade(engine=engine)
     port = free_port()
     settings = make_settings(tmp_path, url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
-    now = datetime.now(UTC)
-    add_paper(
-        engine, title="Diffusion models", abstract="About diffusion.", seen=now - timedelta(days=1)
+    paper = add_paper(
+        engine, title="Diffusion models", abstract="About diffusion.", seen=datetime.now(UTC) - seen
     )
+    return engine, settings, port, paper
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_sign_up_confirm_preferences_unsubscribe(
+    browser: Browser, tmp_path: Path, width: int
+) -> None:
+    engine, settings, port, _paper = _site(tmp_path, seen=timedelta(days=1))
     axe = Axe()
     address = f"reader{width}@example.org"
     with live_server(create_app(runtime=runtime_for(settings, engine)), port) as base:
@@ -133,15 +139,8 @@ def test_sign_up_confirm_preferences_unsubscribe(
 
 @pytest.mark.parametrize("width", [375, 1280])
 def test_a_vote_from_the_email_then_undo(browser: Browser, tmp_path: Path, width: int) -> None:
-    url = f"sqlite:///{tmp_path / 'web.db'}"
-    engine = db.make_engine(url)
-    db.upgrade(engine=engine)
-    port = free_port()
-    settings = make_settings(tmp_path, url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
+    engine, settings, port, paper = _site(tmp_path, seen=timedelta(hours=1))
     now = datetime.now(UTC)
-    paper = add_paper(
-        engine, title="Diffusion models", abstract="About diffusion.", seen=now - timedelta(hours=1)
-    )
     subscribe(engine, email="reader@example.org", topics=["diffusion"], now=now)
     plan_digests(engine=engine, settings=settings, now=now, due_only=False)
     with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's loop

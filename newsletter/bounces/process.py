@@ -33,7 +33,7 @@ from newsletter.bounces.classify import Kind, Report, classify, parse
 from newsletter.config import RetryPolicy
 from newsletter.db import session_scope
 from newsletter.events import EventKind
-from newsletter.ledger.outcomes import suppress
+from newsletter.ledger.outcomes import delivery_event, suppress
 from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
 
 _ADDRESS_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
@@ -161,15 +161,7 @@ def _apply(
     now: datetime,
 ) -> str:
     def event(kind: EventKind) -> None:
-        session.add(
-            Event(
-                at=now,
-                kind=kind,
-                subscriber_id=subscriber.id,
-                delivery_id=row.id,
-                detail=json.dumps(detail),
-            )
-        )
+        delivery_event(session, kind=kind, row=row, now=now, **detail)
 
     if report.kind == Kind.COMPLAINT:
         event(EventKind.COMPLAINT)

@@ -86,7 +86,7 @@ def record_cancelled(*, engine: sa.Engine, delivery_ids: Iterable[int], now: dat
         )
 
 
-def _event(
+def delivery_event(
     session: Session, *, kind: EventKind, row: Delivery, now: datetime, **detail: object
 ) -> None:
     session.add(
@@ -106,10 +106,10 @@ def suppress(
     if subscriber is None or subscriber.status != SubscriberStatus.ACTIVE:
         return
     subscriber.status, subscriber.updated_at = SubscriberStatus.SUPPRESSED, now
-    _event(session, kind=EventKind.SUPPRESSED, row=row, now=now, reason=why)
+    delivery_event(session, kind=EventKind.SUPPRESSED, row=row, now=now, reason=why)
     # Counted with the unsubscribes too (source "bounce"), against the digest that
     # bounced: an operator reading unsubscribes per edition sees everyone the list lost.
-    _event(session, kind=EventKind.UNSUBSCRIBED, row=row, now=now, source="bounce")
+    delivery_event(session, kind=EventKind.UNSUBSCRIBED, row=row, now=now, source="bounce")
 
 
 def record_failure(
@@ -134,10 +134,10 @@ def record_failure(
             retry_at = now + backoff(attempts=row.attempts, policy=policy)
             if retry_at <= row.created_at + timedelta(hours=policy.deadline_hours):
                 row.status, row.next_attempt_at = DeliveryStatus.PENDING, retry_at
-                _event(session, kind=EventKind.RETRY, row=row, now=now, **detail)
+                delivery_event(session, kind=EventKind.RETRY, row=row, now=now, **detail)
                 return OutcomeStatus.RETRYING
             row.status = DeliveryStatus.FAILED
-            _event(session, kind=EventKind.SOFT_BOUNCE, row=row, now=now, **detail)
+            delivery_event(session, kind=EventKind.SOFT_BOUNCE, row=row, now=now, **detail)
             if subscriber is not None:
                 subscriber.soft_bounces += 1
                 if subscriber.soft_bounces >= policy.soft_bounce_limit:
@@ -145,8 +145,8 @@ def record_failure(
             return OutcomeStatus.FAILED
         row.status = DeliveryStatus.FAILED
         if error.recipient_fault:
-            _event(session, kind=EventKind.HARD_BOUNCE, row=row, now=now, **detail)
+            delivery_event(session, kind=EventKind.HARD_BOUNCE, row=row, now=now, **detail)
             suppress(session, subscriber=subscriber, row=row, now=now, why="hard bounce")
         else:
-            _event(session, kind=EventKind.FAILED, row=row, now=now, **detail)
+            delivery_event(session, kind=EventKind.FAILED, row=row, now=now, **detail)
         return OutcomeStatus.FAILED
