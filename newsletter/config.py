@@ -11,7 +11,6 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from email.headerregistry import Address
@@ -23,7 +22,11 @@ from dotenv import dotenv_values
 
 from newsletter.errors import ConfigError
 from newsletter.setting_values import (
+    DNS_LABELS_RE,
     arxiv_categories_setting,
+    bounce_domain_setting,
+    bounce_listen_setting,
+    bounce_localpart_setting,
     choice_setting,
     http_url_setting,
     int_setting,
@@ -117,6 +120,7 @@ class Settings:
     fetch_delay: float  # seconds between two requests to one host
     bounce_localpart: str  # VERP: localpart+TOKEN@bounce_domain
     bounce_domain: str  # "" : return paths are the From address (VERP off)
+    bounce_listen: str  # "lmtp://host:port" for the bounce listener in `run`; "" off
 
     @property
     def data_dir(self) -> Path:
@@ -255,8 +259,9 @@ def load_settings(
             number_setting("NEWSLETTER_CORPUS_MAX_MB", get, minimum=0.001) * 2**20
         ),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
-        bounce_localpart=_bounce_localpart(get("NEWSLETTER_BOUNCE_LOCALPART")),
-        bounce_domain=_bounce_domain(get("NEWSLETTER_BOUNCE_DOMAIN")),
+        bounce_localpart=bounce_localpart_setting(get("NEWSLETTER_BOUNCE_LOCALPART")),
+        bounce_domain=bounce_domain_setting(get("NEWSLETTER_BOUNCE_DOMAIN")),
+        bounce_listen=bounce_listen_setting(get("NEWSLETTER_BOUNCE_LISTEN")),
         sources=sources_setting(get("NEWSLETTER_SOURCES")),
         daily_papers_url=http_url_setting("NEWSLETTER_DAILY_PAPERS_URL", get),
         arxiv_categories=arxiv_categories_setting(get("NEWSLETTER_ARXIV_CATEGORIES")),
@@ -278,9 +283,6 @@ def load_settings(
 
 
 _DKIM_NAMES = ("NEWSLETTER_DKIM_DOMAIN", "NEWSLETTER_DKIM_SELECTOR", "NEWSLETTER_DKIM_KEY_FILE")
-_DNS_LABELS_RE = re.compile(
-    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
-)
 
 
 def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
@@ -294,7 +296,7 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
                 setting=name, message="DKIM signing needs all of " + ", ".join(_DKIM_NAMES)
             )
     for name, value in (("NEWSLETTER_DKIM_DOMAIN", domain), ("NEWSLETTER_DKIM_SELECTOR", selector)):
-        if not _DNS_LABELS_RE.fullmatch(value):
+        if not DNS_LABELS_RE.fullmatch(value):
             raise ConfigError(setting=name, message=f"not a DNS name: {value!r}")
     path = Path(key) if Path(key).is_absolute() else home / key
     try:
@@ -308,22 +310,6 @@ def _dkim(get: Callable[[str], str], home: Path) -> DkimSettings | None:
             setting="NEWSLETTER_DKIM_KEY_FILE", message=f"{path} is not a PEM private key"
         )
     return DkimSettings(domain=domain, selector=selector, key_file=path)
-
-
-def _bounce_localpart(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", value):
-        raise ConfigError(
-            setting="NEWSLETTER_BOUNCE_LOCALPART",
-            message=f"letters, digits, '.', '_' or '-' (at most 16): got {value!r}",
-        )
-    return value
-
-
-def _bounce_domain(value: str) -> str:
-    value = value.strip().lower()
-    if value and (not _DNS_LABELS_RE.fullmatch(value) or "." not in value):
-        raise ConfigError(setting="NEWSLETTER_BOUNCE_DOMAIN", message=f"not a domain: {value!r}")
-    return value
 
 
 def _operator_email(value: str) -> str:

@@ -7,8 +7,8 @@ One asyncio loop holds:
     (when any is configured), plan every ``NEWSLETTER_PLAN_MINUTES`` (all once right
     at start-up too), forget unconfirmed sign-ups hourly, and the operator's daily
     report at ``NEWSLETTER_REPORT_AT`` UTC;
-  - the delivery worker (``deliver.run_worker``);
-  - the web app (uvicorn), unless ``web`` is off.
+  - the delivery worker (``deliver.run_worker``); the web app (uvicorn), unless
+    ``web`` is off; the bounce listener, when ``NEWSLETTER_BOUNCE_LISTEN`` is set.
 
 Planning and ingest are done by one process at a time: the *leader*, which holds
 a PostgreSQL advisory lock (or, on SQLite, an exclusive lock on a file next to the
@@ -17,9 +17,8 @@ serves, and takes over the scheduled jobs as soon as the leader is gone (the loc
 dies with its connection or process). Planning is safe to repeat anyway (one digest
 per subscriber and edition); the lock keeps the work from being done twice.
 
-Catch-up needs no bookkeeping: planning asks "whose local send time has passed
-today, without a digest for today?", so after downtime each subscriber gets one
-digest covering everything since their last one.
+Catch-up needs no bookkeeping: planning asks "whose local send time has passed today,
+without a digest for today?": after downtime each gets one digest of all since.
 
 SIGTERM or SIGINT: the scheduler stops, the worker finishes and records the batch
 in hand (leases cover anything cut short), the web server closes, exit 0.
@@ -44,6 +43,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from newsletter import db, embed, eventloop, signups
 from newsletter.backends import EmailBackend
+from newsletter.bounces.listener import serve_bounces
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
 from newsletter.deliver import DeliverReport, Outcome, deliver_due, run_worker
@@ -298,6 +298,9 @@ async def run(
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours stop it
         tasks.append(asyncio.create_task(server.serve()))
+    if settings.bounce_listen:
+        listener = serve_bounces(runtime=runtime, listen=settings.bounce_listen, stop=stop)
+        tasks.append(asyncio.create_task(listener))
     try:
         await stop.wait()
     finally:

@@ -12,6 +12,9 @@ from urllib.parse import urlsplit
 from newsletter.errors import ConfigError
 from newsletter.values import NUMBER_RE, ascii_int
 
+DNS_LABELS_RE = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*"
+)
 SOURCE_NAMES = ("dumps", "daily_papers", "arxiv")
 _ARXIV_CATEGORY_RE = re.compile(r"[a-z]+(?:-[a-z]+)*(?:\.[A-Za-z]+(?:-[A-Za-z]+)*)?")
 
@@ -131,3 +134,41 @@ def port_setting(name: str, get: Callable[[str], str]) -> int:
     if port > 65535:
         raise ConfigError(setting=name, message=f"not a port: {port}")
     return port
+
+
+def listen_address(value: str) -> tuple[str, str, int]:
+    """``lmtp://127.0.0.1:8024`` or ``smtp://…`` -> (protocol, host, port)."""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("lmtp", "smtp") or not parts.hostname or port is None:
+        raise ConfigError(
+            setting="NEWSLETTER_BOUNCE_LISTEN",
+            message=f"expected lmtp://HOST:PORT or smtp://HOST:PORT, got {value!r}",
+        )
+    return parts.scheme, parts.hostname, port
+
+
+def bounce_localpart_setting(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", value):
+        raise ConfigError(
+            setting="NEWSLETTER_BOUNCE_LOCALPART",
+            message=f"letters, digits, '.', '_' or '-' (at most 16): got {value!r}",
+        )
+    return value
+
+
+def bounce_domain_setting(value: str) -> str:
+    value = value.strip().lower()
+    if value and (not DNS_LABELS_RE.fullmatch(value) or "." not in value):
+        raise ConfigError(setting="NEWSLETTER_BOUNCE_DOMAIN", message=f"not a domain: {value!r}")
+    return value
+
+
+def bounce_listen_setting(value: str) -> str:
+    value = value.strip()
+    if value:
+        listen_address(value)
+    return value

@@ -162,6 +162,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Where bounces and complaints come back: each message's envelope sender becomes "
         "LOCALPART+TOKEN@this domain (VERP, signed per digest). Empty: VERP off.",
     ),
+    "NEWSLETTER_BOUNCE_LISTEN": (
+        "",
+        "lmtp://HOST:PORT (or smtp://) where `newsletter run` takes the bounce mailbox's "
+        "mail from the MTA. Empty: no listener (replay files with `bounces process`).",
+    ),
     "NEWSLETTER_BOUNCE_LOCALPART": (
         "bounces",
         "The local part of the VERP return path (the mailbox an MTA forwards bounces from).",

@@ -19,7 +19,8 @@ from newsletter.errors import ConfigError
 
 SIGNED_HEADERS = (
     b"from", b"to", b"subject", b"date", b"message-id",
-    b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
+    b"list-unsubscribe", b"list-unsubscribe-post", b"feedback-id", b"mime-version",
+    b"content-type",
 )  # fmt: skip
 
 

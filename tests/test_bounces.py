@@ -6,6 +6,7 @@ and the ledger's events asserted."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,3 +240,56 @@ def test_soft_bounces_suppress_after_the_limit_in_a_row_across_digests(
     else:
         assert (status, soft) == ("suppressed", 3) and "3 digests in a row bounced" in said[-1]
         assert events[-2:] == ["subscriber.suppressed", "subscriber.unsubscribed"]
+
+
+def test_the_lmtp_listener_takes_only_bounce_addresses_and_records_what_arrives(
+    tmp_path: Path, database_url: str
+) -> None:
+    import smtplib
+    import subprocess
+    import sys
+    import time
+
+    from tests.smtp_server import free_port
+
+    engine, accepted = _sent(tmp_path, database_url, ["ada@example.org", "bo@example.org"])
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"DATABASE_URL": database_url, "NEWSLETTER_SECRET_KEY": KEY,
+            "NEWSLETTER_BOUNCE_DOMAIN": DOMAIN, "NEWSLETTER_HOME": str(tmp_path)}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "bounces", "serve", "--listen",
+         f"lmtp://127.0.0.1:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = smtplib.LMTP("127.0.0.1", port, timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "listener up"
+                time.sleep(0.1)
+        with client:
+            client.ehlo("mx.papers.example")
+            ada, bo = accepted["ada@example.org"], accepted["bo@example.org"]
+            hard = _fill((FIXTURES / "postfix_hard.eml").read_text(), accepted=ada,
+                         address="ada@example.org", msgid=ada.message_id)  # fmt: skip
+            # Not a relay: any other recipient is refused at RCPT.
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("", ["someone@example.org"], hard)
+            refused = client.sendmail("", [ada.mail_from], hard)
+            assert refused == {}
+            complaint = _fill((FIXTURES / "arf_complaint.eml").read_text(), accepted=bo,
+                              address="bo@example.org", msgid=bo.message_id)  # fmt: skip
+            assert client.sendmail("", [f"bounces@{DOMAIN}"], complaint) == {}
+        assert _state(engine, "ada@example.org")[0] == "suppressed"
+        assert _state(engine, "bo@example.org")[:2] == (
+            "unsubscribed",
+            ["bounce.complaint", "subscriber.unsubscribed"],
+        )
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out

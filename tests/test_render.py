@@ -106,6 +106,8 @@ def test_mime_structure_and_exact_headers():
     assert msg["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["MIME-Version"] == "1.0"
+    assert msg["Feedback-ID"] == f"{digest.edition.isoformat()}:digest:newsletter:example.org"
+    assert msg["Precedence"] == "bulk"  # out-of-office replies stay quiet
     assert "Auto-Submitted" not in msg
 
     header_block = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")

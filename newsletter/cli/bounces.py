@@ -75,3 +75,30 @@ def bounces_process(
     order = ("hard", "soft", "complaint", "delayed", "auto_reply", "unrecognised", "skipped")
     parts = [f"{kinds[k]} {k.replace('_', ' ')}" for k in order if kinds[k]]
     out.print(f"{total} messages: {', '.join(parts) or 'none'}", markup=False)
+
+
+@bounces_app.command("serve")
+def bounces_serve(
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            help="lmtp://HOST:PORT or smtp://HOST:PORT (default NEWSLETTER_BOUNCE_LISTEN)."
+        ),
+    ] = None,
+) -> None:
+    """Take the bounce mailbox's mail from the MTA over LMTP (or SMTP) until SIGTERM;
+    `newsletter run` does the same when NEWSLETTER_BOUNCE_LISTEN is set."""
+    from newsletter import eventloop
+    from newsletter.bounces.listener import serve_bounces
+    from newsletter.setting_values import listen_address
+
+    ctx = _context()
+    where = listen or ctx.settings.bounce_listen
+    if not where:
+        raise typer.BadParameter("give --listen or set NEWSLETTER_BOUNCE_LISTEN")
+    listen_address(where)  # a bad value is one line, before anything starts
+
+    async def main() -> None:
+        await serve_bounces(runtime=ctx, listen=where, stop=eventloop.stop_on_signals())
+
+    eventloop.run(main())
