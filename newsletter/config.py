@@ -28,6 +28,7 @@ from newsletter.setting_values import (
     bounce_listen_setting,
     bounce_localpart_setting,
     choice_setting,
+    comma_list,
     http_url_setting,
     int_setting,
     number_setting,
@@ -121,6 +122,10 @@ class Settings:
     bounce_localpart: str  # VERP: localpart+TOKEN@bounce_domain
     bounce_domain: str  # "" : return paths are the From address (VERP off)
     bounce_listen: str  # "lmtp://host:port" for the bounce listener in `run`; "" off
+    ses_topic_arn: str  # the SNS topic SES reports to; "" : the SES webhook is off
+    sns_cert_hosts: tuple[str, ...]  # hosts (globs) SNS signing certificates may come from
+    postmark_webhook_secret: str = field(repr=False)  # "" : the Postmark webhook is off
+    mailgun_signing_key: str = field(repr=False)  # "" : the Mailgun webhook is off
 
     @property
     def data_dir(self) -> Path:
@@ -262,6 +267,12 @@ def load_settings(
         bounce_localpart=bounce_localpart_setting(get("NEWSLETTER_BOUNCE_LOCALPART")),
         bounce_domain=bounce_domain_setting(get("NEWSLETTER_BOUNCE_DOMAIN")),
         bounce_listen=bounce_listen_setting(get("NEWSLETTER_BOUNCE_LISTEN")),
+        ses_topic_arn=get("NEWSLETTER_SES_TOPIC_ARN").strip(),
+        sns_cert_hosts=tuple(comma_list(get("NEWSLETTER_SNS_CERT_HOSTS").lower())),
+        postmark_webhook_secret=_admin_token(
+            get("NEWSLETTER_POSTMARK_WEBHOOK_SECRET"), "NEWSLETTER_POSTMARK_WEBHOOK_SECRET"
+        ),
+        mailgun_signing_key=get("NEWSLETTER_MAILGUN_SIGNING_KEY").strip(),
         sources=sources_setting(get("NEWSLETTER_SOURCES")),
         daily_papers_url=http_url_setting("NEWSLETTER_DAILY_PAPERS_URL", get),
         arxiv_categories=arxiv_categories_setting(get("NEWSLETTER_ARXIV_CATEGORIES")),
@@ -319,11 +330,9 @@ def _operator_email(value: str) -> str:
     return value
 
 
-def _admin_token(value: str) -> str:
+def _admin_token(value: str, setting: str = "NEWSLETTER_ADMIN_TOKEN") -> str:
     if value and len(value) < 32:
-        raise ConfigError(
-            setting="NEWSLETTER_ADMIN_TOKEN", message="too short to be unguessable (32+ characters)"
-        )
+        raise ConfigError(setting=setting, message="too short to be unguessable (32+ characters)")
     return value
 
 
@@ -373,6 +382,8 @@ def describe(settings: Settings) -> dict[str, Any]:
     shown["secret_key"] = "(set)" if settings.secret_key else "(generated in data/secret_key)"
     shown["smtp"] = repr(settings.smtp) + (" password=(set)" if settings.smtp.password else "")
     shown["admin_token"] = "(set)" if settings.admin_token else "(unset: admin API off)"
+    for name in ("postmark_webhook_secret", "mailgun_signing_key"):
+        shown[name] = "(set)" if getattr(settings, name) else "(unset: webhook off)"
     shown["sources"] = ",".join(settings.sources)
     shown["arxiv_categories"] = ",".join(settings.arxiv_categories)
     return {k: str(v) for k, v in shown.items()}

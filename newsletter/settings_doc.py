@@ -167,6 +167,24 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "lmtp://HOST:PORT (or smtp://) where `newsletter run` takes the bounce mailbox's "
         "mail from the MTA. Empty: no listener (replay files with `bounces process`).",
     ),
+    "NEWSLETTER_SES_TOPIC_ARN": (
+        "",
+        "The SNS topic Amazon SES reports bounces and complaints to; POST /webhooks/ses "
+        "takes only messages of this topic, signed by SNS. Empty: that webhook is off.",
+    ),
+    "NEWSLETTER_SNS_CERT_HOSTS": (
+        "sns.*.amazonaws.com",
+        "Hosts (globs, comma-separated) SNS signing certificates may be fetched from, over https.",
+    ),
+    "NEWSLETTER_POSTMARK_WEBHOOK_SECRET": (
+        "",
+        "The basic-auth password in Postmark's webhook URL for POST /webhooks/postmark "
+        "(32+ characters). Empty: that webhook is off.",
+    ),
+    "NEWSLETTER_MAILGUN_SIGNING_KEY": (
+        "",
+        "Mailgun's webhook signing key, for POST /webhooks/mailgun. Empty: that webhook is off.",
+    ),
     "NEWSLETTER_BOUNCE_LOCALPART": (
         "bounces",
         "The local part of the VERP return path (the mailbox an MTA forwards bounces from).",

@@ -737,13 +737,16 @@ def test_secrets_stay_out_of_reprs_and_config_output(tmp_path: Path) -> None:
         "NEWSLETTER_ADMIN_TOKEN": "t" * 40,
         "NEWSLETTER_SMTP_PASSWORD": "hunter2hunter2",
         "DATABASE_URL": "postgresql+psycopg://user:pa55word@db.example/news",
+        "NEWSLETTER_POSTMARK_WEBHOOK_SECRET": "w" * 40,
+        "NEWSLETTER_MAILGUN_SIGNING_KEY": "key-mailgun-secret",
     }
+    secrets = ("s" * 40, "t" * 40, "hunter2hunter2", "pa55word", "w" * 40, "key-mailgun-secret")
     settings = load_settings(environ=env, dotenv_path=tmp_path / "none")
     shown = repr(settings) + json.dumps(describe(settings))
-    for secret in ("s" * 40, "t" * 40, "hunter2hunter2", "pa55word"):
+    for secret in secrets:
         assert secret not in shown
     proc = _cli(tmp_path, "config", **env)
-    for secret in ("s" * 40, "t" * 40, "hunter2hunter2", "pa55word"):
+    for secret in secrets:
         assert secret not in proc.stdout + proc.stderr
     assert "user:***@db.example" in proc.stdout
     signer = Signer(domain=b"x.example", selector=b"s", key=b"-----BEGIN PRIVATE KEY-----xyz")

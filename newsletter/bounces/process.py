@@ -70,8 +70,39 @@ def process_message(
 ) -> Outcome:
     """Classify one message and record what follows (``source``: "file", "lmtp", ...)."""
     msg = parse(data)
-    report = classify(msg)
-    bounce_id = str(msg.get("Message-ID") or "").strip() or hashlib.sha256(data).hexdigest()
+    candidates = [*envelope_to]
+    for header in _ADDRESS_HEADERS:
+        candidates += [str(v) for v in msg.get_all(header, [])]
+    return record(
+        engine=engine,
+        report=classify(msg),
+        bounce_id=str(msg.get("Message-ID") or "").strip() or hashlib.sha256(data).hexdigest(),
+        source=source,
+        address=address,
+        candidates=candidates,
+        policy=policy,
+        now=now,
+        subject=str(msg.get("Subject", "")),
+    )
+
+
+def record(
+    *,
+    engine: sa.Engine,
+    report: Report,
+    bounce_id: str,
+    source: str,
+    address: BounceAddress | None,
+    candidates: Sequence[str],
+    policy: RetryPolicy,
+    now: datetime,
+    subject: str = "",
+    by_recipient: bool = False,
+) -> Outcome:
+    """Record what a report (from a message, or a relay's webhook) means. ``candidates``:
+    addresses that may be our return path; ``by_recipient``: when nothing else ties it
+    to a digest, the latest digest sent to the reported address (a relay's webhook,
+    authenticated, that names no message of ours)."""
     detail = {"bounce_id": bounce_id[:200], "source": source, "how": report.how}
     if report.kind in (Kind.AUTO_REPLY, Kind.DELAYED):
         return Outcome(report, f"nothing: {report.kind.value.replace('_', ' ')}")
@@ -79,10 +110,10 @@ def process_message(
         if _seen(session, bounce_id[:200]):
             return Outcome(report, "nothing: already processed")
         if report.kind == Kind.UNRECOGNISED:
-            _note(session, EventKind.BOUNCE_UNMATCHED, now, detail | {"why": "unrecognised",
-                  "subject": str(msg.get("Subject", ""))[:200]})  # fmt: skip
+            why = {"why": "unrecognised", "subject": subject[:200]}
+            _note(session, EventKind.BOUNCE_UNMATCHED, now, detail | why)
             return Outcome(report, "kept for the operator: not recognised as a bounce")
-        found = _delivery(session, msg, report, address, envelope_to)
+        found = _delivery(session, report, address, candidates, by_recipient)
         if isinstance(found, str):
             forged = found.startswith("forged")
             kind = EventKind.BOUNCE_REFUSED if forged else EventKind.BOUNCE_UNMATCHED
@@ -113,16 +144,13 @@ def _note(session: Session, kind: EventKind, now: datetime, detail: dict[str, ob
 
 def _delivery(
     session: Session,
-    msg: object,
     report: Report,
     address: BounceAddress | None,
-    envelope_to: Sequence[str],
+    candidates: Sequence[str],
+    by_recipient: bool,
 ) -> tuple[Delivery, Subscriber] | str:
     """The digest (or confirmation) the report is about, or why there is none."""
     if address is not None:
-        candidates = [*envelope_to]
-        for header in _ADDRESS_HEADERS:
-            candidates += [str(v) for v in msg.get_all(header, [])]  # type: ignore[attr-defined]
         for text in candidates:
             for part in text.split(","):
                 named = verp.read(part, localpart=address.localpart, domain=address.domain)
@@ -136,11 +164,19 @@ def _delivery(
                 if subscriber is None or row is None or row.subscriber_id != subscriber.id:
                     return "return path of a digest that no longer exists"
                 return row, subscriber
-    if report.original_message_id is None:
+    row = None
+    if report.original_message_id is not None:
+        row = session.exec(
+            select(Delivery).where(Delivery.message_id == report.original_message_id)
+        ).first()
+    if row is None and by_recipient and report.recipients:
+        row = session.exec(
+            select(Delivery)
+            .where(sa.func.lower(Delivery.to_address) == report.recipients[0])
+            .order_by(Delivery.id.desc())  # type: ignore[union-attr]
+        ).first()
+    if row is None and report.original_message_id is None:
         return "no return path of ours and no quoted Message-ID"
-    row = session.exec(
-        select(Delivery).where(Delivery.message_id == report.original_message_id)
-    ).first()
     if row is None:
         return f"no message {report.original_message_id} was sent"
     if report.recipients and row.to_address.lower() not in report.recipients:

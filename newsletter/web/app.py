@@ -23,7 +23,7 @@ from newsletter.health import WorkerHealth
 from newsletter.ledger import stats
 from newsletter.metrics import prometheus_text
 from newsletter.runtime import Runtime
-from newsletter.web import preferences, signup, unsubscribe, votes
+from newsletter.web import preferences, signup, unsubscribe, votes, webhooks
 from newsletter.web.api import api_routes
 from newsletter.web.site import PAGE_HEADERS, Site
 
@@ -98,6 +98,7 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
             *signup.routes(site),
             *preferences.routes(site),
             *votes.routes(site),
+            *webhooks.routes(site),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
