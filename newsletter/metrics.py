@@ -7,6 +7,7 @@ from sqlmodel import select
 
 from newsletter.db import session_scope
 from newsletter.ledger import stats
+from newsletter.ledger.reputation import rates_by_edition
 from newsletter.models import CorpusFile, UTCDateTime
 
 
@@ -28,6 +29,9 @@ def prometheus_text(*, engine: sa.Engine) -> str:
         "# TYPE newsletter_bounces_total counter",
         f'newsletter_bounces_total{{kind="hard"}} {counts["hard_bounces"]}',
         f'newsletter_bounces_total{{kind="soft"}} {counts["soft_bounces"]}',
+        "# HELP newsletter_complaints_total Spam complaints recorded (feedback loops).",
+        "# TYPE newsletter_complaints_total counter",
+        f"newsletter_complaints_total {counts['complaints']}",
         "# HELP newsletter_unsubscribes_total Unsubscribes recorded.",
         "# TYPE newsletter_unsubscribes_total counter",
         f"newsletter_unsubscribes_total {counts['unsubscribes']}",
@@ -41,4 +45,17 @@ def prometheus_text(*, engine: sa.Engine) -> str:
         "# TYPE newsletter_last_ingest_timestamp_seconds gauge",
         f"newsletter_last_ingest_timestamp_seconds {stamp:.3f}",
     ]
+    latest = rates_by_edition(engine=engine, last=1)
+    if latest:
+        r = latest[0]
+        lines += [
+            "# HELP newsletter_edition_bounce_rate Digests that bounced, of those sent, in the "
+            "latest edition.",
+            "# TYPE newsletter_edition_bounce_rate gauge",
+            f'newsletter_edition_bounce_rate{{edition="{r.edition}"}} {r.bounce_rate:.5f}',
+            "# HELP newsletter_edition_complaint_rate Digests reported as spam, of those sent, "
+            "in the latest edition.",
+            "# TYPE newsletter_edition_complaint_rate gauge",
+            f'newsletter_edition_complaint_rate{{edition="{r.edition}"}} {r.complaint_rate:.5f}',
+        ]
     return "\n".join(lines) + "\n"

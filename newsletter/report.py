@@ -24,6 +24,7 @@ from newsletter.backends.base import OutgoingMessage
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.events import EventKind
+from newsletter.ledger.reputation import EditionRates, rates_by_edition
 from newsletter.models import Delivery, DeliveryKind, DeliveryStatus, Event, Paper
 
 
@@ -39,7 +40,9 @@ class DailyFigures:
     hard_bounces: int
     soft_bounces: int
     unsubscribes: int
+    complaints: int
     files_failed: list[str]
+    editions: list[EditionRates]  # the latest few, newest first
 
 
 def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
@@ -82,12 +85,18 @@ def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
             hard_bounces=events(EventKind.HARD_BOUNCE),
             soft_bounces=events(EventKind.SOFT_BOUNCE),
             unsubscribes=events(EventKind.UNSUBSCRIBED),
+            complaints=events(EventKind.COMPLAINT),
             files_failed=sorted(set(failed_files)),
+            editions=rates_by_edition(engine=engine, last=3),
         )
 
 
 def report_text(figures: DailyFigures) -> str:
     lines = []
+    for r in figures.editions:
+        lines += [f"WARNING: edition {r.edition}: {w}." for w in r.warnings]
+    if lines:
+        lines.append("")
     if figures.papers == 0:
         lines += [
             "WARNING: no new paper arrived in the last 24 hours. Check that corpus files",
@@ -103,10 +112,16 @@ def report_text(figures: DailyFigures) -> str:
         f"  retrying now         {figures.retrying}",
         f"  failed               {figures.failed}",
         f"  bounces              {figures.hard_bounces} hard, {figures.soft_bounces} soft",
+        f"  complaints           {figures.complaints}",
         f"  unsubscribes         {figures.unsubscribes}",
         f"  files failed to parse {len(figures.files_failed)}",
     ]
     lines += [f"    {path}" for path in figures.files_failed]
+    for r in figures.editions:
+        lines.append(
+            f"  edition {r.edition}: {r.sent} sent, bounces {r.bounce_rate:.2%}, "
+            f"complaints {r.complaint_rate:.2%}"
+        )
     return "\n".join(lines) + "\n"
 
 

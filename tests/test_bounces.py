@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from sqlmodel import select
 from newsletter import db
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.bounces import verp
+from newsletter.metrics import prometheus_text
 from newsletter.models import Delivery, Event, Subscriber
 from newsletter.plan import plan_digests
+from newsletter.report import daily_figures, report_text
 from tests.conftest import make_settings
 from tests.helpers import add_paper, deliver, subscribe
 from tests.smtp_server import SMTPServer
@@ -181,6 +184,20 @@ def test_each_report_in_the_corpus_has_its_consequence(tmp_path: Path, database_
     refused = [e for e in _operator_events(engine) if e["kind"] == "bounce.refused"]
     assert len(refused) == 1
 
+    # Rates per edition, with the providers' thresholds, in stats, metrics and the report.
+    shown = json.loads(run(home, "stats", "--json", env=env).stdout)
+    assert shown["complaints"] == 1 and shown["hard_bounces"] == 5
+    (edition,) = shown["editions"].values()
+    assert (edition["sent"], edition["bounced"], edition["complained"]) == (13, 7, 1)
+    assert len(edition["warnings"]) == 2
+    text = run(home, "stats", env=env).stdout
+    assert "WARNING: complaints 7.69% of digests (providers want under 0.3%)" in text
+    metrics = prometheus_text(engine=engine)
+    assert "newsletter_complaints_total 1" in metrics
+    assert 'newsletter_edition_complaint_rate{edition="2026-11-23"} 0.07692' in metrics
+    daily = report_text(daily_figures(engine=engine, now=datetime.now(UTC)))
+    assert "WARNING: edition 2026-11-23: bounces 53.85% of digests (keep under 2%)." in daily
+
     # A replayed mailbox changes nothing.
     again = run(home, "bounces", "process", str(mailbox), env=env)
     assert "already processed" in again.stdout
@@ -293,3 +310,50 @@ def test_the_lmtp_listener_takes_only_bounce_addresses_and_records_what_arrives(
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
+
+
+def test_newsletter_run_listens_for_bounces_when_told(tmp_path: Path, database_url: str) -> None:
+    import asyncio
+    import smtplib
+
+    from newsletter.service import run as run_service
+    from tests.helpers import runtime_for
+    from tests.smtp_server import free_port
+
+    engine, accepted = _sent(tmp_path, database_url, ["ada@example.org"])
+    port = free_port()
+    settings = _settings(
+        tmp_path, database_url, NEWSLETTER_BOUNCE_LISTEN=f"lmtp://127.0.0.1:{port}"
+    )
+    ada = accepted["ada@example.org"]
+    complaint = _fill((FIXTURES / "arf_complaint.eml").read_text(), accepted=ada,
+                      address="ada@example.org", msgid=ada.message_id)  # fmt: skip
+
+    def send() -> dict:  # type: ignore[type-arg]
+        for _ in range(100):
+            try:
+                with smtplib.LMTP("127.0.0.1", port, timeout=10) as client:
+                    return client.sendmail("", [f"bounces@{DOMAIN}"], complaint)
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        raise AssertionError("the listener never came up")
+
+    async def main() -> dict:  # type: ignore[type-arg]
+        stop = asyncio.Event()
+        service = asyncio.create_task(
+            run_service(
+                runtime=runtime_for(settings, engine),
+                web=False,
+                deliver=False,
+                schedule=False,
+                stop=stop,
+            )
+        )
+        try:
+            return await asyncio.to_thread(send)
+        finally:
+            stop.set()
+            await service
+
+    assert asyncio.run(main()) == {}
+    assert _state(engine, "ada@example.org")[0] == "unsubscribed"

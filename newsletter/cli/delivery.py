@@ -217,15 +217,22 @@ def deliveries_retry(
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Counts: digests by state, retries, bounces, suppressed subscribers."""
+    """Counts: digests by state, retries, bounces, complaints, suppressed subscribers;
+    per edition, unsubscribes and the bounce and complaint rates (with warnings)."""
     from newsletter.ledger import stats as ledger_stats
     from newsletter.ledger import unsubscribes_by_edition
+    from newsletter.ledger.reputation import rates_by_edition
 
     engine = _context().engine
     counts = ledger_stats(engine=engine)
     per_edition = unsubscribes_by_edition(engine=engine)
+    rates = rates_by_edition(engine=engine)
     if as_json:
-        _print_json(counts | {"unsubscribes_by_edition": per_edition})
+        _print_json(
+            counts
+            | {"unsubscribes_by_edition": per_edition}
+            | {"editions": {r.edition: r.as_dict() for r in rates}}
+        )
         return
     table = Table("", "count", box=None)
     for name, n in counts.items():
@@ -233,6 +240,14 @@ def stats(
     for edition, n in per_edition.items():
         table.add_row(f"  unsubscribes from {edition}", str(n))
     out.print(table)
+    for r in rates:
+        out.print(
+            f"{r.edition}: {r.sent} sent, bounces {r.bounce_rate:.2%}, "
+            f"complaints {r.complaint_rate:.2%}",
+            markup=False,
+        )
+        for warning in r.warnings:
+            out.print(f"  WARNING: {warning}", markup=False)
 
 
 @app.command()

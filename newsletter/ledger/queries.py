@@ -30,7 +30,11 @@ def stats(*, engine: sa.Engine) -> dict[str, int]:
         events = dict(
             session.exec(
                 select(Event.kind, sa.func.count())  # type: ignore[call-overload]
-                .where(Event.kind.in_([EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE]))  # type: ignore[attr-defined]
+                .where(
+                    Event.kind.in_(  # type: ignore[attr-defined]
+                        [EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.COMPLAINT]
+                    )
+                )
                 .group_by(Event.kind)
             ).all()
         )
@@ -51,6 +55,7 @@ def stats(*, engine: sa.Engine) -> dict[str, int]:
         "cancelled": by_status.get(DeliveryStatus.CANCELLED, 0),
         "hard_bounces": events.get(EventKind.HARD_BOUNCE, 0),
         "soft_bounces": events.get(EventKind.SOFT_BOUNCE, 0),
+        "complaints": events.get(EventKind.COMPLAINT, 0),
         "subscribers_active": subscribers.get(SubscriberStatus.ACTIVE, 0),
         "subscribers_suppressed": subscribers.get(SubscriberStatus.SUPPRESSED, 0),
         "subscribers_unsubscribed": subscribers.get(SubscriberStatus.UNSUBSCRIBED, 0),

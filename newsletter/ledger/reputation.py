@@ -1,0 +1,94 @@
+"""Bounce and complaint rates per edition: what mailbox providers judge a sender by.
+
+Rates are per digest sent in the edition (a digest counts once however many reports
+it drew). The thresholds are the ones providers publish for bulk senders: Gmail and
+Yahoo ask for a spam-complaint rate under 0.3%; bounces above a few percent mark a
+list that is not kept clean (2% here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from newsletter.db import session_scope
+from newsletter.events import EventKind
+from newsletter.models import Delivery, DeliveryKind, Event
+
+COMPLAINT_RATE_LIMIT = 0.003
+BOUNCE_RATE_LIMIT = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class EditionRates:
+    edition: str
+    sent: int
+    bounced: int  # digests that bounced, hard or soft, then or later
+    complained: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.bounced / self.sent if self.sent else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complained / self.sent if self.sent else 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        found = []
+        if self.complaint_rate > COMPLAINT_RATE_LIMIT:
+            found.append(
+                f"complaints {self.complaint_rate:.2%} of digests (providers want under 0.3%)"
+            )
+        if self.bounce_rate > BOUNCE_RATE_LIMIT:
+            found.append(f"bounces {self.bounce_rate:.2%} of digests (keep under 2%)")
+        return found
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "sent": self.sent,
+            "bounced": self.bounced,
+            "complained": self.complained,
+            "bounce_rate": round(self.bounce_rate, 5),
+            "complaint_rate": round(self.complaint_rate, 5),
+            "warnings": self.warnings,
+        }
+
+
+def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]:
+    """The ``last`` editions that sent digests, newest first."""
+    digests = (Delivery.kind == DeliveryKind.DIGEST, Delivery.edition.is_not(None))  # type: ignore[union-attr]
+    with session_scope(engine=engine) as session:
+        sent = session.exec(
+            select(Delivery.edition, sa.func.count())  # type: ignore[call-overload]
+            .where(*digests, Delivery.sent_at.is_not(None))  # type: ignore[union-attr]
+            .group_by(Delivery.edition)
+            .order_by(Delivery.edition.desc())  # type: ignore[union-attr]
+            .limit(last)
+        ).all()
+        editions = [e for e, _ in sent]
+
+        def digests_with(*kinds: EventKind) -> dict[object, int]:
+            """Per edition, the digests that drew such a report (each counted once)."""
+            return dict(
+                session.exec(
+                    select(Delivery.edition, sa.func.count(sa.distinct(Event.delivery_id)))  # type: ignore[call-overload]
+                    .join(Delivery, Delivery.id == Event.delivery_id)
+                    .where(
+                        *digests,
+                        Delivery.edition.in_(editions),  # type: ignore[union-attr]
+                        Event.kind.in_(kinds),  # type: ignore[attr-defined]
+                    )
+                    .group_by(Delivery.edition)
+                ).all()
+            )
+
+        bounced = digests_with(EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE)
+        complained = digests_with(EventKind.COMPLAINT)
+    return [
+        EditionRates(str(edition), n, bounced.get(edition, 0), complained.get(edition, 0))
+        for edition, n in sent
+    ]
