@@ -5,9 +5,14 @@ and the ledger's events asserted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import smtplib
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,13 +23,14 @@ from sqlmodel import select
 from newsletter import db
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.bounces import verp
+from newsletter.bounces.classify import parse
 from newsletter.metrics import prometheus_text
 from newsletter.models import Delivery, Event, Subscriber
 from newsletter.plan import plan_digests
 from newsletter.report import daily_figures, report_text
 from tests.conftest import make_settings
 from tests.helpers import add_paper, deliver, subscribe
-from tests.smtp_server import SMTPServer
+from tests.smtp_server import SMTPServer, free_port
 from tests.test_cli import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
@@ -157,16 +163,24 @@ def _fill(template: str, *, accepted, address: str, msgid: str) -> str:  # type:
     )
 
 
-def test_each_report_in_the_corpus_has_its_consequence(tmp_path: Path, database_url: str) -> None:
+def _corpus(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
+    """A digest sent to one subscriber per fixture, and each fixture filled in for them."""
     addresses = {name: f"{name.replace('_', '.')}@example.org" for name in EXPECTED}
-    engine, accepted = _sent(tmp_path, database_url, list(addresses.values()))
+    engine, accepted = _sent(tmp_path, url, list(addresses.values()))
+    texts = {}
+    for name, address in addresses.items():
+        a = accepted[address]
+        texts[name] = _fill((FIXTURES / f"{name}.eml").read_text(), accepted=a, address=address,
+                            msgid=a.message_id)  # fmt: skip
+    return engine, addresses, texts
+
+
+def test_each_report_in_the_corpus_has_its_consequence(tmp_path: Path, database_url: str) -> None:
+    engine, addresses, texts = _corpus(tmp_path, database_url)
     mailbox = tmp_path / "Maildir"
     for sub in ("cur", "new", "tmp"):
         (mailbox / sub).mkdir(parents=True)
-    for name, address in addresses.items():
-        a = accepted[address]
-        text = _fill((FIXTURES / f"{name}.eml").read_text(), accepted=a, address=address,
-                     msgid=a.message_id)  # fmt: skip
+    for name, text in texts.items():
         folder = "new" if hash(name) % 2 else "cur"
         (mailbox / folder / f"1732350000.{name}.host:2,").write_text(text)
 
@@ -262,17 +276,41 @@ def test_soft_bounces_suppress_after_the_limit_in_a_row_across_digests(
 def test_the_lmtp_listener_takes_only_bounce_addresses_and_records_what_arrives(
     tmp_path: Path, database_url: str
 ) -> None:
-    import smtplib
-    import subprocess
-    import sys
-    import time
-
-    from tests.smtp_server import free_port
-
     engine, accepted = _sent(tmp_path, database_url, ["ada@example.org", "bo@example.org"])
+    with _listener(tmp_path, database_url) as client:
+        ada, bo = accepted["ada@example.org"], accepted["bo@example.org"]
+        hard = _fill((FIXTURES / "postfix_hard.eml").read_text(), accepted=ada,
+                     address="ada@example.org", msgid=ada.message_id)  # fmt: skip
+        # Not a relay: any other recipient is refused at RCPT.
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("", ["someone@example.org"], hard)
+        assert client.sendmail("", [ada.mail_from], hard) == {}
+        complaint = _fill((FIXTURES / "arf_complaint.eml").read_text(), accepted=bo,
+                          address="bo@example.org", msgid=bo.message_id)  # fmt: skip
+        assert client.sendmail("", [f"bounces@{DOMAIN}"], complaint) == {}
+    assert _state(engine, "ada@example.org")[0] == "suppressed"
+    assert _state(engine, "bo@example.org")[:2] == (
+        "unsubscribed",
+        ["bounce.complaint", "subscriber.unsubscribed"],
+    )
+
+
+def test_the_corpus_over_lmtp_has_the_same_consequences(tmp_path: Path, database_url: str) -> None:
+    engine, addresses, texts = _corpus(tmp_path, database_url)
+    with _listener(tmp_path, database_url) as client:
+        for name, text in texts.items():
+            to = parse(text.encode())["To"].addresses[0].addr_spec
+            assert client.sendmail("", [to], text) == {}, name
+    for name, (status, events, soft) in EXPECTED.items():
+        assert _state(engine, addresses[name]) == (status, events, soft), name
+
+
+@contextlib.contextmanager
+def _listener(tmp_path: Path, url: str) -> Iterator[smtplib.LMTP]:
+    """``newsletter bounces serve`` in a real process, and an LMTP client connected to it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env |= {"DATABASE_URL": database_url, "NEWSLETTER_SECRET_KEY": KEY,
+    env |= {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": KEY,
             "NEWSLETTER_BOUNCE_DOMAIN": DOMAIN, "NEWSLETTER_HOME": str(tmp_path)}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "bounces", "serve", "--listen",
@@ -290,22 +328,7 @@ def test_the_lmtp_listener_takes_only_bounce_addresses_and_records_what_arrives(
                 time.sleep(0.1)
         with client:
             client.ehlo("mx.papers.example")
-            ada, bo = accepted["ada@example.org"], accepted["bo@example.org"]
-            hard = _fill((FIXTURES / "postfix_hard.eml").read_text(), accepted=ada,
-                         address="ada@example.org", msgid=ada.message_id)  # fmt: skip
-            # Not a relay: any other recipient is refused at RCPT.
-            with pytest.raises(smtplib.SMTPRecipientsRefused):
-                client.sendmail("", ["someone@example.org"], hard)
-            refused = client.sendmail("", [ada.mail_from], hard)
-            assert refused == {}
-            complaint = _fill((FIXTURES / "arf_complaint.eml").read_text(), accepted=bo,
-                              address="bo@example.org", msgid=bo.message_id)  # fmt: skip
-            assert client.sendmail("", [f"bounces@{DOMAIN}"], complaint) == {}
-        assert _state(engine, "ada@example.org")[0] == "suppressed"
-        assert _state(engine, "bo@example.org")[:2] == (
-            "unsubscribed",
-            ["bounce.complaint", "subscriber.unsubscribed"],
-        )
+            yield client
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
