@@ -751,3 +751,10 @@ def test_secrets_stay_out_of_reprs_and_config_output(tmp_path: Path) -> None:
     assert "user:***@db.example" in proc.stdout
     signer = Signer(domain=b"x.example", selector=b"s", key=b"-----BEGIN PRIVATE KEY-----xyz")
     assert "PRIVATE" not in repr(signer)
+    from newsletter.bounces.process import BounceAddress
+    from newsletter.bounces.webhooks import MailgunVerifier
+
+    shown = repr(BounceAddress("bounces", "b.example", b"s" * 40)) + repr(
+        MailgunVerifier(key="key-mailgun-secret")
+    )
+    assert "s" * 40 not in shown and "key-mailgun-secret" not in shown

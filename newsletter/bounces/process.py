@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -53,9 +53,11 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class BounceAddress:
+    """Our bounce mailbox, and the key its return paths are signed with."""
+
     localpart: str
     domain: str
-    key: bytes
+    key: bytes = field(repr=False)  # the secret key: never in a repr or a log line
 
 
 def process_message(
