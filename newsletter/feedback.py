@@ -15,11 +15,12 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from newsletter.errors import SubscriberError
 from newsletter.events import EventKind
-from newsletter.models import Event, Paper, Subscriber, TopicFilter
+from newsletter.models import Event, Paper, Subscriber, TopicFilter, TopicLesson
 from newsletter.relevance import Topic
 from newsletter.subscribers import event, topic_rows
 
@@ -80,32 +81,106 @@ def record_vote(
         votes[paper_id] = vote.sign
     else:
         votes.pop(paper_id, None)
-    return tuple(sorted(votes.items()))
+    state = tuple(sorted(votes.items()))
+    _store(session, subscriber.id, query, state, version=ev.id, now=now)  # type: ignore[arg-type]
+    return state
 
 
 def taught(*, session: Session, subscriber_ids: Sequence[int] | None = None) -> Taught:
-    """What each (subscriber, topic) has been taught: the replay of the vote events, in
-    the order they were written. Votes in a topic the subscriber no longer has are
-    kept in the ledger but not returned."""
-    query = select(Event.subscriber_id, Event.detail).where(Event.kind == EventKind.VOTED)
-    ids = list(subscriber_ids) if subscriber_ids is not None else None
-    state: dict[tuple[int, str], dict[int, int]] = {}
-    for start in range(0, len(ids) if ids is not None else 1, 5000):
+    """What each (subscriber, topic) has been taught: its stored lesson, plus any vote
+    event written after it (the events are the truth; the lesson saves replaying them
+    all). Votes in a topic the subscriber no longer has are kept but not returned."""
+    lessons = _lessons(session, subscriber_ids)
+    state = _replay(session, subscriber_ids, after=lessons)
+    live = _live_topics(session, {sid for sid, _ in state})
+    return {
+        key: tuple(sorted(votes.items())) for key, votes in state.items() if votes and key in live
+    }
+
+
+def rebuild(*, session: Session, now: datetime) -> tuple[int, int]:
+    """Every lesson replayed from the events alone and stored again; returns (lessons
+    written, lessons that differed from what was stored)."""
+    stored = {key: dict(votes) for key, (_, votes) in _lessons(session, None).items()}
+    replayed = _replay(session, None, after={})
+    versions = dict(
+        session.exec(
+            select(Event.subscriber_id, sa.func.max(Event.id))  # type: ignore[call-overload]
+            .where(Event.kind == EventKind.VOTED)
+            .group_by(Event.subscriber_id)
+        ).all()
+    )
+    session.execute(sa.delete(TopicLesson))
+    for (sid, query), votes in replayed.items():
+        _store(session, sid, query, tuple(sorted(votes.items())), versions[sid], now)
+    differed = sum(1 for key in stored.keys() | replayed.keys()
+                   if stored.get(key, {}) != replayed.get(key, {}))  # fmt: skip
+    return len(replayed), differed
+
+
+Lessons = dict[tuple[int, str], tuple[int, dict[int, int]]]  # key -> (version, votes)
+
+
+def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
+    query = select(TopicLesson)
+    found: Lessons = {}
+    for ids in _chunks(subscriber_ids):
+        chunk = query if ids is None else query.where(TopicLesson.subscriber_id.in_(ids))  # type: ignore[attr-defined]
+        for row in session.exec(chunk):
+            votes = {int(pid): int(sign) for pid, sign in json.loads(row.votes)}
+            found[(row.subscriber_id, row.query)] = (row.version, votes)
+    return found
+
+
+def _replay(
+    session: Session, subscriber_ids: Sequence[int] | None, *, after: Lessons
+) -> dict[tuple[int, str], dict[int, int]]:
+    """The lessons ``after`` brought up to date with the vote events written since."""
+    state = {key: dict(votes) for key, (_, votes) in after.items()}
+    version = {key: v for key, (v, _) in after.items()}
+    query = select(Event.id, Event.subscriber_id, Event.detail).where(Event.kind == EventKind.VOTED)
+    for ids in _chunks(subscriber_ids):
         chunk = query
         if ids is not None:
-            chunk = chunk.where(Event.subscriber_id.in_(ids[start : start + 5000]))  # type: ignore[union-attr]
-        for sid, detail in session.exec(chunk.order_by(Event.id)):  # type: ignore[union-attr]
+            chunk = chunk.where(Event.subscriber_id.in_(ids))  # type: ignore[union-attr]
+        for event_id, sid, detail in session.exec(chunk.order_by(Event.id)):  # type: ignore[union-attr]
             d = json.loads(detail)
-            votes = state.setdefault((sid, d["topic"]), {})
+            key = (sid, d["topic"])
+            if event_id <= version.get(key, 0):
+                continue  # already in the stored lesson
+            votes = state.setdefault(key, {})
             sign = Vote(d["vote"]).sign
             if sign:
                 votes[int(d["paper"])] = sign
             else:
                 votes.pop(int(d["paper"]), None)
-    live = _live_topics(session, {sid for sid, _ in state})
-    return {
-        key: tuple(sorted(votes.items())) for key, votes in state.items() if votes and key in live
-    }
+    return state
+
+
+def _store(
+    session: Session,
+    subscriber_id: int,
+    query: str,
+    votes: tuple[tuple[int, int], ...],
+    version: int,
+    now: datetime,
+) -> None:
+    row = session.exec(
+        select(TopicLesson).where(
+            TopicLesson.subscriber_id == subscriber_id, TopicLesson.query == query
+        )
+    ).first()
+    if row is None:
+        row = TopicLesson(subscriber_id=subscriber_id, query=query, version=version)
+    row.version, row.votes, row.updated_at = version, json.dumps(votes), now
+    session.add(row)
+
+
+def _chunks(ids: Sequence[int] | None) -> list[list[int] | None]:
+    if ids is None:
+        return [None]
+    listed = list(ids)
+    return [listed[i : i + 5000] for i in range(0, len(listed), 5000)] or [[]]
 
 
 def taught_topics(*, session: Session, ids: Sequence[int]) -> dict[int, list[Topic]]:

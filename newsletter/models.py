@@ -129,6 +129,26 @@ class SourceState(SQLModel, table=True):
     papers: int = Field(default=0, description="papers in its last good answer")
 
 
+class TopicLesson(SQLModel, table=True):
+    """What a subscriber's topic has been taught by their votes, as of one event: a cache
+    of the replay of the ``feedback.vote`` events (which stay the truth), so planning does
+    not replay every vote ever cast. ``version`` is the last event it includes."""
+
+    __tablename__ = "topic_lessons"
+    __table_args__ = (sa.UniqueConstraint("subscriber_id", "query", name="uq_topic_lesson"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    query: str = Field(max_length=1000)
+    version: int = Field(description="the id of the last vote event included")
+    votes: str = Field(default="[]", sa_type=sa.Text(), description="[[paper id, 1 or -1], ...]")
+    updated_at: datetime = _ts()  # type: ignore[assignment]
+
+
 class CorpusFile(SQLModel, table=True):
     """One row per corpus file ever read: its hash makes re-ingest a no-op."""
 

@@ -18,7 +18,7 @@ from newsletter.embed.store import embed_papers, embed_topics
 from newsletter.errors import SubscriberError
 from newsletter.events import EventKind
 from newsletter.feedback import Vote, record_vote, taught, taught_topics
-from newsletter.models import Event, Paper
+from newsletter.models import Event, Paper, TopicLesson
 from newsletter.plan import plan_digests
 from newsletter.subscribers import find, replace_topics
 from tests.conftest import CORPUS, make_settings
@@ -102,6 +102,20 @@ def test_a_vote_switches_undoes_and_a_second_tap_writes_nothing(tmp_path: Path) 
         topics = taught_topics(session=session, ids=[a, b])
     assert [t.taught for t in topics[a]] == [((p, -1),), ((p, 1),)]
     assert [t.taught for t in topics[b]] == [()]
+
+    # The stored lessons are the events' replay; a damaged one is put right by a rebuild.
+    with db.session_scope(engine=engine) as session:
+        lessons = {(r.subscriber_id, r.query): json.loads(r.votes)
+                   for r in session.exec(select(TopicLesson))}  # fmt: skip
+        assert lessons == {(a, "diffusion"): [[p, -1]], (a, "speech"): [[p, 1]]}
+        row = session.exec(select(TopicLesson).where(TopicLesson.query == "speech")).one()
+        row.votes = json.dumps([[q, 1]])  # as if a bug or a hand edit had changed it
+        session.add(row)
+    assert _taught(engine)[(a, "speech")] == ((q, 1),)
+    home = engine.url.database.rsplit("/", 1)[0]  # type: ignore[union-attr]
+    said = run(Path(home), "lessons", "rebuild", env={"DATABASE_URL": str(engine.url)}).stdout
+    assert "rebuilt 2 lessons from the vote events; 1 differed" in said
+    assert _taught(engine) == {(a, "diffusion"): ((p, -1),), (a, "speech"): ((p, 1),)}
 
     # A topic the reader removed keeps its events but teaches nothing any more.
     with db.session_scope(engine=engine) as session:

@@ -102,3 +102,22 @@ def find_paper(*, session: Session, text: str) -> Paper:
         f"no paper {text!r}" if not rows else f"{text!r} names more than one paper",
         field="paper",
     )
+
+
+lessons_app = typer.Typer(help="What readers' votes taught their topics.", no_args_is_help=True)
+app.add_typer(lessons_app, name="lessons")
+
+
+@lessons_app.command("rebuild")
+def lessons_rebuild() -> None:
+    """Replay every vote event and store each topic's lesson again (the events are the
+    truth; the stored lessons only save replaying them)."""
+    from newsletter.feedback import rebuild
+
+    ctx = _context()
+    with db.session_scope(engine=ctx.engine) as session:
+        written, differed = rebuild(session=session, now=utcnow())
+    out.print(
+        f"rebuilt {written} lessons from the vote events; {differed} differed from what was stored",
+        markup=False,
+    )
