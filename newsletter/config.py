@@ -119,6 +119,7 @@ class Settings:
     fetch_timeout: float
     fetch_max_bytes: int
     fetch_delay: float  # seconds between two requests to one host
+    preview_max_papers: int  # the preference centre's preview indexes at most these
     bounce_localpart: str  # VERP: localpart+TOKEN@bounce_domain
     bounce_domain: str  # "" : return paths are the From address (VERP off)
     bounce_listen: str  # "lmtp://host:port" for the bounce listener in `run`; "" off
@@ -265,6 +266,9 @@ def load_settings(
         ),
         admin_token=_admin_token(get("NEWSLETTER_ADMIN_TOKEN")),
         bounce_localpart=bounce_localpart_setting(get("NEWSLETTER_BOUNCE_LOCALPART")),
+        preview_max_papers=int_setting(
+            "NEWSLETTER_PREVIEW_MAX_PAPERS", get("NEWSLETTER_PREVIEW_MAX_PAPERS"), minimum=1
+        ),
         bounce_domain=bounce_domain_setting(get("NEWSLETTER_BOUNCE_DOMAIN")),
         bounce_listen=bounce_listen_setting(get("NEWSLETTER_BOUNCE_LISTEN")),
         ses_topic_arn=get("NEWSLETTER_SES_TOPIC_ARN").strip(),

@@ -157,6 +157,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "3",
         "Soft bounces in a row that suppress a subscriber (a hard bounce suppresses at once).",
     ),
+    "NEWSLETTER_PREVIEW_MAX_PAPERS": (
+        "5000",
+        "The preference centre counts each topic's matches among at most this many of the "
+        "last 30 days' papers, the newest (bounds the web process's memory).",
+    ),
     "NEWSLETTER_BOUNCE_DOMAIN": (
         "",
         "Where bounces and complaints come back: each message's envelope sender becomes "

@@ -419,3 +419,22 @@ def test_weekly_and_paused_cadence_are_planned_accordingly(site: Site, now) -> N
     report = plan_digests(engine=site.engine, settings=site.settings, now=now, due_only=False)
     assert [p.email for p in report.planned] == ["wk@example.org"]
     assert report.not_due == ["wk2@example.org"]
+
+
+def test_the_preview_index_holds_at_most_the_newest_papers_the_setting_allows(
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    from newsletter.web.preview import RecentPapers
+
+    url = f"sqlite:///{tmp_path / 'preview.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    for hours in (30, 20, 10):
+        add_paper(engine, title=f"Diffusion {hours}", abstract="About diffusion.",
+                  seen=now - timedelta(hours=hours))  # fmt: skip
+    assert make_settings(tmp_path, url).preview_max_papers == 5000
+    assert RecentPapers(engine=engine).counts(topics=["diffusion"], now=now) == {"diffusion": 3}
+    bounded = RecentPapers(engine=engine, max_papers=2)
+    assert bounded.counts(topics=["diffusion"], now=now) == {"diffusion": 2}
+    assert [d.title for d in bounded._current(now).index.papers] == ["Diffusion 20", "Diffusion 10"]

@@ -24,7 +24,7 @@ _FIELDS = ("topics", "dial", "cadence", "weekday", "timezone", "send_at", "ask")
 
 def routes(site: Site) -> list[Route]:
     engine = site.runtime.engine
-    recent = RecentPapers(engine=engine)
+    recent = RecentPapers(engine=engine, max_papers=site.runtime.settings.preview_max_papers)
 
     def taught_by_topic(session: Session, row: Subscriber) -> list[dict[str, object]]:
         """Each topic the reader voted in, in their order: its papers, titled."""

@@ -19,10 +19,12 @@ WINDOW = timedelta(days=30)
 
 class RecentPapers:
     """The last 30 days' papers, indexed once and again only when they change (an index
-    of the sample corpus takes a few hundred milliseconds; a page view must not)."""
+    of the sample corpus takes a few hundred milliseconds; a page view must not). At
+    most ``max_papers``, the newest: the web process's memory is bounded whatever a busy
+    month holds (``NEWSLETTER_PREVIEW_MAX_PAPERS``)."""
 
-    def __init__(self, *, engine: sa.Engine) -> None:
-        self.engine = engine
+    def __init__(self, *, engine: sa.Engine, max_papers: int = 5000) -> None:
+        self.engine, self.max_papers = engine, max_papers
         self._lock = threading.Lock()
         self._key: tuple[object, ...] | None = None
         self._ranker: Ranker | None = None
@@ -46,11 +48,13 @@ class RecentPapers:
             )
             with self._lock:
                 if key != self._key or self._ranker is None:
-                    papers = session.exec(
+                    newest = session.exec(
                         select(Paper)
                         .where(Paper.first_seen_at > since)
-                        .order_by(Paper.first_seen_at, Paper.id)
+                        .order_by(Paper.first_seen_at.desc(), Paper.id.desc())  # type: ignore[attr-defined]
+                        .limit(self.max_papers)
                     )
+                    papers = list(newest)[::-1]
                     self._ranker = Ranker(DayIndex([paper_doc(p) for p in papers]))
                     self._key = key
                 return self._ranker
