@@ -23,6 +23,7 @@ class EventKind(enum.StrEnum):
     REQUEUED = "delivery.requeued"
     HARD_BOUNCE = "bounce.hard"
     SOFT_BOUNCE = "bounce.soft"
+    REJECTED = "bounce.rejected"  # the message refused for policy or content, not the address
     COMPLAINT = "bounce.complaint"  # a feedback-loop report: the reader called it spam
     BOUNCE_UNMATCHED = "bounce.unmatched"  # a report tied to no digest of ours, kept
     BOUNCE_REFUSED = "bounce.refused"  # a return path whose signature does not check

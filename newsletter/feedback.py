@@ -52,6 +52,9 @@ def record_vote(
     """Append one vote and return what the topic is taught now. The topic must be one of
     the subscriber's and the paper must exist; a vote equal to the current one is kept
     (a second tap changes nothing) but not written twice."""
+    # One vote at a time per reader (PostgreSQL: a row lock; SQLite: its write lock):
+    # two taps at once must not both start from the same lesson and lose one.
+    session.exec(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
     topics = topics_of(session, subscriber.id)  # type: ignore[arg-type]
     if query not in topics:
         raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")
@@ -138,7 +141,13 @@ def _replay(
     """The lessons ``after`` brought up to date with the vote events written since."""
     state = {key: dict(votes) for key, (_, votes) in after.items()}
     version = {key: v for key, (v, _) in after.items()}
-    query = select(Event.id, Event.subscriber_id, Event.detail).where(Event.kind == EventKind.VOTED)
+    # Every vote writes its topic's lesson in the same transaction, so no event older
+    # than the oldest lesson of these readers is missing from it: read only the newer.
+    floor = min(version.values(), default=0)
+    query = select(Event.id, Event.subscriber_id, Event.detail).where(
+        Event.kind == EventKind.VOTED,
+        Event.id > floor,  # type: ignore[operator]
+    )
     for ids in _chunks(subscriber_ids):
         chunk = query
         if ids is not None:

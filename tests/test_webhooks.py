@@ -185,6 +185,58 @@ def test_relay_webhooks_record_signed_reports_and_refuse_the_rest(
     assert _state(engine, "bystander@example.org") == ("active", [], 0)
 
 
+def test_webhooks_refuse_malformed_calls_with_4xx_and_read_what_a_failure_means(
+    tmp_path: Path, database_url: str, signing
+) -> None:  # type: ignore[no-untyped-def]
+    key, certs = signing
+    engine, accepted = _sent(tmp_path, database_url, ["big@example.org", "grey@example.org"])
+    port = free_port()
+    settings = _settings(
+        tmp_path, database_url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
+        NEWSLETTER_SES_TOPIC_ARN=TOPIC, NEWSLETTER_SNS_CERT_HOSTS="127.0.0.1",
+        NEWSLETTER_POSTMARK_WEBHOOK_SECRET=POSTMARK, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN,
+    )  # fmt: skip
+    cert = f"{certs.url}/cert.pem"
+    with (
+        live_server(create_app(runtime=runtime_for(settings, engine)), port) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        for relay, body in (
+            ("ses", {"Type": ["x"], "TopicArn": TOPIC}),
+            ("ses", {"Type": "Notification", "TopicArn": TOPIC, "SigningCertURL": "https://[x"}),
+            ("ses", "[" * 100_000),
+            ("mailgun", {"signature": "abc"}),
+            ("mailgun", {"signature": {"timestamp": "1", "token": "t", "signature": "é"}}),
+            ("mailgun", [1, 2]),
+        ):
+            content = body if isinstance(body, str) else json.dumps(body)
+            reply = client.post(f"/webhooks/{relay}", content=content.encode())
+            assert 400 <= reply.status_code < 500, (relay, body, reply.status_code)
+            assert reply.json() == {"error": "refused"}  # the reason is logged, not told
+        pm = client.post("/webhooks/postmark", json=[1], auth=("postmark", POSTMARK))
+        assert pm.status_code == 400
+
+        # SES: a message refused for its content is not the address's fault.
+        big = accepted["big@example.org"]
+        body = json.loads(_ses_bounce(big, "big@example.org"))
+        body["bounce"]["bounceSubType"] = "MessageTooLarge"
+        note = _sns(key, cert, "Notification", Message=json.dumps(body), MessageId="m-9")
+        assert (
+            client.post("/webhooks/ses", json=note)
+            .json()["recorded"][0]
+            .startswith("recorded: the message was refused")
+        )
+        # Mailgun: a temporary failure is Mailgun still trying, not a bounce.
+        sender = accepted["grey@example.org"].mail_from
+        grey = {"id": "ev-9", "event": "failed", "severity": "temporary",
+                "recipient": "grey@example.org", "envelope": {"sender": sender},
+                "delivery-status": {"code": 451, "description": "greylisted"}}  # fmt: skip
+        done = client.post("/webhooks/mailgun", json=_mailgun(grey, token="z" * 50))
+        assert done.json()["recorded"] == ["nothing: delayed"]
+    assert _state(engine, "big@example.org") == ("active", ["bounce.rejected"], 0)
+    assert _state(engine, "grey@example.org") == ("active", [], 0)
+
+
 def test_webhooks_are_off_unless_configured(tmp_path: Path, database_url: str) -> None:
     engine, _ = _sent(tmp_path, database_url, ["ada@example.org"])
     port = free_port()

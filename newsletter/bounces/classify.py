@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from flufl.bounce import all_failures
 
 _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-# Enhanced status codes that say "the mailbox is full": a soft problem even when a
-# server calls it permanent (RFC 3463: X.2.2).
+# Enhanced status codes (RFC 3463) that say the *address* is bad: X.1.x (no such
+# mailbox, bad domain), X.2.1 (mailbox disabled), X.4.4 (no route to the domain). Other
+# permanent failures are about the *message* or our sending (5.7.x policy, DMARC or
+# spam blocks, 5.3.4 and 5.2.3 too big, 5.6.x content): suppressing the reader for those
+# would punish them for our mistake, so they are "rejected", recorded and counted.
+_ADDRESS_STATUS_RE = re.compile(r"5\.(1\.\d+|2\.1|4\.4)")
 _MAILBOX_FULL = ("2.2",)
 _QUOTED = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _AUTO_SUBJECT_RE = re.compile(
@@ -35,6 +39,7 @@ _AUTO_SUBJECT_RE = re.compile(
 class Kind(enum.StrEnum):
     HARD = "hard"  # the address does not work: suppress
     SOFT = "soft"  # it may work later: count
+    REJECTED = "rejected"  # the message was refused (policy, content): record, count
     COMPLAINT = "complaint"  # the reader marked it as spam: unsubscribe
     DELAYED = "delayed"  # still being tried: nothing to do
     AUTO_REPLY = "auto_reply"  # out of office and the like: not a bounce
@@ -52,8 +57,24 @@ class Report:
     details: dict[str, str] = field(default_factory=dict)
 
 
-def parse(data: bytes) -> email.message.EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+def parse(data: bytes) -> email.message.Message:
+    """Headers as the raw strings they are (compat32): a bounce quotes whatever broken
+    headers came its way, and a reader that raises on one would never record it."""
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def status_kind(status: str | None, *, permanent: bool) -> Kind:
+    """A failure's kind from its enhanced status code (``permanent``: the reporter says
+    it will not be retried)."""
+    if status is not None and status.startswith("4."):
+        return Kind.SOFT
+    if status is not None and status[2:] in _MAILBOX_FULL:
+        return Kind.SOFT
+    if not permanent:
+        return Kind.SOFT
+    if status is None or _ADDRESS_STATUS_RE.fullmatch(status):
+        return Kind.HARD
+    return Kind.REJECTED
 
 
 def classify(msg: email.message.Message) -> Report:
@@ -88,16 +109,16 @@ def _dsn(msg: email.message.Message) -> Report | None:
         return None
     recipients: list[str] = []
     verdicts: list[tuple[int, Kind, str | None, str]] = []
-    for group in groups[1:]:  # the first group is about the message, the rest per recipient
+    # The first group is about the message, the rest per recipient; a report that left
+    # the first out still names its recipient in the group it has.
+    for group in [g for g in groups if "action" in g or "final-recipient" in g]:
         action = group.get("action", "").strip().lower()
         status = _status(group.get("status", "")) or _status(group.get("diagnostic-code", ""))
         rcpt = _address(group.get("original-recipient") or group.get("final-recipient") or "")
         diagnostic = " ".join(group.get("diagnostic-code", "").split())[:300]
         if action == "failed":
-            if status is not None and status.startswith("5.") and status[2:] not in _MAILBOX_FULL:
-                kind, rank = Kind.HARD, 3
-            else:
-                kind, rank = Kind.SOFT, 2
+            kind = status_kind(status, permanent=status is None or status.startswith("5."))
+            rank = {Kind.HARD: 4, Kind.REJECTED: 3}.get(kind, 2)
         elif action == "delayed":
             kind, rank = Kind.DELAYED, 1
         else:  # delivered, relayed, expanded: nothing went wrong
@@ -106,7 +127,7 @@ def _dsn(msg: email.message.Message) -> Report | None:
             recipients.append(rcpt)
         verdicts.append((rank, kind, status, diagnostic))
     if not verdicts:
-        return Report(Kind.UNRECOGNISED, original_message_id=_original_message_id(msg), how="dsn")
+        return None  # nothing it could read: let the detectors try
     _, kind, status, diagnostic = max(verdicts, key=lambda v: v[0])
     return Report(
         kind, tuple(dict.fromkeys(recipients)), status, diagnostic, _original_message_id(msg), "dsn"
@@ -118,6 +139,8 @@ def _arf(msg: email.message.Message) -> Report:
     for part in msg.walk():
         if part.get_content_type() == "message/feedback-report":
             fields = _fields(_payload_text(part))
+    if fields.get("feedback-type", "").lower() == "not-spam":
+        return Report(Kind.DELAYED, how="arf")  # "this is not spam": nothing to do
     rcpt = _address(fields.get("original-rcpt-to", ""))
     original = _original_message_id(msg)
     if not rcpt:

@@ -38,7 +38,7 @@ from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, Subscri
 
 _ADDRESS_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _RECORDED = (
-    EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.COMPLAINT,
+    EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.COMPLAINT, EventKind.REJECTED,
     EventKind.BOUNCE_UNMATCHED, EventKind.BOUNCE_REFUSED,
 )  # fmt: skip
 
@@ -71,20 +71,26 @@ def process_message(
     envelope_to: Sequence[str] = (),
 ) -> Outcome:
     """Classify one message and record what follows (``source``: "file", "lmtp", ...)."""
-    msg = parse(data)
     candidates = [*envelope_to]
-    for header in _ADDRESS_HEADERS:
-        candidates += [str(v) for v in msg.get_all(header, [])]
+    try:
+        msg = parse(data)
+        report = classify(msg)
+        for header in _ADDRESS_HEADERS:
+            candidates += [str(v) for v in msg.get_all(header, [])]
+        bounce_id = str(msg.get("Message-ID") or "").strip()
+        subject = str(msg.get("Subject", ""))
+    except Exception:  # a message no reader makes sense of (nesting, broken MIME) is kept
+        report, bounce_id, subject = Report(Kind.UNRECOGNISED, how="unparsable"), "", ""
     return record(
         engine=engine,
-        report=classify(msg),
-        bounce_id=str(msg.get("Message-ID") or "").strip() or hashlib.sha256(data).hexdigest(),
+        report=report,
+        bounce_id=bounce_id or hashlib.sha256(data).hexdigest(),
         source=source,
         address=address,
         candidates=candidates,
         policy=policy,
         now=now,
-        subject=str(msg.get("Subject", "")),
+        subject=subject,
     )
 
 
@@ -128,16 +134,16 @@ def record(
 
 
 def _seen(session: Session, bounce_id: str) -> bool:
-    marker = json.dumps(bounce_id)
-    return (
-        session.exec(
-            select(Event.id).where(
-                Event.kind.in_(_RECORDED),  # type: ignore[attr-defined]
-                Event.detail.contains(f'"bounce_id": {marker}'),  # type: ignore[attr-defined]
-            )
-        ).first()
-        is not None
+    """Whether this report was recorded before: a text search narrows the events (its
+    wildcards escaped), an exact comparison decides (SQLite's LIKE ignores case)."""
+    marker = f'"bounce_id": {json.dumps(bounce_id)}'
+    details = session.exec(
+        select(Event.detail).where(
+            Event.kind.in_(_RECORDED),  # type: ignore[attr-defined]
+            Event.detail.contains(marker, autoescape=True),  # type: ignore[attr-defined]
+        )
     )
+    return any(json.loads(d).get("bounce_id") == bounce_id for d in details)
 
 
 def _note(session: Session, kind: EventKind, now: datetime, detail: dict[str, object]) -> None:
@@ -171,10 +177,16 @@ def _delivery(
         row = session.exec(
             select(Delivery).where(Delivery.message_id == report.original_message_id)
         ).first()
-    if row is None and by_recipient and report.recipients:
+    if row is None and by_recipient and report.recipients and report.original_message_id is None:
+        # Only a digest that went out; and not when the relay named a message that is
+        # not ours (another application on the same relay account).
         row = session.exec(
             select(Delivery)
-            .where(sa.func.lower(Delivery.to_address) == report.recipients[0])
+            .where(
+                sa.func.lower(Delivery.to_address) == report.recipients[0],
+                Delivery.kind == DeliveryKind.DIGEST,
+                Delivery.sent_at.is_not(None),  # type: ignore[union-attr]
+            )
             .order_by(Delivery.id.desc())  # type: ignore[union-attr]
         ).first()
     if row is None and report.original_message_id is None:
@@ -211,6 +223,9 @@ def _apply(
             delivery_id=row.id,
         )
         return "unsubscribed: the reader reported it as spam"
+    if report.kind == Kind.REJECTED:
+        event(EventKind.REJECTED)
+        return "recorded: the message was refused (policy or content), not the address"
     if report.kind == Kind.HARD:
         event(EventKind.HARD_BOUNCE)
         was = subscriber.status
@@ -218,8 +233,8 @@ def _apply(
         return "suppressed: hard bounce" if was == SubscriberStatus.ACTIVE else "hard bounce"
     event(EventKind.SOFT_BOUNCE)
     session.flush()
-    run = _soft_run(session, subscriber.id, row.id)  # type: ignore[arg-type]
-    subscriber.soft_bounces = run
+    run, latest = _soft_runs(session, subscriber.id, row.id)  # type: ignore[arg-type]
+    subscriber.soft_bounces = latest
     session.add(subscriber)
     if run >= policy.soft_bounce_limit and subscriber.status == SubscriberStatus.ACTIVE:
         suppress(session, subscriber=subscriber, row=row, now=now, why="soft bounces")
@@ -227,18 +242,19 @@ def _apply(
     return f"soft bounce ({run} of {policy.soft_bounce_limit} in a row)"
 
 
-def _soft_run(session: Session, subscriber_id: int, delivery_id: int) -> int:
-    """How many of the subscriber's digests up to this one bounced softly, in a row."""
+def _soft_runs(session: Session, subscriber_id: int, delivery_id: int) -> tuple[int, int]:
+    """The run of softly bounced digests in a row that holds this one (late reports come
+    in any order), and the run ending at the subscriber's newest digest."""
     ids = list(
         session.exec(
             select(Delivery.id)
             .where(
                 Delivery.subscriber_id == subscriber_id,
                 Delivery.kind == DeliveryKind.DIGEST,
-                Delivery.id <= delivery_id,  # type: ignore[operator]
+                Delivery.sent_at.is_not(None),  # type: ignore[union-attr]
             )
             .order_by(Delivery.id.desc())  # type: ignore[union-attr]
-            .limit(50)
+            .limit(200)
         )
     )
     bounced = set(
@@ -249,9 +265,13 @@ def _soft_run(session: Session, subscriber_id: int, delivery_id: int) -> int:
             )
         )
     )
-    run = 0
-    for did in ids:
-        if did not in bounced:
-            break
-        run += 1
-    return run
+    flags = [did in bounced for did in ids]  # newest first
+    latest = next((k for k, flag in enumerate(flags) if not flag), len(flags))
+    if delivery_id not in ids:
+        return 1, latest
+    start = end = ids.index(delivery_id)
+    while start > 0 and flags[start - 1]:
+        start -= 1
+    while end + 1 < len(flags) and flags[end + 1]:
+        end += 1
+    return end - start + 1, latest

@@ -17,10 +17,10 @@ Each failure is a ``WebhookRefused`` with the reason, which the route logs.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from newsletter.bounces.classify import Kind, Report
+from newsletter.bounces.classify import Kind, Report, status_kind
 
 MAILGUN_MAX_AGE = 15 * 60  # seconds
 _SNS_FIELDS = {
@@ -54,23 +54,34 @@ class SnsVerifier:
     """Checks SNS signatures; certificates are fetched once per URL (``fetch``: bytes)."""
 
     def __init__(self, *, hosts: tuple[str, ...], fetch: Callable[[str], bytes]) -> None:
-        self.hosts, self.fetch = hosts, fetch
+        self.fetch = fetch
+        # A "*" stands for one DNS label, never for dots: sns.*.amazonaws.com does not
+        # admit sns.evil.example.amazonaws.com.attacker.net or a.b.amazonaws.com.
+        self._hosts = [
+            re.compile(re.escape(h).replace(r"\*", "[a-z0-9-]+"), re.IGNORECASE) for h in hosts
+        ]
         self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
 
-    def allowed(self, url: str) -> bool:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+    def allowed(self, url: str, *, certificate: bool = False) -> bool:
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            return False
         # Plain http only on loopback (a relay's test double on this machine).
         scheme_ok = parts.scheme == "https" or host in ("127.0.0.1", "localhost")
-        return scheme_ok and any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts)
+        # A certificate is a .pem file, named without a query (each query string would
+        # otherwise be a new fetch and a new cache entry).
+        shape_ok = not certificate or (parts.path.endswith(".pem") and not parts.query)
+        return scheme_ok and shape_ok and any(p.fullmatch(host) for p in self._hosts)
 
     def verify(self, message: Mapping[str, Any]) -> None:
         kind = message.get("Type")
-        if kind not in _SNS_FIELDS:
+        if not isinstance(kind, str) or kind not in _SNS_FIELDS:
             raise WebhookRefused(f"not an SNS message type we take: {kind!r}")
         url = str(message.get("SigningCertURL", ""))
-        if not self.allowed(url):
+        if not self.allowed(url, certificate=True):
             raise WebhookRefused(f"signing certificate from a host not allowed: {url!r}")
         version = str(message.get("SignatureVersion", ""))
         algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(version)
@@ -100,8 +111,14 @@ class SnsVerifier:
             except Exception as exc:
                 raise WebhookRefused(f"cannot load the signing certificate: {exc}") from None
             with self._lock:
+                if len(self._certs) >= 16:  # AWS rotates a few; anything more is noise
+                    self._certs.clear()
                 self._certs[url] = found
         return found
+
+
+# SES bounce subtypes about the message, not the address (SES's bounce types table).
+_SES_MESSAGE_PROBLEMS = ("MessageTooLarge", "ContentRejected", "AttachmentRejected")
 
 
 def ses_reports(notification: Mapping[str, Any]) -> list[tuple[Report, str]]:
@@ -113,10 +130,19 @@ def ses_reports(notification: Mapping[str, Any]) -> list[tuple[Report, str]]:
     if kind == "Bounce":
         bounce = notification.get("bounce") or {}
         permanent = bounce.get("bounceType") == "Permanent"
+        rejected = bounce.get("bounceSubType") in _SES_MESSAGE_PROBLEMS
+
+        def kind_of(status: object) -> Kind:
+            if bounce.get("bounceType") == "Undetermined":
+                return Kind.UNRECOGNISED
+            if rejected:
+                return Kind.REJECTED
+            return status_kind(str(status) if status else None, permanent=permanent)
+
         return [
             (
                 Report(
-                    Kind.HARD if permanent else Kind.SOFT,
+                    kind_of(r.get("status")),
                     (str(r.get("emailAddress", "")).lower(),),
                     r.get("status"),
                     str(r.get("diagnosticCode", ""))[:300],
@@ -177,12 +203,17 @@ class MailgunVerifier:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def verify(self, signature: Mapping[str, Any], *, now: float | None = None) -> None:
+    def verify(self, signature: object, *, now: float | None = None) -> str:
+        """The call's token when its signature checks, is fresh and was not used for a
+        recorded call before; ``remember`` it once the call is recorded (a call that
+        failed to record may be retried by Mailgun with the same token)."""
+        if not isinstance(signature, Mapping):
+            raise WebhookRefused("no Mailgun signature")
         now = time.time() if now is None else now
         timestamp, token = str(signature.get("timestamp", "")), str(signature.get("token", ""))
         given = str(signature.get("signature", ""))
         expected = hmac.new(self.key.encode(), (timestamp + token).encode(), hashlib.sha256)
-        if not token or not hmac.compare_digest(expected.hexdigest(), given):
+        if not token or not hmac.compare_digest(expected.hexdigest().encode(), given.encode()):
             raise WebhookRefused("the Mailgun signature does not check")
         if not timestamp.isascii() or not timestamp.isdigit():
             raise WebhookRefused("the Mailgun timestamp is not a number")
@@ -192,7 +223,11 @@ class MailgunVerifier:
             self._seen = {t: at for t, at in self._seen.items() if at > now - MAILGUN_MAX_AGE}
             if token in self._seen:
                 raise WebhookRefused("this Mailgun token was used before (a replay)")
-            self._seen[token] = now
+        return token
+
+    def remember(self, token: str, *, now: float | None = None) -> None:
+        with self._lock:
+            self._seen[token] = time.time() if now is None else now
 
 
 def mailgun_report(event: Mapping[str, Any]) -> tuple[Report, str] | None:
@@ -206,9 +241,14 @@ def mailgun_report(event: Mapping[str, Any]) -> tuple[Report, str] | None:
     if name != "failed":
         return None
     status = event.get("delivery-status") or {}
-    kind = Kind.HARD if event.get("severity") == "permanent" else Kind.SOFT
     text = str(status.get("description") or status.get("message") or "")[:300]
     code = status.get("enhanced-code") or None
+    if event.get("severity") != "permanent":
+        kind = Kind.DELAYED  # Mailgun is still trying (greylisting, a busy server)
+    elif event.get("reason") in ("bounce", "suppress-bounce"):
+        kind = Kind.HARD
+    else:
+        kind = status_kind(str(code) if code else None, permanent=True)
     return Report(kind, (recipient,), code, text, message_id, "mailgun"), return_path
 
 
@@ -222,5 +262,5 @@ def _angle(value: object) -> str | None:
 def loads(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise WebhookRefused("the body is not JSON") from None

@@ -72,7 +72,9 @@ def bounces_process(
         line = f"{path.name}: {outcome.report.kind.value}{status} ({who}): {outcome.action}"
         out.print(terminal_safe(line), markup=False)
     total = sum(kinds.values())
-    order = ("hard", "soft", "complaint", "delayed", "auto_reply", "unrecognised", "skipped")
+    order = (
+        "hard", "soft", "rejected", "complaint", "delayed", "auto_reply", "unrecognised", "skipped",
+    )  # fmt: skip
     parts = [f"{kinds[k]} {k.replace('_', ' ')}" for k in order if kinds[k]]
     out.print(f"{total} messages: {', '.join(parts) or 'none'}", markup=False)
 

@@ -79,6 +79,7 @@ def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]
                     .join(Delivery, Delivery.id == Event.delivery_id)
                     .where(
                         *digests,
+                        Delivery.sent_at.is_not(None),  # type: ignore[union-attr]  # the same set as "sent"
                         Delivery.edition.in_(editions),  # type: ignore[union-attr]
                         Event.kind.in_(kinds),  # type: ignore[attr-defined]
                     )
@@ -86,7 +87,7 @@ def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]
                 ).all()
             )
 
-        bounced = digests_with(EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE)
+        bounced = digests_with(EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.REJECTED)
         complained = digests_with(EventKind.COMPLAINT)
     return [
         EditionRates(str(edition), n, bounced.get(edition, 0), complained.get(edition, 0))
