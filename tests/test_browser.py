@@ -29,7 +29,14 @@ from newsletter.models import Subscriber
 from newsletter.plan import plan_digests
 from newsletter.web import create_app
 from tests.conftest import IN_CI, make_settings
-from tests.helpers import add_paper, deliver, live_server, runtime_for, subscribe
+from tests.helpers import (
+    add_paper,
+    deliver,
+    live_server,
+    runtime_for,
+    signups_settled,
+    subscribe,
+)
 from tests.smtp_server import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,6 +100,7 @@ def test_sign_up_confirm_preferences_unsubscribe(
         _shot(page, f"{width}-1-subscribe")
         page.get_by_role("button", name="Subscribe").click()
         expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+        signups_settled(engine)  # the confirmation is queued after the answer
 
         # In a thread of its own: Playwright's sync API holds this thread's event loop.
         with ThreadPoolExecutor(1) as pool:
