@@ -6,6 +6,7 @@ foreign ones are refused and change nothing."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -103,6 +104,22 @@ def _mailgun(event: dict, *, token: str, at: int | None = None) -> dict:  # type
             "event-data": event}  # fmt: skip
 
 
+@contextlib.contextmanager
+def _relays(tmp_path: Path, url: str, engine) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """The web app with all three webhooks on, and a client for it."""
+    port = free_port()
+    settings = _settings(
+        tmp_path, url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
+        NEWSLETTER_SES_TOPIC_ARN=TOPIC, NEWSLETTER_SNS_CERT_HOSTS="127.0.0.1",
+        NEWSLETTER_POSTMARK_WEBHOOK_SECRET=POSTMARK, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN,
+    )  # fmt: skip
+    with (
+        live_server(create_app(runtime=runtime_for(settings, engine)), port) as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+    ):
+        yield client
+
+
 def test_relay_webhooks_record_signed_reports_and_refuse_the_rest(
     tmp_path: Path, database_url: str, signing
 ) -> None:  # type: ignore[no-untyped-def]
@@ -110,17 +127,8 @@ def test_relay_webhooks_record_signed_reports_and_refuse_the_rest(
     people = ["ses@example.org", "pm@example.org", "pmspam@example.org", "mg@example.org",
               "mgspam@example.org", "bystander@example.org"]  # fmt: skip
     engine, accepted = _sent(tmp_path, database_url, people)
-    port = free_port()
-    settings = _settings(
-        tmp_path, database_url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
-        NEWSLETTER_SES_TOPIC_ARN=TOPIC, NEWSLETTER_SNS_CERT_HOSTS="127.0.0.1",
-        NEWSLETTER_POSTMARK_WEBHOOK_SECRET=POSTMARK, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN,
-    )  # fmt: skip
     cert = f"{certs.url}/cert.pem"
-    with (
-        live_server(create_app(runtime=runtime_for(settings, engine)), port) as url,
-        httpx.Client(base_url=url, timeout=10) as client,
-    ):
+    with _relays(tmp_path, database_url, engine) as client:
         # Amazon SES through SNS.
         body = _ses_bounce(accepted["ses@example.org"], "ses@example.org")
         other = _ses_bounce(accepted["bystander@example.org"], "bystander@example.org")
@@ -190,17 +198,8 @@ def test_webhooks_refuse_malformed_calls_with_4xx_and_read_what_a_failure_means(
 ) -> None:  # type: ignore[no-untyped-def]
     key, certs = signing
     engine, accepted = _sent(tmp_path, database_url, ["big@example.org", "grey@example.org"])
-    port = free_port()
-    settings = _settings(
-        tmp_path, database_url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
-        NEWSLETTER_SES_TOPIC_ARN=TOPIC, NEWSLETTER_SNS_CERT_HOSTS="127.0.0.1",
-        NEWSLETTER_POSTMARK_WEBHOOK_SECRET=POSTMARK, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN,
-    )  # fmt: skip
     cert = f"{certs.url}/cert.pem"
-    with (
-        live_server(create_app(runtime=runtime_for(settings, engine)), port) as url,
-        httpx.Client(base_url=url, timeout=10) as client,
-    ):
+    with _relays(tmp_path, database_url, engine) as client:
         for relay, body in (
             ("ses", {"Type": ["x"], "TopicArn": TOPIC}),
             ("ses", {"Type": "Notification", "TopicArn": TOPIC, "SigningCertURL": "https://[x"}),
