@@ -89,13 +89,20 @@ def record_vote(
     return state
 
 
-def taught(*, session: Session, subscriber_ids: Sequence[int] | None = None) -> Taught:
+def taught(
+    *,
+    session: Session,
+    subscriber_ids: Sequence[int] | None = None,
+    live: set[tuple[int, str]] | None = None,
+) -> Taught:
     """What each (subscriber, topic) has been taught: its stored lesson, plus any vote
     event written after it (the events are the truth; the lesson saves replaying them
-    all). Votes in a topic the subscriber no longer has are kept but not returned."""
+    all). Votes in a topic the subscriber no longer has are kept but not returned
+    (``live``: their current topics, when the caller has read them already)."""
     lessons = _lessons(session, subscriber_ids)
     state = _replay(session, subscriber_ids, after=lessons)
-    live = _live_topics(session, {sid for sid, _ in state})
+    if live is None:
+        live = _live_topics(session, {sid for sid, _ in state})
     return {
         key: tuple(sorted(votes.items())) for key, votes in state.items() if votes and key in live
     }
@@ -195,7 +202,8 @@ def _chunks(ids: Sequence[int] | None) -> list[list[int] | None]:
 def taught_topics(*, session: Session, ids: Sequence[int]) -> dict[int, list[Topic]]:
     """Each subscriber's topics with what they taught them (planning, ``filters test``)."""
     topics = topic_rows(session=session, ids=ids)
-    state = taught(session=session, subscriber_ids=list(topics))
+    live = {(sid, t.query) for sid, ts in topics.items() for t in ts}
+    state = taught(session=session, subscriber_ids=list(topics), live=live)
     if not state:
         return topics
     return {

@@ -53,10 +53,17 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def _mac(*, key: bytes, purpose: str, ident: str, salt: str) -> str:
+def mac_digest(*, key: bytes, purpose: str, ident: str, salt: str) -> bytes:
+    """The MAC every signed thing carries (links here, return paths in ``bounces.verp``),
+    before each writes it its own way."""
     mac = _keyed(key).copy()
     mac.update(f"{purpose}:{ident}:{salt}".encode())
-    return base64.urlsafe_b64encode(mac.digest()[:_MAC_BYTES]).rstrip(b"=").decode()
+    return mac.digest()[:_MAC_BYTES]
+
+
+def _mac(*, key: bytes, purpose: str, ident: str, salt: str) -> str:
+    digest = mac_digest(key=key, purpose=purpose, ident=ident, salt=salt)
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def make_token(*, key: bytes, purpose: str, ids: tuple[int, ...], salt: str) -> str:

@@ -9,7 +9,6 @@ allows a local part.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ class Verp:
 def _mac(key: bytes, subscriber_id: int, delivery_id: int, salt: str) -> str:
     if len(key) < tokens.MIN_KEY_BYTES:
         raise tokens.WeakKeyError("refusing to sign a return path with an empty or short key")
-    data = f"{PURPOSE}:{subscriber_id}-{delivery_id}:{salt}".encode()
-    digest = hmac.new(key, data, hashlib.sha256).digest()[:20]
+    ident = f"{subscriber_id}-{delivery_id}"
+    digest = tokens.mac_digest(key=key, purpose=PURPOSE, ident=ident, salt=salt)
     return base64.b32encode(digest).decode().lower()
 
 

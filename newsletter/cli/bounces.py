@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from newsletter.bounces.process import BounceAddress, process_message
 from newsletter.cli.common import _context, app, err, out
 from newsletter.models import utcnow
 from newsletter.text import terminal_safe
@@ -44,6 +43,8 @@ def bounces_process(
     """Read bounce and complaint messages and record what they say (a hard bounce
     suppresses, soft ones count, a complaint unsubscribes); the same message twice
     changes nothing."""
+    from newsletter.bounces.process import BounceAddress, process_message
+
     ctx = _context()
     settings = ctx.settings
     address = (

@@ -18,9 +18,10 @@ from sqlmodel import select
 from newsletter import db
 from newsletter.errors import SubscriberError
 from newsletter.models import Paper, utcnow
-from newsletter.paper_links import PaperLinks, paper_links
+from newsletter.paper_links import PaperLinks
 from newsletter.relevance import ALPHA, DEFAULT_DIAL, DIAL, Picked, Scorer, Topic, TopicScores
-from newsletter.text import latex_to_text, one_line, terminal_safe
+from newsletter.render.links import links_for
+from newsletter.text import terminal_safe
 
 if TYPE_CHECKING:
     from newsletter.runtime import Runtime
@@ -172,12 +173,7 @@ def papers_list(
 
 
 def links_of(paper: Paper) -> PaperLinks:
-    return paper_links(
-        title=one_line(latex_to_text(paper.title)),
-        arxiv_id=paper.arxiv_id,
-        code=paper.code_url,
-        project=paper.project_url,
-    )
+    return links_for(paper.title, paper.arxiv_id, paper.code_url, paper.project_url)
 
 
 def paper_json(paper: Paper) -> dict[str, object]:
@@ -268,7 +264,7 @@ def filters_test(
             "lexical": round(float(scores.lexical[i]), 3),
             "semantic": round(float(scores.semantic[i]), 3) if scores.has_meaning[i] else None,
             "matched": bool(scores.matched[i]),
-            "words": list(scorer_words(scorer, topic, i)),
+            "words": list(scorer.words_of(topic.query, i)),
             "carried_by_meaning": meaning,
             "liked": liked.get(pid),
             "links": {k: getattr(pages[pid], k) for k in pages[pid].__slots__},
@@ -331,16 +327,6 @@ def _taught_topic(ctx: Runtime, email: str, number: int, dial: int | None) -> tu
                 f"{row.email} has {len(topics)} topics; --topic {number} is not one", field="topic"
             )
         return topics[number - 1], dial or row.dial
-
-
-def scorer_words(scorer: Scorer, topic: Topic, i: int) -> tuple[str, ...]:
-    """The words of the filter the paper holds, as it writes them."""
-    from newsletter.filters import compile_filter
-
-    words: dict[str, None] = {}
-    for leaf in compile_filter(topic.query).leaves:
-        words.update(dict.fromkeys(scorer.ranker.shown(leaf, i)))
-    return tuple(words)
 
 
 def _below_the_line(

@@ -341,7 +341,7 @@ class Scorer:
             if s.has_meaning[i]:
                 semantic = max(semantic or -math.inf, float(s.semantic[i]))
             if s.matched[i]:
-                words.update(dict.fromkeys(self._words_of(s.topic.query, i)))
+                words.update(dict.fromkeys(self.words_of(s.topic.query, i)))
             if d.carried[i] and meaning_topic is None:
                 meaning_topic = s
             if d.voted[i] and liked is None and s.carrier is not None:
@@ -361,7 +361,7 @@ class Scorer:
             liked=liked,
         )
 
-    def _words_of(self, query: str, i: int) -> tuple[str, ...]:
+    def words_of(self, query: str, i: int) -> tuple[str, ...]:
         """The filter's words as paper ``i`` writes them (for highlighting)."""
         key = (query, i)
         found = self._words.get(key)

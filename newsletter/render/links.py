@@ -17,7 +17,9 @@ LINK_STYLE = "color:#0b3d91;text-decoration:underline;"
 
 
 @functools.lru_cache(maxsize=20_000)
-def _links(title: str, arxiv_id: str | None, code: str | None, project: str | None) -> PaperLinks:
+def links_for(
+    title: str, arxiv_id: str | None, code: str | None, project: str | None
+) -> PaperLinks:
     return paper_links(
         title=clean(latex_to_text(title)), arxiv_id=arxiv_id, code=code, project=project
     )
@@ -26,7 +28,7 @@ def _links(title: str, arxiv_id: str | None, code: str | None, project: str | No
 def links_of(paper: DigestPaper) -> PaperLinks:
     """Where the reader opens the paper: its arXiv page (a title search when no source gave
     an id), its PDF, its code and its project page."""
-    return _links(paper.title, paper.arxiv_id, paper.code_url, paper.project_url)
+    return links_for(paper.title, paper.arxiv_id, paper.code_url, paper.project_url)
 
 
 def link_list(links: PaperLinks) -> list[tuple[str, str]]:
