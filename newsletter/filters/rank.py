@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from newsletter.bounded import Bounded
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
 from newsletter.filters.bitsets import iter_bits
 from newsletter.filters.bm25 import K1, TITLE_BOOST, B
@@ -106,7 +107,7 @@ class Ranker:
         self.index = index
         n = index.n
         self._filter_bits: dict[str, int] = {}
-        self._filter_scores: dict[str, np.ndarray] = {}
+        self._filter_scores = Bounded(4096)  # query -> scores: day-sized, so bounded
         self._leaf_scores: dict[Term | Phrase, np.ndarray] = {}
         self._shown: dict[tuple[Term | Phrase, int], tuple[str, ...]] = {}
         self._ranked: dict[tuple[tuple[str, ...], int | None, int], Ranked] = {}
@@ -192,7 +193,7 @@ class Ranker:
             total = self._zeros
             for leaf in flt.leaves:
                 total = total + self.leaf_scores(leaf)
-            cached = self._filter_scores[flt.query] = total * self.mask(self.filter_bits(flt))
+            cached = self._filter_scores.put(flt.query, total * self.mask(self.filter_bits(flt)))
         return cached
 
     def mask(self, bits: int) -> np.ndarray:

@@ -5,13 +5,12 @@ fuses the filter's lexical evidence with meaning and decides at the subscriber's
 dial step.
 """
 
+from newsletter.relevance.pick import Pick, Picked
 from newsletter.relevance.reference import Reference, load_reference
 from newsletter.relevance.score import (
     ALPHA,
     DEFAULT_DIAL,
     DIAL,
-    Pick,
-    Picked,
     Scorer,
     Step,
     Topic,

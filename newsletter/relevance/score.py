@@ -18,39 +18,55 @@ its meaning alone is far out (``semantic >= enter``, and a cosine of at least
 A filter that names no words (``upvotes>=5``, ``org:"ZIP Lab"``) is taken at its
 word: its matches are in. ``*`` is everything, by upvotes. The constants were
 chosen on hand-judged topics (bench/relevance.py) and are the same for every topic.
+
+Planning decides its topics in batches (``Scorer.prepare``), one row per topic, with
+the rules of ``decisions.py``; ``filters test`` and the reference decide one topic the
+same way, and the cosines are exact (``meaning.py``), so both give the same answer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from newsletter.bounded import Bounded
 from newsletter.filters import CorpusStats, Ranker, compile_filter
 from newsletter.filters.ast import All, And, Node, Or, Phrase, Term
 from newsletter.filters.bm25 import K1
 from newsletter.filters.tokens import stem
+from newsletter.relevance.decisions import (
+    ALPHA,
+    MIN_COSINE,
+    NEAR,
+    Day,
+    Decided,
+    Rows,
+    Step,
+    decide,
+    sparse,
+)
 from newsletter.relevance.feedback import neighbours, rocchio, split_votes
+from newsletter.relevance.meaning import cosines, quantise
+from newsletter.relevance.pick import (
+    CARRIED,
+    MATCHED,
+    VOTED,
+    Decision,
+    Merged,
+    Pick,
+    Picked,
+    merge,
+)
 from newsletter.relevance.reference import Reference
 
-ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
-# Meaning alone lets a paper in only when it is also close in absolute terms: a topic
-# no recent paper is about still has papers 4 deviations "closer" than the rest (at a
-# cosine of 0.2-0.3 with this model); a synonym-only paper sits at 0.5 and above.
-MIN_COSINE = 0.45
+__all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step"]
+
 LEXICAL_CAP = 1.5
-NEAR = 0.15  # "near the line": this far below it (a quarter of that for meaning alone)
 UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    label: str
-    threshold: float  # lexical + ALPHA * semantic, for a paper the filter matches
-    enter: float  # semantic alone, for a paper it does not
-
+BATCH = 256  # topics decided together: the day's arrays for each, a few MB at a time
 
 DIAL: dict[int, Step] = {
     1: Step("Fewest, surest papers", 0.80, 3.5),
@@ -103,80 +119,22 @@ class TopicScores:
     liked: tuple[int, ...] = ()  # ids of the liked papers with a vector
     carrier: np.ndarray | None = None  # per paper, the index in ``liked`` of the nearest
 
+    def rows(self) -> Rows:
+        """This topic as the one row the rules take."""
+        return Rows(
+            self.matched[None], self.lexical[None], self.semantic[None], self.cosine[None],
+            self.has_meaning[None], self.shift[None], self.fused[None],
+            np.array([[self.words_only]]), np.array([[self.everything]]),
+        )  # fmt: skip
+
     def included(self, step: Step) -> np.ndarray:
-        if self.everything:
-            return np.ones_like(self.matched)
-        if self.words_only:
-            return self.matched
-        by_filter = self.matched & (self.fused >= step.threshold)
-        by_meaning = (
-            self.has_meaning
-            & (self.semantic >= step.enter)
-            & (self.cosine >= MIN_COSINE)
-            & (self.shift >= 0)  # not a near-duplicate of a paper the reader turned down
-        )
-        # "More like this": a close neighbour of a liked paper, over the line on its own
-        by_vote = (self.shift > 0) & (self.fused >= step.threshold)
-        return by_filter | by_meaning | by_vote
+        return decide(self.rows(), step).inside[0]
 
     def near(self, step: Step) -> np.ndarray:
-        if self.everything or self.words_only:
-            return np.zeros_like(self.matched)
-        fused = self.fused
-        close = self.matched & (fused >= step.threshold - NEAR)
-        meaning = (
-            self.has_meaning
-            & (self.semantic >= step.enter - 4 * NEAR)
-            & (self.cosine >= MIN_COSINE - NEAR / 3)
-        )
-        return (close | meaning) & ~self.included(step)
-
-
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """A paper for a subscriber, and why."""
-
-    index: int
-    paper_id: int
-    score: float
-    lexical: float
-    semantic: float | None
-    filters: tuple[str, ...]  # the topics' filters that let it in, as typed
-    words: tuple[str, ...]  # the words that matched, as the paper writes them
-    meaning: bool  # its meaning carried it over the line
-    close_to: str | None  # the topic sentence it is close to
-    sentence: tuple[int, int] | None  # span of the abstract sentence nearest the topic
-    liked: str | None = None  # the title of the liked paper whose vote carried it in
-
-
-@dataclass(frozen=True, slots=True)
-class Picked:
-    matches: tuple[Pick, ...]
-    total: int  # papers in, before the digest's cap
-    near: tuple[Pick, ...]  # papers just below the line, best first
-    # Of ``near``, the UNSURE closest to the line, closest first: where the topic's
-    # decision is least certain, so a vote there teaches the most.
-    unsure: tuple[Pick, ...] = ()
-
-    @property
-    def more(self) -> int:
-        return self.total - len(self.matches)
+        return decide(self.rows(), step).near[0]
 
 
 SentenceSource = Callable[[int], tuple[np.ndarray, list[tuple[int, int]]] | None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Decided:
-    """One topic at one dial step, worked out once for all subscribers who share it."""
-
-    scores: TopicScores
-    inside: np.ndarray  # bool: let in
-    near: np.ndarray  # bool: just below the line
-    value: np.ndarray  # what orders them (the fused score; 0 for "*")
-    carried: np.ndarray  # bool: meaning carried it over the line
-    voted: np.ndarray  # bool: a liked paper's nearness carried it over the line
-    margin: np.ndarray  # how far below the line, in fused-score units (for "unsure")
 
 
 class Scorer:
@@ -201,78 +159,140 @@ class Scorer:
         self.sentences = sentences
         self.voted = voted or {}  # vectors of the papers readers voted on, by paper id
         self.voted_titles = voted_titles or {}
-        self._topics: dict[Topic, TopicScores] = {}
-        self._decided: dict[tuple[Topic, int], _Decided] = {}
-        self._words: dict[tuple[str, int], tuple[str, ...]] = {}
-        self._picked: dict[tuple[tuple[Topic, ...], int | None, int, int], Picked] = {}
+        # Bounded: a million readers' long tail of topics and combinations must not be
+        # kept whole; what many share stays (see Bounded).
+        self._topics = Bounded(256)  # Topic -> TopicScores (day-sized arrays)
+        self._decided = Bounded(100_000)  # (Topic, dial) -> Decision (sparse)
+        self._words = Bounded(200_000)  # (query, index) -> words as the paper writes them
+        self._picks = Bounded(200_000)  # (decision keys, index) -> Pick
+        self._picked = Bounded(20_000)  # (topics, within, limit, dial) -> Picked
+        self._reach = Bounded(1024)  # within (a bitset) -> the same as a mask
         n = ranker.index.n
         self._everything = np.ones(n, bool)
         self._zero, self._nothing = np.zeros(n), np.zeros(n, bool)
         if self.present is None:
             self.present = np.ones(n, bool)
         self._all_present = bool(self.present.all())
+        self._meaning = vectors is not None and reference.vectors >= 2
+        self._papers8 = quantise(vectors) if self._meaning else None  # type: ignore[arg-type]
+        self._day = Day(ranker.popularity, ranker.upvotes, ranker.seen, ranker.ids)
+
+    # --- one topic over every paper (filters test, the reference) ---------------------
 
     def topic(self, topic: Topic) -> TopicScores:
         found = self._topics.get(topic)
         if found is None:
-            found = self._topics[topic] = self._score(topic)
+            found = self._topics.put(topic, self._score(topic))
         return found
 
-    def _score(self, topic: Topic) -> TopicScores:
+    def _lexical(self, topic: Topic) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        """(matched, lexical, words_only, everything) of the topic's filter."""
         flt = compile_filter(topic.query)
         everything = isinstance(flt.tree, All)
         matched = self.ranker.mask(self.ranker.filter_bits(flt))
         top = ceiling(flt.tree, self.ranker.index.stats)
-        words_only = top == 0.0 and not everything
         if top > 0:
             lexical = np.minimum(self.ranker.filter_scores(flt) / top, LEXICAL_CAP)
         else:
             lexical = matched.astype(float)
+        return matched, lexical, top == 0.0 and not everything, everything
+
+    def _semantic(self, q: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+        centre, spread = self.reference.spread(q[None, :])  # one row, always: exact
+        semantic = (cosine - centre[0]) / spread[0]
+        return semantic if self._all_present else np.where(self.present, semantic, 0.0)
+
+    def _score(self, topic: Topic) -> TopicScores:
+        matched, lexical, words_only, everything = self._lexical(topic)
         semantic, cosine, has_meaning = self._zero, self._zero, self._nothing
         shift, carrier, liked_ids = self._zero, None, []
-        q = self.topic_vectors.get(self.topic_text(topic))
-        if q is not None and self.vectors is not None and self.reference.vectors >= 2:
+        q = self.topic_vectors.get(self.topic_text(topic)) if self._meaning else None
+        if q is not None:
             liked_ids, liked, disliked = split_votes(topic.taught, self.voted)
             if liked or disliked:
                 q = rocchio(q, liked=liked, disliked=disliked)
                 shift, carrier = neighbours(
                     self.vectors, reference=self.reference, liked=liked, disliked=disliked,
                     alpha=ALPHA,
-                )  # fmt: skip
-            centre, spread = self.reference.spread(q[None, :])
-            has_meaning = self.present
-            cosine = self.vectors @ q  # rows without a vector are zeros: cosine 0
-            semantic = (cosine - centre[0]) / spread[0]
-            if not self._all_present:
-                semantic = np.where(has_meaning, semantic, 0.0)
-                shift = np.where(has_meaning, shift, 0.0)
+                )  # type: ignore[arg-type]  # fmt: skip
+                if not self._all_present:
+                    shift = np.where(self.present, shift, 0.0)
+            has_meaning = self.present  # rows without a vector are zeros: cosine 0
+            cosine = cosines(self._papers8, quantise(q[None, :]))[0]  # type: ignore[arg-type]
+            semantic = self._semantic(q, cosine)
         fused = lexical + ALPHA * semantic + shift
         return TopicScores(
             topic, matched, lexical, semantic, cosine, has_meaning, words_only, everything, fused,
             shift, tuple(liked_ids), carrier,
         )  # fmt: skip
 
-    def _decision(self, topic: Topic, dial: int) -> _Decided:
-        key = (topic, dial)
-        found = self._decided.get(key)
+    def _dense(self, topic: Topic, dial: int) -> tuple[TopicScores, Decided, np.ndarray | None]:
+        """The topic's decision over every paper, one row; and what votes carried in."""
+        s, step = self.topic(topic), DIAL.get(dial, DIAL[DEFAULT_DIAL])
+        d = decide(s.rows(), step)
+        if not s.liked:
+            return s, d, None
+        # In because of the votes: out for the topic as the reader wrote it.
+        voted = d.inside & ~self._dense(Topic(topic.query, topic.about), dial)[1].inside
+        return s, replace(d, carried=d.carried & ~voted), voted  # a vote carried it
+
+    # --- many topics at once (planning) ------------------------------------------------
+
+    def prepare(self, topics: Iterable[Topic], *, dial: int) -> None:
+        """Decide the topics not decided yet at this dial step, in batches."""
+        missing = [t for t in dict.fromkeys(topics) if (t, dial) not in self._decided]
+        self._decided.room(len(missing))
+        for t in missing:
+            if t.taught:  # its own centre and neighbours: one at a time
+                s, d, voted = self._dense(t, dial)
+                carrier = s.carrier[None] if s.carrier is not None else None
+                (decision,) = sparse(
+                    d, s.rows(), self._day, keys=[(t, dial)], queries=[t.query],
+                    voted=voted, liked=carrier, liked_ids=s.liked,
+                )  # fmt: skip
+                self._decided.put(decision.key, decision)
+        plain = [t for t in missing if not t.taught]
+        for start in range(0, len(plain), BATCH):
+            for decision in self._batch(plain[start : start + BATCH], dial):
+                self._decided.put(decision.key, decision)
+
+    def _batch(self, topics: list[Topic], dial: int) -> list[Decision]:
+        m, n = len(topics), self.ranker.index.n
+        matched, lexical = np.empty((m, n), bool), np.empty((m, n))
+        words_only, everything = np.empty((m, 1), bool), np.empty((m, 1), bool)
+        with_q, qs = [], []
+        for t, topic in enumerate(topics):
+            matched[t], lexical[t], words_only[t, 0], everything[t, 0] = self._lexical(topic)
+            q = self.topic_vectors.get(self.topic_text(topic)) if self._meaning else None
+            if q is not None:
+                with_q.append(t)
+                qs.append(q)
+        semantic, cosine = np.zeros((m, n)), np.zeros((m, n))
+        has_meaning = np.zeros((m, n), bool)
+        if qs:
+            found = cosines(self._papers8, quantise(np.stack(qs)))  # type: ignore[arg-type]
+            for k, t in enumerate(with_q):
+                cosine[t], semantic[t] = found[k], self._semantic(qs[k], found[k])
+            has_meaning[with_q] = self.present
+        shift = np.zeros((m, n))
+        rows = Rows(
+            matched, lexical, semantic, cosine, has_meaning, shift,
+            lexical + ALPHA * semantic + shift, words_only, everything,
+        )  # fmt: skip
+        step = DIAL.get(dial, DIAL[DEFAULT_DIAL])
+        return sparse(
+            decide(rows, step), rows, self._day,
+            keys=[(t, dial) for t in topics], queries=[t.query for t in topics],
+        )  # fmt: skip
+
+    def _decision(self, topic: Topic, dial: int) -> Decision:
+        found = self._decided.get((topic, dial))
         if found is None:
-            s, step = self.topic(topic), DIAL.get(dial, DIAL[DEFAULT_DIAL])
-            inside = s.included(step)
-            meaning = s.has_meaning & (~s.matched | (s.lexical < step.threshold))
-            carried = inside & meaning & (not s.words_only) & (not s.everything)
-            voted = np.zeros_like(inside)
-            if s.liked:  # in because of the votes: out for the topic as the reader wrote it
-                voted = inside & ~self._decision(Topic(topic.query, topic.about), dial).inside
-                carried &= ~voted  # a vote carried it, not the topic's sentence
-            value = np.zeros(len(inside)) if s.everything else s.fused
-            # Below the line by the filter's score when it matched, else by meaning alone.
-            margin = np.where(
-                s.matched, step.threshold - s.fused, ALPHA * (step.enter - s.semantic)
-            )
-            found = self._decided[key] = _Decided(
-                s, inside, s.near(step), value, carried, voted, margin
-            )
+            self.prepare([topic], dial=dial)
+            found = self._decided[(topic, dial)]
         return found
+
+    # --- a subscriber's pick ------------------------------------------------------------
 
     def pick(
         self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int = DEFAULT_DIAL
@@ -283,38 +303,52 @@ class Scorer:
         key = (tuple(topics), within, limit, dial)
         found = self._picked.get(key)
         if found is None:
-            found = self._picked[key] = self._pick(topics, within=within, limit=limit, dial=dial)
+            found = self._picked.put(key, self._pick(topics, within=within, limit=limit, dial=dial))
         return found
+
+    def order(
+        self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int = DEFAULT_DIAL
+    ) -> tuple[list[Decision], Merged]:
+        """The decision without explanations: the topics' decisions, and the best
+        ``limit`` papers in and just below the line, with the count of those in."""
+        decided = [self._decision(t, dial) for t in topics or (Topic("*"),)]
+        if within is None:
+            reach = self._everything
+        else:
+            reach = self._reach.get(within)
+            if reach is None:
+                reach = self._reach.put(within, self.ranker.mask(within))
+        return decided, merge(decided, day=self._day, reach=reach, limit=limit)
 
     def _pick(
         self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int
     ) -> Picked:
-        decided, shown, below, best = self.decide(topics, within=within, dial=dial)
-        near = tuple(self._explain(i, decided, best) for i in below[:limit])
-        margin = np.min([np.where(d.near, d.margin, np.inf) for d in decided], axis=0)
-        closest = sorted(range(len(near)), key=lambda k: (margin[near[k].index], k))
+        decided, merged = self.order(topics, within=within, limit=limit, dial=dial)
+        near = tuple(self._explain(i, v, decided) for i, v in merged.below)
+        margin = [
+            min(d.margin[d.row(p.index)] for d in decided if (d.near >> p.index) & 1) for p in near
+        ]
+        closest = sorted(range(len(near)), key=lambda k: (margin[k], k))
         return Picked(
-            matches=tuple(self._explain(i, decided, best) for i in shown[:limit]),
-            total=len(shown),
+            matches=tuple(self._explain(i, v, decided) for i, v in merged.shown),
+            total=merged.total,
             near=near,
             unsure=tuple(near[k] for k in closest[:UNSURE]),
         )
 
     def decide(
         self, topics: Sequence[Topic], *, within: int | None, dial: int = DEFAULT_DIAL
-    ) -> tuple[list[_Decided], np.ndarray, np.ndarray, np.ndarray]:
-        """The decision without explanations: the topics' decisions, the papers in and
-        just below the line (indexes, best first), and the scores that order them."""
-        decided = [self._decision(t, dial) for t in topics or (Topic("*"),)]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The plain reference ``pick`` is tested against, over the day's arrays: the
+        papers in and just below the line (indexes, best first), and their scores."""
+        decided = [self._dense(t, dial)[1] for t in topics or (Topic("*"),)]
         reach = self.ranker.mask(within) if within is not None else self._everything
-        if len(decided) == 1:
-            d = decided[0]
-            inside, near, best = d.inside & reach, d.near & reach & ~d.inside, d.value
-        else:
-            inside = np.logical_or.reduce([d.inside for d in decided]) & reach
-            near = np.logical_or.reduce([d.near for d in decided]) & reach & ~inside
-            best = np.max([np.where(d.inside | d.near, d.value, -np.inf) for d in decided], axis=0)
-        return decided, self._order(inside, best), self._order(near, best), best
+        inside = np.logical_or.reduce([d.inside[0] for d in decided]) & reach
+        near = np.logical_or.reduce([d.near[0] for d in decided]) & reach & ~inside
+        best = np.max(
+            [np.where(d.inside[0] | d.near[0], d.value[0], -np.inf) for d in decided], axis=0
+        )
+        return self._order(inside, best), self._order(near, best), best
 
     def _order(self, chosen: np.ndarray, best: np.ndarray) -> np.ndarray:
         """Best first: score (raised by at most 25% for upvotes), upvotes, freshness, id."""
@@ -326,39 +360,46 @@ class Scorer:
         order = np.lexsort((r.ids[candidates], -r.seen[candidates], -r.upvotes[candidates], -score))
         return candidates[order]
 
-    def _explain(self, i: int, decided: list[_Decided], best: np.ndarray) -> Pick:
-        i = int(i)
+    def _explain(self, i: int, value: float, decided: list[Decision]) -> Pick:
+        """Why paper i is in (or near): shared by every reader whose topics that hold
+        it are the same."""
+        mine = [d for d in decided if ((d.inside | d.near) >> i) & 1]
+        key = (tuple(d.key for d in mine), i)
+        found = self._picks.get(key)
+        if found is not None:
+            return found
         names: list[str] = []
         words: dict[str, None] = {}
-        meaning_topic: TopicScores | None = None
+        meaning: Topic | None = None
         lexical, semantic, liked = 0.0, None, None
-        for d in decided:
-            if not (d.inside[i] or d.near[i]):
-                continue
-            s = d.scores
-            names.append(s.topic.query)
-            lexical = max(lexical, float(s.lexical[i]))
-            if s.has_meaning[i]:
-                semantic = max(semantic or -math.inf, float(s.semantic[i]))
-            if s.matched[i]:
-                words.update(dict.fromkeys(self.words_of(s.topic.query, i)))
-            if d.carried[i] and meaning_topic is None:
-                meaning_topic = s
-            if d.voted[i] and liked is None and s.carrier is not None:
-                liked = self.voted_titles.get(s.liked[int(s.carrier[i])])
-        sentence = self._nearest(i, meaning_topic) if meaning_topic is not None else None
-        return Pick(
-            index=i,
-            paper_id=int(self.ranker.ids[i]),
-            score=float(best[i]),
-            lexical=lexical,
-            semantic=semantic,
-            filters=tuple(names) or ("*",),
-            words=tuple(words),
-            meaning=meaning_topic is not None,
-            close_to=meaning_topic.topic.about if meaning_topic is not None else None,
-            sentence=sentence,
-            liked=liked,
+        for d in mine:
+            row = d.row(i)
+            names.append(d.query)
+            lexical = max(lexical, float(d.lexical[row]))
+            if not math.isnan(d.semantic[row]):
+                semantic = max(semantic or -math.inf, float(d.semantic[row]))
+            flags = int(d.flags[row])
+            if flags & MATCHED:
+                words.update(dict.fromkeys(self.words_of(d.query, i)))
+            if flags & CARRIED and meaning is None:
+                meaning = d.key[0]  # type: ignore[assignment]
+            if flags & VOTED and liked is None and d.liked[row] >= 0:
+                liked = self.voted_titles.get(d.liked_ids[int(d.liked[row])])
+        return self._picks.put(
+            key,
+            Pick(
+                index=i,
+                paper_id=int(self.ranker.ids[i]),
+                score=value,
+                lexical=lexical,
+                semantic=semantic,
+                filters=tuple(names) or ("*",),
+                words=tuple(words),
+                meaning=meaning is not None,
+                close_to=meaning.about if meaning is not None else None,
+                sentence=self._nearest(i, meaning) if meaning is not None else None,
+                liked=liked,
+            ),
         )
 
     def words_of(self, query: str, i: int) -> tuple[str, ...]:
@@ -369,11 +410,11 @@ class Scorer:
             words: dict[str, None] = {}
             for leaf in compile_filter(query).leaves:
                 words.update(dict.fromkeys(self.ranker.shown(leaf, i)))
-            found = self._words[key] = tuple(words)
+            found = self._words.put(key, tuple(words))
         return found
 
-    def _nearest(self, i: int, scores: TopicScores) -> tuple[int, int] | None:
-        q = self.topic_vectors.get(self.topic_text(scores.topic))
+    def _nearest(self, i: int, topic: Topic) -> tuple[int, int] | None:
+        q = self.topic_vectors.get(self.topic_text(topic))
         found = self.sentences(int(self.ranker.ids[i])) if self.sentences is not None else None
         if q is None or found is None or not found[1]:
             return None

@@ -16,10 +16,11 @@ keeps for its life; all are keyed by value and bounded. The output equals
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from markupsafe import escape
 
+from newsletter.bounded import Bounded
 from newsletter.paper_links import PaperLinks
 from newsletter.render import content, mime
 from newsletter.render.budget import within_budget
@@ -52,15 +53,7 @@ _TEXT_SLOTS = (
     "archive_url", "preferences_url", "unsubscribe_url",
 )  # fmt: skip
 _OPTIONAL = ("to_name", "more", "near")  # values a template tests with {% if %}
-_CACHE_MAX = 50_000  # entries per cache; a cache that fills is emptied and refilled
-
-
-class _Bounded(dict[Any, Any]):
-    def put(self, key: object, value: Any) -> Any:
-        if len(self) >= _CACHE_MAX:
-            self.clear()
-        self[key] = value
-        return value
+_MAX = 50_000  # entries per cache; a cache that fills is emptied and refilled
 
 
 class _Own(NamedTuple):
@@ -88,13 +81,13 @@ class BatchRenderer:
         self.root = (templates_dir or TEMPLATES_DIR).resolve()
         self._halves: dict[tuple[str, tuple[bool, ...]], tuple[FillIn, FillIn]] = {}
         self._paper_templates: dict[_Shape, tuple[Compiled, Compiled, Compiled]] = {}
-        self._heads = _Bounded()  # (the paper's own texts, terms) -> the paper, highlighted
-        self._tails = _Bounded()  # (matched topics, variant) -> its "Matched: …" line and end
-        self._text_heads = _Bounded()  # the paper's own texts -> text, unnumbered
-        self._numbered = _Bounded()  # (index, the paper's own texts) -> text, numbered
-        self._text_tails = _Bounded()
-        self._papers = _Bounded()  # a digest's papers -> (HTML blocks, text blocks)
-        self._aria = _Bounded()  # subject -> what MJML makes of it in the aria-label
+        self._heads = Bounded(_MAX)  # (the paper's own texts, terms) -> the paper, highlighted
+        self._tails = Bounded(_MAX)  # (matched topics, variant) -> its "Matched: …" line and end
+        self._text_heads = Bounded(_MAX)  # the paper's own texts -> text, unnumbered
+        self._numbered = Bounded(_MAX)  # (index, the paper's own texts) -> text, numbered
+        self._text_tails = Bounded(_MAX)
+        self._papers = Bounded(_MAX)  # a digest's papers -> (HTML blocks, text blocks)
+        self._aria = Bounded(_MAX)  # subject -> what MJML makes of it in the aria-label
 
     def render(self, *, digest: Digest, sender: Sender) -> RenderedDigest:
         if digest.near_papers:  # the archive page's: rendered plainly, never mailed

@@ -1,0 +1,29 @@
+"""A cache with a ceiling: planning a million digests must not keep a million answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Bounded(dict[Any, Any]):
+    """A dict that empties itself when full, then refills with what is still asked for.
+
+    Cheaper than an LRU's bookkeeping on every hit, and for these caches as good: what
+    many readers share (a popular topic, a paper's blocks) is back after a few look-ups.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def room(self, count: int) -> None:
+        """Make room for ``count`` more entries now, so none of them is dropped while
+        the caller still needs it."""
+        if len(self) + count > self.size:
+            self.clear()
+
+    def put(self, key: object, value: Any) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value

@@ -1,0 +1,144 @@
+"""The line, as rules over arrays: one topic's row (``filters test``, the reference) or
+thousands of topics' rows at once (planning), with the same element-wise arithmetic, so
+a paper gets the same decision however many topics were decided with it.
+
+``Rows`` holds m topics x n papers; ``decide`` applies a dial step; ``sparse`` keeps of
+each row what a digest can use (``pick.Decision``): the papers in or just below the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Decision
+
+ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
+# Meaning alone lets a paper in only when it is also close in absolute terms: a topic
+# no recent paper is about still has papers 4 deviations "closer" than the rest (at a
+# cosine of 0.2-0.3 with this model); a synonym-only paper sits at 0.5 and above.
+MIN_COSINE = 0.45
+NEAR = 0.15  # "near the line": this far below it (a quarter of that for meaning alone)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    label: str
+    threshold: float  # lexical + ALPHA * semantic, for a paper the filter matches
+    enter: float  # semantic alone, for a paper it does not
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Topics' scores over the papers: each array (topics x papers) unless noted."""
+
+    matched: np.ndarray  # bool
+    lexical: np.ndarray
+    semantic: np.ndarray  # z-scores; 0 where there is no meaning
+    cosine: np.ndarray
+    has_meaning: np.ndarray  # bool
+    shift: np.ndarray  # what votes add or take (0: untaught)
+    fused: np.ndarray
+    words_only: np.ndarray  # (topics, 1) bool: the filter names no words
+    everything: np.ndarray  # (topics, 1) bool: "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    inside: np.ndarray  # bool: let in
+    near: np.ndarray  # bool: just below the line
+    value: np.ndarray  # what orders them (the fused score; 0 for "*")
+    carried: np.ndarray  # bool: meaning carried it over the line
+    margin: np.ndarray  # how far below the line, in fused-score units (for "unsure")
+
+
+def included(r: Rows, step: Step) -> np.ndarray:
+    by_filter = r.matched & (r.fused >= step.threshold)
+    by_meaning = (
+        r.has_meaning
+        & (r.semantic >= step.enter)
+        & (r.cosine >= MIN_COSINE)
+        & (r.shift >= 0)  # not a near-duplicate of a paper the reader turned down
+    )
+    # "More like this": a close neighbour of a liked paper, over the line on its own
+    by_vote = (r.shift > 0) & (r.fused >= step.threshold)
+    scored = by_filter | by_meaning | by_vote
+    # "*" lets everything in; a filter naming no words (upvotes>=5) is taken at its word
+    return np.where(r.everything, True, np.where(r.words_only, r.matched, scored))
+
+
+def decide(r: Rows, step: Step) -> Decided:
+    inside = included(r, step)
+    close = r.matched & (r.fused >= step.threshold - NEAR)
+    meaning = (
+        r.has_meaning & (r.semantic >= step.enter - 4 * NEAR) & (r.cosine >= MIN_COSINE - NEAR / 3)
+    )
+    near = (close | meaning) & ~inside & ~(r.everything | r.words_only)
+    carried = (
+        inside
+        & r.has_meaning
+        & (~r.matched | (r.lexical < step.threshold))
+        & ~(r.everything | r.words_only)
+    )
+    value = np.where(r.everything, 0.0, r.fused)
+    # Below the line by the filter's score when it matched, else by meaning alone.
+    margin = np.where(r.matched, step.threshold - r.fused, ALPHA * (step.enter - r.semantic))
+    return Decided(inside, near, value, carried, margin)
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """What orders papers, per paper of the day: as the reference's ``_order`` has it."""
+
+    popularity: np.ndarray
+    upvotes: np.ndarray
+    seen: np.ndarray
+    ids: np.ndarray
+
+
+def sparse(
+    d: Decided,
+    r: Rows,
+    day: Day,
+    *,
+    keys: list[tuple[object, int]],
+    queries: list[str],
+    voted: np.ndarray | None = None,  # (topics x papers) bool; None: nothing voted
+    liked: np.ndarray | None = None,  # (topics x papers) index into liked_ids, -1 none
+    liked_ids: tuple[int, ...] = (),
+) -> list[Decision]:
+    """Each row's papers in or near the line, best first, and their explanations' facts."""
+    rows, papers = np.nonzero(d.inside | d.near)  # by row, papers ascending
+    value = d.value[rows, papers]
+    score = value * day.popularity[papers]
+    order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score, rows))
+    bounds = np.searchsorted(rows, np.arange(len(keys) + 1))
+    inside, near = _bitsets(d.inside), _bitsets(d.near)
+    semantic = np.where(r.has_meaning[rows, papers], r.semantic[rows, papers], np.nan)
+    flags = (
+        r.matched[rows, papers] * MATCHED
+        | d.carried[rows, papers] * CARRIED
+        | (voted[rows, papers] * VOTED if voted is not None else 0)
+        | d.near[rows, papers] * BELOW
+    ).astype(np.uint8)
+    carrier = liked[rows, papers] if liked is not None else np.full(len(rows), -1, np.int32)
+    out = []
+    for t, key in enumerate(keys):
+        a, b = int(bounds[t]), int(bounds[t + 1])
+        out.append(
+            Decision(
+                key=key, query=queries[t], inside=inside[t], near=near[t],
+                papers=papers[a:b], order=order[a:b] - a, value=value[a:b],
+                lexical=r.lexical[rows[a:b], papers[a:b]], semantic=semantic[a:b],
+                flags=flags[a:b], margin=d.margin[rows[a:b], papers[a:b]],
+                liked=carrier[a:b], liked_ids=liked_ids,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _bitsets(mask: np.ndarray) -> list[int]:
+    """Each row of a boolean matrix as a bitset (bit i for paper i)."""
+    packed = np.packbits(mask, axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]

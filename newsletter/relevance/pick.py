@@ -1,0 +1,148 @@
+"""A subscriber's pick, merged from their topics' decisions: the cost is the digest's
+size, not the day's.
+
+Each topic's decision at a dial step is worked out once for all its readers
+(``score.py``) and kept sparse (``Decision``): the papers in and just below the line,
+best first, and what their explanations need. A subscriber's pick merges their topics'
+entries (``merge``: a paper scores its best in any of them, as the plain reference
+``Scorer.decide`` takes the maximum over the day's arrays), keeps what is new to them,
+and orders the rest: a few array operations over a few hundred entries. Explanations
+are made for the digest's papers only, and shared by the readers of a topic
+(``Scorer._explain``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """A paper for a subscriber, and why."""
+
+    index: int
+    paper_id: int
+    score: float
+    lexical: float
+    semantic: float | None
+    filters: tuple[str, ...]  # the topics' filters that let it in, as typed
+    words: tuple[str, ...]  # the words that matched, as the paper writes them
+    meaning: bool  # its meaning carried it over the line
+    close_to: str | None  # the topic sentence it is close to
+    sentence: tuple[int, int] | None  # span of the abstract sentence nearest the topic
+    liked: str | None = None  # the title of the liked paper whose vote carried it in
+
+
+@dataclass(frozen=True, slots=True)
+class Picked:
+    matches: tuple[Pick, ...]
+    total: int  # papers in, before the digest's cap
+    near: tuple[Pick, ...]  # papers just below the line, best first
+    # Of ``near``, the UNSURE closest to the line, closest first: where the topic's
+    # decision is least certain, so a vote there teaches the most.
+    unsure: tuple[Pick, ...] = ()
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.matches)
+
+
+class Day(Protocol):
+    """What orders papers (``decisions.Day``)."""
+
+    popularity: np.ndarray
+    upvotes: np.ndarray
+    seen: np.ndarray
+    ids: np.ndarray
+
+
+MATCHED, CARRIED, VOTED, BELOW = 1, 2, 4, 8  # Decision.flags
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One topic at one dial step, for every reader of it, over the papers it lets in
+    (``inside``) or leaves just below the line (``near``); bitsets over the day's index.
+
+    ``papers`` are those papers' indexes, ascending; the other arrays are aligned with
+    them; ``order`` lists positions in ``papers``, best first. A few hundred entries at
+    most: what a digest can use, not the day's arrays.
+    """
+
+    key: tuple[object, int]  # (topic, dial)
+    query: str
+    inside: int
+    near: int
+    papers: np.ndarray
+    order: np.ndarray
+    value: np.ndarray  # the fused score (0 for "*")
+    lexical: np.ndarray
+    semantic: np.ndarray  # nan where there is no meaning to compare
+    # MATCHED | CARRIED (meaning carried it) | VOTED (a liked paper did) | BELOW (near the line)
+    flags: np.ndarray
+    margin: np.ndarray  # how far below the line, in fused-score units
+    liked: np.ndarray  # index into ``liked_ids`` of the nearest liked paper, -1 none
+    liked_ids: tuple[int, ...] = ()
+    _rows: dict[int, int] = field(default_factory=dict)
+
+    def row(self, i: int) -> int:
+        """Where paper ``i`` is in the arrays."""
+        found = self._rows.get(i)
+        if found is None:
+            found = self._rows[i] = int(np.searchsorted(self.papers, i))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    shown: list[tuple[int, float]]  # (index, best score), best first, at most ``limit``
+    below: list[tuple[int, float]]
+    total: int  # papers in, before the cap
+
+
+def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: int) -> Merged:
+    """The papers in ``reach`` (a boolean mask) that the decisions let in (their count,
+    and the best ``limit``) and the best ``limit`` just below all their lines.
+
+    Over the decisions' entries only, a few hundred at most: a paper's score is its
+    best in any topic that holds it, in or near; it is in when any topic lets it in.
+    """
+    if len(decisions) == 1:
+        d = decisions[0]
+        rows = d.order[reach[d.papers[d.order]]]  # best first already
+        below = (d.flags[rows] & BELOW) != 0
+        shown, near = rows[~below], rows[below]
+        return Merged(
+            shown=_listed(d.papers[shown[:limit]], d.value[shown[:limit]]),
+            below=_listed(d.papers[near[:limit]], d.value[near[:limit]]),
+            total=len(shown),
+        )
+    papers = np.concatenate([d.papers for d in decisions])
+    value = np.concatenate([d.value for d in decisions])
+    inside = np.concatenate([(d.flags & BELOW) == 0 for d in decisions])
+    keep = reach[papers]
+    papers, value, inside = papers[keep], value[keep], inside[keep]
+    if not len(papers):
+        return Merged([], [], 0)
+    # Each paper once: its best score, and whether any topic lets it in.
+    by_paper = np.lexsort((-value, papers))
+    papers, value, inside = papers[by_paper], value[by_paper], inside[by_paper]
+    starts = np.flatnonzero(np.r_[True, papers[1:] != papers[:-1]])
+    papers, value = papers[starts], value[starts]
+    inside = np.logical_or.reduceat(inside, starts) if len(starts) else inside[:0]
+    score = value * day.popularity[papers]
+    order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score))
+    papers, value, inside = papers[order], value[order], inside[order]
+    return Merged(
+        shown=_listed(papers[inside][:limit], value[inside][:limit]),
+        below=_listed(papers[~inside][:limit], value[~inside][:limit]),
+        total=int(inside.sum()),
+    )
+
+
+def _listed(papers: np.ndarray, value: np.ndarray) -> list[tuple[int, float]]:
+    return list(zip(papers.tolist(), value.tolist(), strict=True))

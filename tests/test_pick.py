@@ -1,0 +1,117 @@
+"""The fast pick (topics' sparse decisions merged, stopping once the digest is full)
+against the plain reference over the day's arrays (``Scorer.decide``), on the bundled
+corpus: random topic combinations, dial steps, reaches and digest sizes, with votes,
+with ``*`` and with a filter that names no words."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from newsletter.embed.encoder import DIM
+from newsletter.filters import DayIndex, Ranker
+from newsletter.relevance import Reference, Scorer, Topic
+from newsletter.relevance.score import UNSURE
+from tests.test_filters import load_corpus_docs
+
+QUERIES = [
+    "diffusion", "language model", '"language model"', "video OR audio", "reasoning -math",
+    "agents", "retrieval AND NOT video", "title:transformer", "quantiz*", "upvotes>=5", "*",
+    "speech", "robot OR robotics", "3D", "benchmark",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    docs = load_corpus_docs()
+    rng = np.random.default_rng(5)
+
+    def unit(rows: int) -> np.ndarray:
+        v = rng.standard_normal((rows, DIM)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    index = DayIndex(docs)
+    vectors = unit(len(docs))
+    # Topic vectors near some papers, so meaning lets papers in and near the line too.
+    texts = [*QUERIES, *(f"{q} | about" for q in QUERIES)]
+    topic_vectors = {}
+    for k, text in enumerate(texts):
+        v = vectors[k * 7] + 0.5 * unit(1)[0]
+        topic_vectors[text] = v / np.linalg.norm(v)
+    window = unit(800)
+    reference = Reference(
+        stats=index.stats, mean=window.mean(0), covariance=np.cov(window, rowvar=False),
+        papers=800, vectors=800,
+    )  # fmt: skip
+    voted = {int(docs[k].id): vectors[k] for k in range(0, 60, 3)}
+    present = np.ones(len(docs), bool)
+    present[::11] = False  # some papers have no vector yet
+    return Scorer(
+        Ranker(index), reference=reference, vectors=vectors * present[:, None], present=present,
+        topic_vectors=topic_vectors, topic_text=_text, voted=voted,
+        voted_titles={pid: f"paper {pid}" for pid in voted},
+    )  # fmt: skip
+
+
+def _text(topic: Topic) -> str:
+    return f"{topic.query} | about" if topic.about else topic.query
+
+
+def _topic(rng: random.Random, scorer: Scorer) -> Topic:
+    query = rng.choice(QUERIES)
+    about = "about" if rng.random() < 0.4 else None
+    ids = sorted(scorer.voted)
+    taught = ()
+    if rng.random() < 0.3:
+        taught = tuple(sorted((pid, rng.choice((1, -1))) for pid in rng.sample(ids, 3)))
+    return Topic(query, about, taught)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10**9), limit=st.integers(0, 25), dial=st.integers(1, 5))
+def test_the_pick_equals_the_reference(scorer: Scorer, seed: int, limit: int, dial: int) -> None:
+    rng = random.Random(seed)
+    topics = [_topic(rng, scorer) for _ in range(rng.randint(0, 4))]
+    n = scorer.ranker.index.n
+    within = None
+    if rng.random() < 0.7:  # a suffix of new papers, minus some already sent
+        within = ((1 << n) - 1) & ~((1 << rng.randint(0, n)) - 1)
+        for _ in range(rng.randint(0, 40)):
+            within &= ~(1 << rng.randrange(n))
+    # Decided in a batch with every other topic, as planning does; compared with each
+    # topic decided alone.
+    scorer.prepare([Topic(q, a) for q in QUERIES for a in (None, "about")], dial=dial)
+    picked = scorer.pick(topics, within=within, limit=limit, dial=dial)
+    shown, below, best = scorer.decide(topics, within=within, dial=dial)
+
+    assert [m.index for m in picked.matches] == shown[:limit].tolist()
+    assert picked.total == len(shown)
+    assert [m.index for m in picked.near] == below[:limit].tolist()
+    assert [m.score for m in picked.matches + picked.near] == [
+        float(best[i]) for i in [*shown[:limit], *below[:limit]]
+    ]
+    # "Not sure": of the papers below the line, the closest to it (by the reference's margins).
+    margins = [
+        min(
+            float(d.margin[0][m.index])
+            for d in (scorer._dense(t, dial)[1] for t in topics or [Topic("*")])
+            if d.near[0][m.index]
+        )
+        for m in picked.near
+    ]
+    closest = sorted(range(len(picked.near)), key=lambda k: (margins[k], k))[:UNSURE]
+    assert [m.index for m in picked.unsure] == [picked.near[k].index for k in closest]
+    for m in picked.matches:  # what carried it is named: a word, meaning, or a vote
+        assert (
+            m.words
+            or m.meaning
+            or m.liked
+            or m.filters in (("*",), ("upvotes>=5",))
+            or ("upvotes>=5" in m.filters)
+        )
