@@ -131,7 +131,7 @@ def setup(url: str, subscribers: int, home: Path) -> None:
     engine.dispose()
 
 
-def plan(url: str, home: Path, dry_run: bool) -> dict[str, float]:
+def plan(url: str, home: Path, dry_run: bool, workers: int = 1) -> dict[str, float]:
     from newsletter.plan import plan_digests
 
     settings = load_settings(
@@ -146,14 +146,22 @@ def plan(url: str, home: Path, dry_run: bool) -> dict[str, float]:
     engine = db.make_engine(url)
     start = time.perf_counter()
     report = plan_digests(
-        engine=engine, settings=settings, now=NOW, due_only=False, dry_run=dry_run
+        engine=engine,
+        settings=settings,
+        now=NOW,
+        due_only=False,
+        dry_run=dry_run,
+        keep=False,
+        workers=workers,
     )
     took = time.perf_counter() - start
     return {
         "seconds": took,
-        "planned": len(report.planned),
-        "empty": len(report.no_match),
+        "planned": report.counts["planned"],
+        "empty": report.counts["no_match"],
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the largest planning process forked (they share the scored papers)
+        "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
 
@@ -162,10 +170,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--url", default="", help="a database URL (default: SQLite in a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="plan without recording")
+    parser.add_argument("--workers", type=int, default=1, help="planning processes")
     parser.add_argument("--plan-only", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plan_only:
-        print(json.dumps(plan(args.url, Path(args.plan_only), args.dry_run)))
+        print(json.dumps(plan(args.url, Path(args.plan_only), args.dry_run, args.workers)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{tmp}/plan.db"
@@ -174,6 +183,7 @@ def main() -> None:
         built = time.perf_counter() - start
         child = subprocess.run(
             [sys.executable, __file__, "--url", url, "--plan-only", tmp]
+            + ["--workers", str(args.workers)]
             + (["--dry-run"] if args.dry_run else []),
             capture_output=True,
             text=True,

@@ -96,6 +96,7 @@ class Settings:
     retry: RetryPolicy
     lease_seconds: float
     send_workers: int
+    plan_workers: int
     dkim: DkimSettings | None
     web_host: str
     web_port: int
@@ -247,6 +248,7 @@ def load_settings(
         smtp=_smtp(get),
         lease_seconds=number_setting("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
         send_workers=workers_setting("NEWSLETTER_SEND_WORKERS", get("NEWSLETTER_SEND_WORKERS")),
+        plan_workers=workers_setting("NEWSLETTER_PLAN_WORKERS", get("NEWSLETTER_PLAN_WORKERS")),
         dkim=_dkim(get, home),
         web_host=get("NEWSLETTER_WEB_HOST"),
         web_port=port_setting("NEWSLETTER_WEB_PORT", get),

@@ -4,38 +4,40 @@ each due subscriber gets (their pick, and the ledger snapshot that records it)."
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
 from sqlmodel import Session, select
 
 from newsletter import snapshot
+from newsletter.bounded import Bounded
+from newsletter.due import Due
 from newsletter.embed.store import display
-from newsletter.models import Delivery, Paper
+from newsletter.models import Delivery, DeliveryKind, Paper
 from newsletter.relevance import Pick, Picked, Scorer, Topic
-from newsletter.relevance.day import day_scorer
+from newsletter.relevance.day import add_topics, day_scorer
 
 
 class Matcher:
     """Phase 2: the candidate papers, scored once per distinct topic, and each
     subscriber's pick. Subscribers who chose the same topics and dial and are due the
     same papers share one pick (the scorer memoizes it) and so one ledger snapshot,
-    encoded once here under the pick's key: a value, never an object's identity."""
+    encoded once here under the pick's key (a value)."""
 
-    def __init__(self, papers: list[Paper], sent: dict[int, set[int]], scorer: Scorer) -> None:
+    def __init__(self, papers: list[Paper], scorer: Scorer) -> None:
         self.scorer = scorer
-        self.sent = sent
         self.position = {p.id: i for i, p in enumerate(papers)}  # oldest first
         self.seen = [p.first_seen_at for p in papers]
         self.everything = (1 << len(papers)) - 1
         self.shown = {p.id: (p.upvotes, p.authors, p.organization, p.published_on) for p in papers}
         self.abstracts = {p.id: p.abstract for p in papers}
-        self._snapshots: dict[Key, str] = {}
+        self.sent: dict[int, set[int]] = {}
+        self._snapshots = Bounded(20_000)  # Key -> the ledger's JSON text
+        self._items = Bounded(100_000)  # (id of a Pick, near, unsure) -> (Pick, its JSON)
 
     @classmethod
-    def load(
-        cls, session: Session, *, since: datetime, now: datetime, topics: set[Topic]
-    ) -> Matcher:
+    def load(cls, session: Session, *, since: datetime, now: datetime) -> Matcher:
         papers = list(
             session.exec(
                 select(Paper)
@@ -43,8 +45,18 @@ class Matcher:
                 .order_by(Paper.first_seen_at, Paper.id)
             )
         )
-        scorer = day_scorer(session, papers=papers, now=now, topics=topics)
-        return cls(papers, _sent_papers(session=session, since=since), scorer)
+        return cls(papers, day_scorer(session, papers=papers, now=now))
+
+    def prepare(self, session: Session, *, due: list[Due], topics: dict[int, list[Topic]]) -> None:
+        """Ready for a chunk of due subscribers: their topics' vectors loaded and decided
+        (in batches, per dial step), and the papers already sent to them."""
+        add_topics(session, scorer=self.scorer, topics={t for ts in topics.values() for t in ts})
+        by_dial: dict[int, set[Topic]] = {}
+        for d in due:
+            by_dial.setdefault(d.dial, set()).update(topics.get(d.subscriber_id, ()))
+        for dial, wanted in by_dial.items():
+            self.scorer.prepare(wanted, dial=dial)
+        self.sent = _sent_papers(session=session, due=due)
 
     def rank(
         self,
@@ -73,33 +85,63 @@ class Matcher:
         text = self._snapshots.get(key)
         if text is None:
             unsure = {m.paper_id for m in picked.unsure}
-            text = self._snapshots[key] = snapshot.encode(
-                [self._item(m, near=False) for m in picked.matches]
-                + [self._item(m, near=False, unsure=True) for m in picked.unsure]
-                + [self._item(m, near=True) for m in picked.near if m.paper_id not in unsure]
+            text = self._snapshots.put(
+                key,
+                snapshot.join(
+                    [self._item(m, near=False) for m in picked.matches]
+                    + [self._item(m, near=False, unsure=True) for m in picked.unsure]
+                    + [self._item(m, near=True) for m in picked.near if m.paper_id not in unsure]
+                ),
             )
         return text
 
-    def _item(self, m: Pick, *, near: bool, unsure: bool = False) -> snapshot.Item:
+    def _item(self, m: Pick, *, near: bool, unsure: bool = False) -> str:
+        """One paper of a snapshot, encoded once for every digest that holds it so."""
+        # By identity, the Pick kept beside its text so the id cannot be reused while
+        # the entry lives; hashing the Pick by value costs more than encoding saves.
+        key = (id(m), near, unsure)
+        found = self._items.get(key)
+        if found is not None and found[0] is m:
+            return found[1]
         a, b = m.sentence or (0, 0)
         sentence = display(self.abstracts[m.paper_id])[a:b] if m.sentence is not None else None
-        return snapshot.Item(
+        item = snapshot.Item(
             m.paper_id, m.filters, m.words, *self.shown[m.paper_id],
             close_to=m.close_to if m.meaning else None, sentence=sentence, near=near,
             liked=m.liked, unsure=unsure,
         )  # fmt: skip
+        return self._items.put(key, (m, snapshot.encode_item(item)))[1]
 
 
 # (topics, papers in reach as a bitset, limit, dial, asking about unsure papers)
 Key = tuple[tuple[Topic, ...], int, int, int, bool]
 
 
-def _sent_papers(*, session: Session, since: datetime) -> dict[int, set[int]]:
-    """Per subscriber, the papers of their digests planned after ``since``: a superset of
-    those first seen after ``since`` (a digest holds only papers seen before it was planned)."""
+def _sent_papers(*, session: Session, due: Iterable[Due]) -> dict[int, set[int]]:
+    """Per due subscriber, the papers of their digests planned after their ``since``: a
+    superset of those first seen after it (a digest holds only papers seen before it
+    was planned). Usually none: ``since`` is when their last digest was planned."""
+    since = {d.subscriber_id: d.since for d in due}
+    if not since:
+        return {}
     sent: dict[int, set[int]] = {}
-    for sid, items in session.exec(
-        select(Delivery.subscriber_id, Delivery.items).where(Delivery.created_at > since)
-    ):
-        sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
+    ids = sorted(since)
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        rows = session.exec(
+            select(Delivery.subscriber_id, Delivery.created_at, Delivery.id).where(
+                Delivery.kind == DeliveryKind.DIGEST,
+                Delivery.subscriber_id.in_(chunk),  # type: ignore[attr-defined]
+                Delivery.created_at > min(since[s] for s in chunk),
+            )
+        )
+        # Only the rows newer than each reader's own `since` are decoded.
+        wanted = [did for sid, created, did in rows if created > since[sid]]
+        for w in range(0, len(wanted), 5000):
+            for sid, items in session.exec(
+                select(Delivery.subscriber_id, Delivery.items).where(
+                    Delivery.id.in_(wanted[w : w + 5000])  # type: ignore[union-attr]
+                )
+            ):
+                sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
     return sent

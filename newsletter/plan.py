@@ -1,29 +1,37 @@
 """Planning: due subscribers -> matched, ranked papers -> delivery rows (the ledger).
 
-Three phases, one function each:
+Three phases:
 
-1. ``_who_is_due``: active subscribers whose local send time has passed (and whose
-   weekday it is, for weekly ones) and who have no digest for their edition yet. A
-   digest covers the papers first seen since their previous one (``covers_until`` of
-   that row; for a first digest, ``first_digest_days`` back) that were never sent to
-   them. The edition is the subscriber's local calendar date.
+1. ``due.due_chunks``: whose digest is to be planned now, and since when it covers
+   papers, a chunk of subscribers at a time (id order). A first pass finds the oldest
+   ``since`` of anyone due, so the candidate papers are read once.
 2. ``matcher.Matcher``: the candidate papers indexed once (``filters.DayIndex``) against the
-   reference window, with stored vectors; each distinct topic, as its reader taught it
-   (``feedback``), scored once for all papers (``relevance``); a digest is what the
-   topics let in at the dial step, new to the reader, ranked, and what is just below.
+   reference window, with stored vectors; per chunk, each distinct topic, as its reader
+   taught it (``feedback``), decided once for all papers in batches (``relevance``); a
+   digest is what the topics let in at the dial step, new to the reader, ranked, and
+   what is just below.
 3. ``_record``: rows inserted in bulk. One row per (subscriber, edition) is a unique
    constraint, so planning twice, or two planners at once, cannot make two digests:
    the loser's insert is skipped and it moves on. The Message-ID is chosen here, once,
    so a resend carries it. Batches are committed as they go, so delivery workers start
    on the first digests while the rest are planned.
+
+Memory is the chunk's, not the list's: a million subscribers are planned with what
+one chunk needs plus bounded caches of what readers share, and the report keeps
+counts unless asked to keep each digest (``keep``; ``on_planned`` sees each one).
 """
 
 from __future__ import annotations
 
+import functools
+import gc
+import multiprocessing
+import queue
 import secrets
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -33,36 +41,23 @@ from sqlmodel import Session, select
 from newsletter import render, snapshot
 from newsletter.config import Settings
 from newsletter.db import session_scope
+from newsletter.due import Due, Skipped, active_ids, due_chunks
+from newsletter.errors import NewsletterError
 from newsletter.feedback import taught_topics
 from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.links import Links, Recipient
 from newsletter.matcher import Matcher
-from newsletter.models import (
-    Cadence,
-    Delivery,
-    DeliveryKind,
-    DeliveryStatus,
-    Paper,
-    Subscriber,
-    SubscriberStatus,
-    UTCDateTime,
-)
-from newsletter.relevance import DEFAULT_DIAL, Picked
+from newsletter.models import Delivery, DeliveryStatus, Paper
+from newsletter.relevance import Picked, Topic
 from newsletter.subscribers import find, normalize_email
+
+
+class PlanningError(NewsletterError):
+    """A planning process failed; what the others recorded stands (a rerun adds the rest)."""
+
 
 RECORD_BATCH = 1000  # digests written per round trip batch
 FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
-
-
-def local_edition(*, now: datetime, timezone: str) -> date:
-    return now.astimezone(ZoneInfo(timezone)).date()
-
-
-def is_due(*, now: datetime, timezone: str, send_at: str) -> bool:
-    """Has the subscriber's local send time passed today?"""
-    local = now.astimezone(ZoneInfo(timezone))
-    hh, mm = (int(x) for x in send_at.split(":"))
-    return local.time() >= time(hh, mm)
 
 
 def new_message_id(*, edition: date, subscriber_id: int, domain: str) -> str:
@@ -81,25 +76,34 @@ class PlannedDigest:
 
 @dataclass(slots=True)
 class PlanReport:
+    """What planning did: counts always; each digest and address only with ``keep``."""
+
+    keep: bool = True
     planned: list[PlannedDigest] = field(default_factory=list)
     no_match: list[str] = field(default_factory=list)
     already_planned: list[str] = field(default_factory=list)
     not_due: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    editions: set[date] = field(default_factory=set)
+    on_planned: Callable[[PlannedDigest], None] | None = None
 
+    def add(self, what: str, email: str) -> None:
+        self.counts[what] += 1
+        if self.keep:
+            getattr(self, what).append(email)
 
-@dataclass(frozen=True, slots=True)
-class _Due:
-    subscriber_id: int
-    email: str
-    edition: date
-    since: datetime  # papers first seen after this are new for them
-    dial: int = DEFAULT_DIAL
-    ask: bool = True  # the digest may ask about papers just below the line
+    def add_planned(self, digest: PlannedDigest) -> None:
+        self.counts["planned"] += 1
+        self.editions.add(digest.edition)
+        if self.keep:
+            self.planned.append(digest)
+        if self.on_planned is not None:
+            self.on_planned(digest)
 
 
 @dataclass(frozen=True, slots=True)
 class _Draft:
-    due: _Due
+    due: Due
     ranked: Picked
     items: str  # the ledger snapshot (``snapshot.encode``)
 
@@ -113,117 +117,174 @@ def plan_digests(
     due_only: bool = True,
     dry_run: bool = False,
     next_edition: bool = False,
+    keep: bool = True,
+    on_planned: Callable[[PlannedDigest], None] | None = None,
+    workers: int = 1,
 ) -> PlanReport:
     """Plan today's digest for each active subscriber (due ones, unless ``due_only`` is off).
 
     ``next_edition`` (with ``dry_run``) looks past an edition already planned
-    today at what the next digest would hold: what ``preview`` shows.
+    today at what the next digest would hold: what ``preview`` shows. ``workers`` > 1
+    (recording, without ``keep``) shares the subscribers out to that many processes,
+    forked once the papers are scored, so they share them (``_in_processes``).
     """
-    report = PlanReport()
+    report = PlanReport(keep=keep, on_planned=on_planned)
+    run = functools.partial(
+        due_chunks, now=now, first_since=now - timedelta(days=settings.first_digest_days),
+        only_email=only_email, due_only=due_only, next_edition=next_edition,
+    )  # fmt: skip
     with session_scope(engine=engine) as session:
-        due = _who_is_due(
-            session,
-            report,
-            now=now,
-            first_since=now - timedelta(days=settings.first_digest_days),
-            only_email=only_email,
-            due_only=due_only,
-            next_edition=next_edition,
-        )
-        if not due:
+        since = min((d.since for due, _ in run(session) for d in due), default=None)
+        if since is None:  # nobody due: only say why
+            for _, skipped in run(session):
+                for s in skipped:
+                    report.add(s.why, s.email)
             return report
-        topics = taught_topics(session=session, ids=[d.subscriber_id for d in due])
-        wanted = {t for ts in topics.values() for t in ts}
-        matcher = Matcher.load(session, since=min(d.since for d in due), now=now, topics=wanted)
-        drafts: list[_Draft] = []
-        batch_size = FIRST_RECORD_BATCH
-        for d in due:
-            ranked, key = matcher.rank(
-                subscriber_id=d.subscriber_id,
-                since=d.since,
-                topics=topics.get(d.subscriber_id, []),
-                limit=settings.digest_max_papers,
-                dial=d.dial,
-                ask=d.ask,
-            )
-            if not ranked.matches and not settings.send_empty:
-                report.no_match.append(d.email)  # empty days send nothing by default
-                continue
-            if dry_run:
-                items = matcher.snapshot(ranked, key)
-                report.planned.append(
-                    PlannedDigest(d.email, d.edition, ranked, None, d.subscriber_id, items)
-                )
-                continue
-            drafts.append(_Draft(d, ranked, matcher.snapshot(ranked, key)))
-            if len(drafts) >= batch_size:
-                _record(session, drafts, report, now=now, settings=settings)
-                # Committed batch by batch: delivery workers start on these while the
-                # rest is planned, and SQLite's write lock is not held for the whole run.
-                # The first batches are small, so they start early.
-                session.commit()
-                drafts = []
-                batch_size = min(batch_size * 2, RECORD_BATCH)
-        _record(session, drafts, report, now=now, settings=settings)
+        matcher = Matcher.load(session, since=since, now=now)
+        ids = active_ids(session) if workers > 1 and not (keep or dry_run) else []
+    if len(ids) > workers:
+        share = -(-len(ids) // workers)
+        ranges = [(ids[k], ids[min(k + share, len(ids)) - 1]) for k in range(0, len(ids), share)]
+        return _in_processes(ranges, engine=engine, matcher=matcher, run=run, report=report,
+                             now=now, settings=settings)  # fmt: skip
+    with session_scope(engine=engine) as session:
+        _plan_range(session, matcher, run, None, report, now=now, settings=settings,
+                    dry_run=dry_run)  # fmt: skip
         if dry_run:
             session.rollback()
     return report
 
 
-def _who_is_due(
+def _plan_range(
     session: Session,
+    matcher: Matcher,
+    run: Callable[..., Iterator[tuple[list[Due], list[Skipped]]]],
+    ids: tuple[int, int] | None,
     report: PlanReport,
     *,
     now: datetime,
-    first_since: datetime,
-    only_email: str | None,
-    due_only: bool,
-    next_edition: bool,
-) -> list[_Due]:
-    """Phase 1: whose digest is to be planned now, and since when it covers papers."""
-    # Columns, not ORM objects: planning reads six fields of every subscriber.
-    query = select(
-        Subscriber.id,
-        Subscriber.email,
-        Subscriber.timezone,
-        Subscriber.send_at,
-        Subscriber.cadence,
-        Subscriber.weekday,
-        Subscriber.dial,
-        Subscriber.ask_feedback,
-    ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
-    if only_email is not None:
-        query = query.where(Subscriber.email == only_email)
-    subscribers = list(session.exec(query.order_by(Subscriber.id)))
-    if not subscribers:
-        return []
-    last = {
-        sid: (edition, covers_until)
-        for sid, edition, covers_until in session.exec(
-            select(
-                Delivery.subscriber_id,
-                # type_coerce keeps the column types' conversions on the aggregates
-                sa.type_coerce(sa.func.max(Delivery.edition), sa.Date()),
-                sa.type_coerce(sa.func.max(Delivery.covers_until), UTCDateTime()),
-            )
-            .where(Delivery.kind == DeliveryKind.DIGEST)
-            .group_by(Delivery.subscriber_id)
+    settings: Settings,
+    dry_run: bool,
+) -> None:
+    state = _Batches()
+    for due, skipped in run(session, ids=ids):
+        for s in skipped:
+            report.add(s.why, s.email)
+        _plan_chunk(session, matcher, due, report, state, now=now, settings=settings,
+                    dry_run=dry_run)  # fmt: skip
+    _record(session, state.drafts, report, now=now, settings=settings)
+
+
+def _in_processes(
+    ranges: list[tuple[int, int]],
+    *,
+    engine: sa.Engine,
+    matcher: Matcher,
+    run: Callable[..., Iterator[tuple[list[Due], list[Skipped]]]],
+    report: PlanReport,
+    now: datetime,
+    settings: Settings,
+) -> PlanReport:
+    """Plan each range of subscriber ids in its own forked process. The scored papers
+    are shared copy-on-write; each process records and commits its own digests (the
+    unique (subscriber, edition) keeps any overlap harmless) and reports its counts."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def child(ids: tuple[int, int]) -> None:
+        engine.dispose(close=False)  # the parent's connections stay the parent's
+        mine = PlanReport(keep=False, on_planned=report.on_planned)
+        error = None
+        try:
+            with session_scope(engine=engine) as session:
+                _plan_range(session, matcher, run, ids, mine, now=now, settings=settings,
+                            dry_run=False)  # fmt: skip
+        except Exception as exc:  # reported to the parent, which raises it
+            error = f"{type(exc).__name__}: {exc}"
+        results.put((dict(mine.counts), mine.editions, error))
+
+    gc.collect()
+    gc.freeze()  # the shared objects out of the collector's way: fewer pages copied
+    try:
+        processes = [context.Process(target=child, args=(r,), daemon=True) for r in ranges]
+        for p in processes:
+            p.start()
+        errors, pending = [], len(processes)
+        while pending:
+            try:
+                counts, editions, error = results.get(timeout=1.0)
+            except queue.Empty:
+                if any(p.is_alive() for p in processes):
+                    continue
+                break  # one died without a word (killed): said below
+            pending -= 1
+            report.counts.update(counts)
+            report.editions |= editions
+            if error:
+                errors.append(error)
+        for p in processes:
+            p.join()
+    finally:
+        gc.unfreeze()
+    if errors or any(p.exitcode for p in processes):
+        raise PlanningError("a planning process failed: " + "; ".join(errors or ["it died"]))
+    return report
+
+
+@dataclass(slots=True)
+class _Batches:
+    drafts: list[_Draft] = field(default_factory=list)
+    size: int = FIRST_RECORD_BATCH
+    topics: dict[Topic, Topic] = field(default_factory=dict)  # one object per equal topic
+
+
+def _plan_chunk(
+    session: Session,
+    matcher: Matcher,
+    due: list[Due],
+    report: PlanReport,
+    state: _Batches,
+    *,
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+) -> None:
+    """Phases 2 and 3 for one chunk of due subscribers."""
+    if not due:
+        return
+    topics = taught_topics(session=session, ids=[d.subscriber_id for d in due])
+    if len(state.topics) > 200_000:
+        state.topics.clear()
+    for sid, ts in topics.items():  # equal topics as one object: less memory, faster keys
+        topics[sid] = [state.topics.setdefault(t, t) for t in ts]
+    matcher.prepare(session, due=due, topics=topics)
+    for d in due:
+        ranked, key = matcher.rank(
+            subscriber_id=d.subscriber_id,
+            since=d.since,
+            topics=topics.get(d.subscriber_id, []),
+            limit=settings.digest_max_papers,
+            dial=d.dial,
+            ask=d.ask,
         )
-    }
-    due: list[_Due] = []
-    for sid, email, timezone, send_at, cadence, weekday, dial, ask in subscribers:
-        edition = local_edition(now=now, timezone=timezone)
-        prev = last.get(sid)
-        if prev is not None and prev[0] >= edition and not next_edition:
-            report.already_planned.append(email)
-        elif cadence == Cadence.WEEKLY and edition.weekday() != weekday:
-            report.not_due.append(email)  # weekly: on their weekday only, even --now
-        elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
-            report.not_due.append(email)
-        else:
-            since = prev[1] if prev is not None else first_since
-            due.append(_Due(sid, email, edition, since, dial, ask))
-    return due
+        if not ranked.matches and not settings.send_empty:
+            report.add("no_match", d.email)  # empty days send nothing by default
+            continue
+        if dry_run:
+            items = matcher.snapshot(ranked, key)
+            report.add_planned(
+                PlannedDigest(d.email, d.edition, ranked, None, d.subscriber_id, items)
+            )
+            continue
+        state.drafts.append(_Draft(d, ranked, matcher.snapshot(ranked, key)))
+        if len(state.drafts) >= state.size:
+            _record(session, state.drafts, report, now=now, settings=settings)
+            # Committed batch by batch: delivery workers start on these while the
+            # rest is planned, and SQLite's write lock is not held for the whole run.
+            # The first batches are small, so they start early.
+            session.commit()
+            state.drafts = []
+            state.size = min(state.size * 2, RECORD_BATCH)
 
 
 def _record(
@@ -236,9 +297,9 @@ def _record(
         d = draft.due
         delivery_id = created.get(d.subscriber_id)
         if delivery_id is None:
-            report.already_planned.append(d.email)
+            report.add("already_planned", d.email)
         else:
-            report.planned.append(
+            report.add_planned(
                 PlannedDigest(
                     d.email, d.edition, draft.ranked, delivery_id, d.subscriber_id, draft.items
                 )

@@ -192,19 +192,17 @@ class Jobs:
         if not self.leadership.held():
             return
         embed.catch_up(engine=self.engine)  # new topics (and anything ingest missed)
-        report = plan_digests(engine=self.engine, settings=self.settings, now=self.now())
-        for planned in report.planned:
-            log.info(
+        report = plan_digests(
+            engine=self.engine, settings=self.settings, now=self.now(), keep=False,
+            on_planned=lambda planned: log.info(
                 "digest planned",
                 extra={"delivery_id": planned.delivery_id, "subscriber_id": planned.subscriber_id,
                        "edition": planned.edition.isoformat(),
                        "papers": len(planned.ranked.matches)},
-            )  # fmt: skip
-        if report.planned:
-            log.info(
-                "planning done",
-                extra={"planned": len(report.planned), "no_match": len(report.no_match)},
-            )
+            ),
+        )  # fmt: skip
+        if (done := report.counts)["planned"]:
+            log.info("planning done", extra={k: done[k] for k in ("planned", "no_match")})
 
     def expire(self) -> None:
         if not self.leadership.held():

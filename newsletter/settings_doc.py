@@ -65,6 +65,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "for one per core (the fastest); each has its own SMTP pool, and they share "
         "NEWSLETTER_SMTP_RATE.",
     ),
+    "NEWSLETTER_PLAN_WORKERS": (
+        "1",
+        "Processes `newsletter send` plans digests in (a number, or auto for one per core): "
+        "for lists of hundreds of thousands. The service plans in its own process.",
+    ),
     "NEWSLETTER_WEB_HOST": (
         "127.0.0.1",
         "Address `newsletter serve` listens on (0.0.0.0 in a container behind a proxy).",

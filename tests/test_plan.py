@@ -195,3 +195,26 @@ def test_each_item_records_which_filters_and_words_matched(engine, settings, now
     (item,) = json.loads(delivery.items)
     assert item["topics"] == ["poincare", "model -video"]
     assert item["terms"] == ["Poincaré", "models"]
+
+
+def test_planning_in_processes_makes_the_same_digests(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    words = ["diffusion", "agents", "speech", "retrieval", "robots", "graphs"]
+    for k, word in enumerate(words * 3):
+        add_paper(engine, title=f"{word.title()} study {k}", abstract=f"On {word}.",
+                  seen=now - timedelta(minutes=10 + k), upvotes=k)  # fmt: skip
+    for k in range(45):
+        topics = [words[k % 6], words[(k * 5) % 6]] if k % 9 else ['"protein folding"']
+        subscribe(engine, email=f"r{k}@example.org", topics=topics, now=now)
+    subscribe(engine, email="late@example.org", topics=["agents"], now=now, send_at="23:59")
+    alone = plan_digests(engine=engine, settings=settings, now=now, dry_run=True)
+
+    shared = plan_digests(engine=engine, settings=settings, now=now, keep=False, workers=3)
+
+    assert shared.planned == []  # counts only, as `newsletter send` asks
+    assert shared.counts["planned"] == len(alone.planned) == 40
+    assert shared.counts["no_match"] == len(alone.no_match) == 5
+    assert shared.counts["not_due"] == 1 and shared.editions == {now.date()}
+    recorded = {d.to_address: d.items for d in _deliveries(engine)}
+    assert recorded == {p.email: p.items for p in alone.planned}  # the same digests, once each
+    again = plan_digests(engine=engine, settings=settings, now=now, keep=False, workers=3)
+    assert again.counts["already_planned"] == 40 and len(_deliveries(engine)) == 40

@@ -77,6 +77,7 @@ def send(
 
             # Started first: they deliver what planning commits, batch by batch.
             pool = stack.enter_context(DeliveryProcesses(runtime=ctx, workers=workers))
+        verb = "would send" if dry_run else "planned"
         report = plan_digests(
             engine=ctx.engine,
             settings=ctx.settings,
@@ -84,6 +85,13 @@ def send(
             only_email=email,
             due_only=not now_,
             dry_run=dry_run,
+            keep=False,  # a million digests are printed as they come, not kept
+            workers=ctx.settings.plan_workers,
+            on_planned=lambda p: out.print(
+                f"{verb} {p.email}: {len(p.ranked.matches)} papers"
+                + (f" (+{p.ranked.more} more)" if p.ranked.more else ""),
+                markup=False,
+            ),
         )
         _print_plan(report, dry_run=dry_run)
         if dry_run:
@@ -107,7 +115,7 @@ def send(
         if o.error and o.status != "sent":
             err.print(terminal_safe(f"{o.email}: {o.status}: {o.error}"), markup=False)
     if isinstance(backend, FileBackend) and counts.get("sent"):
-        editions = sorted({p.edition for p in report.planned}) or [date.today()]
+        editions = sorted(report.editions) or [date.today()]
         for edition in editions:
             out.print(f"digests written to {(backend.directory / edition.isoformat()).resolve()}")
     if counts.get("failed"):
@@ -115,20 +123,15 @@ def send(
 
 
 def _print_plan(report: PlanReport, *, dry_run: bool) -> None:
-    for p in report.planned:
-        verb = "would send" if dry_run else "planned"
-        out.print(
-            f"{verb} {p.email}: {len(p.ranked.matches)} papers"
-            + (f" (+{p.ranked.more} more)" if p.ranked.more else "")
-        )
+    counts = report.counts
     notes = [
-        f"{len(report.no_match)} with nothing new matching",
-        f"{len(report.already_planned)} already planned for their edition",
+        f"{counts['no_match']} with nothing new matching",
+        f"{counts['already_planned']} already planned for their edition",
     ]
-    if report.not_due:
-        notes.append(f"{len(report.not_due)} not due yet")
+    if counts["not_due"]:
+        notes.append(f"{counts['not_due']} not due yet")
     out.print(
-        f"{len(report.planned)} digests {'to send' if dry_run else 'planned'}; " + ", ".join(notes)
+        f"{counts['planned']} digests {'to send' if dry_run else 'planned'}; " + ", ".join(notes)
     )
 
 

@@ -108,8 +108,9 @@ class Ranker:
         n = index.n
         self._filter_bits: dict[str, int] = {}
         self._filter_scores = Bounded(4096)  # query -> scores: day-sized, so bounded
-        self._leaf_scores: dict[Term | Phrase, np.ndarray] = {}
-        self._shown: dict[tuple[Term | Phrase, int], tuple[str, ...]] = {}
+        # Bounded (see Bounded): a million readers' long tail must not be kept whole.
+        self._leaf_scores = Bounded(4096)  # leaf -> its score in every paper
+        self._shown = Bounded(50_000)  # (leaf, paper) -> its words as the paper writes them
         self._ranked: dict[tuple[tuple[str, ...], int | None, int], Ranked] = {}
         upvotes = np.array([p.upvotes or 0 for p in index.papers], dtype=np.float64)
         self.upvotes = upvotes
@@ -163,11 +164,8 @@ class Ranker:
                 tf[papers] += (TITLE_BOOST if f == "title" else 1.0) * counts
             norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
             scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
-            self._leaf_scores[leaf] = scores
-            return scores
-        scores = self.leaf_scores_by_paper(leaf)
-        self._leaf_scores[leaf] = scores
-        return scores
+            return self._leaf_scores.put(leaf, scores)
+        return self._leaf_scores.put(leaf, self.leaf_scores_by_paper(leaf))
 
     def leaf_scores_by_paper(self, leaf: Term | Phrase) -> np.ndarray:
         """``leaf_scores`` the plain way, paper by paper: for what has no index key, and
@@ -205,7 +203,7 @@ class Ranker:
         key = (leaf, i)
         cached = self._shown.get(key)
         if cached is None:
-            cached = self._shown[key] = tuple(shown for _, shown in self.index.leaf_hits(leaf, i))
+            cached = self._shown.put(key, tuple(s for _, s in self.index.leaf_hits(leaf, i)))
         return cached
 
     # --- ranking ----------------------------------------------------------------------

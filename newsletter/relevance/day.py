@@ -44,15 +44,34 @@ def text_of(topic: Topic) -> str:
 
 
 def day_scorer(
-    session: Session, *, papers: Sequence[Paper], now: datetime, topics: Iterable[Topic]
+    session: Session, *, papers: Sequence[Paper], now: datetime, topics: Iterable[Topic] = ()
 ) -> Scorer:
-    """A scorer over ``papers`` (first-seen order) for ``topics``."""
-    topics = list(topics)
+    """A scorer over ``papers`` (first-seen order), ready for ``topics`` (more can be
+    added with ``add_topics``)."""
     reference = load_reference(session, now=now, model=MODEL_NAME)
     ranker = Ranker(DayIndex([paper_doc(p) for p in papers], stats=reference.stats))
     vectors, present, sentences = _paper_vectors(session, [p.id for p in papers])  # type: ignore[misc]
-    hashes = {text_hash(MODEL_NAME, text_of(t)): text_of(t) for t in topics}
-    topic_vectors: dict[str, np.ndarray] = {}
+    scorer = Scorer(
+        ranker,
+        reference=reference,
+        vectors=vectors,
+        present=present,
+        topic_vectors={},
+        topic_text=text_of,
+        sentences=sentences.get,
+        voted={},
+        voted_titles={},
+    )
+    add_topics(session, scorer=scorer, topics=topics)
+    return scorer
+
+
+def add_topics(session: Session, *, scorer: Scorer, topics: Iterable[Topic]) -> None:
+    """Load what ``topics`` need that the scorer lacks: their vectors, and those and the
+    titles of the papers their readers voted on."""
+    topics = list(topics)
+    texts = {text_of(t) for t in topics} - scorer.topic_vectors.keys()
+    hashes = {text_hash(MODEL_NAME, text): text for text in texts}
     keys = list(hashes)
     for start in range(0, len(keys), _CHUNK):
         for digest, blob, model in session.exec(
@@ -62,24 +81,16 @@ def day_scorer(
         ):
             vector = unpack(blob, 1) if model == MODEL_NAME else None
             if vector is not None:
-                topic_vectors[hashes[digest]] = vector[0]
-    voted_ids = sorted({pid for t in topics for pid, _ in t.taught})
+                scorer.topic_vectors[hashes[digest]] = vector[0]
+    voted_ids = sorted({pid for t in topics for pid, _ in t.taught} - scorer.voted.keys())
+    if not voted_ids:
+        return
     voted_rows, voted_present, _ = _paper_vectors(session, voted_ids)
     voted = {pid: voted_rows[i] for i, pid in enumerate(voted_ids) if voted_present[i]}
-    titles = {
-        pid: latex_to_text(title)
+    scorer.voted.update(voted)  # type: ignore[attr-defined]
+    scorer.voted_titles.update(  # type: ignore[attr-defined]
+        (pid, latex_to_text(title))
         for pid, title in session.exec(select(Paper.id, Paper.title).where(Paper.id.in_(voted)))  # type: ignore[union-attr]
-    }
-    return Scorer(
-        ranker,
-        reference=reference,
-        vectors=vectors,
-        present=present,
-        topic_vectors=topic_vectors,
-        topic_text=text_of,
-        sentences=sentences.get,
-        voted=voted,
-        voted_titles=titles,
     )
 
 

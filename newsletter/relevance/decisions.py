@@ -2,8 +2,10 @@
 thousands of topics' rows at once (planning), with the same element-wise arithmetic, so
 a paper gets the same decision however many topics were decided with it.
 
-``Rows`` holds m topics x n papers; ``decide`` applies a dial step; ``sparse`` keeps of
-each row what a digest can use (``pick.Decision``): the papers in or just below the line.
+A ``Topic`` is a filter, perhaps a sentence, and what its reader taught it;
+``TopicScores`` one topic's scores over the day. ``Rows`` holds m topics x n papers;
+``decide`` applies a dial step; ``sparse`` keeps of each row what a digest can use
+(``pick.Decision``): the papers in or just below the line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from newsletter.filters import CorpusStats
+from newsletter.filters.ast import And, Node, Or, Phrase, Term
+from newsletter.filters.bm25 import K1
+from newsletter.filters.tokens import stem
 from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Decision
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
@@ -20,6 +26,7 @@ ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling share
 # cosine of 0.2-0.3 with this model); a synonym-only paper sits at 0.5 and above.
 MIN_COSINE = 0.45
 NEAR = 0.15  # "near the line": this far below it (a quarter of that for meaning alone)
+LEXICAL_CAP = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +34,62 @@ class Step:
     label: str
     threshold: float  # lexical + ALPHA * semantic, for a paper the filter matches
     enter: float  # semantic alone, for a paper it does not
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    query: str
+    about: str | None = None
+    # The reader's votes in this topic, (paper id, +1 or -1), sorted: part of what the
+    # topic is, so subscribers who taught nothing still share one decision.
+    taught: tuple[tuple[int, int], ...] = ()
+
+
+def ceiling(node: Node, stats: CorpusStats) -> float:
+    """The BM25F an ideal paper reaches for this filter's words (0: it names none)."""
+    match node:
+        case Term(word=word, field=field) if field in (None, "title", "abstract"):
+            return stats.idf(stem(word)) * (K1 + 1)
+        case Phrase(words=words, field=field) if field in (None, "title", "abstract"):
+            return sum(stats.idf(stem(w)) for w in words) * (K1 + 1)
+        case Or(children=children):
+            return max(ceiling(c, stats) for c in children)
+        case And(children=children):
+            return sum(ceiling(c, stats) for c in children)
+        case _:  # NOT, comparisons, org:, *: nothing to score
+            return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicScores:
+    """One topic over the day's papers (arrays indexed like the day's index)."""
+
+    topic: Topic
+    matched: np.ndarray  # bool
+    lexical: np.ndarray  # 0 where unmatched
+    semantic: np.ndarray  # z-scores; 0 where a paper or the topic has no vector
+    cosine: np.ndarray  # the raw cosines behind them
+    has_meaning: np.ndarray  # bool: a z-score was computed for this paper
+    words_only: bool  # the filter names no words: its matches are the answer
+    everything: bool  # "*"
+    fused: np.ndarray  # lexical + ALPHA * semantic + shift
+    shift: np.ndarray  # what nearness to voted papers adds (+) or takes (-); 0 untaught
+    liked: tuple[int, ...] = ()  # ids of the liked papers with a vector
+    carrier: np.ndarray | None = None  # per paper, the index in ``liked`` of the nearest
+
+    def rows(self) -> Rows:
+        """This topic as the one row the rules take."""
+        return Rows(
+            self.matched[None], self.lexical[None], self.semantic[None], self.cosine[None],
+            self.has_meaning[None], self.shift[None], self.fused[None],
+            np.array([[self.words_only]]), np.array([[self.everything]]),
+        )  # fmt: skip
+
+    def included(self, step: Step) -> np.ndarray:
+        return decide(self.rows(), step).inside[0]
+
+    def near(self, step: Step) -> np.ndarray:
+        return decide(self.rows(), step).near[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ are made for the digest's papers only, and shared by the readers of a topic
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +62,7 @@ class Day(Protocol):
 
 
 MATCHED, CARRIED, VOTED, BELOW = 1, 2, 4, 8  # Decision.flags
+_SERIAL = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,15 @@ class Decision:
     margin: np.ndarray  # how far below the line, in fused-score units
     liked: np.ndarray  # index into ``liked_ids`` of the nearest liked paper, -1 none
     liked_ids: tuple[int, ...] = ()
+    # A serial number, never reused: what explanations shared by its readers are keyed by.
+    uid: int = field(default_factory=lambda: next(_SERIAL))
     _rows: dict[int, int] = field(default_factory=dict)
+    either: int = field(init=False)  # inside | near
+    let_in: np.ndarray = field(init=False)  # bool, aligned with ``papers``: inside
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "either", self.inside | self.near)
+        object.__setattr__(self, "let_in", (self.flags & BELOW) == 0)
 
     def row(self, i: int) -> int:
         """Where paper ``i`` is in the arrays."""
@@ -102,6 +112,7 @@ class Merged:
     shown: list[tuple[int, float]]  # (index, best score), best first, at most ``limit``
     below: list[tuple[int, float]]
     total: int  # papers in, before the cap
+    margin: list[float]  # of each paper in ``below``: how far below the nearest line
 
 
 def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: int) -> Merged:
@@ -114,33 +125,43 @@ def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: 
     if len(decisions) == 1:
         d = decisions[0]
         rows = d.order[reach[d.papers[d.order]]]  # best first already
-        below = (d.flags[rows] & BELOW) != 0
-        shown, near = rows[~below], rows[below]
+        let_in = d.let_in[rows]
+        shown, near = rows[let_in][:limit], rows[~let_in][:limit]
         return Merged(
-            shown=_listed(d.papers[shown[:limit]], d.value[shown[:limit]]),
-            below=_listed(d.papers[near[:limit]], d.value[near[:limit]]),
-            total=len(shown),
+            shown=_listed(d.papers[shown], d.value[shown]),
+            below=_listed(d.papers[near], d.value[near]),
+            total=int(let_in.sum()),
+            margin=d.margin[near].tolist(),
         )
     papers = np.concatenate([d.papers for d in decisions])
-    value = np.concatenate([d.value for d in decisions])
-    inside = np.concatenate([(d.flags & BELOW) == 0 for d in decisions])
     keep = reach[papers]
-    papers, value, inside = papers[keep], value[keep], inside[keep]
+    papers = papers[keep]
     if not len(papers):
-        return Merged([], [], 0)
-    # Each paper once: its best score, and whether any topic lets it in.
+        return Merged([], [], 0, [])
+    value = np.concatenate([d.value for d in decisions])[keep]
+    inside = np.concatenate([d.let_in for d in decisions])[keep]
+    margin = np.concatenate([d.margin for d in decisions])[keep]
+    # Each paper once: its best score, whether any topic lets it in, and how far it is
+    # below the nearest line of those it is near.
     by_paper = np.lexsort((-value, papers))
     papers, value, inside = papers[by_paper], value[by_paper], inside[by_paper]
-    starts = np.flatnonzero(np.r_[True, papers[1:] != papers[:-1]])
+    margin = np.where(inside, np.inf, margin[by_paper])
+    first = np.empty(len(papers), bool)
+    first[0] = True
+    np.not_equal(papers[1:], papers[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
     papers, value = papers[starts], value[starts]
-    inside = np.logical_or.reduceat(inside, starts) if len(starts) else inside[:0]
+    inside = np.logical_or.reduceat(inside, starts)
+    margin = np.minimum.reduceat(margin, starts)
     score = value * day.popularity[papers]
     order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score))
-    papers, value, inside = papers[order], value[order], inside[order]
+    papers, value, inside, margin = papers[order], value[order], inside[order], margin[order]
+    outside = ~inside
     return Merged(
         shown=_listed(papers[inside][:limit], value[inside][:limit]),
-        below=_listed(papers[~inside][:limit], value[~inside][:limit]),
+        below=_listed(papers[outside][:limit], value[outside][:limit]),
         total=int(inside.sum()),
+        margin=margin[outside][:limit].tolist(),
     )
 
 

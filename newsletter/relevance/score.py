@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from newsletter.bounded import Bounded
-from newsletter.filters import CorpusStats, Ranker, compile_filter
-from newsletter.filters.ast import All, And, Node, Or, Phrase, Term
-from newsletter.filters.bm25 import K1
-from newsletter.filters.tokens import stem
+from newsletter.filters import Ranker, compile_filter
+from newsletter.filters.ast import All
 from newsletter.relevance.decisions import (
     ALPHA,
+    LEXICAL_CAP,
     MIN_COSINE,
     NEAR,
     Day,
     Decided,
     Rows,
     Step,
+    Topic,
+    TopicScores,
+    ceiling,
     decide,
     sparse,
 )
@@ -62,9 +64,8 @@ from newsletter.relevance.pick import (
 )
 from newsletter.relevance.reference import Reference
 
-__all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step"]
+__all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step", "Topic", "TopicScores", "ceiling"]
 
-LEXICAL_CAP = 1.5
 UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
 BATCH = 256  # topics decided together: the day's arrays for each, a few MB at a time
 
@@ -76,62 +77,6 @@ DIAL: dict[int, Step] = {
     5: Step("More, broader papers", 0.36, 2.5),
 }
 DEFAULT_DIAL = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Topic:
-    query: str
-    about: str | None = None
-    # The reader's votes in this topic, (paper id, +1 or -1), sorted: part of what the
-    # topic is, so subscribers who taught nothing still share one decision.
-    taught: tuple[tuple[int, int], ...] = ()
-
-
-def ceiling(node: Node, stats: CorpusStats) -> float:
-    """The BM25F an ideal paper reaches for this filter's words (0: it names none)."""
-    match node:
-        case Term(word=word, field=field) if field in (None, "title", "abstract"):
-            return stats.idf(stem(word)) * (K1 + 1)
-        case Phrase(words=words, field=field) if field in (None, "title", "abstract"):
-            return sum(stats.idf(stem(w)) for w in words) * (K1 + 1)
-        case Or(children=children):
-            return max(ceiling(c, stats) for c in children)
-        case And(children=children):
-            return sum(ceiling(c, stats) for c in children)
-        case _:  # NOT, comparisons, org:, *: nothing to score
-            return 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TopicScores:
-    """One topic over the day's papers (arrays indexed like the day's index)."""
-
-    topic: Topic
-    matched: np.ndarray  # bool
-    lexical: np.ndarray  # 0 where unmatched
-    semantic: np.ndarray  # z-scores; 0 where a paper or the topic has no vector
-    cosine: np.ndarray  # the raw cosines behind them
-    has_meaning: np.ndarray  # bool: a z-score was computed for this paper
-    words_only: bool  # the filter names no words: its matches are the answer
-    everything: bool  # "*"
-    fused: np.ndarray  # lexical + ALPHA * semantic + shift
-    shift: np.ndarray  # what nearness to voted papers adds (+) or takes (-); 0 untaught
-    liked: tuple[int, ...] = ()  # ids of the liked papers with a vector
-    carrier: np.ndarray | None = None  # per paper, the index in ``liked`` of the nearest
-
-    def rows(self) -> Rows:
-        """This topic as the one row the rules take."""
-        return Rows(
-            self.matched[None], self.lexical[None], self.semantic[None], self.cosine[None],
-            self.has_meaning[None], self.shift[None], self.fused[None],
-            np.array([[self.words_only]]), np.array([[self.everything]]),
-        )  # fmt: skip
-
-    def included(self, step: Step) -> np.ndarray:
-        return decide(self.rows(), step).inside[0]
-
-    def near(self, step: Step) -> np.ndarray:
-        return decide(self.rows(), step).near[0]
 
 
 SentenceSource = Callable[[int], tuple[np.ndarray, list[tuple[int, int]]] | None]
@@ -157,15 +102,15 @@ class Scorer:
         self.vectors, self.present = vectors, present
         self.topic_vectors, self.topic_text = topic_vectors, topic_text
         self.sentences = sentences
-        self.voted = voted or {}  # vectors of the papers readers voted on, by paper id
-        self.voted_titles = voted_titles or {}
+        self.voted = dict(voted or {})  # vectors of the papers readers voted on, by id
+        self.voted_titles = dict(voted_titles or {})
         # Bounded: a million readers' long tail of topics and combinations must not be
         # kept whole; what many share stays (see Bounded).
         self._topics = Bounded(256)  # Topic -> TopicScores (day-sized arrays)
         self._decided = Bounded(100_000)  # (Topic, dial) -> Decision (sparse)
-        self._words = Bounded(200_000)  # (query, index) -> words as the paper writes them
-        self._picks = Bounded(200_000)  # (decision keys, index) -> Pick
-        self._picked = Bounded(20_000)  # (topics, within, limit, dial) -> Picked
+        self._words = Bounded(50_000)  # (query, index) -> words as the paper writes them
+        self._picks = Bounded(100_000)  # (decision uids, index) -> Pick
+        self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
         self._reach = Bounded(1024)  # within (a bitset) -> the same as a mask
         n = ranker.index.n
         self._everything = np.ones(n, bool)
@@ -325,9 +270,7 @@ class Scorer:
     ) -> Picked:
         decided, merged = self.order(topics, within=within, limit=limit, dial=dial)
         near = tuple(self._explain(i, v, decided) for i, v in merged.below)
-        margin = [
-            min(d.margin[d.row(p.index)] for d in decided if (d.near >> p.index) & 1) for p in near
-        ]
+        margin = merged.margin
         closest = sorted(range(len(near)), key=lambda k: (margin[k], k))
         return Picked(
             matches=tuple(self._explain(i, v, decided) for i, v in merged.shown),
@@ -363,11 +306,15 @@ class Scorer:
     def _explain(self, i: int, value: float, decided: list[Decision]) -> Pick:
         """Why paper i is in (or near): shared by every reader whose topics that hold
         it are the same."""
-        mine = [d for d in decided if ((d.inside | d.near) >> i) & 1]
-        key = (tuple(d.key for d in mine), i)
+        if len(decided) == 1:
+            mine, key = decided, ((decided[0].uid,), i)
+        else:
+            key = (tuple([d.uid for d in decided if (d.either >> i) & 1]), i)
         found = self._picks.get(key)
         if found is not None:
             return found
+        if len(decided) > 1:
+            mine = [d for d in decided if (d.either >> i) & 1]
         names: list[str] = []
         words: dict[str, None] = {}
         meaning: Topic | None = None

@@ -1,0 +1,145 @@
+"""Phase 1 of planning: whose digest is to be planned now, and since when it covers papers.
+
+Active subscribers whose local send time has passed (and whose weekday it is, for
+weekly ones) and who have no digest for their edition yet. A digest covers the papers
+first seen since their previous one (``covers_until`` of that row; for a first
+digest, ``first_digest_days`` back). The edition is the subscriber's local calendar
+date. Subscribers are read a chunk at a time, in id order, so a million of them never
+sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from newsletter.models import (
+    Cadence,
+    Delivery,
+    DeliveryKind,
+    Subscriber,
+    SubscriberStatus,
+    UTCDateTime,
+)
+from newsletter.relevance import DEFAULT_DIAL
+
+CHUNK = 5000  # subscribers read, ranked and recorded together
+
+
+def active_ids(session: Session) -> list[int]:
+    """The ids of everyone planning may consider, in order (to share them out)."""
+    return list(
+        session.exec(
+            select(Subscriber.id)
+            .where(
+                Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED
+            )
+            .order_by(Subscriber.id)  # type: ignore[arg-type]
+        )
+    )  # type: ignore[arg-type]
+
+
+def local_edition(*, now: datetime, timezone: str) -> date:
+    return now.astimezone(ZoneInfo(timezone)).date()
+
+
+def is_due(*, now: datetime, timezone: str, send_at: str) -> bool:
+    """Has the subscriber's local send time passed today?"""
+    local = now.astimezone(ZoneInfo(timezone))
+    hh, mm = (int(x) for x in send_at.split(":"))
+    return local.time() >= time(hh, mm)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    subscriber_id: int
+    email: str
+    edition: date
+    since: datetime  # papers first seen after this are new for them
+    dial: int = DEFAULT_DIAL
+    ask: bool = True  # the digest may ask about papers just below the line
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    email: str
+    why: str  # "already_planned" | "not_due"
+
+
+def due_chunks(
+    session: Session,
+    *,
+    now: datetime,
+    first_since: datetime,
+    only_email: str | None = None,
+    due_only: bool = True,
+    next_edition: bool = False,
+    ids: tuple[int, int] | None = None,
+    size: int = CHUNK,
+) -> Iterator[tuple[list[Due], list[Skipped]]]:
+    """Per chunk of active subscribers (id order; ``ids``: only those from first to
+    last): who is due, and who is not and why."""
+    # Columns, not ORM objects: planning reads eight fields of every subscriber.
+    query = select(
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.timezone,
+        Subscriber.send_at,
+        Subscriber.cadence,
+        Subscriber.weekday,
+        Subscriber.dial,
+        Subscriber.ask_feedback,
+    ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
+    if only_email is not None:
+        query = query.where(Subscriber.email == only_email)
+    if ids is not None:
+        query = query.where(Subscriber.id.between(*ids))  # type: ignore[union-attr]
+    after = 0
+    while True:
+        rows = list(
+            session.exec(query.where(Subscriber.id > after).order_by(Subscriber.id).limit(size))
+        )  # type: ignore[arg-type,operator]
+        if not rows:
+            return
+        after = rows[-1][0]
+        last = _last_digests(session, first=rows[0][0], last=after)
+        due: list[Due] = []
+        skipped: list[Skipped] = []
+        for sid, email, timezone, send_at, cadence, weekday, dial, ask in rows:
+            edition = local_edition(now=now, timezone=timezone)
+            prev = last.get(sid)
+            if prev is not None and prev[0] >= edition and not next_edition:
+                skipped.append(Skipped(email, "already_planned"))
+            elif cadence == Cadence.WEEKLY and edition.weekday() != weekday:
+                skipped.append(Skipped(email, "not_due"))  # weekly: their weekday only, even --now
+            elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
+                skipped.append(Skipped(email, "not_due"))
+            else:
+                since = prev[1] if prev is not None else first_since
+                due.append(Due(sid, email, edition, since, dial, ask))
+        yield due, skipped
+
+
+def _last_digests(session: Session, *, first: int, last: int) -> dict[int, tuple[date, datetime]]:
+    """Each subscriber's latest edition and covered-until, for ids first..last."""
+    return {
+        sid: (edition, covers_until)
+        for sid, edition, covers_until in session.exec(
+            select(
+                Delivery.subscriber_id,
+                # type_coerce keeps the column types' conversions on the aggregates
+                sa.type_coerce(sa.func.max(Delivery.edition), sa.Date()),
+                sa.type_coerce(sa.func.max(Delivery.covers_until), UTCDateTime()),
+            )
+            .where(
+                Delivery.kind == DeliveryKind.DIGEST,
+                Delivery.subscriber_id.between(first, last),  # type: ignore[attr-defined]
+            )
+            .group_by(Delivery.subscriber_id)
+        )
+    }
