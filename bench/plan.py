@@ -159,10 +159,20 @@ def plan(url: str, home: Path, dry_run: bool, workers: int = 1) -> dict[str, flo
         "seconds": took,
         "planned": report.counts["planned"],
         "empty": report.counts["no_match"],
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # the largest planning process forked (they share the scored papers)
+        "peak_mb": _peak_mb(),
+        # the largest planning process forked from this one (they share the scored
+        # papers, counted in each); forked, not exec'd, so ru_maxrss is theirs
         "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
+
+
+def _peak_mb() -> float:
+    """This process's own high-water mark. Not ru_maxrss: Linux keeps that across exec,
+    so a child started by the (larger) setup process would report the setup's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

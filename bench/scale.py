@@ -1,6 +1,12 @@
-"""Benchmark: how subscriber imports scale, against adding the same rows one by one.
+"""Benchmark: how subscriber imports and planning scale.
 
 Run: .venv/bin/python bench/scale.py [--rows N] [--sample N] [--pg URL]
+     .venv/bin/python bench/scale.py --plan 100000,300000,1000000 [--workers N] [--pg URL]
+
+With --plan, bench/plan.py plans each number of subscribers x 3 topics against a
+1,000-paper day (on SQLite, and on PostgreSQL with --pg) and each line prints the
+seconds, the cost per subscriber next to the smallest size's (cost linear in
+subscribers: a ratio near 1), and the planning processes' memory high-water marks.
 
 For each database (SQLite in a temporary folder; PostgreSQL when --pg names one, or
 NEWSLETTER_TEST_PG is set, in a scratch database it creates and drops):
@@ -17,9 +23,12 @@ run, and the process's memory high-water mark (resource.getrusage).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -83,12 +92,42 @@ def bench(name: str, url: str, path: Path, rows: int, sample: int) -> None:
     )
 
 
+def plan_sizes(name: str, url: str, sizes: list[int], workers: int) -> None:
+    base = None
+    for n in sizes:
+        if url:  # a scratch database per size
+            admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(sa.text("DROP DATABASE IF EXISTS newsletter_plan"))
+                conn.execute(sa.text("CREATE DATABASE newsletter_plan"))
+            scratch = sa.make_url(url).set(database="newsletter_plan").render_as_string(False)
+        command = [sys.executable, str(Path(__file__).parent / "plan.py"), "--subscribers", str(n)]
+        command += ["--workers", str(workers)] + (["--url", scratch] if url else [])
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        per = result["seconds"] / n * 1e6
+        base = base or per
+        print(
+            f"{name:10s} plan {n:>9,} subscribers in {result['seconds']:7.1f} s: "
+            f"{per:5.0f} us each ({per / base:4.2f}x the {sizes[0]:,} run's)   peak RSS "
+            f"{result['peak_mb']:,.0f} MB"
+            + (f", each planning process {result['child_peak_mb']:,.0f} MB" if workers > 1 else "")
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=1_000, help="rows added one by one")
     parser.add_argument("--pg", default=os.environ.get("NEWSLETTER_TEST_PG", ""))
+    parser.add_argument("--plan", default="", help="subscriber counts to plan, comma-separated")
+    parser.add_argument("--workers", type=int, default=1, help="planning processes (--plan)")
     args = parser.parse_args()
+    if args.plan:
+        sizes = [int(n) for n in args.plan.split(",")]
+        for name, url in [("sqlite", "")] + ([("postgresql", args.pg)] if args.pg else []):
+            plan_sizes(name, url, sizes, args.workers)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "subscribers.csv"
         write_csv(path, args.rows, random.Random(1))

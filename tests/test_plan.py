@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta
 
@@ -197,7 +198,7 @@ def test_each_item_records_which_filters_and_words_matched(engine, settings, now
     assert item["terms"] == ["Poincaré", "models"]
 
 
-def test_planning_in_processes_makes_the_same_digests(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+def test_planning_in_processes_makes_the_same_digests(engine, settings, now, tmp_path) -> None:  # type: ignore[no-untyped-def]
     words = ["diffusion", "agents", "speech", "retrieval", "robots", "graphs"]
     for k, word in enumerate(words * 3):
         add_paper(engine, title=f"{word.title()} study {k}", abstract=f"On {word}.",
@@ -208,7 +209,17 @@ def test_planning_in_processes_makes_the_same_digests(engine, settings, now) -> 
     subscribe(engine, email="late@example.org", topics=["agents"], now=now, send_at="23:59")
     alone = plan_digests(engine=engine, settings=settings, now=now, dry_run=True)
 
-    shared = plan_digests(engine=engine, settings=settings, now=now, keep=False, workers=3)
+    seen_by = tmp_path / "pids"
+
+    def note(_planned: object) -> None:  # runs in the planning processes
+        with seen_by.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    shared = plan_digests(
+        engine=engine, settings=settings, now=now, keep=False, workers=3, on_planned=note
+    )
+    pids = seen_by.read_text().split()
+    assert len(pids) == 40 and len(set(pids)) == 3 and str(os.getpid()) not in pids
 
     assert shared.planned == []  # counts only, as `newsletter send` asks
     assert shared.counts["planned"] == len(alone.planned) == 40

@@ -109,8 +109,9 @@ class Ranker:
         self._filter_bits: dict[str, int] = {}
         self._filter_scores = Bounded(4096)  # query -> scores: day-sized, so bounded
         # Bounded (see Bounded): a million readers' long tail must not be kept whole.
-        self._leaf_scores = Bounded(4096)  # leaf -> its score in every paper
-        self._shown = Bounded(50_000)  # (leaf, paper) -> its words as the paper writes them
+        # leaf -> its score in every paper: about 128 MB at most, whatever the day's size
+        self._leaf_scores = Bounded(max(256, 16_000_000 // max(index.n, 1)))
+        self._shown = Bounded(200_000)  # (leaf, paper) -> its words as the paper writes them
         self._ranked: dict[tuple[tuple[str, ...], int | None, int], Ranked] = {}
         upvotes = np.array([p.upvotes or 0 for p in index.papers], dtype=np.float64)
         self.upvotes = upvotes

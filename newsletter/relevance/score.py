@@ -108,7 +108,7 @@ class Scorer:
         # kept whole; what many share stays (see Bounded).
         self._topics = Bounded(256)  # Topic -> TopicScores (day-sized arrays)
         self._decided = Bounded(100_000)  # (Topic, dial) -> Decision (sparse)
-        self._words = Bounded(50_000)  # (query, index) -> words as the paper writes them
+        self._words = Bounded(200_000)  # (query, index) -> words as the paper writes them
         self._picks = Bounded(100_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
         self._reach = Bounded(1024)  # within (a bitset) -> the same as a mask
