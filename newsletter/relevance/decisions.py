@@ -18,7 +18,7 @@ from newsletter.filters import CorpusStats
 from newsletter.filters.ast import And, Node, Or, Phrase, Term
 from newsletter.filters.bm25 import K1
 from newsletter.filters.tokens import stem
-from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Decision
+from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Day, Decision
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
 # Meaning alone lets a paper in only when it is also close in absolute terms: a topic
@@ -85,9 +85,6 @@ class TopicScores:
             np.array([[self.words_only]]), np.array([[self.everything]]),
         )  # fmt: skip
 
-    def included(self, step: Step) -> np.ndarray:
-        return decide(self.rows(), step).inside[0]
-
     def near(self, step: Step) -> np.ndarray:
         return decide(self.rows(), step).near[0]
 
@@ -148,16 +145,6 @@ def decide(r: Rows, step: Step) -> Decided:
     # Below the line by the filter's score when it matched, else by meaning alone.
     margin = np.where(r.matched, step.threshold - r.fused, ALPHA * (step.enter - r.semantic))
     return Decided(inside, near, value, carried, margin)
-
-
-@dataclass(frozen=True, slots=True)
-class Day:
-    """What orders papers, per paper of the day: as the reference's ``_order`` has it."""
-
-    popularity: np.ndarray
-    upvotes: np.ndarray
-    seen: np.ndarray
-    ids: np.ndarray
 
 
 def sparse(

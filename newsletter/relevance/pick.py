@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -52,8 +51,9 @@ class Picked:
         return self.total - len(self.matches)
 
 
-class Day(Protocol):
-    """What orders papers (``decisions.Day``)."""
+@dataclass(frozen=True, slots=True)
+class Day:
+    """What orders papers, per paper of the day: as the reference's ``_order`` has it."""
 
     popularity: np.ndarray
     upvotes: np.ndarray
