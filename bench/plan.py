@@ -35,11 +35,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 from match import corpus_docs, make_filters, synthetic_day
+from memory import peak_mb
 
 from newsletter import db
 from newsletter.config import load_settings
 from newsletter.embed.encoder import DIM, MODEL_NAME
 from newsletter.embed.store import pack, text_hash, topic_text
+from newsletter.filters import PaperDoc
 from newsletter.importer import import_subscribers
 from newsletter.models import Paper, PaperVector, TopicFilter, TopicVector
 
@@ -57,40 +59,12 @@ def setup(url: str, subscribers: int, home: Path) -> None:
     db.upgrade(engine=engine)
     rng, vrng = random.Random(7), np.random.default_rng(7)
     docs = synthetic_day(corpus_docs(), size=3000, rng=rng)
-    rows = []
-    for i, d in enumerate(docs):
-        seen = NOW - (timedelta(days=5) if i < 2000 else timedelta(hours=1)) + timedelta(seconds=i)
-        rows.append(
-            {
-                "key": f"bench paper {i}",
-                "title": d.title,
-                "abstract": d.abstract,
-                "authors": d.authors,
-                "upvotes": d.upvotes,
-                "source_file": "bench",
-                "first_seen_at": seen,
-                "updated_at": seen,
-            }
-        )
+    seen = [
+        NOW - (timedelta(days=5) if i < 2000 else timedelta(hours=1)) + timedelta(seconds=i)
+        for i in range(len(docs))
+    ]
     with engine.begin() as conn:
-        conn.execute(sa.insert(Paper.__table__), rows)  # type: ignore[attr-defined]
-        ids = [pid for (pid,) in conn.execute(sa.select(Paper.id).order_by(Paper.id))]
-        vectors = _unit(vrng, len(ids))
-        conn.execute(
-            sa.insert(PaperVector.__table__),  # type: ignore[attr-defined]
-            [
-                {
-                    "paper_id": pid,
-                    "model": MODEL_NAME,
-                    "text_hash": "bench",
-                    "vector": pack(vectors[k : k + 1]),
-                    "sentences": b"",
-                    "spans": "[]",
-                    "updated_at": NOW,
-                }
-                for k, pid in enumerate(ids)
-            ],
-        )
+        store_papers(conn, docs, seen, vrng)
     pool = make_filters(docs[2000:], count=POOL, rng=rng)
     pool = [
         q + (f" | Papers about {q.strip(chr(34))}" if k % 4 == 0 else "")
@@ -131,6 +105,43 @@ def setup(url: str, subscribers: int, home: Path) -> None:
     engine.dispose()
 
 
+def store_papers(
+    conn: sa.Connection, docs: list[PaperDoc], seen: list[datetime], vrng: np.random.Generator
+) -> None:
+    """Store papers with a random unit vector each, as `papers embed` would store one."""
+    first = conn.execute(sa.select(sa.func.coalesce(sa.func.max(Paper.id), 0))).scalar()
+    rows = [
+        {
+            "key": f"bench paper {first + k}",
+            "title": d.title,
+            "abstract": d.abstract,
+            "authors": d.authors,
+            "upvotes": d.upvotes,
+            "source_file": "bench",
+            "first_seen_at": at,
+            "updated_at": at,
+        }
+        for k, (d, at) in enumerate(zip(docs, seen, strict=True))
+    ]
+    conn.execute(sa.insert(Paper.__table__), rows)  # type: ignore[attr-defined]
+    vectors = _unit(vrng, len(rows))
+    conn.execute(
+        sa.insert(PaperVector.__table__),  # type: ignore[attr-defined]
+        [
+            {
+                "paper_id": first + k + 1,
+                "model": MODEL_NAME,
+                "text_hash": "bench",
+                "vector": pack(vectors[k : k + 1]),
+                "sentences": b"",
+                "spans": "[]",
+                "updated_at": NOW,
+            }
+            for k in range(len(rows))
+        ],
+    )
+
+
 def plan(url: str, home: Path, dry_run: bool, workers: int = 1) -> dict[str, float]:
     from newsletter.plan import plan_digests
 
@@ -159,20 +170,11 @@ def plan(url: str, home: Path, dry_run: bool, workers: int = 1) -> dict[str, flo
         "seconds": took,
         "planned": report.counts["planned"],
         "empty": report.counts["no_match"],
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_mb(),
         # the largest planning process forked from this one (they share the scored
         # papers, counted in each); forked, not exec'd, so ru_maxrss is theirs
         "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
-
-
-def _peak_mb() -> float:
-    """This process's own high-water mark. Not ru_maxrss: Linux keeps that across exec,
-    so a child started by the (larger) setup process would report the setup's."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

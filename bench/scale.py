@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/scale.py [--rows N] [--sample N] [--pg URL]
      .venv/bin/python bench/scale.py --plan 100000,300000,1000000 [--workers N] [--pg URL]
+     .venv/bin/python bench/scale.py --filters 20000,200000 [--pg URL]  # stored postings
 
 With --plan, bench/plan.py plans each number of subscribers x 3 topics against a
 1,000-paper day (on SQLite, and on PostgreSQL with --pg) and each line prints the
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from memory import peak_mb
 
 from newsletter import db
 from newsletter.importer import import_subscribers
@@ -54,10 +55,6 @@ def write_csv(path: Path, rows: int, rng: random.Random) -> None:
             if i % 4 == 0:
                 topics[0] += " | Papers about " + topics[0].strip('"')
             f.write(f"user{i}@example.org,User {i},{';'.join(topics)},Europe/Paris,08:00\n")
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench(name: str, url: str, path: Path, rows: int, sample: int) -> None:
@@ -92,15 +89,32 @@ def bench(name: str, url: str, path: Path, rows: int, sample: int) -> None:
     )
 
 
+def scratch_database(url: str, name: str) -> str:
+    """A fresh, empty database on the server of ``url``."""
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return sa.make_url(url).set(database=name).render_as_string(False)
+
+
+def filter_sizes(name: str, url: str, sizes: list[int]) -> None:
+    """`filters test` over N stored papers (bench/postings.py), the in-memory index as
+    the baseline where it fits (up to 50,000 papers)."""
+    for n in sizes:
+        command = [sys.executable, str(Path(__file__).parent / "postings.py"), "--papers", str(n)]
+        command += ["--url", scratch_database(url, "newsletter_postings")] if url else []
+        command += ["--no-baseline"] if n > 50_000 else []
+        print(f"{name}: " + subprocess.run(command, check=True, capture_output=True, text=True)
+              .stdout.strip().replace("\n", f"\n{name}: "))  # fmt: skip
+
+
 def plan_sizes(name: str, url: str, sizes: list[int], workers: int) -> None:
     base = None
     for n in sizes:
         if url:  # a scratch database per size
-            admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text("DROP DATABASE IF EXISTS newsletter_plan"))
-                conn.execute(sa.text("CREATE DATABASE newsletter_plan"))
-            scratch = sa.make_url(url).set(database="newsletter_plan").render_as_string(False)
+            scratch = scratch_database(url, "newsletter_plan")
         command = [sys.executable, str(Path(__file__).parent / "plan.py"), "--subscribers", str(n)]
         command += ["--workers", str(workers)] + (["--url", scratch] if url else [])
         done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -122,7 +136,13 @@ def main() -> None:
     parser.add_argument("--pg", default=os.environ.get("NEWSLETTER_TEST_PG", ""))
     parser.add_argument("--plan", default="", help="subscriber counts to plan, comma-separated")
     parser.add_argument("--workers", type=int, default=1, help="planning processes (--plan)")
+    parser.add_argument("--filters", default="", help="stored paper counts, comma-separated")
     args = parser.parse_args()
+    if args.filters:
+        sizes = [int(n) for n in args.filters.split(",")]
+        for name, url in [("sqlite", "")] + ([("postgresql", args.pg)] if args.pg else []):
+            filter_sizes(name, url, sizes)
+        return
     if args.plan:
         sizes = [int(n) for n in args.plan.split(",")]
         for name, url in [("sqlite", "")] + ([("postgresql", args.pg)] if args.pg else []):

@@ -110,6 +110,11 @@ class Paper(SQLModel, table=True):
     sources: str | None = Field(
         default=None, max_length=100, description="the kinds of source it was seen in, spaced"
     )
+    # The stored postings (issue 15): which segment holds this paper's current postings
+    # (None: not indexed yet, or changed since), and its lengths in stems for BM25.
+    index_segment: int | None = Field(default=None, index=True)
+    title_stems: int | None = None
+    abstract_stems: int | None = None
 
 
 class SourceState(SQLModel, table=True):
@@ -248,6 +253,34 @@ class TopicFilter(SQLModel, table=True):
         default=None, max_length=300, description="a sentence about the topic, for meaning"
     )
     created_at: datetime = _ts()  # type: ignore[assignment]
+
+
+class IndexSegment(SQLModel, table=True):
+    """A batch of papers indexed together (``corpus/postings.py``)."""
+
+    __tablename__ = "index_segments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts()  # type: ignore[assignment]
+    papers: int
+
+
+class Posting(SQLModel, table=True):
+    """One key's occurrences in one segment (``filters/segments.py``: zlib'd int32 arrays)."""
+
+    __tablename__ = "postings"
+
+    field: str = Field(max_length=16, primary_key=True)
+    key: str = Field(sa_type=sa.Text(), primary_key=True)
+    segment: int = Field(
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.ForeignKey("index_segments.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    papers: bytes = Field(sa_type=sa.LargeBinary())
+    vals: bytes = Field(sa_type=sa.LargeBinary())
 
 
 class PaperVector(SQLModel, table=True):

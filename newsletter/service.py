@@ -46,6 +46,7 @@ from newsletter.backends import EmailBackend
 from newsletter.bounces.listener import serve_bounces
 from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
+from newsletter.corpus.postings import index_pending
 from newsletter.deliver import DeliverReport, Outcome, deliver_due, run_worker
 from newsletter.health import WorkerHealth
 from newsletter.models import utcnow
@@ -153,16 +154,18 @@ class Jobs:
             elif result.status != "unchanged":
                 log.info(
                     "corpus file ingested",
-                    extra={
-                        "path": result.path,
-                        "new_papers": result.new_papers,
-                        "papers": result.papers,
-                    },
-                )
+                    extra={"path": result.path, "new_papers": result.new_papers,
+                           "papers": result.papers},
+                )  # fmt: skip
         if report.new_papers:
-            embedded = embed.catch_up(engine=self.engine)
-            if embedded is not None:
-                log.info("papers embedded", extra={"papers": embedded.embedded})
+            self._new_papers()
+
+    def _new_papers(self) -> None:
+        """Embed and index what ingest stored (off the planning path)."""
+        embedded = embed.catch_up(engine=self.engine)
+        indexed = index_pending(engine=self.engine)
+        log.info("papers embedded and indexed", extra={"indexed": indexed,
+                 "embedded": embedded.embedded if embedded else None})  # fmt: skip
 
     def fetch(self) -> None:
         """The live sources (``corpus.fetch`` logs each URL's outcome), then embeddings."""
@@ -184,9 +187,7 @@ class Jobs:
                        "new_papers": report.new_papers},
             )  # fmt: skip
         if report.new_papers:
-            embedded = embed.catch_up(engine=self.engine)
-            if embedded is not None:
-                log.info("papers embedded", extra={"papers": embedded.embedded})
+            self._new_papers()
 
     def plan(self) -> None:
         if not self.leadership.held():

@@ -10,7 +10,7 @@ from typer.exceptions import TyperException
 
 import newsletter.cli.sources  # noqa: F401  (registers `sources list` and `sources fetch`)
 from newsletter import db
-from newsletter.cli import bounces, corpus, delivery, feedback, people, running  # noqa: F401  (they register commands)
+from newsletter.cli import bounces, corpus, delivery, feedback, filters, people, running  # noqa: F401  (they register commands)
 from newsletter.cli.common import app, err
 from newsletter.errors import FilterSyntaxError, NewsletterError
 from newsletter.text import terminal_safe

@@ -146,7 +146,7 @@ def sources_fetch(
     ] = False,
 ) -> None:
     """Fetch the live sources now and store their new papers; exit 1 if any failed."""
-    from newsletter.cli.corpus import embed_stored
+    from newsletter.cli.corpus import embed_stored, index_stored
     from newsletter.corpus.fetch import FetchResult, Target, fetch_sources, plan_targets
 
     day = _parse_day(since, option="--since")
@@ -205,5 +205,6 @@ def sources_fetch(
     out.print(f"{len(report.results)} URLs ({summary}); {report.new_papers} new papers")
     if report.new_papers:
         embed_stored(ctx.engine)
+        index_stored(ctx.engine)
     if report.failed:
         raise typer.Exit(1)

@@ -184,6 +184,7 @@ def _merge_into(session: Session, paper: Paper, rec: PaperRecord, *, now: dateti
         values["key"] = paper.key if clash is not None else merged.key
     for name, value in values.items():
         setattr(paper, name, value)
+    paper.index_segment = None  # its postings are of the old text: index it again
     if merged.arxiv_version != old.arxiv_version and old.arxiv_version is not None:
         detail = {
             "paper_id": paper.id,

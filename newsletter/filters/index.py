@@ -43,7 +43,7 @@ from newsletter.filters.ast import (
     Term,
 )
 from newsletter.filters.bitsets import bits_of, iter_bits
-from newsletter.filters.bm25 import CorpusStats
+from newsletter.filters.bm25 import TITLE_BOOST, CorpusStats
 from newsletter.filters.docs import (
     DEFAULT_FIELDS,
     FIELDS,
@@ -59,6 +59,22 @@ from newsletter.filters.docs import (
     phrase_at,
 )
 from newsletter.filters.tokens import stem, surface_tokens
+
+
+def plain_key(leaf: Term | Phrase) -> str | None:
+    """The index key a word or short phrase is counted under, or None when it has none
+    (prefixes, exact words, phrases of three words or more: scored paper by paper)."""
+    if isinstance(leaf, Term):
+        return None if leaf.prefix or leaf.exact else stem(leaf.word)
+    if len(leaf.words) == 1:
+        return stem(leaf.words[0])
+    if len(leaf.words) == 2:
+        return f"{stem(leaf.words[0])} {stem(leaf.words[1])}"
+    return None
+
+
+def leaf_fields(leaf: Term | Phrase) -> tuple[str, ...]:
+    return (leaf.field,) if leaf.field else DEFAULT_FIELDS
 
 
 def _phrase_keys(words: tuple[str, ...]) -> list[str]:
@@ -206,6 +222,15 @@ class DayIndex:
         }
         self.vocab = {f: sorted(words) for f, words in vocab.items()}
         self.stats = stats or CorpusStats.of(self)
+        # What ranking reads of every paper, as arrays.
+        self.ids = np.array([p.id for p in self.papers], dtype=np.int64)
+        self.upvotes = np.array([p.upvotes or 0 for p in self.papers], dtype=np.float64)
+        self.seen = np.array(
+            [p.first_seen_at.timestamp() if p.first_seen_at else 0.0 for p in self.papers]
+        )
+        self.lengths = np.array(
+            [TITLE_BOOST * len(f["title"].stems) + len(f["abstract"].stems) for f in self.fields]
+        )
         self._cache: dict[Node, int] = {}
         self._shown: dict[tuple[int, str], list[str]] = {}
         self._exact: dict[tuple[str, str], int] = {}
@@ -308,6 +333,18 @@ class DayIndex:
                 np.array(self._occurrences[f].get(key, ()), dtype=np.float64),
             )
         return found
+
+    def leaf_tf(self, leaf: Term | Phrase) -> np.ndarray | None:
+        """Occurrences of ``leaf`` in every paper (a title one counts ``TITLE_BOOST``),
+        or None when it has no key to count under (then it is counted paper by paper)."""
+        key = plain_key(leaf)
+        if key is None:
+            return None
+        tf = np.zeros(self.n)
+        for f in leaf_fields(leaf):
+            papers, counts = self.key_counts(f, key)
+            tf[papers] += (TITLE_BOOST if f == "title" else 1.0) * counts
+        return tf
 
     def leaf_counts(self, leaf: Term | Phrase, i: int) -> list[tuple[str, int]]:
         """(field, occurrences) of ``leaf`` in paper i, from the per-field counters."""

@@ -80,18 +80,6 @@ class Ranked:
         return self.total - len(self.matches)
 
 
-def _plain_key(leaf: Term | Phrase) -> str | None:
-    """The index key a word or short phrase is counted under, or None when it has none
-    (prefixes, exact words, phrases of three words or more: scored paper by paper)."""
-    if isinstance(leaf, Term):
-        return None if leaf.prefix or leaf.exact else stem(leaf.word)
-    if len(leaf.words) == 1:
-        return stem(leaf.words[0])
-    if len(leaf.words) == 2:
-        return f"{stem(leaf.words[0])} {stem(leaf.words[1])}"
-    return None
-
-
 class Ranker:
     """Matches and ranks subscribers' filters against one DayIndex, caching shared work.
 
@@ -113,19 +101,12 @@ class Ranker:
         self._leaf_scores = Bounded(max(256, 16_000_000 // max(index.n, 1)))
         self._shown = Bounded(200_000)  # (leaf, paper) -> its words as the paper writes them
         self._ranked: dict[tuple[tuple[str, ...], int | None, int], Ranked] = {}
-        upvotes = np.array([p.upvotes or 0 for p in index.papers], dtype=np.float64)
-        self.upvotes = upvotes
+        self.upvotes, self.seen, self.ids = index.upvotes, index.seen, index.ids
         self.popularity = 1 + UPVOTE_BOOST * np.minimum(
-            1.0, np.log1p(upvotes) / math.log1p(UPVOTES_FOR_FULL_BOOST)
+            1.0, np.log1p(self.upvotes) / math.log1p(UPVOTES_FOR_FULL_BOOST)
         )
-        self.seen = np.array(
-            [p.first_seen_at.timestamp() if p.first_seen_at else 0.0 for p in index.papers]
-        )
-        self.ids = np.array([p.id for p in index.papers], dtype=np.int64)
         self._zeros = np.zeros(n)
-        self._lengths = np.array(
-            [TITLE_BOOST * len(f["title"].stems) + len(f["abstract"].stems) for f in index.fields]
-        )
+        self._lengths = index.lengths
         self._nbytes = (n + 7) // 8
 
     # --- matching -------------------------------------------------------------------
@@ -157,12 +138,8 @@ class Ranker:
         index, stats = self.index, self.index.stats
         words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
         idf = sum(stats.idf(stem(w)) for w in words)
-        key = _plain_key(leaf)
-        if key is not None:  # a stem or an adjacent pair: counted at indexing, scored at once
-            tf = np.zeros(index.n)
-            for f in (leaf.field,) if leaf.field else ("title", "abstract"):
-                papers, counts = index.key_counts(f, key)
-                tf[papers] += (TITLE_BOOST if f == "title" else 1.0) * counts
+        tf = index.leaf_tf(leaf)
+        if tf is not None:  # counted at indexing, scored at once
             norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
             scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
             return self._leaf_scores.put(leaf, scores)

@@ -5,38 +5,23 @@ all build one here)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 import numpy as np
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from newsletter.corpus.postings import paper_doc, stored_index
 from newsletter.embed.encoder import DIM, MODEL_NAME
 from newsletter.embed.store import text_hash, topic_text, unpack
-from newsletter.filters import DayIndex, PaperDoc, Ranker
+from newsletter.filters import DayIndex, Ranker
 from newsletter.models import Paper, PaperVector, TopicVector
-from newsletter.relevance.reference import load_reference
-from newsletter.relevance.score import Scorer, Topic
+from newsletter.relevance.reference import Reference, load_reference
+from newsletter.relevance.score import Scorer, SentenceSource, Topic
 from newsletter.text import latex_to_text
 
 _CHUNK = 500
-
-
-def paper_doc(paper: Paper) -> PaperDoc:
-    organization = " ".join(x for x in (paper.organization_handle, paper.organization) if x)
-    return PaperDoc(
-        id=paper.id,  # type: ignore[arg-type]
-        title=paper.title,
-        abstract=paper.abstract,
-        organization=organization or None,
-        upvotes=paper.upvotes,
-        authors=paper.authors,
-        published_on=paper.published_on,
-        first_seen_at=paper.first_seen_at,
-        author_names=tuple(json.loads(paper.author_names)) if paper.author_names else (),
-        categories=tuple(paper.categories.split()) if paper.categories else (),
-        has_code=paper.code_url is not None,
-    )
 
 
 def text_of(topic: Topic) -> str:
@@ -51,6 +36,35 @@ def day_scorer(
     reference = load_reference(session, now=now, model=MODEL_NAME)
     ranker = Ranker(DayIndex([paper_doc(p) for p in papers], stats=reference.stats))
     vectors, present, sentences = _paper_vectors(session, [p.id for p in papers])  # type: ignore[misc]
+    return _scorer(session, ranker, reference, vectors, present, sentences.get, topics)
+
+
+def corpus_scorer(
+    session: Session, *, engine: sa.Engine, now: datetime, topics: Iterable[Topic] = ()
+) -> Scorer:
+    """A scorer over every stored paper (``filters test``): the index reads the stored
+    postings (``corpus/postings.py``; index what is pending first), the vectors are read
+    whole, a paper's sentences only when its explanation needs them."""
+    reference = load_reference(session, now=now, model=MODEL_NAME)
+    index = stored_index(engine=engine, session=session, stats=reference.stats)
+    vectors, present = _all_vectors(session, index.ids)
+
+    def sentences(pid: int) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
+        with Session(engine) as own:
+            return _paper_vectors(own, [pid])[2].get(pid)
+
+    return _scorer(session, Ranker(index), reference, vectors, present, sentences, topics)
+
+
+def _scorer(
+    session: Session,
+    ranker: Ranker,
+    reference: Reference,
+    vectors: np.ndarray,
+    present: np.ndarray,
+    sentences: SentenceSource,
+    topics: Iterable[Topic],
+) -> Scorer:
     scorer = Scorer(
         ranker,
         reference=reference,
@@ -58,12 +72,54 @@ def day_scorer(
         present=present,
         topic_vectors={},
         topic_text=text_of,
-        sentences=sentences.get,
+        sentences=sentences,
         voted={},
         voted_titles={},
     )
     add_topics(session, scorer=scorer, topics=topics)
     return scorer
+
+
+def _all_vectors(session: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored paper's vector, in ``ids`` order (zeros and not ``present`` where one
+    is missing, of another model or does not decode). Kept as stored, in float16 (half
+    the memory of a year of vectors; products upcast them exactly), and decoded a
+    chunk at a time into the one array."""
+    position = np.full(int(ids.max(initial=0)) + 1, -1, np.int64)
+    position[ids] = np.arange(len(ids))
+    vectors = np.zeros((len(ids), DIM), np.float16)
+    present = np.zeros(len(ids), bool)
+    for chunk in _vector_rows(session):
+        pids = np.array([pid for pid, _ in chunk], dtype=np.int64)
+        sizes = np.array([len(blob) for _, blob in chunk])
+        at = np.where(pids < len(position), position[np.minimum(pids, len(position) - 1)], -1)
+        keep = np.flatnonzero((at >= 0) & (sizes == 2 * DIM))
+        if not len(keep):
+            continue
+        decoded = np.frombuffer(b"".join(chunk[k][1] for k in keep), "<f2").reshape(-1, DIM)
+        finite = np.isfinite(decoded).all(1)
+        vectors[at[keep][finite]], present[at[keep][finite]] = decoded[finite], True
+    return vectors, present
+
+
+def _vector_rows(session: Session) -> Iterator[Sequence[tuple[int, bytes]]]:
+    """(paper id, vector) of every stored vector of the model, in chunks."""
+    if session.get_bind().dialect.name == "postgresql":
+        # psycopg sends bytea as hex text unless asked for binary: half the time for a
+        # year of vectors (0.9 s against 0.4 s for 200,000 measured).
+        driver = session.connection().connection.driver_connection
+        with driver.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+            cursor.execute(
+                "SELECT paper_id, vector FROM paper_vectors WHERE model = %s", (MODEL_NAME,)
+            )
+            while chunk := cursor.fetchmany(_CHUNK * 20):
+                yield chunk
+        return
+    found = session.execute(
+        sa.select(PaperVector.paper_id, PaperVector.vector).where(PaperVector.model == MODEL_NAME)
+    )
+    while chunk := found.fetchmany(_CHUNK * 20):
+        yield chunk  # type: ignore[misc]
 
 
 def add_topics(session: Session, *, scorer: Scorer, topics: Iterable[Topic]) -> None:

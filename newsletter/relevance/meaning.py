@@ -20,7 +20,9 @@ SCALE = 2048.0  # 2**11: SCALE**2 = 4.2M, a quarter of float32's exact integer r
 
 def quantise(vectors: np.ndarray) -> np.ndarray:
     """Unit vectors (rows) as integer-valued float32, ready for ``cosines``."""
-    return np.rint(np.asarray(vectors, dtype=np.float32) * SCALE)
+    out = np.array(vectors, dtype=np.float32)  # a copy (float16 rows convert exactly)
+    out *= SCALE
+    return np.rint(out, out=out)
 
 
 def cosines(papers: np.ndarray, topics: np.ndarray) -> np.ndarray:
