@@ -300,7 +300,7 @@ def bench_score(
     answers, t_sample = timed(lambda: [plain.decide(topics[s], within=None) for s in probe])
     for s, (shown, _, _) in zip(probe, answers, strict=True):  # the same papers, or no figure
         assert [m.index for m in picks[s].matches] == shown[:20].tolist(), s
-        assert [i for i, _ in orders[s].shown] == shown[:20].tolist(), s
+        assert [i for i, *_ in orders[s].shown] == shown[:20].tolist(), s
     return t_score, t_pick, t_sample * len(topics) / len(probe)
 
 

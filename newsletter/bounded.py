@@ -1,7 +1,11 @@
-"""A cache with a ceiling: planning a million digests must not keep a million answers."""
+"""A cache with a ceiling: planning a million digests must not keep a million answers;
+and a collector that leaves those caches alone while they fill."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -27,3 +31,17 @@ class Bounded(dict[Any, Any]):
             self.clear()
         self[key] = value
         return value
+
+
+@contextlib.contextmanager
+def rare_collections() -> Iterator[None]:
+    """Run the cycle collector less often for a while. The caches hold hundreds of
+    thousands of long-lived objects (explanations, encoded items, tuples) and none of
+    them forms a cycle, but every full collection scans them all: at the default
+    thresholds planning spent about 5% of its time there (bench/plan.py)."""
+    before = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)

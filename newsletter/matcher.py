@@ -34,7 +34,11 @@ class Matcher:
         self.abstracts = {p.id: p.abstract for p in papers}
         self.sent: dict[int, set[int]] = {}
         self._snapshots = Bounded(20_000)  # Key -> the ledger's JSON text
-        self._items = Bounded(100_000)  # (id of a Pick, near, unsure) -> (Pick, its JSON)
+        # id of a Pick -> (the Pick, its JSON), one cache per way a snapshot lists it
+        # (in, unsure, near): by identity, the Pick kept beside its text so the id
+        # cannot be reused while the entry lives; hashing the Pick by value costs more
+        # than encoding saves.
+        self._items = (Bounded(100_000), Bounded(10_000), Bounded(100_000))
 
     @classmethod
     def load(cls, session: Session, *, since: datetime, now: datetime) -> Matcher:
@@ -85,33 +89,37 @@ class Matcher:
         text = self._snapshots.get(key)
         if text is None:
             unsure = {m.paper_id for m in picked.unsure}
+            near = [m for m in picked.near if m.paper_id not in unsure]
             text = self._snapshots.put(
                 key,
                 snapshot.join(
-                    [self._item(m, near=False) for m in picked.matches]
-                    + [self._item(m, near=False, unsure=True) for m in picked.unsure]
-                    + [self._item(m, near=True) for m in picked.near if m.paper_id not in unsure]
+                    self._encoded(picked.matches, IN)
+                    + self._encoded(picked.unsure, UNSURE)
+                    + self._encoded(near, NEAR)
                 ),
             )
         return text
 
-    def _item(self, m: Pick, *, near: bool, unsure: bool = False) -> str:
-        """One paper of a snapshot, encoded once for every digest that holds it so."""
-        # By identity, the Pick kept beside its text so the id cannot be reused while
-        # the entry lives; hashing the Pick by value costs more than encoding saves.
-        key = (id(m), near, unsure)
-        found = self._items.get(key)
-        if found is not None and found[0] is m:
-            return found[1]
+    def _encoded(self, picks: Iterable[Pick], way: int) -> list[str]:
+        """The papers of a snapshot, each encoded once for every digest that lists it so."""
+        cache, out = self._items[way], []
+        for m in picks:
+            found = cache.get(id(m))
+            out.append(found[1] if found is not None and found[0] is m else self._item(m, way))
+        return out
+
+    def _item(self, m: Pick, way: int) -> str:
         a, b = m.sentence or (0, 0)
         sentence = display(self.abstracts[m.paper_id])[a:b] if m.sentence is not None else None
         item = snapshot.Item(
             m.paper_id, m.filters, m.words, *self.shown[m.paper_id],
-            close_to=m.close_to if m.meaning else None, sentence=sentence, near=near,
-            liked=m.liked, unsure=unsure,
+            close_to=m.close_to if m.meaning else None, sentence=sentence, near=way == NEAR,
+            liked=m.liked, unsure=way == UNSURE,
         )  # fmt: skip
-        return self._items.put(key, (m, snapshot.encode_item(item)))[1]
+        return self._items[way].put(id(m), (m, snapshot.encode_item(item)))[1]
 
+
+IN, UNSURE, NEAR = 0, 1, 2  # how a snapshot lists a paper
 
 # (topics, papers in reach as a bitset, limit, dial, asking about unsure papers)
 Key = tuple[tuple[Topic, ...], int, int, int, bool]

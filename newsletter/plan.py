@@ -39,6 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from newsletter import render, snapshot
+from newsletter.bounded import rare_collections
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.due import Due, Skipped, active_ids, due_chunks
@@ -167,12 +168,13 @@ def _plan_range(
     dry_run: bool,
 ) -> None:
     state = _Batches()
-    for due, skipped in run(session, ids=ids):
-        for s in skipped:
-            report.add(s.why, s.email)
-        _plan_chunk(session, matcher, due, report, state, now=now, settings=settings,
-                    dry_run=dry_run)  # fmt: skip
-    _record(session, state.drafts, report, now=now, settings=settings)
+    with rare_collections():
+        for due, skipped in run(session, ids=ids):
+            for s in skipped:
+                report.add(s.why, s.email)
+            _plan_chunk(session, matcher, due, report, state, now=now, settings=settings,
+                        dry_run=dry_run)  # fmt: skip
+        _record(session, state.drafts, report, now=now, settings=settings)
 
 
 def _in_processes(

@@ -10,13 +10,9 @@ every digest is accepted exactly once, none is lost, and both hosts do part of i
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,87 +28,23 @@ from newsletter.models import Delivery
 from newsletter.plan import plan_digests
 from tests.conftest import IN_CI, drop_pg_database, make_pg_database, make_settings
 from tests.helpers import add_paper, subscribe
+from tests.netns import Forwarder, made_hosts, why_no_hosts
 from tests.smtp_server import SMTPServer
 
 DIGESTS = 300
 NOW = datetime.now(UTC)
 
 
-def _can_make_hosts() -> str | None:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        return "needs root and iproute2 to make network namespaces"
-    probe = f"nlprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None if made.returncode == 0 else "network namespaces are not available here"
-
-
-class _Forwarder:
-    """Accepts on (host, port) and pipes each connection to 127.0.0.1:target."""
-
-    def __init__(self, host: str, port: int, target: int) -> None:
-        self.listener = socket.create_server((host, port))
-        self.target = target
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
 @pytest.fixture
 def hosts() -> Iterator[list[tuple[str, str]]]:
     """Two hosts: (namespace name, gateway address on this side)."""
-    why = _can_make_hosts()
+    why = why_no_hosts()
     if why is not None:
         if IN_CI:
             pytest.fail(why)
         pytest.skip(why)
-    made = []
-    tag, net = os.getpid() % 10000, os.getpid() % 250
-    try:
-        for k in (1, 2):
-            ns, a, b = f"nlhost{k}-{os.getpid()}", f"nlv{k}a{tag}", f"nlv{k}b{tag}"
-            gateway, address = f"10.{200 + k}.{net}.1", f"10.{200 + k}.{net}.2"
-            _sh("ip", "netns", "add", ns)
-            made.append((ns, a))
-            _sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-            _sh("ip", "link", "set", b, "netns", ns)
-            _sh("ip", "addr", "add", f"{gateway}/24", "dev", a)
-            _sh("ip", "link", "set", a, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", b)
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield [(ns, f"10.{200 + k}.{net}.1") for k, (ns, _) in enumerate(made, 1)]
-    finally:
-        for ns, a in made:
-            subprocess.run(["ip", "link", "del", a], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with made_hosts(2) as made:
+        yield made
 
 
 def test_workers_on_two_hosts_share_one_postgresql_queue(
@@ -120,7 +52,7 @@ def test_workers_on_two_hosts_share_one_postgresql_queue(
 ) -> None:
     url = make_pg_database(pg_server)
     server = SMTPServer().start()
-    forwarders: list[_Forwarder] = []
+    forwarders: list[Forwarder] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
         engine = db.make_engine(url)
@@ -132,8 +64,8 @@ def test_workers_on_two_hosts_share_one_postgresql_queue(
         pg_port = sa.make_url(url).port or 5432
         for k, (ns, gateway) in enumerate(hosts, 1):
             forwarders += [
-                _Forwarder(gateway, 15432, pg_port),
-                _Forwarder(gateway, 12525, server.port),
+                Forwarder(gateway, 15432, pg_port),
+                Forwarder(gateway, 12525, server.port),
             ]
             home = tmp_path / f"host{k}"
             home.mkdir()

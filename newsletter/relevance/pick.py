@@ -92,11 +92,9 @@ class Decision:
     # A serial number, never reused: what explanations shared by its readers are keyed by.
     uid: int = field(default_factory=lambda: next(_SERIAL))
     _rows: dict[int, int] = field(default_factory=dict)
-    either: int = field(init=False)  # inside | near
     let_in: np.ndarray = field(init=False)  # bool, aligned with ``papers``: inside
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "either", self.inside | self.near)
         object.__setattr__(self, "let_in", (self.flags & BELOW) == 0)
 
     def row(self, i: int) -> int:
@@ -109,8 +107,10 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Merged:
-    shown: list[tuple[int, float]]  # (index, best score), best first, at most ``limit``
-    below: list[tuple[int, float]]
+    # (index, best score, holders), best first, at most ``limit``; holders: bit k set
+    # when the k-th decision holds the paper (in or near), what its explanation names
+    shown: list[tuple[int, float, int]]
+    below: list[tuple[int, float, int]]
     total: int  # papers in, before the cap
     margin: list[float]  # of each paper in ``below``: how far below the nearest line
 
@@ -141,8 +141,9 @@ def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: 
     value = np.concatenate([d.value for d in decisions])[keep]
     inside = np.concatenate([d.let_in for d in decisions])[keep]
     margin = np.concatenate([d.margin for d in decisions])[keep]
-    # Each paper once: its best score, whether any topic lets it in, and how far it is
-    # below the nearest line of those it is near.
+    holder = np.repeat(1 << np.arange(len(decisions)), [len(d.papers) for d in decisions])[keep]
+    # Each paper once: its best score, whether any topic lets it in, how far it is
+    # below the nearest line of those it is near, and which decisions hold it.
     by_paper = np.lexsort((-value, papers))
     papers, value, inside = papers[by_paper], value[by_paper], inside[by_paper]
     margin = np.where(inside, np.inf, margin[by_paper])
@@ -153,17 +154,22 @@ def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: 
     papers, value = papers[starts], value[starts]
     inside = np.logical_or.reduceat(inside, starts)
     margin = np.minimum.reduceat(margin, starts)
+    holder = np.bitwise_or.reduceat(holder[by_paper], starts)
     score = value * day.popularity[papers]
     order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score))
-    papers, value, inside, margin = papers[order], value[order], inside[order], margin[order]
-    outside = ~inside
+    papers, value, inside = papers[order], value[order], inside[order]
+    margin, holder, outside = margin[order], holder[order], ~inside
     return Merged(
-        shown=_listed(papers[inside][:limit], value[inside][:limit]),
-        below=_listed(papers[outside][:limit], value[outside][:limit]),
+        shown=_listed(papers[inside][:limit], value[inside][:limit], holder[inside][:limit]),
+        below=_listed(papers[outside][:limit], value[outside][:limit], holder[outside][:limit]),
         total=int(inside.sum()),
         margin=margin[outside][:limit].tolist(),
     )
 
 
-def _listed(papers: np.ndarray, value: np.ndarray) -> list[tuple[int, float]]:
-    return list(zip(papers.tolist(), value.tolist(), strict=True))
+def _listed(
+    papers: np.ndarray, value: np.ndarray, holders: np.ndarray | None = None
+) -> list[tuple[int, float, int]]:
+    """(index, value, holders) rows; one decision holds them all when ``holders`` is None."""
+    held = holders.tolist() if holders is not None else [1] * len(papers)
+    return list(zip(papers.tolist(), value.tolist(), held, strict=True))

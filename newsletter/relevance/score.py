@@ -108,8 +108,8 @@ class Scorer:
         # kept whole; what many share stays (see Bounded).
         self._topics = Bounded(256)  # Topic -> TopicScores (day-sized arrays)
         self._decided = Bounded(100_000)  # (Topic, dial) -> Decision (sparse)
-        self._words = Bounded(200_000)  # (query, index) -> words as the paper writes them
-        self._picks = Bounded(100_000)  # (decision uids, index) -> Pick
+        self._words = Bounded(400_000)  # (query, index) -> words as the paper writes them
+        self._picks = Bounded(400_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
         self._reach = Bounded(1024)  # within (a bitset) -> the same as a mask
         n = ranker.index.n
@@ -269,11 +269,12 @@ class Scorer:
         self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int
     ) -> Picked:
         decided, merged = self.order(topics, within=within, limit=limit, dial=dial)
-        near = tuple(self._explain(i, v, decided) for i, v in merged.below)
+        holding: dict[int, tuple[list[Decision], tuple[int, ...]]] = {}  # holders -> (them, uids)
+        near = tuple(self._explain(i, v, decided, h, holding) for i, v, h in merged.below)
         margin = merged.margin
         closest = sorted(range(len(near)), key=lambda k: (margin[k], k))
         return Picked(
-            matches=tuple(self._explain(i, v, decided) for i, v in merged.shown),
+            matches=tuple(self._explain(i, v, decided, h, holding) for i, v, h in merged.shown),
             total=merged.total,
             near=near,
             unsure=tuple(near[k] for k in closest[:UNSURE]),
@@ -303,18 +304,25 @@ class Scorer:
         order = np.lexsort((r.ids[candidates], -r.seen[candidates], -r.upvotes[candidates], -score))
         return candidates[order]
 
-    def _explain(self, i: int, value: float, decided: list[Decision]) -> Pick:
+    def _explain(
+        self,
+        i: int,
+        value: float,
+        decided: list[Decision],
+        holders: int,
+        holding: dict[int, tuple[list[Decision], tuple[int, ...]]],
+    ) -> Pick:
         """Why paper i is in (or near): shared by every reader whose topics that hold
-        it are the same."""
-        if len(decided) == 1:
-            mine, key = decided, ((decided[0].uid,), i)
-        else:
-            key = (tuple([d.uid for d in decided if (d.either >> i) & 1]), i)
+        it (``holders``: bit k for ``decided[k]``, as ``merge`` found them) are the same."""
+        found_mine = holding.get(holders)
+        if found_mine is None:
+            them = [d for k, d in enumerate(decided) if (holders >> k) & 1]
+            found_mine = holding[holders] = (them, tuple([d.uid for d in them]))
+        mine, uids = found_mine
+        key = (uids, i)
         found = self._picks.get(key)
         if found is not None:
             return found
-        if len(decided) > 1:
-            mine = [d for d in decided if (d.either >> i) & 1]
         names: list[str] = []
         words: dict[str, None] = {}
         meaning: Topic | None = None
