@@ -32,12 +32,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from send import CORPUS, FILTERS, ensure_postfix, free_port  # noqa: E402
+from scale import scratch_database  # noqa: E402
+from send import ensure_postfix, free_port, readers  # noqa: E402
 
 from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.corpus.ingest import ingest  # noqa: E402
-from newsletter.models import Delivery, Subscriber, TopicFilter  # noqa: E402
+from newsletter.models import Delivery  # noqa: E402
 from newsletter.plan import plan_digests  # noqa: E402
 from tests.netns import made_hosts, why_no_hosts  # noqa: E402
 
@@ -46,29 +46,10 @@ PG_PORT_ON_HOSTS = 15432
 
 def planned_queue(admin: str, home: Path, digests: int) -> str:
     """A scratch database holding ``digests`` planned digests; its URL."""
-    server = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS newsletter_hosts"))
-        conn.execute(sa.text("CREATE DATABASE newsletter_hosts"))
-    server.dispose()
-    url = sa.make_url(admin).set(database="newsletter_hosts").render_as_string(False)
+    url = scratch_database(admin, "newsletter_hosts")
     engine = db.make_engine(url)
-    db.upgrade(engine=engine)
+    readers(engine, digests, random.Random(5))
     now = datetime.now(UTC)
-    ingest(engine=engine, paths=[CORPUS], now=now)
-    rng = random.Random(5)
-    with db.session_scope(engine=engine) as session:
-        subs = [
-            Subscriber(email=f"r{i}@example.org", created_at=now, updated_at=now)
-            for i in range(digests)
-        ]
-        session.add_all(subs)
-        session.flush()
-        session.add_all(
-            TopicFilter(subscriber_id=s.id, query=q, created_at=now)  # type: ignore[arg-type]
-            for s in subs
-            for q in rng.sample(FILTERS, 2)
-        )
     environ = {"NEWSLETTER_HOME": str(home), "DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "h" * 40}
     settings = load_settings(environ=environ, dotenv_path=home / "none")
     report = plan_digests(engine=engine, settings=settings, now=now, due_only=False, keep=False)

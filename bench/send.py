@@ -34,6 +34,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter import db, eventloop
@@ -102,10 +103,15 @@ def setup(home: Path, port: int, count: int, pool: int) -> tuple[object, object]
         dotenv_path=home / "none",
     )
     engine = db.make_engine(settings.database_url)
+    readers(engine, count, random.Random(3))
+    return settings, engine
+
+
+def readers(engine: sa.Engine, count: int, rng: random.Random) -> None:
+    """The corpus ingested now, and ``count`` readers of two of FILTERS each."""
     db.upgrade(engine=engine)
     now = datetime.now(UTC)
     ingest(engine=engine, paths=[CORPUS], now=now)
-    rng = random.Random(3)
     with db.session_scope(engine=engine) as session:
         subs = [
             Subscriber(email=f"r{i}@example.org", created_at=now, updated_at=now)
@@ -118,7 +124,6 @@ def setup(home: Path, port: int, count: int, pool: int) -> tuple[object, object]
             for s in subs
             for q in rng.sample(FILTERS, 2)
         )
-    return settings, engine
 
 
 def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
