@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from newsletter import db
 from newsletter.filters import CorpusStats, PaperDoc
 from newsletter.filters.segments import Occurrences, build, rows
-from newsletter.filters.stored import Catalogue, StoredIndex
+from newsletter.filters.stored import Catalogue, StoredIndex, floats
 from newsletter.models import IndexSegment, Paper, Posting, utcnow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -169,9 +169,6 @@ def catalogue(session: Session) -> Catalogue:
         p.toordinal() if p is not None else float(d)
         for p, d in zip(published, first_day.tolist(), strict=True)
     ]
-
-    def floats(values: list[object]) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
     return Catalogue(
         ids=np.array(ids, dtype=np.int64),

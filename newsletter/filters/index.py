@@ -23,7 +23,6 @@ skipped without evaluation.
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -45,7 +44,6 @@ from newsletter.filters.ast import (
 from newsletter.filters.bitsets import bits_of, iter_bits
 from newsletter.filters.bm25 import TITLE_BOOST, CorpusStats
 from newsletter.filters.docs import (
-    DEFAULT_FIELDS,
     FIELDS,
     Field,
     PaperDoc,
@@ -58,58 +56,8 @@ from newsletter.filters.docs import (
     numeric_value,
     phrase_at,
 )
+from newsletter.filters.keys import leaf_fields, phrase_keys, plain_key
 from newsletter.filters.tokens import stem, surface_tokens
-
-
-def plain_key(leaf: Term | Phrase) -> str | None:
-    """The index key a word or short phrase is counted under, or None when it has none
-    (prefixes, exact words, phrases of three words or more: scored paper by paper)."""
-    if isinstance(leaf, Term):
-        return None if leaf.prefix or leaf.exact else stem(leaf.word)
-    if len(leaf.words) == 1:
-        return stem(leaf.words[0])
-    if len(leaf.words) == 2:
-        return f"{stem(leaf.words[0])} {stem(leaf.words[1])}"
-    return None
-
-
-def leaf_fields(leaf: Term | Phrase) -> tuple[str, ...]:
-    return (leaf.field,) if leaf.field else DEFAULT_FIELDS
-
-
-def _phrase_keys(words: tuple[str, ...]) -> list[str]:
-    """Index keys a phrase needs: its stem, or each adjacent pair of stems."""
-    stems = [stem(w) for w in words]
-    if len(stems) == 1:
-        return stems
-    return [f"{a} {b}" for a, b in itertools.pairwise(stems)]
-
-
-def anchors(node: Node) -> frozenset[tuple[str, str]] | None:
-    """Keys (field, stem) one of which must occur for ``node`` to match; None: can't tell."""
-    match node:
-        case Term(word, fld, _exact, prefix):
-            if prefix:
-                return None
-            # An exact word needs its stem too, and stems are what the index keeps.
-            return frozenset((f, stem(word)) for f in ((fld,) if fld else DEFAULT_FIELDS))
-        case Phrase(words, fld):
-            # Every adjacent pair must occur; the longest is likely the rarest.
-            key = max(_phrase_keys(words), key=len)
-            return frozenset((f, key) for f in ((fld,) if fld else DEFAULT_FIELDS))
-        case And(children):
-            known = [a for c in children if (a := anchors(c)) is not None]
-            return min(known, key=len) if known else None
-        case Or(children):
-            union: set[tuple[str, str]] = set()
-            for child in children:
-                a = anchors(child)
-                if a is None:
-                    return None
-                union |= a
-            return frozenset(union)
-    return None
-
 
 Evaluator = Callable[["DayIndex"], int]
 
@@ -123,12 +71,12 @@ def compile_tree(node: Node) -> Evaluator:
     The result equals ``DayIndex.evaluate(node)``.
     """
     match node:
-        case Term(word, fld, exact, prefix) if not prefix and not exact:
+        case Term(word, _, exact, prefix) if not prefix and not exact:
             key = stem(word)
-            return _lookup(tuple((f, key) for f in ((fld,) if fld else DEFAULT_FIELDS)))
-        case Phrase(words, fld) if len(words) <= 2:
-            (key,) = _phrase_keys(words)
-            return _lookup(tuple((f, key) for f in ((fld,) if fld else DEFAULT_FIELDS)))
+            return _lookup(tuple((f, key) for f in leaf_fields(node)))
+        case Phrase(words) if len(words) <= 2:
+            (key,) = phrase_keys(words)
+            return _lookup(tuple((f, key) for f in leaf_fields(node)))
         case Category(name):
             return lambda ix: ix.category_postings.get(name, 0)
         case Has("code"):
@@ -231,6 +179,9 @@ class DayIndex:
         self.lengths = np.array(
             [TITLE_BOOST * len(f["title"].stems) + len(f["abstract"].stems) for f in self.fields]
         )
+        self._start_caches()
+
+    def _start_caches(self) -> None:
         self._cache: dict[Node, int] = {}
         self._shown: dict[tuple[int, str], list[str]] = {}
         self._exact: dict[tuple[str, str], int] = {}
@@ -260,9 +211,9 @@ class DayIndex:
 
     def _leaf(self, node: Term | Phrase | Compare | Author | Category | Has) -> int:
         match node:
-            case Term(word, fld, exact, prefix):
+            case Term(word, _, exact, prefix):
                 bits = 0
-                for f in (fld,) if fld else DEFAULT_FIELDS:
+                for f in leaf_fields(node):
                     if prefix:
                         for w in self.expand(f, word):
                             bits |= self.exact_bits(f, w)
@@ -271,10 +222,10 @@ class DayIndex:
                     else:
                         bits |= self.postings[f].get(stem(word), 0)
                 return bits
-            case Phrase(words, fld):
-                keys = _phrase_keys(words)
+            case Phrase(words):
+                keys = phrase_keys(words)
                 bits = 0
-                for f in (fld,) if fld else DEFAULT_FIELDS:
+                for f in leaf_fields(node):
                     candidates = self.everything
                     for key in keys:
                         candidates &= self.postings[f].get(key, 0)
@@ -349,10 +300,10 @@ class DayIndex:
     def leaf_counts(self, leaf: Term | Phrase, i: int) -> list[tuple[str, int]]:
         """(field, occurrences) of ``leaf`` in paper i, from the per-field counters."""
         out = []
-        for f in (leaf.field,) if leaf.field else DEFAULT_FIELDS:
+        for f in leaf_fields(leaf):
             fa = self.fields[i][f]
             if isinstance(leaf, Phrase):
-                keys = _phrase_keys(leaf.words)
+                keys = phrase_keys(leaf.words)
                 if len(keys) == 1:
                     n = (fa.bigrams if len(leaf.words) == 2 else fa.counts).get(keys[0], 0)
                 else:
@@ -377,11 +328,11 @@ class DayIndex:
     def leaf_hits(self, leaf: Term | Phrase, i: int) -> list[tuple[str, str]]:
         """(field, the words as written at the first occurrence) where ``leaf`` is in paper i."""
         hits = []
-        for f in (leaf.field,) if leaf.field else DEFAULT_FIELDS:
+        for f in leaf_fields(leaf):
             first = self.first_positions(i, f)
             width = 1
             if isinstance(leaf, Phrase):
-                keys = _phrase_keys(leaf.words)
+                keys = phrase_keys(leaf.words)
                 width = len(leaf.words)
                 if len(keys) == 1:
                     at = first.get(keys[0])

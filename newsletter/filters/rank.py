@@ -24,12 +24,8 @@ from newsletter.bounded import Bounded
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
 from newsletter.filters.bitsets import iter_bits
 from newsletter.filters.bm25 import K1, TITLE_BOOST, B
-from newsletter.filters.index import (
-    DayIndex,
-    Evaluator,
-    anchors,
-    compile_tree,
-)
+from newsletter.filters.index import DayIndex, Evaluator, compile_tree
+from newsletter.filters.keys import anchors
 from newsletter.filters.parser import parse_filter
 from newsletter.filters.tokens import stem
 

@@ -26,10 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from newsletter.bounded import Bounded
-from newsletter.filters.ast import Compare, Node, Phrase, Term
+from newsletter.filters.ast import Compare, Phrase, Term
 from newsletter.filters.bm25 import TITLE_BOOST, CorpusStats
 from newsletter.filters.docs import FIELDS, PaperDoc, analyse, field_text, name_words
-from newsletter.filters.index import DayIndex, leaf_fields
+from newsletter.filters.index import DayIndex
+from newsletter.filters.keys import leaf_fields
 from newsletter.filters.segments import Occurrences, Segment, build
 from newsletter.filters.tokens import stem
 
@@ -103,7 +104,7 @@ class StoredIndex(DayIndex):
         self.everything = (1 << self.n) - 1
         self.upvotes, self.seen = catalogue.upvotes, catalogue.seen
         self.lengths = TITLE_BOOST * catalogue.title + catalogue.abstract.astype(np.float64)
-        self._position = np.full(int(self.ids.max(initial=0)) + 1, -1, np.int64)
+        self._position = np.full(int(self.ids.max(initial=0)) + 2, -1, np.int64)
         self._position[self.ids] = np.arange(self.n)
         self.papers: Any = _Lazy(self._doc)
         self.fields: Any = _Lazy(
@@ -118,15 +119,16 @@ class StoredIndex(DayIndex):
         self._occurrences_cache = Bounded(4096)
         self._bits = Bounded(4096)
         self._expanded: dict[tuple[str, str], list[str]] = {}
-        self._cache: dict[Node, int] = {}
-        self._shown: dict[tuple[int, str], list[str]] = {}
-        self._exact: dict[tuple[str, str], int] = {}
-        self._first: dict[tuple[int, str], dict[str, int]] = {}
+        self._start_caches()
         self.has_code = self.key_bits("has", "code")
 
     def _doc(self, i: int) -> PaperDoc:
         pid = int(self.ids[i])
         return self.store.docs([pid])[pid]
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Where each paper id is in this index; -1 for ids it does not hold."""
+        return self._position[np.minimum(ids, len(self._position) - 1)]
 
     # --- postings --------------------------------------------------------------------
 
@@ -138,12 +140,10 @@ class StoredIndex(DayIndex):
             return found
         parts_p, parts_v = [], []
         for segment, occ in self.store.occurrences(field, key):
-            known = occ.papers < len(self._position)
-            papers, values = occ.papers[known], occ.values[known]
-            at = self._position[papers]
+            at = self.positions(occ.papers)
             live = (at >= 0) & (self._catalogue.segment[np.maximum(at, 0)] == segment)
             parts_p.append(at[live])
-            parts_v.append(values[live])
+            parts_v.append(occ.values[live])
         p = np.concatenate(parts_p) if parts_p else np.zeros(0, np.int64)
         v = np.concatenate(parts_v) if parts_v else np.zeros(0, np.int64)
         order = np.lexsort((v, p))
@@ -231,19 +231,21 @@ class StoredIndex(DayIndex):
 def catalogue_of(docs: Sequence[PaperDoc], segment: Segment, number: int = 1) -> Catalogue:
     """The catalogue of papers indexed in one segment (tests, and small corpora)."""
 
-    def floats(values: list[Any]) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
     return Catalogue(
         ids=np.array([d.id for d in docs], dtype=np.int64),
         segment=np.full(len(docs), number, np.int64),
-        upvotes=floats([d.upvotes or 0 for d in docs]),
+        upvotes=np.array([d.upvotes or 0 for d in docs], dtype=np.float64),
         authors=floats([d.authors for d in docs]),
         day=floats([d.day.toordinal() if d.day else None for d in docs]),
-        seen=floats([d.first_seen_at.timestamp() if d.first_seen_at else 0.0 for d in docs]),
+        seen=np.array([d.first_seen_at.timestamp() if d.first_seen_at else 0.0 for d in docs]),
         title=np.array([segment.lengths[d.id].title for d in docs], dtype=np.int64),
         abstract=np.array([segment.lengths[d.id].abstract for d in docs], dtype=np.int64),
     )
+
+
+def floats(values: Sequence[Any]) -> np.ndarray:
+    """Numbers as float64, NaN where unknown (NaN satisfies no comparison)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 class MemoryStore:

@@ -16,6 +16,7 @@ from newsletter.corpus.postings import paper_doc, stored_index
 from newsletter.embed.encoder import DIM, MODEL_NAME
 from newsletter.embed.store import text_hash, topic_text, unpack
 from newsletter.filters import DayIndex, Ranker
+from newsletter.filters.stored import StoredIndex
 from newsletter.models import Paper, PaperVector, TopicVector
 from newsletter.relevance.reference import Reference, load_reference
 from newsletter.relevance.score import Scorer, SentenceSource, Topic
@@ -47,7 +48,7 @@ def corpus_scorer(
     whole, a paper's sentences only when its explanation needs them."""
     reference = load_reference(session, now=now, model=MODEL_NAME)
     index = stored_index(engine=engine, session=session, stats=reference.stats)
-    vectors, present = _all_vectors(session, index.ids)
+    vectors, present = _all_vectors(session, index)
 
     def sentences(pid: int) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
         with Session(engine) as own:
@@ -80,19 +81,17 @@ def _scorer(
     return scorer
 
 
-def _all_vectors(session: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored paper's vector, in ``ids`` order (zeros and not ``present`` where one
+def _all_vectors(session: Session, index: StoredIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored paper's vector, in the index's order (zeros and not ``present`` where one
     is missing, of another model or does not decode). Kept as stored, in float16 (half
     the memory of a year of vectors; products upcast them exactly), and decoded a
     chunk at a time into the one array."""
-    position = np.full(int(ids.max(initial=0)) + 1, -1, np.int64)
-    position[ids] = np.arange(len(ids))
-    vectors = np.zeros((len(ids), DIM), np.float16)
-    present = np.zeros(len(ids), bool)
+    vectors = np.zeros((index.n, DIM), np.float16)
+    present = np.zeros(index.n, bool)
     for chunk in _vector_rows(session):
         pids = np.array([pid for pid, _ in chunk], dtype=np.int64)
         sizes = np.array([len(blob) for _, blob in chunk])
-        at = np.where(pids < len(position), position[np.minimum(pids, len(position) - 1)], -1)
+        at = index.positions(pids)
         keep = np.flatnonzero((at >= 0) & (sizes == 2 * DIM))
         if not len(keep):
             continue

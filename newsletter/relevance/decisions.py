@@ -164,7 +164,6 @@ def sparse(
     score = value * day.popularity[papers]
     order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score, rows))
     bounds = np.searchsorted(rows, np.arange(len(keys) + 1))
-    inside, near = _bitsets(d.inside), _bitsets(d.near)
     semantic = np.where(r.has_meaning[rows, papers], r.semantic[rows, papers], np.nan)
     flags = (
         r.matched[rows, papers] * MATCHED
@@ -178,7 +177,7 @@ def sparse(
         a, b = int(bounds[t]), int(bounds[t + 1])
         out.append(
             Decision(
-                key=key, query=queries[t], inside=inside[t], near=near[t],
+                key=key, query=queries[t],
                 papers=papers[a:b], order=order[a:b] - a, value=value[a:b],
                 lexical=r.lexical[rows[a:b], papers[a:b]], semantic=semantic[a:b],
                 flags=flags[a:b], margin=d.margin[rows[a:b], papers[a:b]],
@@ -186,9 +185,3 @@ def sparse(
             )
         )  # fmt: skip
     return out
-
-
-def _bitsets(mask: np.ndarray) -> list[int]:
-    """Each row of a boolean matrix as a bitset (bit i for paper i)."""
-    packed = np.packbits(mask, axis=1, bitorder="little")
-    return [int.from_bytes(row.tobytes(), "little") for row in packed]

@@ -68,7 +68,7 @@ _SERIAL = itertools.count()
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One topic at one dial step, for every reader of it, over the papers it lets in
-    (``inside``) or leaves just below the line (``near``); bitsets over the day's index.
+    (inside) or leaves just below the line (near, flagged ``BELOW``).
 
     ``papers`` are those papers' indexes, ascending; the other arrays are aligned with
     them; ``order`` lists positions in ``papers``, best first. A few hundred entries at
@@ -77,8 +77,6 @@ class Decision:
 
     key: tuple[object, int]  # (topic, dial)
     query: str
-    inside: int
-    near: int
     papers: np.ndarray
     order: np.ndarray
     value: np.ndarray  # the fused score (0 for "*")
