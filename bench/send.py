@@ -1,6 +1,6 @@
 """Benchmark: plan + render + send 10,000 digests to Postfix's smtp-sink on loopback.
 
-Run: .venv/bin/python bench/send.py [--subscribers N] [--naive-sample N] [--profile]
+Run: .venv/bin/python bench/send.py [--subscribers N] [--naive-sample N] [--profile [--sort KEY]]
 
 Needs Postfix's smtp-sink and smtp-source (Debian package ``postfix``); the
 script installs it with apt-get when they are missing and it runs as root.
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print where our time goes (1 worker)"
     )
+    parser.add_argument("--sort", default="tottime", help="the profile's order (cumulative, ...)")
     args = parser.parse_args()
     ensure_postfix()
     port = free_port()
@@ -271,7 +272,7 @@ def main() -> None:
         print(f"ratios   ours/naive {ours_rate / naive_rate:.1f}x", end="   ")
         print(f"ours/source {ours_rate / source_rate:.2f}")
         if profiler:
-            stats = pstats.Stats(profiler).sort_stats("tottime")
+            stats = pstats.Stats(profiler).sort_stats(args.sort)
             stats.print_stats(25)
             stats.print_callers("method .sub. of")
     finally:

@@ -178,7 +178,17 @@ names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), ma
     more=st.integers(0, 3),
     near=st.integers(0, 3),
     name=st.none() | names,
-    votes=st.lists(st.sampled_from(["", "https://papers.example/v/1-2-3-0.x&<y>"]), max_size=9),
+    votes=st.lists(
+        st.sampled_from(
+            [
+                "",
+                "https://papers.example/v/1-2-3-0.x&<y>",  # escaped and encoded: the plain way
+                "https://papers.example/v/1-2-3-0.AbC_x-9",  # spliced in as it is
+                "http://papers.example:8080/news/v/" + "123456789012345678-" * 5 + "1.x",
+            ]
+        ),
+        max_size=9,
+    ),
 )
 def test_batch_equals_reference_on_random_text(papers, more, near, name, votes) -> None:  # type: ignore[no-untyped-def]
     shown = tuple(

@@ -12,7 +12,14 @@ import abc
 from dataclasses import dataclass
 from datetime import date
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
+
+
+class Text(Protocol):
+    """A part whose text is put together when read (``render.mime.EncodedPart``)."""
+
+    @property
+    def text(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +30,16 @@ class OutgoingMessage:
     data: bytes
     """The whole RFC 5322 message, CRLF line endings."""
     edition: date
-    html: str | None = None
-    """The HTML part, for backends that keep a browser copy (test mode)."""
+    html_part: Text | None = None
+    """The HTML part, for backends that keep a browser copy (test mode); its text is
+    joined only for them."""
     crlf_only: bool = False
     """``data`` has CRLF line endings and no lone CR or LF (``render.to_mime_bytes``
     guarantees it), so the SMTP backend need not scan it for them."""
+
+    @property
+    def html(self) -> str | None:
+        return None if self.html_part is None else self.html_part.text
 
 
 class EmailBackend(abc.ABC):

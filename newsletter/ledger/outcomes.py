@@ -43,12 +43,14 @@ def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = N
 
 
 def record_sent(*, engine: sa.Engine, deliveries: Iterable[tuple[int, int]], now: datetime) -> None:
-    """These (delivery, subscriber) pairs were accepted: two statements for any number."""
+    """These (delivery, subscriber) pairs were accepted: two statements for any number,
+    on a plain connection (every 32 messages: the ORM session's bookkeeping for two bulk
+    updates was a tenth of a delivery process's time)."""
     pairs = list(deliveries)
     if not pairs:
         return
-    with session_scope(engine=engine) as session:
-        session.execute(
+    with engine.begin() as connection:
+        connection.execute(
             sa.update(Delivery)
             .where(Delivery.id.in_([d for d, _ in pairs]))  # type: ignore[union-attr]
             .values(
@@ -59,7 +61,7 @@ def record_sent(*, engine: sa.Engine, deliveries: Iterable[tuple[int, int]], now
                 lease_until=None,
             )
         )
-        session.execute(  # "soft bounces in a row": a delivered digest resets the count
+        connection.execute(  # "soft bounces in a row": a delivered digest resets the count
             sa.update(Subscriber)
             .where(
                 Subscriber.id.in_({s for _, s in pairs}),  # type: ignore[attr-defined]

@@ -87,6 +87,7 @@ class BatchRenderer:
         self._numbered = Bounded(_MAX)  # (index, the paper's own texts) -> text, numbered
         self._text_tails = Bounded(_MAX)
         self._papers = Bounded(_MAX)  # a digest's papers -> (HTML blocks, text blocks)
+        self._same_papers = Bounded(1024)  # id(papers) -> (papers, votable, blocks)
         self._aria = Bounded(_MAX)  # subject -> what MJML makes of it in the aria-label
 
     def render(self, *, digest: Digest, sender: Sender) -> RenderedDigest:
@@ -190,12 +191,24 @@ class BatchRenderer:
         self, papers: tuple[DigestPaper, ...], votable: tuple[bool, ...]
     ) -> tuple[list[_Block], list[_Block]]:
         """The papers' blocks, HTML and text; per tuple of papers (and which carry votes),
-        by value (digests of one ranking share one tuple, so the lookup is an identity
-        check). A block with votes is filled per reader (``_with_votes``)."""
+        by value, and first by identity: digests of one ranking share one tuple, and
+        hashing a tuple of papers hashes every field of every one. A block with votes is
+        filled per reader (``_with_votes``)."""
+        mine = self._same_papers.get(id(papers))
+        if mine is not None and mine[0] is papers and mine[1] == votable:
+            return mine[2]  # type: ignore[no-any-return]
         key = (papers, votable)
         found = self._papers.get(key)
-        if found is not None:
-            return found  # type: ignore[no-any-return]
+        if found is None:
+            found = self._papers_blocks(papers, votable)
+        self._same_papers.put(id(papers), (papers, votable, found))  # holds papers: id stays
+        return found  # type: ignore[no-any-return]
+
+    def _papers_blocks(
+        self, papers: tuple[DigestPaper, ...], votable: tuple[bool, ...]
+    ) -> tuple[list[_Block], list[_Block]]:
+        """``_papers_part`` when neither cache has them."""
+        key = (papers, votable)
         if not papers:
             blocks = (
                 [mime.encode(str(escape(content.NO_PAPERS)))],
@@ -285,8 +298,6 @@ class BatchRenderer:
 
 
 _Shape = tuple[bool, bool, bool]  # a paper's meta line, summary and votes: there or not
-_Block = EncodedPart | FillIn  # a FillIn's only slot is the reader's votes
-_TEXT_VOTES = FillIn(("", "votes_text", "\n"))
 
 
 def _partly(compiled: Compiled, values: dict[str, str]) -> Compiled:
@@ -302,19 +313,42 @@ def _partly(compiled: Compiled, values: dict[str, str]) -> Compiled:
 
 def _block(compiled: Compiled) -> _Block:
     """Encoded once when nothing is left to fill, else a fill-in for the votes."""
-    return FillIn(compiled.pieces) if compiled.slots else mime.encode(compiled.pieces[0])
+    if not compiled.slots:
+        return mime.encode(compiled.pieces[0])
+    return _Votes.of(FillIn(compiled.pieces))
+
+
+_URL = "\x00url\x00"  # stands for a vote URL while the static text around it is cut
+
+
+class _Votes(NamedTuple):
+    """A block whose only slot is a paper's vote links: filled by splicing the URL into
+    text encoded once (``mime.Spliced``), or, for a URL that would need escaping or
+    encoding, the plain way (``fill_in``)."""
+
+    fill_in: FillIn
+    spliced: mime.Spliced
+
+    @classmethod
+    def of(cls, fill_in: FillIn) -> _Votes:
+        before, slot, after = fill_in.pieces
+        static = (str(votes_html(_URL)) if slot == "votes_html" else votes_text(_URL)).split(_URL)
+        return cls(fill_in, mime.Spliced((before + static[0], *static[1:-1], static[-1] + after)))
+
+    def fill(self, url: str) -> EncodedPart:
+        found = self.spliced.fill(url)
+        if found is not None:
+            return found
+        html = self.fill_in.pieces[1] == "votes_html"
+        return self.fill_in.fill_one(str(votes_html(url)) if html else votes_text(url))
+
+
+_Block = EncodedPart | _Votes
+_TEXT_VOTES = _Votes.of(FillIn(("", "votes_text", "\n")))
 
 
 def _with_votes(blocks: list[_Block], votes: tuple[str, ...]) -> list[EncodedPart]:
     """The blocks with each paper's vote links filled in (the n-th fill-in is the n-th
     paper with votes)."""
     urls = iter(url for url in votes if url)
-    out: list[EncodedPart] = []
-    for block in blocks:
-        if isinstance(block, FillIn):
-            slot, url = block.pieces[1], next(urls)
-            value = str(votes_html(url)) if slot == "votes_html" else votes_text(url)
-            out.append(block.fill_one(value))
-        else:
-            out.append(block)
-    return out
+    return [block.fill(next(urls)) if isinstance(block, _Votes) else block for block in blocks]

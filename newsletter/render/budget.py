@@ -17,8 +17,8 @@ def within_budget(digest: Digest, render: Callable[[Digest], RenderedDigest]) ->
     stays above the clip."""
     rendered = render(digest)
     keep = len(digest.papers)
-    while keep > 1 and len(rendered.html.encode()) > HTML_BUDGET:
-        keep = max(1, keep * HTML_BUDGET // len(rendered.html.encode()) - 1)
+    while keep > 1 and rendered.html_part.size > HTML_BUDGET:
+        keep = max(1, keep * HTML_BUDGET // rendered.html_part.size - 1)
         fewer = replace(
             digest,
             papers=digest.papers[:keep],

@@ -62,6 +62,6 @@ def _message(
         recipients=(to_address,),
         data=data if signer is None else signer.sign(data),
         edition=edition,
-        html=rendered.html,
+        html_part=rendered.html_part,
         crlf_only=True,  # to_mime_bytes writes CRLF only
     )
