@@ -584,4 +584,4 @@ def test_a_spliced_value_decodes_to_the_text_with_it(pieces, value):
 
 @pytest.mark.parametrize("value", ["https://a.example/v/1.x&y", "a b", "x=y", "é", ""])
 def test_a_value_that_needs_escaping_or_encoding_is_not_spliced(value: str) -> None:
-    assert mime.Spliced(("<a href=\"", "\">")).fill(value) is None
+    assert mime.Spliced(('<a href="', '">')).fill(value) is None
