@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from newsletter import render, snapshot
@@ -46,9 +44,10 @@ from newsletter.due import Due, Skipped, active_ids, due_chunks
 from newsletter.errors import NewsletterError
 from newsletter.feedback import taught_topics
 from newsletter.ledger.jobs import digest_papers, paper_text
+from newsletter.ledger.planned import PlannedRow, insert_planned
 from newsletter.links import Links, Recipient
 from newsletter.matcher import Matcher
-from newsletter.models import Delivery, DeliveryStatus, Paper
+from newsletter.models import Paper
 from newsletter.relevance import Picked, Topic
 from newsletter.subscribers import find, normalize_email
 
@@ -311,41 +310,25 @@ def _record(
 def _insert(
     session: Session, drafts: list[_Draft], *, now: datetime, settings: Settings
 ) -> dict[int, int]:
-    """Insert deliveries in bulk; returns the delivery id created per subscriber.
-
-    ON CONFLICT DO NOTHING on (subscriber, edition): a digest another planner
-    inserted first is skipped, not an error that would undo the whole batch.
-    """
-    if not drafts:
-        return {}
+    """Insert deliveries in bulk (``ledger.planned``); the delivery id created per
+    subscriber, for those another planner did not record first."""
     rows = [
-        {
-            "subscriber_id": d.due.subscriber_id,
-            "edition": d.due.edition,
-            "status": DeliveryStatus.PENDING,
-            "message_id": new_message_id(
+        PlannedRow(
+            subscriber_id=d.due.subscriber_id,
+            edition=d.due.edition,
+            message_id=new_message_id(
                 edition=d.due.edition,
                 subscriber_id=d.due.subscriber_id,
                 domain=settings.message_id_domain,
             ),
-            "to_address": d.due.email,
-            "covers_until": now,
-            "paper_count": len(d.ranked.matches),
-            "more_count": d.ranked.more,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "items": d.items,
-        }
+            to_address=d.due.email,
+            paper_count=len(d.ranked.matches),
+            more_count=d.ranked.more,
+            items=d.items,
+        )
         for d in drafts
     ]
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(Delivery.__table__)  # type: ignore[attr-defined]
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "edition"])
-        .returning(Delivery.id, Delivery.subscriber_id)
-    )
-    return {sid: did for did, sid in session.connection().execute(statement, rows)}
+    return insert_planned(session.connection(), rows, now=now)
 
 
 def preview_digest(

@@ -12,6 +12,7 @@ from sqlmodel import select
 from newsletter import db, snapshot
 from newsletter.backends.memory import MemoryBackend
 from newsletter.config import Settings
+from newsletter.ledger.planned import PlannedRow, insert_planned
 from newsletter.models import Delivery
 from newsletter.plan import plan_digests
 from tests.conftest import make_settings
@@ -229,3 +230,35 @@ def test_planning_in_processes_makes_the_same_digests(engine, settings, now, tmp
     assert recorded == {p.email: p.items for p in alone.planned}  # the same digests, once each
     again = plan_digests(engine=engine, settings=settings, now=now, keep=False, workers=3)
     assert again.counts["already_planned"] == 40 and len(_deliveries(engine)) == 40
+
+
+def test_planned_rows_go_in_once_with_every_column_as_the_model_has_it(engine, now) -> None:  # type: ignore[no-untyped-def]
+    """The bulk insert (arrays unnested on PostgreSQL, multi-row VALUES on SQLite): rows
+    read back as the ORM would have written them; a batch that overlaps what is there
+    inserts only the new rows and returns only their ids."""
+    a = subscribe(engine, email="a@example.org", topics=["x"], now=now)
+    b = subscribe(engine, email="b@example.org", topics=["x"], now=now)
+    edition = now.date()
+
+    def row(sid: int, items: str) -> PlannedRow:
+        return PlannedRow(sid, edition, f"<{sid}.m@x>", f"{sid}@example.org", 3, 1, items)
+
+    with db.session_scope(engine=engine) as session:  # two batches in one transaction
+        first = insert_planned(session.connection(), [row(a, '[{"é": 1}]')], now=now)
+        second = insert_planned(session.connection(), [row(a, "[]"), row(b, "[2]")], now=now)
+    with db.session_scope(engine=engine) as session:
+        assert insert_planned(session.connection(), [row(b, "[3]")], now=now) == {}
+    (one, two) = _deliveries(engine)
+    assert list(first) == [a] and list(second) == [b] and second[b] == two.id
+    assert (one.id, one.subscriber_id, one.items, one.message_id) == (
+        first[a],
+        a,
+        '[{"é": 1}]',
+        f"<{a}.m@x>",
+    )
+    assert (one.kind, one.status, one.attempts, one.paper_count, one.more_count) == (
+        "digest", "pending", 0, 3, 1,
+    )  # fmt: skip
+    assert one.covers_until == one.next_attempt_at == one.created_at == now
+    assert one.edition == edition and one.sent_at is None and one.lease_until is None
+    assert one.to_address == f"{a}@example.org" and two.items == "[2]"
