@@ -333,6 +333,8 @@ class _Votes(NamedTuple):
     def of(cls, fill_in: FillIn) -> _Votes:
         before, slot, after = fill_in.pieces
         static = (str(votes_html(_URL)) if slot == "votes_html" else votes_text(_URL)).split(_URL)
+        if len(static) < 2:  # the links no longer show their URL as given: splice nothing
+            raise RenderError(f"{slot}: the vote links must hold the URL as it is given")
         return cls(fill_in, mime.Spliced((before + static[0], *static[1:-1], static[-1] + after)))
 
     def fill(self, url: str) -> EncodedPart:
