@@ -6,10 +6,11 @@ HTML, with placeholders) and a digest is its values joined between the static
 pieces, already quoted-printable encoded (``mime.FillIn``). A paper's block is two
 cached pieces: the paper itself with its highlights (shared by every subscriber
 whose words matched the same way) and its "Matched: …" tail (shared by every paper
-that matched the same filters).
+that matched the same filters). A reader's vote links are spliced into a tail encoded
+once (``mime.Spliced``): nothing is encoded per reader.
 
 Every cache is state of one ``BatchRenderer``, which the delivery loop creates and
-keeps for its life; all are keyed by value and bounded. The output equals
+keeps for its life; all are keyed by value and bounded. The output's text equals
 ``reference.render_digest``'s, byte for byte (tests/test_render_batch.py).
 """
 

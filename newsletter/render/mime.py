@@ -1,10 +1,10 @@
 """MIME: quoted-printable parts and the RFC 5322 message, built directly.
 
 A message part is an ``EncodedPart``: its text and the quoted-printable encoding of
-that text, together. One can only be made here, by ``encode`` (from text) or
-``join`` (from other parts), so the two can never disagree: the batch renderer
-joins cached, already-encoded pieces, the reference renderer encodes a whole part,
-and ``to_mime_bytes`` takes either.
+that text, together. One can only be made here, by ``encode`` (from text), ``join``
+(from other parts) or filling a template encoded once (``FillIn``, ``Spliced``), so
+the two can never disagree: the batch renderer joins cached, already-encoded pieces,
+the reference renderer encodes a whole part, and ``to_mime_bytes`` takes either.
 
 Joining works because every piece's encoding ends at column 0: a soft line break
 ("=" CRLF, which decodes to nothing) follows a piece that does not end its line.
