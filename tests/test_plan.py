@@ -232,6 +232,10 @@ def test_planning_in_processes_makes_the_same_digests(engine, settings, now, tmp
     assert again.counts["already_planned"] == 40 and len(_deliveries(engine)) == 40
 
 
+# What COPY's text format must escape: tabs, newlines, backslashes, quotes, non-ASCII.
+ODD = '[{"t": "a\tb\nc\\\\d \\" é \\\\N"}]'
+
+
 def test_planned_rows_go_in_once_with_every_column_as_the_model_has_it(engine, now) -> None:  # type: ignore[no-untyped-def]
     """The bulk insert (arrays unnested on PostgreSQL, multi-row VALUES on SQLite): rows
     read back as the ORM would have written them; a batch that overlaps what is there
@@ -244,7 +248,7 @@ def test_planned_rows_go_in_once_with_every_column_as_the_model_has_it(engine, n
         return PlannedRow(sid, edition, f"<{sid}.m@x>", f"{sid}@example.org", 3, 1, items)
 
     with db.session_scope(engine=engine) as session:  # two batches in one transaction
-        first = insert_planned(session.connection(), [row(a, '[{"é": 1}]')], now=now)
+        first = insert_planned(session.connection(), [row(a, ODD)], now=now)
         second = insert_planned(session.connection(), [row(a, "[]"), row(b, "[2]")], now=now)
     with db.session_scope(engine=engine) as session:
         assert insert_planned(session.connection(), [row(b, "[3]")], now=now) == {}
@@ -253,7 +257,7 @@ def test_planned_rows_go_in_once_with_every_column_as_the_model_has_it(engine, n
     assert (one.id, one.subscriber_id, one.items, one.message_id) == (
         first[a],
         a,
-        '[{"é": 1}]',
+        ODD,
         f"<{a}.m@x>",
     )
     assert (one.kind, one.status, one.attempts, one.paper_count, one.more_count) == (
