@@ -191,16 +191,16 @@ class FillIn:
     the values are encoded (the shell around a digest's papers is kilobytes of static
     markup with short values in between)."""
 
-    __slots__ = ("encoded", "pieces", "sizes")
+    __slots__ = ("encoded", "pieces", "size")
 
     def __init__(self, pieces: tuple[str, ...]) -> None:
         self.pieces = pieces
         self.encoded = tuple(b"" if i % 2 else _qp_piece(p) for i, p in enumerate(pieces))
-        self.sizes = sum(_size(p) for p in pieces[::2])  # the static pieces' UTF-8 bytes
+        self.size = sum(_size(p) for p in pieces[::2])  # the static pieces' UTF-8 bytes
 
     def fill(self, values: dict[str, str]) -> EncodedPart:
         texts, qps = list(self.pieces), list(self.encoded)
-        size = self.sizes
+        size = self.size
         for i in range(1, len(texts), 2):
             value = texts[i] = values[texts[i]]
             qps[i] = _qp_piece(value)
@@ -211,7 +211,7 @@ class FillIn:
         """``fill`` for a template of one slot (a paper's votes: twenty per message)."""
         (before, _, after), (q_before, _, q_after) = self.pieces, self.encoded
         encoded = q_before + _qp_piece(value) + q_after
-        return EncodedPart((before, value, after), encoded, self.sizes + _size(value), _mint=_MINT)
+        return EncodedPart((before, value, after), encoded, self.size + _size(value), _mint=_MINT)
 
 
 # Characters of a URL that quoted-printable leaves as they are and HTML needs no escape
