@@ -65,8 +65,11 @@ class Links:
         """The double opt-in link: it names the confirmation mail it came in."""
         return self._url("confirm", tokens.CONFIRM, who, delivery_id)
 
-    def vote(self, *, who: Recipient, delivery_id: int, paper_id: int, topic: int) -> str:
-        """A paper's vote page, as it came in one digest; ``topic`` indexes the topics
-        that carried it (in the digest's snapshot). ``/up`` and ``/down`` are appended:
-        the direction is the reader's choice on the page, so it needs no signature."""
-        return self._url("v", tokens.VOTE, who, delivery_id, paper_id, topic)
+    def votes(self, *, who: Recipient, delivery_id: int) -> str:
+        """Where the vote pages of one digest's papers start: a paper's is this, then
+        ``/<paper id>`` (``/up`` and ``/down`` appended: the direction is the reader's
+        choice on the page, so it needs no signature). One token for the digest, not one
+        per paper: the page accepts only papers the digest holds, which is all a
+        per-paper signature proved, and twenty signatures a message were a tenth of
+        loading it."""
+        return self._url("v", tokens.VOTES, who, delivery_id)

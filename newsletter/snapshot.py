@@ -51,6 +51,12 @@ class Item:
     liked: str | None = None  # the title of the liked paper a vote carried it by
     unsure: bool = False  # just below the line, shown to ask the reader ("not sure…")
 
+    @property
+    def votable(self) -> bool:
+        """Shown with vote links: in the email, and carried by a topic of the reader's
+        (not "*", everything)."""
+        return not self.near and bool(self.topics) and self.topics[0] != "*"
+
 
 def _row(i: Item) -> dict[str, object]:
     row: dict[str, object] = {

@@ -10,9 +10,10 @@ import re
 
 from sqlmodel import select
 
-from newsletter import db
+from newsletter import db, snapshot, tokens
 from newsletter.feedback import taught
-from newsletter.models import Event, Paper, Subscriber
+from newsletter.models import Delivery, Event, Paper, Subscriber
+from newsletter.runtime import secret_key
 from tests.test_web import Site, _csrf, _digests, _path, _status
 from tests.test_web import site as site
 
@@ -118,17 +119,20 @@ def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None
     messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
     up = _path(_vote_links(messages["dee@example.org"])[0][0])
     eve_up = _path(_vote_links(messages["eve@example.org"])[0][0])
-    token = up.split("/")[2]
+    _, _, token, paper, _ = up.split("/")
+    assert up == f"/v/{token}/{paper}/up", "one signed start for the digest, then the paper"
     ident, mac = token.split(".")
-    sid, did, pid, topic = ident.split("-")
+    sid, did = ident.split("-")
+    eve_mac = eve_up.split("/")[2].split(".")[1]
     bad = [
-        f"{ident}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}",
-        f"{ident}.{mac[:10]}",
-        f"{sid}-{did}-{int(pid) + 1}-{topic}.{mac}",  # another paper
-        f"{sid}-{did}-{pid}-{int(topic) + 1}.{mac}",  # another topic
-        f"{sid}-{int(did) + 1}-{pid}-{topic}.{mac}",  # another digest
-        f"{ident}.{eve_up.split('/')[2].split('.')[1]}",  # eve's MAC on dee's ids
-        f"{sid}-{did}.{mac}",  # an unsubscribe token's shape
+        f"{ident}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}/{paper}",
+        f"{ident}.{mac[:10]}/{paper}",
+        f"{sid}-{int(did) + 1}.{mac}/{paper}",  # another digest
+        f"{ident}.{eve_mac}/{paper}",  # eve's MAC on dee's ids
+        f"{ident}.{mac}/{int(paper) + 1}",  # a paper the digest does not hold
+        f"{ident}.{mac}/{10**30}",  # nor any integer column
+        f"{sid}-{did}-{paper}-0.{mac}",  # the per-paper links' shape, with this MAC
+        f"{sid}.{mac}/{paper}",  # a preference token's shape
     ]
     unknown = site.client.get("/v/nothing")
     assert unknown.status_code == 404
@@ -141,6 +145,14 @@ def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None
             assert reply.status_code == 404, forged
             assert reply.text == unknown.text
     assert site.client.get(f"{up[:-3]}/sideways").status_code == 404
+    with db.session_scope(engine=site.engine) as session:
+        delivery = session.get(Delivery, int(did))
+        assert delivery is not None
+        shown = {i.paper_id for i in snapshot.decode(delivery.items) if i.votable}
+        everything = next((i for i in snapshot.decode(delivery.items) if not i.votable), None)
+    assert shown == {int(paper)}
+    if everything is not None:  # a paper the digest holds without votes: none by hand either
+        assert site.client.get(f"/v/{token}/{everything.paper_id}/up").status_code == 404
 
     # The button's POST needs the page's token, bound to this reader.
     eve_csrf = _csrf(site.client.get(eve_up).text)
@@ -150,6 +162,28 @@ def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None
         assert "This form was open too long, or did not come from this site" in refused.text
     assert site.client.post(up, data={"csrf": csrf, "vote": "sideways"}).status_code == 400
     assert _events(site, "feedback.vote") == []
+
+
+def test_a_per_paper_vote_link_sent_before_still_works(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """Links in digests sent until 2026-11 signed each paper on its own (subscriber,
+    digest, paper, topic): readers still tap them in old mail."""
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    up = _path(_vote_links(messages["dee@example.org"])[0][0])
+    sid, pid = _ids(site, "dee@example.org")
+    did = int(up.split("/")[2].split("-")[1].split(".")[0])
+    with db.session_scope(engine=site.engine) as session:
+        salt = session.get(Subscriber, sid).token_salt  # type: ignore[union-attr]
+    key = secret_key(settings=site.settings)
+    old = tokens.make_token(key=key, purpose=tokens.VOTE, ids=(sid, did, pid, 0), salt=salt)
+    page = site.client.get(f"/v/{old}/up")
+    assert page.status_code == 200 and "Diffusion for All" in page.text
+    done = site.client.post(f"/v/{old}/up", data={"csrf": _csrf(page.text), "vote": "up"})
+    assert "Thanks: more like this" in done.text
+    assert _taught(site) == {(sid, "diffusion"): ((pid, 1),)}
+    # The digest-wide token is not a per-paper one, nor the other way round.
+    votes = tokens.make_token(key=key, purpose=tokens.VOTES, ids=(sid, did), salt=salt)
+    assert site.client.get(f"/v/{votes}/up").status_code == 404
+    assert site.client.get(f"/v/{old}/{pid}/up").status_code == 404
 
 
 def _preferences(msg: email.message.EmailMessage) -> str:

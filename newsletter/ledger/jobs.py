@@ -256,12 +256,7 @@ class JobLoader:
             unsubscribe_url=self.links.unsubscribe(who=who, delivery_id=delivery_id),
             preferences_url=self.links.preferences(who=who),
             archive_url=self.links.archive(who=who, delivery_id=delivery_id),
-            votes=tuple(
-                ""
-                if pid is None
-                else self.links.vote(who=who, delivery_id=delivery_id, paper_id=pid, topic=0)
-                for pid in shown.votable
-            ),
+            votes=_vote_urls(self.links, who, delivery_id, shown.votable),
         )
         return DigestJob(
             delivery_id, sid, to_address, wanted, digest,
@@ -282,12 +277,21 @@ class JobLoader:
         papers = _Papers(
             digest_papers(items=top, texts=texts),
             digest_papers(items=tuple(i for i in items if i.near), texts=texts),
-            tuple(i.paper_id if i.topics and i.topics[0] != "*" else None for i in top),
+            tuple(i.paper_id if i.votable else None for i in top),
         )
         if len(self._papers) >= self._papers_max:
             self._papers.clear()
         self._papers[text] = (shown, papers)
         return papers
+
+
+def _vote_urls(
+    links: Links, who: Recipient, delivery_id: int, votable: tuple[int | None, ...]
+) -> tuple[str, ...]:
+    if not any(pid is not None for pid in votable):
+        return tuple("" for _ in votable)
+    start = links.votes(who=who, delivery_id=delivery_id)
+    return tuple("" if pid is None else f"{start}/{pid}" for pid in votable)
 
 
 def load_jobs(

@@ -6,8 +6,9 @@ HTML, with placeholders) and a digest is its values joined between the static
 pieces, already quoted-printable encoded (``mime.FillIn``). A paper's block is two
 cached pieces: the paper itself with its highlights (shared by every subscriber
 whose words matched the same way) and its "Matched: …" tail (shared by every paper
-that matched the same filters). A reader's vote links are spliced into a tail encoded
-once (``mime.Spliced``): nothing is encoded per reader.
+that matched the same filters). The start of a reader's vote links, one for all the
+digest's papers, is encoded once a message and spliced between the papers' pieces
+(``mime.Spliced``): the papers' part is one join per message.
 
 Every cache is state of one ``BatchRenderer``, which the delivery loop creates and
 keeps for its life; all are keyed by value and bounded. The output's text equals
@@ -102,19 +103,16 @@ class BatchRenderer:
         for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
             check_url(name, getattr(digest, name))
         values = digest_values(digest, sender, subject)
-        votes = tuple(digest.vote_url(i) for i in range(len(digest.papers)))
-        html_blocks, text_blocks = self._papers_part(digest.papers, tuple(map(bool, votes)))
+        start, ends = _vote_starts(tuple(digest.vote_url(i) for i in range(len(digest.papers))))
+        html_papers, text_papers = self._papers_part(digest.papers, ends)
         variant = tuple(bool(values[k]) for k in _OPTIONAL)
         html_values = {k: str(escape(v)) for k, v in values.items()}
         html_values["subject_aria"] = self._aria_label(html_values["subject"])
         before, after = self._halves_of("digest.mjml.j2", variant)
-        html = mime.join(
-            [before.fill(html_values), *_with_votes(html_blocks, votes), after.fill(html_values)]
-        )
+        papers = html_papers.fill(str(escape(start)))
+        html = mime.join([before.fill(html_values), papers, after.fill(html_values)])
         before, after = self._halves_of("digest.txt.j2", variant)
-        text = mime.join(
-            [before.fill(values), *_with_votes(text_blocks, votes), after.fill(values)]
-        )
+        text = mime.join([before.fill(values), text_papers.fill(start), after.fill(values)])
         return RenderedDigest(subject, headers, text, html)
 
     def _aria_label(self, title: str) -> str:
@@ -189,36 +187,34 @@ class BatchRenderer:
     # --- the papers, cached -------------------------------------------------------------
 
     def _papers_part(
-        self, papers: tuple[DigestPaper, ...], votable: tuple[bool, ...]
-    ) -> tuple[list[_Block], list[_Block]]:
-        """The papers' blocks, HTML and text; per tuple of papers (and which carry votes),
+        self, papers: tuple[DigestPaper, ...], ends: tuple[str, ...]
+    ) -> tuple[mime.Spliced, mime.Spliced]:
+        """The papers' part, HTML and text, with the start of the reader's vote links to
+        go in (``_vote_starts``); per tuple of papers (and the ends of their vote links),
         by value, and first by identity: digests of one ranking share one tuple, and
-        hashing a tuple of papers hashes every field of every one. A block with votes is
-        filled per reader (``_with_votes``)."""
+        hashing a tuple of papers hashes every field of every one."""
         mine = self._same_papers.get(id(papers))
-        if mine is not None and mine[0] is papers and mine[1] == votable:
+        if mine is not None and mine[0] is papers and mine[1] == ends:
             return mine[2]  # type: ignore[no-any-return]
-        key = (papers, votable)
+        key = (papers, ends)
         found = self._papers.get(key)
         if found is None:
-            found = self._papers_blocks(papers, votable)
-        self._same_papers.put(id(papers), (papers, votable, found))  # holds papers: id stays
+            found = self._papers.put(key, self._papers_blocks(papers, ends))
+        self._same_papers.put(id(papers), (papers, ends, found))  # holds papers: id stays
         return found  # type: ignore[no-any-return]
 
     def _papers_blocks(
-        self, papers: tuple[DigestPaper, ...], votable: tuple[bool, ...]
-    ) -> tuple[list[_Block], list[_Block]]:
+        self, papers: tuple[DigestPaper, ...], ends: tuple[str, ...]
+    ) -> tuple[mime.Spliced, mime.Spliced]:
         """``_papers_part`` when neither cache has them."""
-        key = (papers, votable)
         if not papers:
-            blocks = (
-                [mime.encode(str(escape(content.NO_PAPERS)))],
-                [mime.encode(content.NO_PAPERS + "\n\n")],
+            return (
+                mime.Spliced((str(escape(content.NO_PAPERS)),)),
+                mime.Spliced((content.NO_PAPERS + "\n\n",)),
             )
-            return self._papers.put(key, blocks)  # type: ignore[no-any-return]
         html: list[_Block] = []
         text: list[_Block] = []
-        for i, (paper, votes) in enumerate(zip(papers, votable, strict=True), 1):
+        for i, (paper, end) in enumerate(zip(papers, ends, strict=True), 1):
             own = _Own(
                 paper.title,
                 paper.abstract,
@@ -227,10 +223,12 @@ class BatchRenderer:
                 content.summary_line(paper.summary),
                 links_of(paper),
             )
-            shape = (bool(own.meta), bool(own.summary), votes)
-            html += (self._html_head(paper, own, shape), self._html_tail(paper, shape))
-            text += (self._text_head(i, own), *self._text_tail(paper, votes))
-        return self._papers.put(key, (html, text))  # type: ignore[no-any-return]
+            shape = (bool(own.meta), bool(own.summary), bool(end))
+            tail = self._html_tail(paper, shape)
+            html += (self._html_head(paper, own, shape), _then(tail, str(escape(end))))
+            text.append(self._text_head(i, own))
+            text += (_then(block, end) for block in self._text_tail(paper, bool(end)))
+        return mime.Spliced.joined(html), mime.Spliced.joined(text)
 
     def _html_head(self, paper: DigestPaper, own: _Own, shape: _Shape) -> EncodedPart:
         key = (own, paper.matched_terms, shape)  # the cut before the topics line varies
@@ -313,45 +311,39 @@ def _partly(compiled: Compiled, values: dict[str, str]) -> Compiled:
 
 
 def _block(compiled: Compiled) -> _Block:
-    """Encoded once when nothing is left to fill, else a fill-in for the votes."""
+    """Encoded once when nothing is left to fill, else spliced around the votes' URL."""
     if not compiled.slots:
         return mime.encode(compiled.pieces[0])
-    return _Votes.of(FillIn(compiled.pieces))
+    return _votes(compiled.pieces)
 
 
 _URL = "\x00url\x00"  # stands for a vote URL while the static text around it is cut
 
 
-class _Votes(NamedTuple):
-    """A block whose only slot is a paper's vote links: filled by splicing the URL into
-    text encoded once (``mime.Spliced``), or, for a URL that would need escaping or
-    encoding, the plain way (``fill_in``)."""
-
-    fill_in: FillIn
-    spliced: mime.Spliced
-
-    @classmethod
-    def of(cls, fill_in: FillIn) -> _Votes:
-        before, slot, after = fill_in.pieces
-        static = (str(votes_html(_URL)) if slot == "votes_html" else votes_text(_URL)).split(_URL)
-        if len(static) < 2:  # the links no longer show their URL as given: splice nothing
-            raise RenderError(f"{slot}: the vote links must hold the URL as it is given")
-        return cls(fill_in, mime.Spliced((before + static[0], *static[1:-1], static[-1] + after)))
-
-    def fill(self, url: str) -> EncodedPart:
-        found = self.spliced.fill(url)
-        if found is not None:
-            return found
-        html = self.fill_in.pieces[1] == "votes_html"
-        return self.fill_in.fill_one(str(votes_html(url)) if html else votes_text(url))
+def _votes(pieces: tuple[str, ...]) -> mime.Spliced:
+    """A template of one slot, a paper's vote links, as static text around the URL."""
+    before, slot, after = pieces
+    static = (str(votes_html(_URL)) if slot == "votes_html" else votes_text(_URL)).split(_URL)
+    if len(static) < 2:  # the links no longer show their URL as given: splice nothing
+        raise RenderError(f"{slot}: the vote links must hold the URL as it is given")
+    return mime.Spliced((before + static[0], *static[1:-1], static[-1] + after))
 
 
-_Block = EncodedPart | _Votes
-_TEXT_VOTES = _Votes.of(FillIn(("", "votes_text", "\n")))
+_Block = EncodedPart | mime.Spliced
+_TEXT_VOTES = _votes(("", "votes_text", "\n"))
 
 
-def _with_votes(blocks: list[_Block], votes: tuple[str, ...]) -> list[EncodedPart]:
-    """The blocks with each paper's vote links filled in (the n-th fill-in is the n-th
-    paper with votes)."""
-    urls = iter(url for url in votes if url)
-    return [block.fill(next(urls)) if isinstance(block, _Votes) else block for block in blocks]
+def _then(block: _Block, end: str) -> _Block:
+    return block.then(end) if isinstance(block, mime.Spliced) else block
+
+
+def _vote_starts(urls: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A digest's vote URLs cut into what they share, the reader's part (``links.votes``:
+    the same for every paper, so it is encoded once a message), and each paper's end
+    (the same for every reader of the ranking, so it is cached with the papers). URLs
+    that share nothing (never ours) are all ends: correct, only not shared."""
+    given = [u for u in urls if u]
+    start = given[0].rpartition("/")[0] if given else ""
+    if not all(u.startswith(start + "/") for u in given):
+        start = ""
+    return start, tuple(u[len(start) :] for u in urls)

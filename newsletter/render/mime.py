@@ -15,7 +15,6 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.policy import SMTP
@@ -207,38 +206,54 @@ class FillIn:
             size += _size(value)
         return EncodedPart(tuple(texts), b"".join(qps), size, _mint=_MINT)
 
-    def fill_one(self, value: str) -> EncodedPart:
-        """``fill`` for a template of one slot (a paper's votes: twenty per message)."""
-        (before, _, after), (q_before, _, q_after) = self.pieces, self.encoded
-        encoded = q_before + _qp_piece(value) + q_after
-        return EncodedPart((before, value, after), encoded, self.size + _size(value), _mint=_MINT)
-
-
-# Characters of a URL that quoted-printable leaves as they are and HTML needs no escape
-# for (every link we sign: scheme, host, port, path, token).
-_LITERAL_RE = re.compile(r"[A-Za-z0-9._~:/%+-]+")
-
 
 class Spliced:
-    """Static text with one value in it, maybe several times (a paper's vote URL): the
-    static pieces are encoded once, and the value goes in as quoted-printable lines of
-    its own (soft line breaks before and after decode to nothing), so filling it in
-    encodes nothing. Only for values of literal characters (``fill`` says None else)."""
+    """Static text with one value going in between each two of its pieces (a digest's
+    papers, with the start of the reader's vote links after every paper): the static
+    pieces are encoded once, and the value is encoded once per fill, as quoted-printable
+    lines of its own (a soft line break before and after decodes to nothing)."""
 
     __slots__ = ("encoded", "pieces", "size")
 
-    def __init__(self, pieces: tuple[str, ...]) -> None:
+    def __init__(self, pieces: tuple[str, ...], *, encoded: tuple[bytes, ...] = ()) -> None:
         self.pieces = pieces  # the value goes between each two
-        self.encoded = tuple(_qp_piece(p) for p in pieces)
+        self.encoded = encoded or tuple(_qp_piece(p) for p in pieces)
         self.size = sum(_size(p) for p in pieces)
 
-    def fill(self, value: str) -> EncodedPart | None:
-        if _LITERAL_RE.fullmatch(value) is None:
-            return None
-        raw = value.encode("ascii")
-        lines = b"".join([raw[i : i + 75] + b"=\r\n" for i in range(0, len(raw), 75)])
+    @classmethod
+    def joined(cls, parts: Iterable[EncodedPart | Spliced]) -> Spliced:
+        """One ``Spliced`` for parts in a row: static parts join the piece next to them,
+        and a ``Spliced`` part's values stay where they were. Nothing is re-encoded:
+        every piece's encoding ends at column 0."""
+        texts: list[list[str]] = [[]]
+        qps: list[list[bytes]] = [[]]
+        for part in parts:
+            if isinstance(part, EncodedPart):
+                texts[-1].append(part.text)
+                qps[-1].append(part.qp)
+                continue
+            for i, (text, qp) in enumerate(zip(part.pieces, part.encoded, strict=True)):
+                if i:
+                    texts.append([])
+                    qps.append([])
+                texts[-1].append(text)
+                qps[-1].append(qp)
+        return cls(tuple("".join(t) for t in texts), encoded=tuple(b"".join(q) for q in qps))
+
+    def then(self, text: str) -> Spliced:
+        """This with ``text`` after each value (a paper's id after the reader's start of
+        its vote links)."""
+        head, *rest = self.pieces
+        qp = _qp_piece(text)
+        return Spliced(
+            (head, *(text + p for p in rest)),
+            encoded=(self.encoded[0], *(qp + e for e in self.encoded[1:])),
+        )
+
+    def fill(self, value: str) -> EncodedPart:
+        lines = _qp_piece.__wrapped__(value)  # once a message: not worth a cache entry
         texts: list[str] = [self.pieces[0]]
         for piece in self.pieces[1:]:
             texts += (value, piece)
-        size = self.size + len(raw) * (len(self.pieces) - 1)
+        size = self.size + _size(value) * (len(self.pieces) - 1)
         return EncodedPart(tuple(texts), lines.join(self.encoded), size, _mint=_MINT)

@@ -2,9 +2,11 @@
 
 Mail scanners and link previewers open every link in a message, so GET (and HEAD)
 only shows a page with the paper and one button; the vote is recorded by that
-button's POST, which carries a CSRF token bound to the subscriber. The link names
-subscriber, digest, paper and which of the paper's topics carried it (signed, like
-every link); the direction in the path (``/up``, ``/down``) only picks the button,
+button's POST, which carries a CSRF token bound to the subscriber. The link is
+``/v/<token>/<paper>``: the token signs subscriber and digest (``links.votes``), the
+paper must be one the digest holds, and its first topic is the one voted on. Links
+sent before carry one token per paper (subscriber, digest, paper, topic: ``/v/<token>``)
+and still work. The direction in the path (``/up``, ``/down``) only picks the button,
 as the reader may choose either. A vote on an old digest still counts; voting again,
 switching and undoing work from the same page.
 """
@@ -30,6 +32,7 @@ from newsletter.web.signup import STALE_FORM
 from newsletter.web.site import Site
 
 _VOTE_IDS = (4,)  # subscriber, digest, paper, the index of the topic that carried it
+_VOTES_IDS = (2,)  # subscriber, digest (the paper is in the path)
 VOTES_PER_HOUR = 120  # per subscriber and process: a reader's taps, not a script's loop
 
 
@@ -50,7 +53,12 @@ def routes(site: Site) -> list[Route]:
     limit = forms.RateLimit(limit=VOTES_PER_HOUR, window=3600)
 
     def ballot(session: Session, request: Request) -> _Ballot | None:
-        found = site.subscriber_for(session, request, purpose=tokens.VOTE, arity=_VOTE_IDS)
+        in_path = request.path_params.get("paper")
+        if in_path is None:  # a per-paper link (sent until 2026-11)
+            found = site.subscriber_for(session, request, purpose=tokens.VOTE, arity=_VOTE_IDS)
+        else:
+            found = site.subscriber_for(session, request, purpose=tokens.VOTES, arity=_VOTES_IDS)
+            found = None if found is None else (found[0], (*found[1], in_path, 0))
         if found is None or found[0].status == SubscriberStatus.PENDING:
             return None
         row, (sid, delivery_id, paper_id, index) = found
@@ -61,9 +69,13 @@ def routes(site: Site) -> list[Route]:
             items = snapshot.decode(delivery.items)
         except snapshot.SnapshotError:
             return None
+        # The snapshot first: a paper id from the path reaches the database only when
+        # the digest holds it (an id too large for an integer column never does).
         item = next((i for i in items if i.paper_id == paper_id), None)
+        if item is None or index >= len(item.topics) or (in_path is not None and not item.votable):
+            return None
         paper = session.get(Paper, paper_id)
-        if item is None or paper is None or index >= len(item.topics):
+        if paper is None:
             return None
         topic = item.topics[index]
         taught = feedback.taught(session=session, subscriber_ids=[sid]).get((sid, topic), ())
@@ -133,6 +145,10 @@ def routes(site: Site) -> list[Route]:
             return page(done, request, way=way, recorded=vote.value)
 
     return [
+        Route("/v/{token}/{paper:int}", vote_page, methods=["GET"]),
+        Route("/v/{token}/{paper:int}/{way}", vote_page, methods=["GET"]),
+        Route("/v/{token}/{paper:int}", vote_post, methods=["POST"]),
+        Route("/v/{token}/{paper:int}/{way}", vote_post, methods=["POST"]),
         Route("/v/{token}", vote_page, methods=["GET"]),
         Route("/v/{token}/{way}", vote_page, methods=["GET"]),
         Route("/v/{token}", vote_post, methods=["POST"]),
