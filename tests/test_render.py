@@ -496,6 +496,8 @@ def test_rendering_arbitrary_text_never_raises_or_leaks(
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     # What OutgoingMessage.crlf_only vouches for: no lone CR or LF anywhere.
     assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
+    # And no line that starts with a dot, so it goes on the wire as it is (wire_bytes).
+    assert b"\r\n." not in raw and not raw.startswith(b".")
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -523,7 +525,7 @@ def test_parts_assembled_from_cached_blocks_decode_to_the_whole(titles, topics, 
     )
     raw = to_mime_bytes(rendered=rendered)
     body = raw.partition(b"\r\n\r\n")[2]
-    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045 6.7 (5)
+    _lines_ok(body)  # RFC 2045 6.7 (5)
     plain, html = parts(parse(raw))
     assert plain.replace("\r\n", "\n") == rendered.text
     assert html.replace("\r\n", "\n") == rendered.html
@@ -540,28 +542,33 @@ def test_footer_wrap_matches_textwrap(ws):
     assert wrap(text) == fill(text)
 
 
-@settings(max_examples=300, deadline=None)
-@given(  # no CR nor lone surrogates: templates are UTF-8 with LF line ends, and values are
-    # cleaned of both (_clean)
-    st.lists(
-        st.text(
-            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200
-        ),
-        max_size=8,
-    )
+# No CR nor lone surrogates: templates are UTF-8 with LF line ends, and values are cleaned
+# of both (_clean). Dots, line ends, "=" and blanks often: where the encoding has cases.
+_TEXT = st.text(
+    st.one_of(
+        st.sampled_from(".\n= \t"),
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"),
+    ),
+    max_size=200,
 )
+
+
+def _lines_ok(qp: bytes) -> None:
+    """At most 76 characters, and none starting with "." (sent as it is, not dot-stuffed)."""
+    lines = qp.split(b"\r\n")
+    assert max((len(line) for line in lines), default=0) <= 76
+    assert not any(line.startswith(b".") for line in lines), qp
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, max_size=8))
 def test_encoded_pieces_concatenate_to_the_encoding_of_the_whole(pieces):
     """Pieces encoded apart (static template text once, values per message) must decode,
     joined, to the joined text, in lines of at most 76 characters."""
     joined = mime.join(mime.encode(p) for p in pieces).qp
-    assert max((len(line) for line in joined.split(b"\r\n")), default=0) <= 76
+    _lines_ok(joined)
     decoded = binascii.a2b_qp(joined.replace(b"\r\n", b"\n")).decode("utf-8")
     assert decoded == "".join(pieces)
-
-
-_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200
-)
 
 
 @settings(max_examples=300, deadline=None)
@@ -575,7 +582,7 @@ def test_a_spliced_value_decodes_to_the_text_with_it(pieces, value, end, before,
         [mime.encode(before), mime.Spliced(tuple(pieces)).then(end), mime.encode(after)]
     )
     part = spliced.fill(value)
-    assert max(len(line) for line in part.qp.split(b"\r\n")) <= 76
+    _lines_ok(part.qp)
     decoded = binascii.a2b_qp(part.qp.replace(b"\r\n", b"\n")).decode("utf-8")
     assert decoded == part.text == before + (value + end).join(pieces) + after
     assert part.size == len(part.text.encode("utf-8"))

@@ -56,23 +56,37 @@ def _size(text: str) -> int:
 
 
 def _qp(text: str) -> bytes:
-    """Quoted-printable in C (binascii): lines of at most 76 characters, CRLF endings."""
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    """Quoted-printable in C (binascii): lines of at most 76 characters, CRLF endings,
+    none starting with "." (``_rewrap``)."""
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    if encoded.startswith(b".") or b"\n." in encoded:
+        encoded = b"\n".join([_undot(line) for line in encoded.split(b"\n")])
+    return encoded.replace(b"\n", b"\r\n")
 
 
-def _soft_wrap(line: bytes) -> bytes:
-    """An encoded line cut with soft breaks into lines of at most 75 characters plus
-    "=", never inside an "=XX" escape."""
+def _undot(line: bytes) -> bytes:
+    if not line.startswith(b"."):
+        return line
+    # A line ending in "=" ends in a soft break: a literal "=" is always encoded.
+    return _rewrap(line[:-1], soft=True) if line.endswith(b"=") else _rewrap(line, soft=False)
+
+
+def _rewrap(line: bytes, *, soft: bool) -> bytes:
+    """An encoded line cut with soft breaks into lines of at most 75 characters plus "=",
+    never inside an "=XX" escape, and none starting with "." (written "=2E"): SMTP doubles
+    a leading dot on the wire, and a message with none is sent without rewriting its
+    70 kB (``backends.smtp.wire_bytes``). ``soft``: the last line ends with a soft break
+    too. Lines joined with LF."""
     out, current, i = [], b"", 0
     while i < len(line):
         token = line[i : i + 3] if line[i : i + 1] == b"=" else line[i : i + 1]
-        if len(current) + len(token) > 75:
-            out.append(current + b"=\r\n")
-            current = b""
-        current += token
         i += len(token)
-    out.append(current + b"=\r\n")
-    return b"".join(out)
+        if len(current) + len(token) > 75:
+            out.append(current + b"=")
+            current = b""
+        current += b"=2E" if not current and token == b"." else token
+    out.append(current + b"=" if soft else current)
+    return b"\n".join(out)
 
 
 @functools.lru_cache(maxsize=20_000)
@@ -86,7 +100,11 @@ def _qp_piece(text: str) -> bytes:
     head, _, last = encoded.rpartition(b"\r\n")
     if len(last) < 76:  # room for the "=" (lines stay within 76 characters)
         return encoded + b"=\r\n"
-    return (head + b"\r\n" if head else b"") + _soft_wrap(last)
+    return (
+        (head + b"\r\n" if head else b"")
+        + _rewrap(last, soft=True).replace(b"\n", b"\r\n")
+        + b"\r\n"
+    )
 
 
 def encode(text: str) -> EncodedPart:
@@ -107,6 +125,7 @@ def with_prefix(part: EncodedPart, prefix: str, *, replacing: int) -> EncodedPar
     text = prefix + part.text[replacing:]
     old = part.text[:replacing]
     literal = all(c.isascii() and (c.isalnum() or c in ". ") for c in prefix + old)
+    literal = literal and not prefix.startswith(".")  # a line's first dot is encoded
     if len(prefix) != replacing or not literal or part.qp[:replacing] != old.encode():
         return encode(text)
     return EncodedPart((text,), prefix.encode() + part.qp[replacing:], _size(text), _mint=_MINT)
