@@ -494,7 +494,7 @@ def test_rendering_arbitrary_text_never_raises_or_leaks(
     assert title not in rendered.html
     raw = to_mime_bytes(rendered=rendered)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
-    # What OutgoingMessage.crlf_only vouches for: no lone CR or LF anywhere.
+    # What OutgoingMessage.wire_ready vouches for: no lone CR or LF anywhere.
     assert raw.count(b"\n") == raw.count(b"\r\n") == raw.count(b"\r")
     # And no line that starts with a dot, so it goes on the wire as it is (wire_bytes).
     assert b"\r\n." not in raw and not raw.startswith(b".")

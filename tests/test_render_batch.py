@@ -62,10 +62,11 @@ def digest(
     *,
     more: int = 0,
     name: str | None = "Ada",
-    votes: tuple[str, ...] = (),
+    votes: tuple[str, tuple[str, ...]] = ("", ()),
 ) -> Digest:
     return Digest(
-        votes=votes,
+        vote_start=votes[0],
+        vote_ends=votes[1],
         to_address="ada@example.org",
         to_name=name,
         edition=date(2026, 11, 23),
@@ -119,7 +120,10 @@ def sample_digests(tmp_path_factory: pytest.TempPathFactory) -> list[Digest]:
             )
             for m in ranked.matches
         )
-        votes = tuple(f"https://papers.example/v/1-{i}-{m.paper_id}-0.x" for m in ranked.matches)
+        votes = (
+            f"https://papers.example/v/1-{i}.x",
+            tuple(f"/{m.paper_id}" for m in ranked.matches),
+        )
         digests.append(
             digest(digest_papers(items=items, texts=texts), more=ranked.more, votes=votes)
         )
@@ -178,16 +182,18 @@ names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), ma
     more=st.integers(0, 3),
     near=st.integers(0, 3),
     name=st.none() | names,
-    votes=st.lists(
+    votes=st.tuples(
         st.sampled_from(
             [
-                "",
-                "https://papers.example/v/1-2-3-0.x&<y>",  # escaped and encoded: the plain way
-                "https://papers.example/v/1-2-3-0.AbC_x-9",  # spliced in as it is
+                "",  # URLs that share nothing: each whole in its end
+                "https://papers.example/v/1-2.x&<y>",  # escaped and encoded
+                "https://papers.example/v/1-2.AbC_x-9",  # as ours are
                 "http://papers.example:8080/news/v/" + "123456789012345678-" * 5 + "1.x",
             ]
         ),
-        max_size=9,
+        st.lists(
+            st.sampled_from(["", "/3", "/<4>&", "https://a.example/v/9", "." * 80]), max_size=9
+        ),
     ),
 )
 def test_batch_equals_reference_on_random_text(papers, more, near, name, votes) -> None:  # type: ignore[no-untyped-def]
@@ -214,7 +220,7 @@ def test_batch_equals_reference_on_random_text(papers, more, near, name, votes) 
         for t, a, topics, terms, upvotes, org, close_to, start, more_fields in papers
         for arxiv_id, code, project, authors, summary, count in (more_fields,)
     )
-    d = digest(shown, more=more, name=name, votes=tuple(votes))
+    d = digest(shown, more=more, name=name, votes=(votes[0], tuple(votes[1])))
     assert_same(BatchRenderer(), replace(d, near_count=near))
 
 

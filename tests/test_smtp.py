@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -259,18 +260,26 @@ def test_connections_are_reused_up_to_the_cap(
     assert 5 <= len(sessions) <= 7  # 30 messages / 7 per session, over 3 parallel connections
 
 
-@pytest.mark.parametrize("crlf_only", [True, False])
-def test_message_bytes_arrive_exactly_dots_and_all(server, crlf_only) -> None:  # type: ignore[no-untyped-def]
-    """Transparency (RFC 5321 4.5.2): lines starting with a dot, a lone "." line and a
-    last line without CRLF reach the server as written."""
-    body = b"Message-ID: <dots@x>\r\n\r\n.starts\r\n.\r\nmid . dot\r\n..two\r\nend"
+@pytest.mark.parametrize(
+    ("body", "wire_ready"),
+    [
+        (b"Message-ID: <dots@x>\r\n\r\n.starts\r\n.\r\nmid . dot\r\n..two\r\nend", False),
+        (b"Message-ID: <dots@x>\r\n\r\n.starts\n.\rmid . dot\r\n..two\r\nend\r\n", False),
+        # What our renderer writes: CRLF only, and a line's first dot encoded (=2E).
+        (b"Message-ID: <dots@x>\r\n\r\n=2Estarts\r\nmid . dot\r\nend", True),
+    ],
+)
+def test_message_bytes_arrive_exactly_dots_and_all(server, body, wire_ready) -> None:  # type: ignore[no-untyped-def]
+    """Transparency (RFC 5321 4.5.2): lines starting with a dot, a lone "." line, lone
+    line breaks and a last line without CRLF reach the server as written (line breaks
+    as CRLF)."""
     message = OutgoingMessage(
         message_id="<dots@x>",
         sender="papers@example.org",
         recipients=("dots@example.org",),
         data=body,
         edition=date(2024, 5, 29),
-        crlf_only=crlf_only,
+        wire_ready=wire_ready,
     )
 
     async def send() -> None:
@@ -279,12 +288,14 @@ def test_message_bytes_arrive_exactly_dots_and_all(server, crlf_only) -> None:  
             await backend.send(message)
 
     asyncio.run(send())
-    assert [a.data for a in server.handler.accepted] == [body + b"\r\n"]
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", body).removesuffix(b"\r\n") + b"\r\n"
+    assert [a.data for a in server.handler.accepted] == [expected]
 
 
 def test_wire_bytes_normalizes_lone_line_breaks_and_stuffs_dots() -> None:
     assert wire_bytes(b".a\nb\r.c\r\n.") == b"..a\r\nb\r\n..c\r\n..\r\n.\r\n"
-    assert wire_bytes(b"a\r\n", crlf_only=True) == b"a\r\n.\r\n"
+    assert wire_bytes(b"a\r\n", ready=True) == b"a\r\n.\r\n"
+    assert wire_bytes(b"a", ready=True) == b"a\r\n.\r\n"
 
 
 def test_a_refused_recipient_does_not_cost_the_session(

@@ -33,9 +33,10 @@ class OutgoingMessage:
     html_part: Text | None = None
     """The HTML part, for backends that keep a browser copy (test mode); its text is
     joined only for them."""
-    crlf_only: bool = False
-    """``data`` has CRLF line endings and no lone CR or LF (``render.to_mime_bytes``
-    guarantees it), so the SMTP backend need not scan it for them."""
+    wire_ready: bool = False
+    """``data`` has CRLF line endings, no lone CR or LF, and no line that starts with
+    "." (``render.to_mime_bytes`` guarantees all three: tests/test_render.py checks it on
+    hostile text), so the SMTP backend sends it as it is instead of scanning 70 kB."""
 
     @property
     def html(self) -> str | None:

@@ -109,9 +109,9 @@ Job = DigestJob | ConfirmationJob | UnreadableJob
 class _Papers:
     shown: tuple[DigestPaper, ...]  # in the email
     near: tuple[DigestPaper, ...]  # just below the line: counted in the email, listed online
-    # Per shown paper, its id when the reader can vote on it: a topic of theirs carried
-    # it (not "*", everything); else None.
-    votable: tuple[int | None, ...] = ()
+    # Per shown paper, the end of its vote page's URL ("/<id>") when the reader can vote
+    # on it (``snapshot.Item.votable``), else "": one tuple for every reader of the ranking.
+    vote_ends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +256,10 @@ class JobLoader:
             unsubscribe_url=self.links.unsubscribe(who=who, delivery_id=delivery_id),
             preferences_url=self.links.preferences(who=who),
             archive_url=self.links.archive(who=who, delivery_id=delivery_id),
-            votes=_vote_urls(self.links, who, delivery_id, shown.votable),
+            vote_start=self.links.votes(who=who, delivery_id=delivery_id)
+            if any(shown.vote_ends)
+            else "",
+            vote_ends=shown.vote_ends,
         )
         return DigestJob(
             delivery_id, sid, to_address, wanted, digest,
@@ -277,21 +280,12 @@ class JobLoader:
         papers = _Papers(
             digest_papers(items=top, texts=texts),
             digest_papers(items=tuple(i for i in items if i.near), texts=texts),
-            tuple(i.paper_id if i.votable else None for i in top),
+            tuple(f"/{i.paper_id}" if i.votable else "" for i in top),
         )
         if len(self._papers) >= self._papers_max:
             self._papers.clear()
         self._papers[text] = (shown, papers)
         return papers
-
-
-def _vote_urls(
-    links: Links, who: Recipient, delivery_id: int, votable: tuple[int | None, ...]
-) -> tuple[str, ...]:
-    if not any(pid is not None for pid in votable):
-        return tuple("" for _ in votable)
-    start = links.votes(who=who, delivery_id=delivery_id)
-    return tuple("" if pid is None else f"{start}/{pid}" for pid in votable)
 
 
 def load_jobs(

@@ -103,7 +103,10 @@ class BatchRenderer:
         for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
             check_url(name, getattr(digest, name))
         values = digest_values(digest, sender, subject)
-        start, ends = _vote_starts(tuple(digest.vote_url(i) for i in range(len(digest.papers))))
+        start, ends = digest.vote_start, digest.vote_ends
+        if len(ends) != len(digest.papers):  # a paper without an end has no votes
+            n = len(digest.papers)
+            ends = ends[:n] + ("",) * (n - len(ends))
         html_papers, text_papers = self._papers_part(digest.papers, ends)
         variant = tuple(bool(values[k]) for k in _OPTIONAL)
         html_values = {k: str(escape(v)) for k, v in values.items()}
@@ -190,7 +193,7 @@ class BatchRenderer:
         self, papers: tuple[DigestPaper, ...], ends: tuple[str, ...]
     ) -> tuple[mime.Spliced, mime.Spliced]:
         """The papers' part, HTML and text, with the start of the reader's vote links to
-        go in (``_vote_starts``); per tuple of papers (and the ends of their vote links),
+        go in (``Digest.vote_start``); per tuple of papers (and the ends of their vote links),
         by value, and first by identity: digests of one ranking share one tuple, and
         hashing a tuple of papers hashes every field of every one."""
         mine = self._same_papers.get(id(papers))
@@ -335,15 +338,3 @@ _TEXT_VOTES = _votes(("", "votes_text", "\n"))
 
 def _then(block: _Block, end: str) -> _Block:
     return block.then(end) if isinstance(block, mime.Spliced) else block
-
-
-def _vote_starts(urls: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """A digest's vote URLs cut into what they share, the reader's part (``links.votes``:
-    the same for every paper, so it is encoded once a message), and each paper's end
-    (the same for every reader of the ranking, so it is cached with the papers). URLs
-    that share nothing (never ours) are all ends: correct, only not shared."""
-    given = [u for u in urls if u]
-    start = given[0].rpartition("/")[0] if given else ""
-    if not all(u.startswith(start + "/") for u in given):
-        start = ""
-    return start, tuple(u[len(start) :] for u in urls)

@@ -77,12 +77,21 @@ class Digest:
     archive_url: str  # https://…/d/TOKEN ("view in browser")
     near_count: int = 0  # papers just below the line, listed in the archive
     near_papers: tuple[DigestPaper, ...] = ()  # those papers: the archive page only
-    # Per paper of ``papers``, its vote page for this reader ("" for a paper without one;
-    # empty: no votes at all, as in a preview).
-    votes: tuple[str, ...] = ()
+    # Per paper of ``papers``, its vote page for this reader is ``vote_start`` then its
+    # end ("" for a paper without one; no ends: no votes at all, as in a preview). The
+    # start is the reader's (``links.votes``), the ends the ranking's, shared by every
+    # reader of it: the batch renderer encodes the start once a message.
+    vote_start: str = ""
+    vote_ends: tuple[str, ...] = ()
 
     def vote_url(self, index: int) -> str:
-        return self.votes[index] if index < len(self.votes) else ""
+        end = self.vote_ends[index] if index < len(self.vote_ends) else ""
+        return self.vote_start + end if end else ""
+
+    @property
+    def votes(self) -> tuple[str, ...]:
+        """Every paper's vote page ("" for none)."""
+        return tuple(self.vote_url(i) for i in range(len(self.papers)))
 
 
 @dataclass(frozen=True, slots=True)

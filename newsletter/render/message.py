@@ -63,5 +63,5 @@ def _message(
         data=data if signer is None else signer.sign(data),
         edition=edition,
         html_part=rendered.html_part,
-        crlf_only=True,  # to_mime_bytes writes CRLF only
+        wire_ready=True,  # to_mime_bytes writes CRLF only, and no line starts with "."
     )

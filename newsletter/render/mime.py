@@ -30,19 +30,33 @@ class EncodedPart:
     its way to a relay needs the encoding and the size (the HTML budget), not the text,
     and joining 70 kB per message again was a tenth of rendering it."""
 
-    __slots__ = ("_pieces", "_text", "qp", "size")
+    __slots__ = ("_between", "_pieces", "_text", "qp", "size")
 
     def __init__(
-        self, pieces: tuple[str | EncodedPart, ...], qp: bytes, size: int, *, _mint: object = None
+        self,
+        pieces: tuple[str | EncodedPart, ...],
+        qp: bytes,
+        size: int,
+        *,
+        between: str = "",
+        _mint: object = None,
     ) -> None:
         if _mint is not _MINT:
             raise TypeError("EncodedPart is made by mime.encode or mime.join only")
-        self._pieces, self._text, self.qp, self.size = pieces, None, qp, size
+        self._pieces, self._between, self._text, self.qp, self.size = (
+            pieces,
+            between,
+            None,
+            qp,
+            size,
+        )
 
     @property
     def text(self) -> str:
+        """The pieces joined (with ``between`` between each two: a spliced value)."""
         if self._text is None:
-            self._text = "".join([p if isinstance(p, str) else p.text for p in self._pieces])
+            texts = [p if isinstance(p, str) else p.text for p in self._pieces]
+            self._text = self._between.join(texts)
             self._pieces = ()
         return self._text
 
@@ -271,8 +285,5 @@ class Spliced:
 
     def fill(self, value: str) -> EncodedPart:
         lines = _qp_piece.__wrapped__(value)  # once a message: not worth a cache entry
-        texts: list[str] = [self.pieces[0]]
-        for piece in self.pieces[1:]:
-            texts += (value, piece)
         size = self.size + _size(value) * (len(self.pieces) - 1)
-        return EncodedPart(tuple(texts), lines.join(self.encoded), size, _mint=_MINT)
+        return EncodedPart(self.pieces, lines.join(self.encoded), size, between=value, _mint=_MINT)
