@@ -14,7 +14,7 @@ from newsletter import snapshot
 from newsletter.bounded import Bounded
 from newsletter.due import Due
 from newsletter.embed.store import display
-from newsletter.models import Delivery, DeliveryKind, Paper
+from newsletter.models import Delivery, DeliveryKind, Paper, Snapshot
 from newsletter.relevance import Pick, Picked, Scorer, Topic
 from newsletter.relevance.day import add_topics, day_scorer
 
@@ -147,9 +147,9 @@ def _sent_papers(*, session: Session, due: Iterable[Due]) -> dict[int, set[int]]
         wanted = [did for sid, created, did in rows if created > since[sid]]
         for w in range(0, len(wanted), 5000):
             for sid, items in session.exec(
-                select(Delivery.subscriber_id, Delivery.items).where(
-                    Delivery.id.in_(wanted[w : w + 5000])  # type: ignore[union-attr]
-                )
+                select(Delivery.subscriber_id, Snapshot.items)
+                .join(Snapshot, Snapshot.id == Delivery.snapshot_id)  # type: ignore[arg-type]
+                .where(Delivery.id.in_(wanted[w : w + 5000]))  # type: ignore[union-attr]
             ):
                 sent.setdefault(sid, set()).update(i.paper_id for i in snapshot.decode(items))
     return sent

@@ -345,12 +345,31 @@ class Delivery(SQLModel, table=True):
     lease_until: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
     created_at: datetime = _ts()  # type: ignore[assignment]
     sent_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
-    items: str = Field(
-        default="[]",
-        sa_type=sa.Text(),
-        sa_column_kwargs={"server_default": "[]"},
-        description="the digest's papers as planned: JSON, see newsletter.snapshot",
+    snapshot_id: str | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.String(32),
+            sa.ForeignKey("snapshots.id", name="fk_deliveries_snapshot"),
+            nullable=True,
+        ),
+        description="the digest's papers as planned (a digest's; NULL for other mail)",
     )
+
+
+class Snapshot(SQLModel, table=True):
+    """A digest's papers as planned (JSON, see ``newsletter.snapshot``), stored once for
+    every digest that holds the same: readers who share topics share a ranking, so a
+    million digests hold a few thousand snapshots, and the ledger row a worker claims
+    and updates stays small."""
+
+    __tablename__ = "snapshots"
+
+    id: str = Field(
+        sa_column=sa.Column(sa.String(32), primary_key=True),
+        description="the items' BLAKE2b-128, hex: the same snapshot has the same id",
+    )
+    items: str = Field(sa_type=sa.Text())
+    created_at: datetime = _ts()  # type: ignore[assignment]
 
 
 class Event(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""What a digest holds, as the ledger records it: ``deliveries.items``, one JSON array.
+"""What a digest holds, as the ledger records it: ``snapshots.items``, one JSON array.
 
 Best first, one object per paper::
 
@@ -16,20 +16,28 @@ The metadata shown in the digest is kept as it was at planning: re-ingesting a p
 raises upvotes, and a resend after a crash must be the same message. Title and
 abstract are read from the paper, which never changes them.
 
-One column, not a row per paper: a digest is written once and read whole, and
-subscribers who chose the same topics share one ranking and so one JSON text,
-encoded once when planning and decoded once per batch when sending.
+One text, not a row per paper: a digest is written once and read whole. Subscribers
+who chose the same topics share one ranking and so one JSON text, encoded once when
+planning, stored once (the ``snapshots`` table, by ``key``: a hash of the text, so the
+same text is the same row whoever plans it) and decoded once per batch when sending.
+A snapshot names the reader's topics, so one that no delivery refers to any more (its
+subscriber removed, or its digest planned by someone else first) is deleted, not kept
+(``forget_unused``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date
 
+import sqlalchemy as sa
+
 from newsletter.errors import NewsletterError
+from newsletter.models import Delivery, Snapshot
 
 
 class SnapshotError(NewsletterError):
@@ -95,6 +103,11 @@ def join(encoded: list[str]) -> str:
     return "[" + ",".join(encoded) + "]"
 
 
+def key(text: str) -> str:
+    """A snapshot's id: its text's BLAKE2b-128, in hex."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
 @functools.lru_cache(maxsize=20_000)
 def decode(text: str) -> tuple[Item, ...]:
     """The items of one digest (cached: digests of the same ranking share the text)."""
@@ -117,4 +130,42 @@ def decode(text: str) -> tuple[Item, ...]:
             for row in json.loads(text)
         )
     except (ValueError, TypeError, KeyError) as exc:
-        raise SnapshotError(f"deliveries.items: not a digest's item list: {exc}") from exc
+        raise SnapshotError(f"snapshots.items: not a digest's item list: {exc}") from exc
+
+
+# --- stored: the snapshots table ---------------------------------------------------------
+
+_CHUNK = 500  # ids per statement: under every driver's bound-parameter limit
+
+
+def stored_texts(connection: sa.Connection, ids: Collection[str]) -> dict[str, str]:
+    """The stored text of each snapshot id (those that exist)."""
+    wanted, found = list(ids), {}
+    for start in range(0, len(wanted), _CHUNK):
+        query = sa.select(Snapshot.id, Snapshot.items).where(
+            Snapshot.id.in_(wanted[start : start + _CHUNK])  # type: ignore[attr-defined]
+        )
+        found.update((k, text) for k, text in connection.execute(query))
+    return found
+
+
+def text_of(connection: sa.Connection, delivery: Delivery) -> str | None:
+    """A delivery's snapshot text (None for mail that has none)."""
+    if delivery.snapshot_id is None:
+        return None
+    return stored_texts(connection, [delivery.snapshot_id]).get(delivery.snapshot_id)
+
+
+def forget_unused(connection: sa.Connection, ids: Collection[str]) -> None:
+    """Delete those of ``ids`` no delivery refers to. One pass over the ledger (it keeps
+    no index on snapshot_id, which would cost every planned row more than this rare
+    clean-up costs)."""
+    wanted = list(ids)
+    used = sa.select(Delivery.snapshot_id).where(Delivery.snapshot_id.is_not(None))  # type: ignore[union-attr]
+    for start in range(0, len(wanted), _CHUNK):
+        connection.execute(
+            sa.delete(Snapshot).where(
+                Snapshot.id.in_(wanted[start : start + _CHUNK]),  # type: ignore[attr-defined]
+                Snapshot.id.not_in(used),  # type: ignore[attr-defined]
+            )
+        )

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, select
 
+from newsletter import snapshot
 from newsletter.errors import (
     ConfigError,
     DuplicateSubscriberError,
@@ -24,7 +25,14 @@ from newsletter.errors import (
 )
 from newsletter.events import EventKind
 from newsletter.filters import compile_filter
-from newsletter.models import Cadence, Event, Subscriber, SubscriberStatus, TopicFilter
+from newsletter.models import (
+    Cadence,
+    Delivery,
+    Event,
+    Subscriber,
+    SubscriberStatus,
+    TopicFilter,
+)
 from newsletter.relevance.score import DIAL, Topic
 from newsletter.text import has_unsafe
 from newsletter.tokens import new_salt
@@ -262,7 +270,17 @@ def remove_subscriber(*, session: Session, email: str, now: datetime) -> None:
     """Delete a subscriber with their filters and ledger (they asked to be forgotten)."""
     row = find(session=session, email=email)
     session.add(event(kind=EventKind.REMOVED, subscriber_id=row.id, now=now))
+    theirs = set(
+        session.exec(
+            select(Delivery.snapshot_id).where(
+                Delivery.subscriber_id == row.id,
+                Delivery.snapshot_id.is_not(None),  # type: ignore[union-attr]
+            )
+        )
+    )
     session.delete(row)
+    session.flush()  # their ledger goes (ON DELETE CASCADE), then what only it named
+    snapshot.forget_unused(session.connection(), theirs)  # type: ignore[arg-type]
 
 
 def revoke_links(*, session: Session, email: str, now: datetime) -> Subscriber:

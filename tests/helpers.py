@@ -11,13 +11,13 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from newsletter import db
+from newsletter import db, snapshot
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.config import Settings
 from newsletter.corpus.keys import canonical_key
 from newsletter.deliver import DeliverReport, deliver_due
 from newsletter.links import Links
-from newsletter.models import Paper
+from newsletter.models import Delivery, Paper
 from newsletter.runtime import Runtime, build_runtime
 from newsletter.subscribers import add_subscriber, validate_subscriber
 
@@ -153,3 +153,9 @@ def signups_settled(engine: sa.Engine, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("sign-ups were not queued in time")
+
+
+def items_of(engine: sa.Engine, delivery: Delivery) -> str:
+    """The snapshot text a delivery row refers to ("" for none)."""
+    with engine.connect() as connection:
+        return snapshot.text_of(connection, delivery) or ""

@@ -156,7 +156,9 @@ def _carry_over(url: str) -> None:
         )
     db.upgrade(engine=engine)
     with engine.connect() as conn:
-        text = conn.execute(sa.text("SELECT items FROM deliveries")).scalar_one()
+        text = conn.execute(
+            sa.text("SELECT s.items FROM deliveries d JOIN snapshots s ON s.id = d.snapshot_id")
+        ).scalar_one()
     assert snapshot.decode(text) == (
         snapshot.Item(2, ("b",), ("B",)),
         snapshot.Item(1, ("a", "lab"), ("A",), 5, 3, "Lab", date(2024, 5, 28)),
@@ -180,5 +182,62 @@ def test_migration_0004_carries_digest_items_over_on_postgresql(pg_server: str) 
     url = make_pg_database(pg_server)
     try:
         _carry_over(url)
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+def _snapshots_moved(url: str) -> None:
+    """0012 moves each digest's items into snapshots, one row per distinct text, and
+    back, losing nothing; other mail refers to none."""
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine, revision="0011")
+    at = datetime(2026, 11, 29, 8, tzinfo=UTC)
+    shared, own = '[{"id":1,"topics":["a"],"terms":[]}]', '[{"id":2,"topics":["é\\n"],"terms":[]}]'
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
+                " updated_at, soft_bounces, token_salt) VALUES (1, 'a@example.org', 'UTC',"
+                " '08:00', 'active', :at, :at, 0, 'ab')"
+            ),
+            {"at": at},
+        )
+        for i, (kind, items) in enumerate(
+            [("digest", shared), ("digest", own), ("digest", shared), ("confirm", "[]")], 1
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO deliveries (id, subscriber_id, edition, kind, status, message_id,"
+                    " to_address, covers_until, paper_count, more_count, attempts,"
+                    " next_attempt_at, created_at, items) VALUES (:i, 1, :edition, :kind,"
+                    " 'sent', :m, 'a@example.org', :at, 1, 0, 1, :at, :at, :items)"
+                ),
+                {"i": i, "edition": date(2026, 11, i) if kind == "digest" else None,
+                 "kind": kind, "m": f"<{i}@x>", "at": at, "items": items},
+            )  # fmt: skip
+    db.upgrade(engine=engine)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT id, items FROM snapshots")).all())
+        refs = conn.execute(sa.text("SELECT id, snapshot_id FROM deliveries ORDER BY id")).all()
+    assert stored == {snapshot.key(shared): shared, snapshot.key(own): own}
+    assert refs == [
+        (1, snapshot.key(shared)), (2, snapshot.key(own)), (3, snapshot.key(shared)), (4, None)
+    ]  # fmt: skip
+    db.downgrade(engine=engine, revision="0011")
+    with engine.connect() as conn:
+        back = conn.execute(sa.text("SELECT id, items FROM deliveries ORDER BY id")).all()
+    assert back == [(1, shared), (2, own), (3, shared), (4, "[]")]
+    engine.dispose()
+
+
+def test_migration_0012_stores_each_snapshot_once_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _snapshots_moved(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+@pytest.mark.postgres
+def test_migration_0012_stores_each_snapshot_once_on_postgresql(pg_server: str) -> None:
+    url = make_pg_database(pg_server)
+    try:
+        _snapshots_moved(url)
     finally:
         drop_pg_database(pg_server, url)

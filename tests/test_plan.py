@@ -13,10 +13,11 @@ from newsletter import db, snapshot
 from newsletter.backends.memory import MemoryBackend
 from newsletter.config import Settings
 from newsletter.ledger.planned import PlannedRow, insert_planned
-from newsletter.models import Delivery
+from newsletter.models import Delivery, Snapshot
 from newsletter.plan import plan_digests
+from newsletter.subscribers import remove_subscriber
 from tests.conftest import make_settings
-from tests.helpers import add_paper, deliver, subscribe
+from tests.helpers import add_paper, deliver, items_of, subscribe
 
 
 def _plan(engine: sa.Engine, settings: Settings, now: datetime, **kw):  # type: ignore[no-untyped-def]
@@ -62,10 +63,7 @@ def test_next_digest_holds_only_papers_new_since_the_previous_one(engine, settin
     )
     report = _plan(engine, settings, tomorrow)
     assert [m.paper_id for m in report.planned[0].ranked.matches] == [new]
-    with db.session_scope(engine=engine) as session:
-        items = [
-            i.paper_id for d in session.exec(select(Delivery)) for i in snapshot.decode(d.items)
-        ]
+    items = [i.paper_id for d in _deliveries(engine) for i in snapshot.decode(items_of(engine, d))]
     assert sorted(items) == sorted([old, new])
 
 
@@ -194,7 +192,7 @@ def test_each_item_records_which_filters_and_words_matched(engine, settings, now
     _plan(engine, settings, now)
     with db.session_scope(engine=engine) as session:
         (delivery,) = session.exec(select(Delivery)).all()
-    (item,) = json.loads(delivery.items)
+    (item,) = json.loads(items_of(engine, delivery))
     assert item["topics"] == ["poincare", "model -video"]
     assert item["terms"] == ["Poincaré", "models"]
 
@@ -226,7 +224,7 @@ def test_planning_in_processes_makes_the_same_digests(engine, settings, now, tmp
     assert shared.counts["planned"] == len(alone.planned) == 40
     assert shared.counts["no_match"] == len(alone.no_match) == 5
     assert shared.counts["not_due"] == 1 and shared.editions == {now.date()}
-    recorded = {d.to_address: d.items for d in _deliveries(engine)}
+    recorded = {d.to_address: items_of(engine, d) for d in _deliveries(engine)}
     assert recorded == {p.email: p.items for p in alone.planned}  # the same digests, once each
     again = plan_digests(engine=engine, settings=settings, now=now, keep=False, workers=3)
     assert again.counts["already_planned"] == 40 and len(_deliveries(engine)) == 40
@@ -254,15 +252,66 @@ def test_planned_rows_go_in_once_with_every_column_as_the_model_has_it(engine, n
         assert insert_planned(session.connection(), [row(b, "[3]")], now=now) == {}
     (one, two) = _deliveries(engine)
     assert list(first) == [a] and list(second) == [b] and second[b] == two.id
-    assert (one.id, one.subscriber_id, one.items, one.message_id) == (
+    assert (one.id, one.subscriber_id, items_of(engine, one), one.message_id) == (
         first[a],
         a,
         ODD,
         f"<{a}.m@x>",
     )
+    # Each text stored once, under its hash; none that no row refers to (those of the
+    # rows planned first elsewhere) is kept.
+    with db.session_scope(engine=engine) as session:
+        stored = dict(session.exec(select(Snapshot.items, Snapshot.id)).all())
+    assert stored == {ODD: snapshot.key(ODD), "[2]": snapshot.key("[2]")}
+    assert one.snapshot_id == snapshot.key(ODD)
     assert (one.kind, one.status, one.attempts, one.paper_count, one.more_count) == (
         "digest", "pending", 0, 3, 1,
     )  # fmt: skip
     assert one.covers_until == one.next_attempt_at == one.created_at == now
     assert one.edition == edition and one.sent_at is None and one.lease_until is None
-    assert one.to_address == f"{a}@example.org" and two.items == "[2]"
+    assert one.to_address == f"{a}@example.org" and items_of(engine, two) == "[2]"
+
+
+def test_readers_of_one_ranking_share_one_stored_snapshot_and_removal_forgets_theirs(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot is stored once for every digest that holds the same; it names the
+    reader's topics, so it goes when the last subscriber whose digest held it is removed."""
+    add_paper(engine, title="Diffusion for all", abstract="A.", seen=now - timedelta(hours=1))
+    add_paper(engine, title="Agents at work", abstract="B.", seen=now - timedelta(hours=1))
+    for who, topic in (("a", "diffusion"), ("b", "diffusion"), ("c", "agents")):
+        subscribe(engine, email=f"{who}@example.org", topics=[topic], now=now)
+    assert len(_plan(engine, settings, now).planned) == 3
+
+    def stored() -> list[str]:
+        with db.session_scope(engine=engine) as session:
+            texts = session.exec(select(Snapshot.items)).all()
+        return sorted(t for i in map(snapshot.decode, texts) for t in i[0].topics)
+
+    assert stored() == ["agents", "diffusion"]
+    for email, left in (("c", ["diffusion"]), ("a", ["diffusion"]), ("b", [])):
+        with db.session_scope(engine=engine) as session:
+            remove_subscriber(session=session, email=f"{email}@example.org", now=now)
+        assert stored() == left, email
+
+
+def test_a_corrupt_stored_snapshot_fails_its_digests_alone(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot edited by hand into something that is not a digest: the digests that
+    refer to it fail with the reason, the others go out."""
+    add_paper(engine, title="Diffusion for all", abstract="A.", seen=now - timedelta(hours=1))
+    add_paper(engine, title="Agents at work", abstract="B.", seen=now - timedelta(hours=1))
+    for who, topic in (("a", "diffusion"), ("b", "agents"), ("c", "agents")):
+        subscribe(engine, email=f"{who}@example.org", topics=[topic], now=now)
+    _plan(engine, settings, now)
+    (bad,) = [d for d in _deliveries(engine) if d.to_address == "a@example.org"]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(Snapshot).where(Snapshot.id == bad.snapshot_id).values(items="[{")  # type: ignore[arg-type]
+        )
+    backend = MemoryBackend()
+    report = deliver(engine, settings, backend, now)
+    assert sorted(m.recipients[0] for m in backend.sent) == ["b@example.org", "c@example.org"]
+    (failed,) = [d for d in _deliveries(engine) if d.status == "failed"]
+    assert failed.to_address == "a@example.org"
+    assert "snapshots.items: not a digest's item list" in (failed.last_error or "")
+    assert report.count("sent") == 2

@@ -27,7 +27,7 @@ from newsletter.models import Delivery, Subscriber
 from newsletter.service import Jobs, Leadership
 from newsletter.snapshot import decode
 from tests.conftest import CORPUS, drop_pg_database, make_pg_database, make_settings
-from tests.helpers import add_paper, subscribe
+from tests.helpers import add_paper, items_of, subscribe
 from tests.smtp_server import free_port
 
 ZONES = ("Asia/Tokyo", "Europe/Paris", "America/Los_Angeles")
@@ -59,7 +59,7 @@ def _digests(engine: sa.Engine) -> list[tuple[str, datetime, int]]:
     """(address, planned at, papers matched: shown and counted beyond the cap)."""
     with db.session_scope(engine=engine) as session:
         return [
-            (d.to_address, d.created_at, len(decode(d.items)) + d.more_count)
+            (d.to_address, d.created_at, len(decode(items_of(engine, d))) + d.more_count)
             for d in session.exec(select(Delivery).order_by(Delivery.id))
         ]
 

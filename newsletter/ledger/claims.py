@@ -24,7 +24,7 @@ LEDGER_COLUMNS = (
     Delivery.more_count,
     Delivery.message_id,
     Delivery.created_at,
-    Delivery.items,
+    Delivery.snapshot_id,
     Delivery.kind,
 )
 

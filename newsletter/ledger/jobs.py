@@ -150,14 +150,15 @@ def digest_papers(
             for i in items
         )
     except KeyError as exc:
-        raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
+        raise snapshot.SnapshotError(f"snapshots.items: no paper {exc}") from None
 
 
 @dataclass(slots=True)
 class JobLoader:
-    """Loads jobs batch after batch. Digests of one ranking share one snapshot text; the
+    """Loads jobs batch after batch. Digests of one ranking share one snapshot; the
     loader hands them one tuple of papers (kept across batches while what they show of
-    each paper is unchanged), so the renderer's caches find them at once."""
+    each paper is unchanged), so the renderer's caches find them at once. A snapshot's
+    id is the hash of its text, so one read and decoded once is not read again."""
 
     links: Links
     confirm_hours: float = 48
@@ -166,6 +167,7 @@ class JobLoader:
         default_factory=dict, repr=False
     )
     _papers_max: int = 20_000
+    _items: dict[str, tuple[snapshot.Item, ...]] = field(default_factory=dict, repr=False)
 
     def load(self, *, session: Session, rows: list[sa.Row[tuple[object, ...]]]) -> list[Job]:
         """Jobs for rows of ``claims.LEDGER_COLUMNS``: their subscribers and papers in two
@@ -178,20 +180,30 @@ class JobLoader:
                 ).where(Subscriber.id.in_({row.subscriber_id for row in rows}))  # type: ignore[union-attr]
             )
         }
-        decoded: dict[str, tuple[snapshot.Item, ...] | str] = {}
-        for text in {row.items for row in rows if row.kind == DeliveryKind.DIGEST}:
+        ids = {row.snapshot_id for row in rows if row.kind == DeliveryKind.DIGEST}
+        known = self._items
+        if len(known) >= self._papers_max:
+            known.clear()
+        stored = snapshot.stored_texts(session.connection(), ids - known.keys() - {None})
+        decoded: dict[str | None, tuple[snapshot.Item, ...] | str] = {}
+        for key in ids:
             try:
-                decoded[text] = snapshot.decode(text)
+                if key in known:
+                    decoded[key] = known[key]  # type: ignore[index]
+                elif key in stored:
+                    decoded[key] = known[key] = snapshot.decode(stored[key])  # type: ignore[index]
+                else:
+                    raise snapshot.SnapshotError(f"deliveries.snapshot_id: no snapshot {key}")
             except snapshot.SnapshotError as exc:
-                decoded[text] = str(exc)
+                decoded[key] = str(exc)
         wanted = {i.paper_id for d in decoded.values() if not isinstance(d, str) for i in d}
         texts = paper_texts(session=session, ids=wanted)
-        papers: dict[str, _Papers | str] = {}
-        for text, items in decoded.items():
+        papers: dict[str | None, _Papers | str] = {}
+        for key, items in decoded.items():
             try:
-                papers[text] = items if isinstance(items, str) else self._shared(text, items, texts)
+                papers[key] = items if isinstance(items, str) else self._shared(key, items, texts)  # type: ignore[arg-type]
             except snapshot.SnapshotError as exc:
-                papers[text] = str(exc)
+                papers[key] = str(exc)
         jobs: list[Job] = []
         for row in rows:
             reader = readers.get(row.subscriber_id, _Reader(None, None, ""))  # type: ignore[arg-type]
@@ -213,7 +225,7 @@ class JobLoader:
         self,
         row: sa.Row[tuple[object, ...]],
         reader: _Reader,
-        papers: dict[str, _Papers | str],
+        papers: dict[str | None, _Papers | str],
     ) -> Job:
         delivery_id: int = row.id  # type: ignore[assignment]
         sid: int = row.subscriber_id  # type: ignore[assignment]
@@ -239,7 +251,7 @@ class JobLoader:
                 self.links.return_path(who=who, delivery_id=delivery_id),
             )
         wanted = reader.status == SubscriberStatus.ACTIVE
-        shown = papers[row.items]  # type: ignore[index]
+        shown = papers[row.snapshot_id]  # type: ignore[index]
         if isinstance(shown, str):
             return UnreadableJob(delivery_id, sid, to_address, wanted, shown)
         edition: date = row.edition  # type: ignore[assignment]
@@ -267,13 +279,13 @@ class JobLoader:
         )  # fmt: skip
 
     def _shared(
-        self, text: str, items: tuple[snapshot.Item, ...], texts: dict[int, PaperText]
+        self, key: str, items: tuple[snapshot.Item, ...], texts: dict[int, PaperText]
     ) -> _Papers:
         try:
             shown = tuple(texts[i.paper_id] for i in items)
         except KeyError as exc:
-            raise snapshot.SnapshotError(f"deliveries.items: no paper {exc}") from None
-        entry = self._papers.get(text)
+            raise snapshot.SnapshotError(f"snapshots.items: no paper {exc}") from None
+        entry = self._papers.get(key)
         if entry is not None and entry[0] == shown:
             return entry[1]
         top = tuple(i for i in items if not i.near)
@@ -284,7 +296,7 @@ class JobLoader:
         )
         if len(self._papers) >= self._papers_max:
             self._papers.clear()
-        self._papers[text] = (shown, papers)
+        self._papers[key] = (shown, papers)
         return papers
 
 

@@ -40,7 +40,7 @@ from newsletter.render.content import Digest, DigestPaper, Sender
 from newsletter.render.headers import check_url, digest_headers
 from newsletter.render.links import links_html, links_of, links_text, votes_html, votes_text
 from newsletter.render.mime import EncodedPart, FillIn, RenderedDigest
-from newsletter.render.reference import digest_values
+from newsletter.render.reference import ranking_values, reader_values
 
 _SHELL_SLOTS = (
     "subject", "preview", "brand", "edition", "headline", "to_name", "papers_html",
@@ -69,6 +69,16 @@ class _Own(NamedTuple):
     links: PaperLinks
 
 
+class _Ranking(NamedTuple):
+    """What every reader of one ranking is shown alike (``reference.ranking_values``)."""
+
+    papers: tuple[DigestPaper, ...]
+    key: tuple[object, ...]  # more_count, near_count, edition, sender
+    subject: str
+    values: dict[str, str]
+    html: dict[str, str]  # escaped, with the subject as MJML's aria-label wants it
+
+
 def _common_start(a: str, b: str) -> str:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -90,6 +100,7 @@ class BatchRenderer:
         self._text_tails = Bounded(_MAX)
         self._papers = Bounded(_MAX)  # a digest's papers -> (HTML blocks, text blocks)
         self._same_papers = Bounded(1024)  # id(papers) -> (papers, votable, blocks)
+        self._rankings = Bounded(1024)  # id(papers) -> _Ranking
         self._aria = Bounded(_MAX)  # subject -> what MJML makes of it in the aria-label
 
     def render(self, *, digest: Digest, sender: Sender) -> RenderedDigest:
@@ -98,25 +109,40 @@ class BatchRenderer:
         return within_budget(digest, lambda d: self._render(d, sender))
 
     def _render(self, digest: Digest, sender: Sender) -> RenderedDigest:
-        subject = content.subject(digest)
+        ranking = self._ranking(digest, sender)
+        subject = ranking.subject
         headers = digest_headers(digest=digest, sender=sender, subject=subject)
         for name in ("preferences_url", "archive_url"):  # hrefs only, but must be http(s)
             check_url(name, getattr(digest, name))
-        values = digest_values(digest, sender, subject)
+        own = reader_values(digest, ranking.values)
+        values = ranking.values | own
         start, ends = digest.vote_start, digest.vote_ends
         if len(ends) != len(digest.papers):  # a paper without an end has no votes
             n = len(digest.papers)
             ends = ends[:n] + ("",) * (n - len(ends))
         html_papers, text_papers = self._papers_part(digest.papers, ends)
         variant = tuple(bool(values[k]) for k in _OPTIONAL)
-        html_values = {k: str(escape(v)) for k, v in values.items()}
-        html_values["subject_aria"] = self._aria_label(html_values["subject"])
+        html_values = ranking.html | {k: str(escape(v)) for k, v in own.items()}
         before, after = self._halves_of("digest.mjml.j2", variant)
         papers = html_papers.fill(str(escape(start)))
         html = mime.join([before.fill(html_values), papers, after.fill(html_values)])
         before, after = self._halves_of("digest.txt.j2", variant)
         text = mime.join([before.fill(values), text_papers.fill(start), after.fill(values)])
         return RenderedDigest(subject, headers, text, html)
+
+    def _ranking(self, digest: Digest, sender: Sender) -> _Ranking:
+        """The values every reader of the digest's ranking is shown alike, and their HTML;
+        found by the identity of the papers' tuple (readers of one ranking share it)."""
+        found = self._rankings.get(id(digest.papers))
+        key = (digest.more_count, digest.near_count, digest.edition, sender)
+        if found is None or found.papers is not digest.papers or found.key != key:
+            subject = content.subject(digest)
+            values = ranking_values(digest, sender, subject)
+            html = {k: str(escape(v)) for k, v in values.items()}
+            html["subject_aria"] = self._aria_label(html["subject"])
+            found = _Ranking(digest.papers, key, subject, values, html)
+            self._rankings.put(id(digest.papers), found)  # holds papers: id stays
+        return found  # type: ignore[no-any-return]
 
     def _aria_label(self, title: str) -> str:
         found = self._aria.get(title)

@@ -76,21 +76,33 @@ def papers_text(papers: tuple[DigestPaper, ...], votes: tuple[str, ...] = ()) ->
 
 def digest_values(digest: Digest, sender: Sender, subject: str) -> dict[str, str]:
     """The digest's own values, as both templates show them (before escaping)."""
-    topics = content.footer_topics(digest.papers)
-    note = content.footer_note(topics)
-    brand = content.brand(sender)
+    shared = ranking_values(digest, sender, subject)
+    return shared | reader_values(digest, shared)
+
+
+def ranking_values(digest: Digest, sender: Sender, subject: str) -> dict[str, str]:
+    """The values every reader of one ranking is shown alike: they come from the papers,
+    the counts, the edition and the sender (the batch renderer keeps them per ranking)."""
     return {
         "subject": subject,
         "preview": content.preview(digest, subject),
-        "brand": brand,
+        "brand": content.brand(sender),
         "edition": content.format_date(digest.edition),
         "headline": content.headline(digest),
-        "to_name": content.clean(digest.to_name or ""),
         "more": content.more_line(digest) if digest.more_count > 0 else "",
         "near": content.near_line(digest),
+        "topics": content.footer_note(content.footer_topics(digest.papers)),
+    }
+
+
+def reader_values(digest: Digest, shared: dict[str, str]) -> dict[str, str]:
+    """The values that are the reader's own (``shared``: their ranking's)."""
+    return {
+        "to_name": content.clean(digest.to_name or ""),
         "to_address": content.clean(digest.to_address),
-        "topics": note,
-        "footer": content.footer_text(to_address=digest.to_address, brand_name=brand, note=note),
+        "footer": content.footer_text(
+            to_address=digest.to_address, brand_name=shared["brand"], note=shared["topics"]
+        ),
         "archive_url": digest.archive_url,
         "preferences_url": digest.preferences_url,
         "unsubscribe_url": digest.unsubscribe_url,

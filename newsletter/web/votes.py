@@ -66,7 +66,7 @@ def routes(site: Site) -> list[Route]:
         if delivery is None or delivery.subscriber_id != sid:
             return None
         try:
-            items = snapshot.decode(delivery.items)
+            items = snapshot.decode(snapshot.text_of(session.connection(), delivery) or "[]")
         except snapshot.SnapshotError:
             return None
         # The snapshot first: a paper id from the path reaches the database only when
