@@ -41,7 +41,7 @@ from newsletter import db, eventloop
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import load_settings
 from newsletter.corpus.ingest import ingest
-from newsletter.deliver import deliver_due
+from newsletter.deliver import DELIVERY_BATCH, deliver_due
 from newsletter.ledger.claims import LEDGER_COLUMNS
 from newsletter.ledger.jobs import DigestJob, load_jobs
 from newsletter.models import Subscriber, TopicFilter
@@ -126,9 +126,10 @@ def readers(engine: sa.Engine, count: int, rng: random.Random) -> None:
         )
 
 
-def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
+def ours(settings, engine, workers: int, batch: int) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
     """What `newsletter send --now --workers N` does: N delivery processes start,
     then planning commits digests batch by batch while they deliver."""
+    busy_start = _machine_busy()
     start = time.perf_counter()
     cpu_start = (
         resource.getrusage(resource.RUSAGE_SELF),
@@ -136,7 +137,7 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
     )
     runtime = build_runtime(settings=settings, engine=engine)
     if workers > 1:
-        with DeliveryProcesses(runtime=runtime, workers=workers, batch_size=500) as pool:
+        with DeliveryProcesses(runtime=runtime, workers=workers, batch_size=batch) as pool:
             planned = plan_digests(
                 engine=engine, settings=settings, now=datetime.now(UTC), due_only=False
             )
@@ -152,7 +153,7 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
                 runtime=runtime,
                 backend=SMTPBackend(settings=settings.smtp),
                 now=lambda: datetime.now(UTC),
-                batch_size=500,
+                batch_size=batch,
             )
         )
     end = time.perf_counter()
@@ -167,10 +168,21 @@ def ours(settings, engine, workers: int) -> tuple[int, float, float]:  # type: i
             strict=True,
         )
     )
+    busy = _machine_busy() - busy_start
     print(f"CPU      this process {own:.2f} s, delivery processes {children:.2f} s", end="")
-    print(f" over {end - start:.2f} s wall")
+    print(f" over {end - start:.2f} s wall; the machine's cores busy {busy:.2f} s", end="")
+    print(f" of {(end - start) * (os.cpu_count() or 1):.2f}")
     assert report.count("sent") == len(planned.planned), report.outcomes[:3]
     return len(planned.planned), planned_at - start, end - planned_at
+
+
+def _machine_busy() -> float:
+    """Seconds of CPU the whole machine has spent busy (user, nice, system, irq, softirq),
+    from /proc/stat: what is left of the cores is what nobody could use."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def naive(settings, engine, port: int, sample: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -223,6 +235,9 @@ def main() -> None:
     parser.add_argument("--naive-sample", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=16, help="SMTP sessions per process")
     parser.add_argument(
+        "--batch", type=int, default=DELIVERY_BATCH, help="rows a delivery process claims at once"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -243,7 +258,7 @@ def main() -> None:
             if profiler:
                 profiler.enable()
             workers = 1 if args.profile else args.workers
-            count, t_plan, t_send = ours(settings, engine, workers)
+            count, t_plan, t_send = ours(settings, engine, workers, args.batch)
             if profiler:
                 profiler.disable()
             per_naive, size = naive(settings, engine, port, args.naive_sample)

@@ -42,6 +42,7 @@ from newsletter.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+DELIVERY_BATCH = 200  # rows claimed at once
 RECORD_EVERY = 32  # outcomes per write: what a kill -9 can leave sent but unrecorded
 RECORD_SECONDS = 0.05
 
@@ -116,7 +117,7 @@ class DeliveryLoop:
         runtime: Runtime,
         backend: EmailBackend,
         now: Callable[[], datetime],
-        batch_size: int = 200,
+        batch_size: int = DELIVERY_BATCH,
         concurrency: int | None = None,
         subscriber_id: int | None = None,
         record_every: int = RECORD_EVERY,
@@ -275,7 +276,7 @@ async def deliver_due(
     runtime: Runtime,
     backend: EmailBackend,
     now: Callable[[], datetime],
-    batch_size: int = 200,
+    batch_size: int = DELIVERY_BATCH,
     concurrency: int | None = None,
     subscriber_id: int | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
@@ -304,7 +305,7 @@ async def run_worker(
     on_outcome: Callable[[Outcome], None] | None = None,
     on_round: Callable[[], None] | None = None,
     until: Callable[[], bool] | None = None,
-    batch_size: int = 200,
+    batch_size: int = DELIVERY_BATCH,
 ) -> int:
     """Deliver continuously until ``stop`` is set, or until ``until()`` held before a
     round that found nothing due; returns how many attempts were made.

@@ -29,7 +29,7 @@ from typing import Self
 
 from newsletter import eventloop
 from newsletter.config import Settings
-from newsletter.deliver import DeliverReport, Outcome, run_worker
+from newsletter.deliver import DELIVERY_BATCH, DeliverReport, Outcome, run_worker
 from newsletter.errors import NewsletterError
 from newsletter.models import utcnow
 from newsletter.runtime import Runtime
@@ -54,7 +54,7 @@ def worker_settings(*, settings: Settings, workers: int, postgresql: bool) -> Se
 class DeliveryProcesses:
     """``with DeliveryProcesses(...) as pool: plan(); report = pool.finish()``."""
 
-    def __init__(self, *, runtime: Runtime, workers: int, batch_size: int = 200) -> None:
+    def __init__(self, *, runtime: Runtime, workers: int, batch_size: int = DELIVERY_BATCH) -> None:
         self.runtime = runtime
         self.workers = workers
         self.batch_size = batch_size

@@ -12,12 +12,14 @@ from sqlmodel import select
 from newsletter import db, snapshot
 from newsletter.backends.memory import MemoryBackend
 from newsletter.config import Settings
+from newsletter.ledger.claims import LEDGER_COLUMNS
+from newsletter.ledger.jobs import JobLoader
 from newsletter.ledger.planned import PlannedRow, insert_planned
-from newsletter.models import Delivery, Snapshot
+from newsletter.models import Delivery, Paper, Snapshot
 from newsletter.plan import plan_digests
 from newsletter.subscribers import remove_subscriber
 from tests.conftest import make_settings
-from tests.helpers import add_paper, deliver, items_of, subscribe
+from tests.helpers import add_paper, deliver, items_of, links_for, subscribe
 
 
 def _plan(engine: sa.Engine, settings: Settings, now: datetime, **kw):  # type: ignore[no-untyped-def]
@@ -315,3 +317,29 @@ def test_a_corrupt_stored_snapshot_fails_its_digests_alone(engine, settings, now
     assert failed.to_address == "a@example.org"
     assert "snapshots.items: not a digest's item list" in (failed.last_error or "")
     assert report.count("sent") == 2
+
+
+def test_the_loader_reads_a_papers_text_again_once_its_seconds_have_passed(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """A big send reads each paper's text once, not once per batch; a link a source gave
+    since shows up once ``texts_seconds`` have passed."""
+    pid = add_paper(engine, title="Diffusion for all", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now)
+    _plan(engine, settings, now)
+    loader = JobLoader(links=links_for(settings), texts_seconds=3600)
+
+    def code_url() -> str | None:
+        with db.session_scope(engine=engine) as session:
+            rows = list(session.exec(select(*LEDGER_COLUMNS)))  # type: ignore[call-overload]
+            (job,) = loader.load(session=session, rows=rows)
+        return job.digest.papers[0].code_url  # type: ignore[union-attr]
+
+    assert code_url() is None
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(Paper).where(Paper.id == pid).values(code_url="https://github.com/a/b")  # type: ignore[arg-type]
+        )
+    assert code_url() is None  # within the hour: as read
+    loader.texts_seconds = 0
+    assert code_url() == "https://github.com/a/b"

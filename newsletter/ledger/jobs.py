@@ -9,6 +9,8 @@ others. The same rows give the same jobs, so a resend is the same message.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -158,7 +160,10 @@ class JobLoader:
     """Loads jobs batch after batch. Digests of one ranking share one snapshot; the
     loader hands them one tuple of papers (kept across batches while what they show of
     each paper is unchanged), so the renderer's caches find them at once. A snapshot's
-    id is the hash of its text, so one read and decoded once is not read again."""
+    id is the hash of its text, so one read and decoded once is not read again. What a
+    digest shows of its papers is read again once ``texts_seconds`` have passed: a big
+    send reads each paper once, not once per batch (a batch's papers were a fixed 25 ms
+    a batch), and a link a source gives later still shows up soon after."""
 
     links: Links
     confirm_hours: float = 48
@@ -168,6 +173,9 @@ class JobLoader:
     )
     _papers_max: int = 20_000
     _items: dict[str, tuple[snapshot.Item, ...]] = field(default_factory=dict, repr=False)
+    texts_seconds: float = 60.0
+    _texts: dict[int, PaperText] = field(default_factory=dict, repr=False)
+    _texts_read: float = field(default=-math.inf, repr=False)
 
     def load(self, *, session: Session, rows: list[sa.Row[tuple[object, ...]]]) -> list[Job]:
         """Jobs for rows of ``claims.LEDGER_COLUMNS``: their subscribers and papers in two
@@ -197,7 +205,7 @@ class JobLoader:
             except snapshot.SnapshotError as exc:
                 decoded[key] = str(exc)
         wanted = {i.paper_id for d in decoded.values() if not isinstance(d, str) for i in d}
-        texts = paper_texts(session=session, ids=wanted)
+        texts = self._paper_texts(session, wanted)
         papers: dict[str | None, _Papers | str] = {}
         for key, items in decoded.items():
             try:
@@ -220,6 +228,14 @@ class JobLoader:
                     )
                 )
         return jobs
+
+    def _paper_texts(self, session: Session, ids: set[int]) -> dict[int, PaperText]:
+        if time.monotonic() - self._texts_read > self.texts_seconds or len(self._texts) > 50_000:
+            self._texts, self._texts_read = {}, time.monotonic()
+        missing = ids - self._texts.keys()
+        if missing:
+            self._texts.update(paper_texts(session=session, ids=missing))
+        return self._texts
 
     def _job(
         self,
