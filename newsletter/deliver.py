@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -153,44 +153,16 @@ class DeliveryLoop:
                 now=self.now(),
                 message_id_domain=settings.message_id_domain,
             )
-        while not (stop and stop.is_set()):
-            rows = claim_rows(
-                engine=self.runtime.engine,
-                now=self.now(),
-                limit=self.batch_size,
-                subscriber_id=self.subscriber_id,
-                lease=timedelta(seconds=settings.lease_seconds),
-            )
-            if not rows:
-                break
-            with session_scope(engine=self.runtime.engine) as session:
-                jobs = self.loader.load(session=session, rows=rows)
-            await self._batch(jobs, emit)
-        return report
-
-    async def _batch(self, jobs: list[Job], emit: Callable[[Outcome], None]) -> None:
-        gone = [j for j in jobs if not j.wanted]
-        record_cancelled(
-            engine=self.runtime.engine, delivery_ids=[j.delivery_id for j in gone], now=self.now()
-        )
-        for job in gone:
-            emit(
-                Outcome(
-                    job.delivery_id,
-                    job.to_address,
-                    OutcomeStatus.CANCELLED,
-                    "subscriber is no longer active",
-                    job.subscriber_id,
-                )
-            )
         recorder = _Recorder(
             loop=self, now=self.now, emit=emit, size=self.record_every, seconds=self.record_seconds
         )
-        queue = iter(j for j in jobs if j.wanted)
+        queue = self._due(emit, stop)
 
         async def lane() -> None:
-            # `width` lanes take the next job from one shared iterator: as many sends in
+            # `width` lanes take the next job from one shared generator: as many sends in
             # flight as connections, without a task and a semaphore round per message.
+            # The lane that finds a batch taken claims the next while the others still
+            # send theirs: no pause at the end of each batch.
             for job in queue:
                 ready = self.prepare(job)
                 error = ready.error
@@ -205,6 +177,41 @@ class DeliveryLoop:
             await asyncio.gather(*(lane() for _ in range(self.width)))
         finally:
             recorder.flush()  # what was sent is recorded, even when a lane failed
+        return report
+
+    def _due(self, emit: Callable[[Outcome], None], stop: asyncio.Event | None) -> Iterator[Job]:
+        """The jobs to send, batch after batch, until nothing due is left (or ``stop``):
+        each batch claimed, loaded, and those no longer wanted cancelled."""
+        settings = self.runtime.settings
+        while not (stop and stop.is_set()):
+            rows = claim_rows(
+                engine=self.runtime.engine,
+                now=self.now(),
+                limit=self.batch_size,
+                subscriber_id=self.subscriber_id,
+                lease=timedelta(seconds=settings.lease_seconds),
+            )
+            if not rows:
+                return
+            with session_scope(engine=self.runtime.engine) as session:
+                jobs = self.loader.load(session=session, rows=rows)
+            gone = [j for j in jobs if not j.wanted]
+            record_cancelled(
+                engine=self.runtime.engine,
+                delivery_ids=[j.delivery_id for j in gone],
+                now=self.now(),
+            )
+            for job in gone:
+                emit(
+                    Outcome(
+                        job.delivery_id,
+                        job.to_address,
+                        OutcomeStatus.CANCELLED,
+                        "subscriber is no longer active",
+                        job.subscriber_id,
+                    )
+                )
+            yield from (j for j in jobs if j.wanted)
 
     def prepare(self, job: Job) -> _Ready:
         """The message for one job, or the permanent error why there is none."""
