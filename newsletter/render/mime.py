@@ -248,10 +248,13 @@ class Spliced:
 
     __slots__ = ("encoded", "pieces", "size")
 
-    def __init__(self, pieces: tuple[str, ...], *, encoded: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self, pieces: tuple[str, ...], *, encoded: tuple[bytes, ...] = (), size: int = -1
+    ) -> None:
         self.pieces = pieces  # the value goes between each two
         self.encoded = encoded or tuple(_qp_piece(p) for p in pieces)
-        self.size = sum(_size(p) for p in pieces)
+        # The static pieces' UTF-8 size: given when known from the parts it is made of.
+        self.size = size if size >= 0 else sum(_size(p) for p in pieces)
 
     @classmethod
     def joined(cls, parts: Iterable[EncodedPart | Spliced]) -> Spliced:
@@ -260,7 +263,9 @@ class Spliced:
         every piece's encoding ends at column 0."""
         texts: list[list[str]] = [[]]
         qps: list[list[bytes]] = [[]]
+        size = 0
         for part in parts:
+            size += part.size
             if isinstance(part, EncodedPart):
                 texts[-1].append(part.text)
                 qps[-1].append(part.qp)
@@ -271,7 +276,9 @@ class Spliced:
                     qps.append([])
                 texts[-1].append(text)
                 qps[-1].append(qp)
-        return cls(tuple("".join(t) for t in texts), encoded=tuple(b"".join(q) for q in qps))
+        return cls(
+            tuple("".join(t) for t in texts), encoded=tuple(b"".join(q) for q in qps), size=size
+        )
 
     def then(self, text: str) -> Spliced:
         """This with ``text`` after each value (a paper's id after the reader's start of
@@ -281,6 +288,7 @@ class Spliced:
         return Spliced(
             (head, *(text + p for p in rest)),
             encoded=(self.encoded[0], *(qp + e for e in self.encoded[1:])),
+            size=self.size + _size(text) * len(rest),
         )
 
     def fill(self, value: str) -> EncodedPart:
