@@ -311,11 +311,7 @@ def _insert(
     session: Session, drafts: list[_Draft], *, now: datetime, settings: Settings
 ) -> dict[int, int]:
     """Insert deliveries in bulk (``ledger.planned``); the delivery id created per
-    subscriber, for those another planner did not record first. Digests of one ranking
-    go in together (one text object per ranking), so their ids are consecutive: a
-    delivery process claims them together and renders that ranking's papers once, not
-    once in every process."""
-    drafts = sorted(drafts, key=lambda d: id(d.items))
+    subscriber, for those another planner did not record first."""
     rows = [
         PlannedRow(
             subscriber_id=d.due.subscriber_id,

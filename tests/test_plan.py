@@ -17,7 +17,7 @@ from newsletter.ledger.jobs import JobLoader
 from newsletter.ledger.planned import PlannedRow, insert_planned
 from newsletter.models import Delivery, Paper, Snapshot
 from newsletter.plan import plan_digests
-from newsletter.subscribers import remove_subscriber
+from newsletter.subscribers import add_subscriber, remove_subscriber, validate_subscriber
 from tests.conftest import make_settings
 from tests.helpers import add_paper, deliver, items_of, links_for, subscribe
 
@@ -343,3 +343,50 @@ def test_the_loader_reads_a_papers_text_again_once_its_seconds_have_passed(
     assert code_url() is None  # within the hour: as read
     loader.texts_seconds = 0
     assert code_url() == "https://github.com/a/b"
+
+
+def test_planners_storing_the_same_snapshots_at_once_do_not_deadlock(engine, now) -> None:  # type: ignore[no-untyped-def]
+    """Two planners insert batches that share snapshots, met in opposite orders: both go
+    in whole (PostgreSQL detected a deadlock here when each inserted in its own order)."""
+    with db.session_scope(engine=engine) as session:
+        ids = [
+            add_subscriber(
+                session=session,
+                subscriber=validate_subscriber(
+                    email=f"s{k}@example.org", topics=["x"], name=None, timezone="UTC",
+                    send_at="08:00",
+                ),
+                now=now,
+            ).id
+            for k in range(1200)
+        ]  # fmt: skip
+
+    def row(sid: int, k: int, day: int) -> PlannedRow:
+        edition = now.date() + timedelta(days=day)
+        return PlannedRow(sid, edition, f"<{sid}.{day}@x>", f"{sid}@x.org", 1, 0, f"[{day},{k}]")
+
+    errors: list[str] = []
+    for day in range(5):  # a deadlock needs the two to interleave: five chances to
+        halves = (
+            [row(ids[k], k, day) for k in range(600)],
+            [row(ids[600 + k], 599 - k, day) for k in range(600)],  # the same texts, backwards
+        )
+        both = threading.Barrier(2)
+
+        def plan(rows: list[PlannedRow], both: threading.Barrier = both) -> None:
+            try:
+                with engine.begin() as connection:
+                    both.wait()
+                    insert_planned(connection, rows, now=now)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=plan, args=(h,)) for h in halves]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(_deliveries(engine)) == 5 * 1200
+    with db.session_scope(engine=engine) as session:
+        assert len(session.exec(select(Snapshot.id)).all()) == 5 * 600

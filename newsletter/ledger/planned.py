@@ -15,6 +15,12 @@ column types from the ledger itself.
 A digest's snapshot goes in first, once per distinct text (``snapshots``, keyed by a
 hash of the text: ON CONFLICT DO NOTHING, so a snapshot another batch or planner
 stored is not stored twice), and the row refers to it.
+
+Both go in ordered by the snapshot's key, then the subscriber: planners that insert
+the same keys (planning processes meet the same rankings) take them in one order, so
+one waits for the other instead of each holding what the other needs (a deadlock on
+PostgreSQL); and a ranking's digests get consecutive ids, so one delivery process
+claims them together and renders that ranking's papers once, not once per process.
 """
 
 from __future__ import annotations
@@ -51,7 +57,11 @@ def insert_planned(
     for r in rows:
         if r.items not in keys:
             keys[r.items] = snapshot.key(r.items)
-    to_store = [{"id": k, "items": text, "created_at": now} for text, k in keys.items()]
+    rows = sorted(rows, key=lambda r: (keys[r.items], r.subscriber_id))
+    to_store = [
+        {"id": k, "items": text, "created_at": now}
+        for text, k in sorted(keys.items(), key=lambda kv: kv[1])
+    ]
     values = [
         {
             "subscriber_id": r.subscriber_id,
