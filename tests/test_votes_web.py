@@ -131,6 +131,8 @@ def test_forged_foreign_and_csrf_less_votes_are_refused(site: Site, now) -> None
         f"{ident}.{eve_mac}/{paper}",  # eve's MAC on dee's ids
         f"{ident}.{mac}/{int(paper) + 1}",  # a paper the digest does not hold
         f"{ident}.{mac}/{10**30}",  # nor any integer column
+        f"{ident}.{mac}/{'9' * 5000}",  # nor a number Python reads without a limit
+        f"{ident}.{mac}/-{paper}",
         f"{sid}-{did}-{paper}-0.{mac}",  # the per-paper links' shape, with this MAC
         f"{sid}.{mac}/{paper}",  # a preference token's shape
     ]

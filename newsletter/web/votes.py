@@ -13,6 +13,7 @@ switching and undoing work from the same page.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlmodel import Session
@@ -33,6 +34,7 @@ from newsletter.web.site import Site
 
 _VOTE_IDS = (4,)  # subscriber, digest, paper, the index of the topic that carried it
 _VOTES_IDS = (2,)  # subscriber, digest (the paper is in the path)
+_PAPER_RE = re.compile(r"[0-9]{1,18}")
 VOTES_PER_HOUR = 120  # per subscriber and process: a reader's taps, not a script's loop
 
 
@@ -56,7 +58,10 @@ def routes(site: Site) -> list[Route]:
         in_path = request.path_params.get("paper")
         if in_path is None:  # a per-paper link (sent until 2026-11)
             found = site.subscriber_for(session, request, purpose=tokens.VOTE, arity=_VOTE_IDS)
+        elif _PAPER_RE.fullmatch(in_path) is None:
+            return None  # as a token's ids: int() of thousands of digits raises
         else:
+            in_path = int(in_path)
             found = site.subscriber_for(session, request, purpose=tokens.VOTES, arity=_VOTES_IDS)
             found = None if found is None else (found[0], (*found[1], in_path, 0))
         if found is None or found[0].status == SubscriberStatus.PENDING:
@@ -145,10 +150,8 @@ def routes(site: Site) -> list[Route]:
             return page(done, request, way=way, recorded=vote.value)
 
     return [
-        Route("/v/{token}/{paper:int}", vote_page, methods=["GET"]),
-        Route("/v/{token}/{paper:int}/{way}", vote_page, methods=["GET"]),
-        Route("/v/{token}/{paper:int}", vote_post, methods=["POST"]),
-        Route("/v/{token}/{paper:int}/{way}", vote_post, methods=["POST"]),
+        Route("/v/{token}/{paper}/{way}", vote_page, methods=["GET"]),
+        Route("/v/{token}/{paper}/{way}", vote_post, methods=["POST"]),
         Route("/v/{token}", vote_page, methods=["GET"]),
         Route("/v/{token}/{way}", vote_page, methods=["GET"]),
         Route("/v/{token}", vote_post, methods=["POST"]),
