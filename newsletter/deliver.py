@@ -156,34 +156,49 @@ class DeliveryLoop:
         recorder = _Recorder(
             loop=self, now=self.now, emit=emit, size=self.record_every, seconds=self.record_seconds
         )
-        queue = self._due(emit, stop)
+        failed: list[BaseException] = []
+        queue = self._due(emit, stop, failed)
 
         async def lane() -> None:
             # `width` lanes take the next job from one shared generator: as many sends in
             # flight as connections, without a task and a semaphore round per message.
             # The lane that finds a batch taken claims the next while the others still
             # send theirs: no pause at the end of each batch.
-            for job in queue:
-                ready = self.prepare(job)
-                error = ready.error
-                if ready.message is not None:
-                    try:
-                        await self.backend.send(ready.message)
-                    except DeliveryError as exc:
-                        error = exc
-                recorder.add(job, error)
+            try:
+                for job in queue:
+                    ready = self.prepare(job)
+                    error = ready.error
+                    if ready.message is not None:
+                        try:
+                            await self.backend.send(ready.message)
+                        except DeliveryError as exc:
+                            error = exc
+                    recorder.add(job, error)
+            except Exception as exc:  # the others stop taking jobs (see _due)
+                failed.append(exc)
 
         try:
+            # Every lane ends before the outcomes are recorded and the loop returns or
+            # raises: a failing lane (or claim) never leaves sends in flight unrecorded.
             await asyncio.gather(*(lane() for _ in range(self.width)))
         finally:
             recorder.flush()  # what was sent is recorded, even when a lane failed
+        if failed:
+            raise failed[0]
         return report
 
-    def _due(self, emit: Callable[[Outcome], None], stop: asyncio.Event | None) -> Iterator[Job]:
-        """The jobs to send, batch after batch, until nothing due is left (or ``stop``):
-        each batch claimed, loaded, and those no longer wanted cancelled."""
+    def _due(
+        self,
+        emit: Callable[[Outcome], None],
+        stop: asyncio.Event | None,
+        failed: list[BaseException],
+    ) -> Iterator[Job]:
+        """The jobs to send, batch after batch, until nothing due is left, ``stop`` is set
+        (after the batch in hand), or a lane ``failed`` (at once: the rest of the batch
+        stays claimed until its lease runs out, as after a crash): each batch claimed,
+        loaded, and those no longer wanted cancelled."""
         settings = self.runtime.settings
-        while not (stop and stop.is_set()):
+        while not (stop and stop.is_set()) and not failed:
             rows = claim_rows(
                 engine=self.runtime.engine,
                 now=self.now(),
@@ -211,7 +226,11 @@ class DeliveryLoop:
                         job.subscriber_id,
                     )
                 )
-            yield from (j for j in jobs if j.wanted)
+            for job in jobs:
+                if failed:
+                    return
+                if job.wanted:
+                    yield job
 
     def prepare(self, job: Job) -> _Ready:
         """The message for one job, or the permanent error why there is none."""

@@ -185,3 +185,39 @@ def test_file_backend_full_disk_is_transient(tmp_path: Path, now) -> None:  # ty
     msg = OutgoingMessage("<1@x>", "a@x.org", ("r@x.org",), b"x", now.date())
     with pytest.raises(TransientDeliveryError, match="outbox"):
         asyncio.run(FileBackend(directory=blocked).send(msg))
+
+
+class _BreaksOnce(EmailBackend):
+    """Accepts after a short wait (so sends overlap), and breaks (not a delivery error:
+    a bug, a closed transport) on the fifth."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.calls = 0
+
+    async def send(self, message: OutgoingMessage) -> None:
+        self.calls += 1
+        if self.calls == 5:
+            raise RuntimeError("the transport went away")
+        self.sent.append(message.recipients[0])  # the relay has it; its reply comes later
+        await asyncio.sleep(0.01)
+
+
+def test_a_lane_that_breaks_stops_the_others_and_what_went_out_is_recorded(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """Every lane ends before the loop raises: none is left sending unrecorded, and no new
+    job is taken after the failure (those claimed wait for their lease, as after a crash)."""
+    add_paper(engine, title="Diffusion one", abstract="A.", seen=now - timedelta(hours=1))
+    for k in range(40):
+        subscribe(engine, email=f"r{k}@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    backend = _BreaksOnce()
+    with pytest.raises(RuntimeError, match="the transport went away"):
+        deliver(engine, settings, backend, now)
+    with db.session_scope(engine=engine) as session:
+        rows = session.exec(select(Delivery)).all()
+    sent = sorted(r.to_address for r in rows if r.status == "sent")
+    assert sent == sorted(backend.sent), "what the backend took is recorded as sent"
+    assert backend.calls < 5 + settings.smtp.pool_size, "no lane took a job after the failure"
+    assert {r.status for r in rows if r.to_address not in sent} == {"sending"}
