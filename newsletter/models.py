@@ -319,6 +319,9 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("subscriber_id", "edition", name="uq_delivery_edition"),
         sa.Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        # Deleting a snapshot checks no row refers to it (the foreign key, and
+        # snapshot.forget_unused): without it, a scan of the whole ledger per snapshot.
+        sa.Index("ix_deliveries_snapshot_id", "snapshot_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

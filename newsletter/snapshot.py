@@ -157,15 +157,14 @@ def text_of(connection: sa.Connection, delivery: Delivery) -> str | None:
 
 
 def forget_unused(connection: sa.Connection, ids: Collection[str]) -> None:
-    """Delete those of ``ids`` no delivery refers to. One pass over the ledger (it keeps
-    no index on snapshot_id, which would cost every planned row more than this rare
-    clean-up costs)."""
-    wanted = list(ids)
-    used = sa.select(Delivery.snapshot_id).where(Delivery.snapshot_id.is_not(None))  # type: ignore[union-attr]
+    """Delete those of ``ids`` no delivery refers to (a look-up each in the ledger's
+    index on snapshot_id)."""
+    wanted = sorted(ids)  # one order for everyone who deletes: no deadlock between them
+    used = sa.exists().where(Delivery.snapshot_id == Snapshot.id)
     for start in range(0, len(wanted), _CHUNK):
         connection.execute(
             sa.delete(Snapshot).where(
                 Snapshot.id.in_(wanted[start : start + _CHUNK]),  # type: ignore[attr-defined]
-                Snapshot.id.not_in(used),  # type: ignore[attr-defined]
+                ~used,
             )
         )

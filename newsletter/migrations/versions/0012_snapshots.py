@@ -60,6 +60,7 @@ def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("items")
         batch.create_foreign_key("fk_deliveries_snapshot", "snapshots", ["snapshot_id"], ["id"])
+        batch.create_index("ix_deliveries_snapshot_id", ["snapshot_id"])
 
 
 def downgrade() -> None:
@@ -72,6 +73,7 @@ def downgrade() -> None:
         )
     )
     with op.batch_alter_table("deliveries") as batch:
+        batch.drop_index("ix_deliveries_snapshot_id")
         batch.drop_constraint("fk_deliveries_snapshot", type_="foreignkey")
         batch.drop_column("snapshot_id")
     op.drop_table("snapshots")
