@@ -73,13 +73,16 @@ def _qp(text: str) -> bytes:
     """Quoted-printable in C (binascii): lines of at most 76 characters, CRLF endings,
     none starting with "." (``_rewrap``)."""
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
-    if encoded.startswith(b".") or b"\n." in encoded:
-        encoded = b"\n".join([_undot(line) for line in encoded.split(b"\n")])
+    if encoded.startswith(b".") or b"\n." in encoded or b"=20\n" in encoded or b"=09\n" in encoded:
+        encoded = b"\n".join([_mend(line) for line in encoded.split(b"\n")])
     return encoded.replace(b"\n", b"\r\n")
 
 
-def _undot(line: bytes) -> bytes:
-    if not line.startswith(b"."):
+def _mend(line: bytes) -> bytes:
+    """A line binascii wrote that must not go as it is: starting with "." (see
+    ``_rewrap``), or longer than 76 (binascii's lines ending in an encoded blank can be
+    77 or 78)."""
+    if not line.startswith(b".") and len(line) <= 76:
         return line
     # A line ending in "=" ends in a soft break: a literal "=" is always encoded.
     return _rewrap(line[:-1], soft=True) if line.endswith(b"=") else _rewrap(line, soft=False)
