@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -173,17 +174,22 @@ def _carry_over(url: str) -> None:
     assert [(p, pos, json.loads(t)) for p, pos, t in rows] == [(2, 0, ["b"]), (1, 1, ["a", "lab"])]
 
 
-def test_migration_0004_carries_digest_items_over_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _carry_over(f"sqlite:///{tmp_path / 'm.db'}")
-
-
-@pytest.mark.postgres
-def test_migration_0004_carries_digest_items_over_on_postgresql(pg_server: str) -> None:
-    url = make_pg_database(pg_server)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def bare_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A database no migration has run on yet, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    server = request.getfixturevalue("pg_server")
+    url = make_pg_database(server)
     try:
-        _carry_over(url)
+        yield url
     finally:
-        drop_pg_database(pg_server, url)
+        drop_pg_database(server, url)
+
+
+def test_migration_0004_carries_digest_items_over(bare_url: str) -> None:
+    _carry_over(bare_url)
 
 
 def _snapshots_moved(url: str) -> None:
@@ -230,14 +236,5 @@ def _snapshots_moved(url: str) -> None:
     engine.dispose()
 
 
-def test_migration_0012_stores_each_snapshot_once_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _snapshots_moved(f"sqlite:///{tmp_path / 'm.db'}")
-
-
-@pytest.mark.postgres
-def test_migration_0012_stores_each_snapshot_once_on_postgresql(pg_server: str) -> None:
-    url = make_pg_database(pg_server)
-    try:
-        _snapshots_moved(url)
-    finally:
-        drop_pg_database(pg_server, url)
+def test_migration_0012_stores_each_snapshot_once(bare_url: str) -> None:
+    _snapshots_moved(bare_url)

@@ -99,7 +99,7 @@ class BatchRenderer:
         self._numbered = Bounded(_MAX)  # (index, the paper's own texts) -> text, numbered
         self._text_tails = Bounded(_MAX)
         self._papers = Bounded(_MAX)  # a digest's papers -> (HTML blocks, text blocks)
-        self._same_papers = Bounded(1024)  # id(papers) -> (papers, votable, blocks)
+        self._same_papers = Bounded(1024)  # id(papers) -> (papers, vote ends, parts)
         self._rankings = Bounded(1024)  # id(papers) -> _Ranking
         self._aria = Bounded(_MAX)  # subject -> what MJML makes of it in the aria-label
 

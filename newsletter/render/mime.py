@@ -43,13 +43,8 @@ class EncodedPart:
     ) -> None:
         if _mint is not _MINT:
             raise TypeError("EncodedPart is made by mime.encode or mime.join only")
-        self._pieces, self._between, self._text, self.qp, self.size = (
-            pieces,
-            between,
-            None,
-            qp,
-            size,
-        )
+        self._pieces, self._between, self._text = pieces, between, None
+        self.qp, self.size = qp, size
 
     @property
     def text(self) -> str:
