@@ -5,7 +5,8 @@ can assert "exactly one accepted copy" from the server's side, and it injects
 the failures a relay produces: transient 421/451/452 on a fraction of
 recipients, 550/553 for some addresses, 552 (mailbox full) for the first tries
 of some addresses, a connection dropped in the middle of DATA, replies slower
-than the client's timeout, and whole outages (``stop`` then ``start``).
+than the client's timeout, and whole outages (``stop`` then ``start``). With
+``pipelining`` it offers PIPELINING, so clients send their envelope in one write.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class Accepted:
 
 
 class FaultyHandler:
-    def __init__(self, faults: Faults) -> None:
+    def __init__(self, faults: Faults, *, pipelining: bool = False) -> None:
         self.faults = faults
+        self.pipelining = pipelining  # offer PIPELINING (aiosmtpd reads pipelined commands)
         self.rng = random.Random(faults.seed)
         self.lock = threading.Lock()
         self.accepted: list[Accepted] = []
@@ -60,6 +62,8 @@ class FaultyHandler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
         self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
@@ -112,8 +116,10 @@ class FaultyHandler:
 class SMTPServer:
     """Start, stop and start again on the same port (an outage)."""
 
-    def __init__(self, faults: Faults | None = None, *, port: int | None = None) -> None:
-        self.handler = FaultyHandler(faults or Faults())
+    def __init__(
+        self, faults: Faults | None = None, *, port: int | None = None, pipelining: bool = False
+    ) -> None:
+        self.handler = FaultyHandler(faults or Faults(), pipelining=pipelining)
         self.port = port or free_port()
         self.controller: Controller | None = None
 

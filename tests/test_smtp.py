@@ -41,9 +41,16 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Each fault, against a relay that takes commands one by one and one that
+    pipelines them (RFC 2920: the client sends MAIL, RCPT and DATA at once)."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def server() -> Iterator[SMTPServer]:
-    srv = SMTPServer().start()
+def server(pipelining: bool) -> Iterator[SMTPServer]:
+    srv = SMTPServer(pipelining=pipelining).start()
     yield srv
     srv.stop()
 
@@ -125,7 +132,7 @@ def assert_ledger(
 
 
 def test_transient_replies_permanent_refusals_and_full_mailboxes(
-    tmp_path, sqlite_engine, sqlite_url, now
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining
 ) -> None:  # type: ignore[no-untyped-def]
     emails = [f"s{i}@example.org" for i in range(60)]
     faults = Faults(
@@ -134,7 +141,7 @@ def test_transient_replies_permanent_refusals_and_full_mailboxes(
         full_for={"s5@example.org": 2, "s8@example.org": 1},  # 552 is transient (RFC 5321)
         seed=4,
     )
-    server = SMTPServer(faults).start()
+    server = SMTPServer(faults, pipelining=pipelining).start()
     try:
         settings = smtp_settings(tmp_path, sqlite_url, server.port)
         populate(sqlite_engine, settings, now, emails)
@@ -152,10 +159,10 @@ def test_transient_replies_permanent_refusals_and_full_mailboxes(
 
 
 def test_connection_dropped_in_the_middle_of_data_is_retried(
-    tmp_path, sqlite_engine, sqlite_url, now
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining
 ) -> None:  # type: ignore[no-untyped-def]
     emails = [f"d{i}@example.org" for i in range(40)]
-    server = SMTPServer(Faults(drop_in_data_rate=0.35, seed=2)).start()
+    server = SMTPServer(Faults(drop_in_data_rate=0.35, seed=2), pipelining=pipelining).start()
     try:
         settings = smtp_settings(tmp_path, sqlite_url, server.port)
         populate(sqlite_engine, settings, now, emails)
@@ -187,9 +194,13 @@ def test_server_down_for_a_while_then_back(tmp_path, sqlite_engine, sqlite_url, 
         server.stop()
 
 
-def test_server_slower_than_the_timeout(tmp_path, sqlite_engine, sqlite_url, now) -> None:  # type: ignore[no-untyped-def]
+def test_server_slower_than_the_timeout(
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining
+) -> None:  # type: ignore[no-untyped-def]
     emails = [f"w{i}@example.org" for i in range(15)]
-    server = SMTPServer(Faults(slow_rate=0.3, slow_seconds=1.0, seed=3)).start()
+    server = SMTPServer(
+        Faults(slow_rate=0.3, slow_seconds=1.0, seed=3), pipelining=pipelining
+    ).start()
     try:
         settings = smtp_settings(tmp_path, sqlite_url, server.port)  # timeout 0.5 s
         populate(sqlite_engine, settings, now, emails)
@@ -202,9 +213,11 @@ def test_server_slower_than_the_timeout(tmp_path, sqlite_engine, sqlite_url, now
 
 
 def test_mailbox_full_past_the_deadline_is_a_soft_bounce_and_suppresses(
-    tmp_path, sqlite_engine, sqlite_url, now
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining
 ) -> None:  # type: ignore[no-untyped-def]
-    server = SMTPServer(Faults(full_for={"full@example.org": 10_000})).start()
+    server = SMTPServer(
+        Faults(full_for={"full@example.org": 10_000}), pipelining=pipelining
+    ).start()
     try:
         settings = smtp_settings(
             tmp_path,
@@ -299,11 +312,13 @@ def test_wire_bytes_normalizes_lone_line_breaks_and_stuffs_dots() -> None:
 
 
 def test_a_refused_recipient_does_not_cost_the_session(
-    tmp_path, sqlite_engine, sqlite_url, now
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining
 ) -> None:  # type: ignore[no-untyped-def]
     bounced = [f"x{i}@example.org" for i in range(6)]
     emails = [f"y{i}@example.org" for i in range(6)] + bounced
-    server = SMTPServer(Faults(permanent=dict.fromkeys(bounced, 550))).start()
+    server = SMTPServer(
+        Faults(permanent=dict.fromkeys(bounced, 550)), pipelining=pipelining
+    ).start()
     try:
         settings = smtp_settings(
             tmp_path, sqlite_url, server.port, NEWSLETTER_SMTP_POOL_SIZE="1",

@@ -1,0 +1,148 @@
+"""SMTP pipelining (RFC 2920) against a relay that answers nothing of an envelope
+until DATA has arrived: a client that waits for each reply before the next command
+would time out here, so every message that gets through was pipelined. The relay's
+answers are scripted per recipient: refusals at MAIL and RCPT, DATA taken with
+nobody to deliver to, a session closed after a 421, bytes that are not SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import date
+
+import pytest
+
+from newsletter.backends.base import OutgoingMessage
+from newsletter.backends.smtp import SMTPBackend
+from newsletter.config import SmtpSettings
+from newsletter.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+
+# recipient -> replies to MAIL, RCPT, DATA (a lenient relay may take DATA after a refusal)
+SCRIPT = {
+    "refused@example.org": b"250 ok\r\n550 5.1.1 no such user\r\n354 go on\r\n",
+    "strict@example.org": b"250 ok\r\n550 5.1.1 no such user\r\n503 5.5.1 no recipients\r\n",
+    "sender@example.org": b"451 4.3.0 try later\r\n503 5.5.1 MAIL first\r\n503 5.5.1 no\r\n",
+    "busy@example.org": b"250 ok\r\n421-4.3.2 too busy,\r\n421 4.3.2 closing\r\n",
+    "garbled@example.org": b"hello there\r\n",
+}
+
+
+@dataclass
+class Relay:
+    envelopes: list[list[bytes]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    sessions: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        writer.write(b"220 relay ready\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-relay\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+        try:
+            while True:
+                commands: list[bytes] = []
+                while not commands or commands[-1] not in (b"DATA\r\n", b"QUIT\r\n", b"RSET\r\n"):
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    commands.append(line)
+                if commands[-1] == b"QUIT\r\n":
+                    writer.write(b"221 bye\r\n")
+                    return
+                if commands[-1] == b"RSET\r\n":
+                    writer.write(b"250 reset\r\n" * len(commands))
+                    continue
+                self.envelopes.append(commands)
+                rcpt = commands[1].decode().split("<", 1)[1].split(">", 1)[0]
+                replies = SCRIPT.get(rcpt, b"250 ok\r\n250 ok\r\n354 go on\r\n")
+                writer.write(replies)
+                if rcpt == "busy@example.org":
+                    await writer.drain()
+                    return  # 421: closing the channel
+                if not replies.endswith(b"354 go on\r\n"):
+                    continue
+                body = b""
+                while not body.endswith(b"\r\n.\r\n") and body != b".\r\n":
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    body += line
+                self.bodies.append(body)
+                writer.write(b"250 queued\r\n")
+        finally:
+            writer.close()
+
+
+def message(to: str, n: int = 0) -> OutgoingMessage:
+    return OutgoingMessage(
+        message_id=f"<m{n}@x>",
+        sender="papers@example.org",
+        recipients=(to,),
+        data=f"Message-ID: <m{n}@x>\r\n\r\nbody {n}\r\n".encode(),
+        edition=date(2026, 11, 30),
+        wire_ready=True,
+    )
+
+
+async def send_all(messages: list[OutgoingMessage]) -> tuple[Relay, list[DeliveryError | None]]:
+    relay = Relay()
+    server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = SmtpSettings(
+        host="127.0.0.1", port=port, username="", password="", tls="none", timeout=2.0,
+        pool_size=1, max_per_connection=100, rate=0.0,
+    )  # fmt: skip
+    outcomes: list[DeliveryError | None] = []
+    async with server, SMTPBackend(settings=settings) as backend:
+        for m in messages:
+            try:
+                await backend.send(m)
+                outcomes.append(None)
+            except DeliveryError as exc:
+                outcomes.append(exc)
+    return relay, outcomes
+
+
+def test_the_envelope_goes_in_one_write_and_a_session_carries_many() -> None:
+    relay, outcomes = asyncio.run(send_all([message(f"r{n}@example.org", n) for n in range(3)]))
+    assert outcomes == [None, None, None]
+    assert relay.sessions == 1
+    assert [[c.split(b":")[0] for c in e] for e in relay.envelopes] == [
+        [b"MAIL FROM", b"RCPT TO", b"DATA\r\n"]
+    ] * 3
+    assert relay.bodies == [
+        f"Message-ID: <m{n}@x>\r\n\r\nbody {n}\r\n.\r\n".encode() for n in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("to", "kind", "code", "same_session"),
+    [
+        ("refused@example.org", PermanentDeliveryError, 550, True),  # DATA ended empty
+        ("strict@example.org", PermanentDeliveryError, 550, True),
+        ("sender@example.org", TransientDeliveryError, 451, True),  # never the reader's fault
+        ("busy@example.org", TransientDeliveryError, 421, False),  # the relay closed it
+        ("garbled@example.org", TransientDeliveryError, None, False),
+    ],
+)
+def test_each_refusal_is_judged_by_the_first_reply_that_refuses(
+    to: str, kind: type[DeliveryError], code: int | None, same_session: bool
+) -> None:
+    relay, outcomes = asyncio.run(send_all([message(to, 1), message("next@example.org", 2)]))
+    error = outcomes[0]
+    assert isinstance(error, kind) and error.code == code, error
+    if to == "garbled@example.org":
+        assert "not an SMTP reply: 'hello there'" in str(error)
+    assert outcomes[1] is None  # the next message goes through, on a fresh session if need be
+    assert relay.sessions == (1 if same_session else 2)
+    # A relay that took DATA with nobody to deliver to got an empty message, not ours.
+    assert relay.bodies[-1].endswith(b"body 2\r\n.\r\n")
+    assert b"body 1" not in b"".join(relay.bodies)
+    if to == "refused@example.org":
+        assert relay.bodies[0] == b".\r\n"
+
+
+def test_a_control_character_in_an_address_is_refused_before_anything_is_sent() -> None:
+    relay, outcomes = asyncio.run(send_all([message("a@example.org\r\nRCPT TO:<b@x>")]))
+    assert isinstance(outcomes[0], PermanentDeliveryError)
+    assert "control character" in str(outcomes[0]) and not relay.envelopes
