@@ -16,6 +16,7 @@ import email
 import email.policy
 import random
 import socket
+import ssl
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Accepted:
     message_id: str
     data: bytes
     mail_from: str = ""  # the envelope sender (the return path)
+    encrypted: bool = False  # came over TLS (STARTTLS or implicit)
 
 
 class FaultyHandler:
@@ -104,6 +106,8 @@ class FaultyHandler:
                         str(message["Message-ID"]),
                         envelope.original_content,
                         envelope.mail_from or "",
+                        session.ssl is not None  # after STARTTLS
+                        or server.transport.get_extra_info("ssl_object") is not None,
                     )
                 )
         return "250 2.0.0 queued"
@@ -117,14 +121,26 @@ class SMTPServer:
     """Start, stop and start again on the same port (an outage)."""
 
     def __init__(
-        self, faults: Faults | None = None, *, port: int | None = None, pipelining: bool = False
+        self,
+        faults: Faults | None = None,
+        *,
+        port: int | None = None,
+        pipelining: bool = False,
+        tls: str = "none",  # "starttls" (offered, required) or "implicit": with ``context``
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self.handler = FaultyHandler(faults or Faults(), pipelining=pipelining)
         self.port = port or free_port()
         self.controller: Controller | None = None
+        self.tls, self.context = tls, context
 
     def start(self) -> SMTPServer:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        options: dict[str, object] = {}
+        if self.tls == "starttls":
+            options = {"tls_context": self.context, "require_starttls": True}
+        elif self.tls == "implicit":
+            options = {"ssl_context": self.context}
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
         self.controller.start()
         return self
 

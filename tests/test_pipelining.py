@@ -2,20 +2,26 @@
 until DATA has arrived: a client that waits for each reply before the next command
 would time out here, so every message that gets through was pipelined. The relay's
 answers are scripted per recipient: refusals at MAIL and RCPT, DATA taken with
-nobody to deliver to, a session closed after a 421, bytes that are not SMTP."""
+nobody to deliver to, a session closed after a 421, bytes that are not SMTP. And
+sessions over STARTTLS and implicit TLS, pipelined or not."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import ssl
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from newsletter import eventloop
 from newsletter.backends.base import OutgoingMessage
 from newsletter.backends.smtp import SMTPBackend
 from newsletter.config import SmtpSettings
 from newsletter.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from tests.smtp_server import SMTPServer
 
 # recipient -> replies to MAIL, RCPT, DATA (a lenient relay may take DATA after a refusal)
 SCRIPT = {
@@ -146,3 +152,78 @@ def test_a_control_character_in_an_address_is_refused_before_anything_is_sent() 
     relay, outcomes = asyncio.run(send_all([message("a@example.org\r\nRCPT TO:<b@x>")]))
     assert isinstance(outcomes[0], PermanentDeliveryError)
     assert "control character" in str(outcomes[0]) and not relay.envelopes
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test relay")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "relay.pem", folder / "relay.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_tls_sessions_carry_messages_pipelined_or_not(
+    certificate: tuple[Path, Path], tls: str, pipelining: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over STARTTLS and implicit TLS, on uvloop as ``newsletter send`` runs: the relay's
+    certificate verified (trusted here through SSL_CERT_FILE, as an operator trusts a
+    private relay's CA), then the pipelined protocol takes the encrypted session over."""
+    cert_file, key_file = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    server = SMTPServer(pipelining=pipelining, tls=tls, context=context).start()
+    settings = SmtpSettings(
+        host="127.0.0.1", port=server.port, username="", password="", tls=tls, timeout=5.0,
+        pool_size=1, max_per_connection=100, rate=0.0,
+    )  # fmt: skip
+
+    async def send() -> None:
+        async with SMTPBackend(settings=settings) as backend:
+            for n in range(3):
+                await backend.send(message(f"t{n}@example.org", n))
+
+    try:
+        eventloop.run(send())
+    finally:
+        server.stop()
+    accepted = server.handler.accepted
+    assert [(a.recipient, a.encrypted) for a in accepted] == [
+        (f"t{n}@example.org", True) for n in range(3)
+    ]
+    assert accepted[2].data == b"Message-ID: <m2@x>\r\n\r\nbody 2\r\n"
+    # One connection for the three (greeted twice over STARTTLS: EHLO again after it)
+    assert server.handler.sessions == (2 if tls == "starttls" else 1)
