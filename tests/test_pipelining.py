@@ -30,6 +30,8 @@ SCRIPT = {
     "sender@example.org": b"451 4.3.0 try later\r\n503 5.5.1 MAIL first\r\n503 5.5.1 no\r\n",
     "busy@example.org": b"250 ok\r\n421-4.3.2 too busy,\r\n421 4.3.2 closing\r\n",
     "garbled@example.org": b"hello there\r\n",
+    "gone@example.org": b"250 ok\r\n550 5.1.1 no such user\r\n354 go on\r\n",  # then closes
+    "chatty@example.org": b"250-" + b"x" * 60 + b"\r\n",  # ... and on, one reply without end
 }
 
 
@@ -61,10 +63,15 @@ class Relay:
                 self.envelopes.append(commands)
                 rcpt = commands[1].decode().split("<", 1)[1].split(">", 1)[0]
                 replies = SCRIPT.get(rcpt, b"250 ok\r\n250 ok\r\n354 go on\r\n")
-                writer.write(replies)
-                if rcpt == "busy@example.org":
+                if rcpt == "chatty@example.org":
+                    for _ in range(2000):  # 128 kB of one reply's lines, more than any reply
+                        writer.write(replies)
                     await writer.drain()
-                    return  # 421: closing the channel
+                    continue
+                writer.write(replies)
+                if rcpt in ("busy@example.org", "gone@example.org"):
+                    await writer.drain()
+                    return  # 421: closing the channel; or gone before "."
                 if not replies.endswith(b"354 go on\r\n"):
                     continue
                 body = b""
@@ -75,6 +82,11 @@ class Relay:
                     body += line
                 self.bodies.append(body)
                 writer.write(b"250 queued\r\n")
+                if rcpt == "twice@example.org":  # a reply nobody asked for
+                    writer.write(b"250 queued\r\n")
+                if rcpt == "bye@example.org":  # an idle timeout, as the session waits
+                    await writer.drain()
+                    return
         finally:
             writer.close()
 
@@ -90,7 +102,9 @@ def message(to: str, n: int = 0) -> OutgoingMessage:
     )
 
 
-async def send_all(messages: list[OutgoingMessage]) -> tuple[Relay, list[DeliveryError | None]]:
+async def send_all(
+    messages: list[OutgoingMessage], *, pause: float = 0.0
+) -> tuple[Relay, list[DeliveryError | None]]:
     relay = Relay()
     server = await asyncio.start_server(relay.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -106,6 +120,7 @@ async def send_all(messages: list[OutgoingMessage]) -> tuple[Relay, list[Deliver
                 outcomes.append(None)
             except DeliveryError as exc:
                 outcomes.append(exc)
+            await asyncio.sleep(pause)
     return relay, outcomes
 
 
@@ -129,6 +144,10 @@ def test_the_envelope_goes_in_one_write_and_a_session_carries_many() -> None:
         ("sender@example.org", TransientDeliveryError, 451, True),  # never the reader's fault
         ("busy@example.org", TransientDeliveryError, 421, False),  # the relay closed it
         ("garbled@example.org", TransientDeliveryError, None, False),
+        # The refusal stands when the session dies as "." ends DATA; it is not retried.
+        ("gone@example.org", PermanentDeliveryError, 550, False),
+        # A reply that does not end: cut at 32 kB, not buffered whole.
+        ("chatty@example.org", TransientDeliveryError, None, False),
     ],
 )
 def test_each_refusal_is_judged_by_the_first_reply_that_refuses(
@@ -146,6 +165,32 @@ def test_each_refusal_is_judged_by_the_first_reply_that_refuses(
     assert b"body 1" not in b"".join(relay.bodies)
     if to == "refused@example.org":
         assert relay.bodies[0] == b".\r\n"
+    if to == "chatty@example.org":
+        assert "a reply too long" in str(error)
+
+
+def test_a_reply_nobody_asked_for_ends_the_session_and_pairs_with_nothing() -> None:
+    """A relay that answers a message twice: the message counts as sent (its reply
+    came), the extra reply is not taken for the next command's (which would turn the
+    next refusal into something else), and the next message goes on a new session."""
+    relay, outcomes = asyncio.run(
+        send_all([message("twice@example.org", 1), message("refused@example.org", 2),
+                  message("next@example.org", 3)])
+    )  # fmt: skip
+    assert outcomes[0] is None
+    refused = outcomes[1]
+    assert isinstance(refused, PermanentDeliveryError) and refused.code == 550, refused
+    assert refused.recipient_fault  # a hard bounce, as it should be
+    assert outcomes[2] is None and relay.sessions == 2
+
+
+def test_a_session_the_relay_closed_while_it_waited_is_replaced_not_failed() -> None:
+    """An idle timeout: the relay closed the session between two messages."""
+    relay, outcomes = asyncio.run(
+        send_all([message("bye@example.org", n) for n in range(3)], pause=0.1)
+    )
+    assert outcomes == [None, None, None]
+    assert relay.sessions == 3
 
 
 def test_a_control_character_in_an_address_is_refused_before_anything_is_sent() -> None:

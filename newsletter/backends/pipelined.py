@@ -22,7 +22,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 MAX_LINE = 8192  # a reply line longer than this is not SMTP (RFC 5321 says 512)
-MAX_PENDING = 64 * 1024  # unparsed bytes held at most: a relay cannot make us buffer more
+MAX_REPLY = 32 * 1024  # a reply's bytes, all its lines (aiosmtplib's bound too)
 
 
 class ReplyError(aiosmtplib.SMTPException):
@@ -35,16 +35,25 @@ class ReplyError(aiosmtplib.SMTPException):
 
 
 class Wire(asyncio.Protocol):
-    """One SMTP session's transport: writes commands, parses every reply as it comes."""
+    """One SMTP session's transport: writes commands, parses every reply as it comes.
+
+    Replies pair with commands by order alone, so the session ends at the first reply
+    no command is owed (a relay answering twice, or speaking out of turn): the next
+    command would otherwise take it for its own. What it buffers is bounded by the
+    replies owed, each at most ``MAX_REPLY`` bytes.
+    """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._buffer = bytearray()
         self._lines: list[str] = []  # the lines of a reply not complete yet
+        self._size = 0  # their bytes
         self._replies: deque[SMTPResponse] = deque()
+        self._owed = 0  # replies still due to commands sent, taken or not
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 0
         self._failed: BaseException | None = None
+        self._code = b""  # of the reply being read
 
     @classmethod
     def take(cls, client: aiosmtplib.SMTP) -> Wire:
@@ -62,20 +71,19 @@ class Wire(asyncio.Protocol):
         self._buffer += data
         try:
             self._parse()
-        except ReplyError as exc:
+        except ReplyError as exc:  # the session is over; the replies owed that came count
             self._fail(exc)
             self.transport.close()
-            return
-        waiter = self._waiter
-        if waiter is not None and len(self._replies) >= self._wanted and not waiter.done():
-            waiter.set_result(None)
+        self._settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ReplyError(f"the relay closed the connection: {exc}" if exc else
                               "the relay closed the connection"))  # fmt: skip
+        self._settle()
 
     def eof_received(self) -> bool:
         self._fail(ReplyError("the relay closed the connection"))
+        self._settle()
         return False
 
     # --- for the backend --------------------------------------------------------------
@@ -84,9 +92,11 @@ class Wire(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._failed is None and not self.transport.is_closing()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, replies: int) -> None:
+        """Write ``data``: commands (or a message) that ``replies`` replies answer."""
         if not self.is_open:
             raise ReplyError("the relay closed the connection")
+        self._owed += replies
         self.transport.write(data)
 
     async def replies(self, count: int, *, timeout: float | None) -> list[SMTPResponse]:
@@ -94,8 +104,7 @@ class Wire(asyncio.Protocol):
         if len(self._replies) < count:
             loop = asyncio.get_running_loop()
             self._waiter, self._wanted = loop.create_future(), count
-            if self._failed is not None:
-                self._waiter.set_exception(self._failed)
+            self._settle()
             timer = None
             if timeout is not None:
                 timer = loop.call_later(timeout, self._time_out, self._waiter)
@@ -109,6 +118,7 @@ class Wire(asyncio.Protocol):
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+        self._owed -= count
         return [self._replies.popleft() for _ in range(count)]
 
     def close(self) -> None:
@@ -120,28 +130,46 @@ class Wire(asyncio.Protocol):
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > MAX_PENDING:
-                    raise ReplyError("a reply line without an end")
+                if len(self._buffer) > MAX_LINE:
+                    raise ReplyError("a reply line too long")
                 return
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
-            if len(line) > MAX_LINE:
-                raise ReplyError("a reply line too long")
+            if len(self._replies) >= self._owed:
+                raise ReplyError(f"a reply no command asked for: {_shown(line)}")
+            self._size += len(line)
+            if len(line) > MAX_LINE or self._size > MAX_REPLY:
+                raise ReplyError("a reply too long")
             code, more = line[:3], line[3:4]
             if not code.isdigit() or more not in (b" ", b"-", b"\r", b"\n"):
-                text = line.decode("utf-8", "replace").strip()
-                raise ReplyError(f"not an SMTP reply: {text[:80]!r}")
+                raise ReplyError(f"not an SMTP reply: {_shown(line)}")
+            if self._lines and code != self._code:  # RFC 5321 4.2.1: one code per reply
+                raise ReplyError(f"a reply's lines disagree: {_shown(line)}")
+            self._code = code
             self._lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
             if more != b"-":
                 self._replies.append(SMTPResponse(int(code), "\n".join(self._lines)))
-                self._lines = []
+                self._lines, self._size = [], 0
 
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             self._failed = exc
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
+
+    def _settle(self) -> None:
+        """Wake the reader: with its replies when they are all here, else with why
+        they never will be."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if len(self._replies) >= self._wanted:
+            waiter.set_result(None)
+        elif self._failed is not None:
+            waiter.set_exception(self._failed)
 
     def _time_out(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.set_exception(TimeoutError("timed out waiting for the relay's reply"))
+
+
+def _shown(line: bytes) -> str:
+    return repr(line.decode("utf-8", "replace").strip()[:80])

@@ -47,6 +47,11 @@ class _Connection:
     wire: Wire | None = None  # the session's commands from then on, where it pipelines
     sent: int = 0
 
+    @property
+    def alive(self) -> bool:
+        """Not closed by the relay while it waited in the pool (an idle timeout)."""
+        return self.wire.is_open if self.wire is not None else self.client.is_connected
+
 
 class SMTPBackend(EmailBackend):
     def __init__(
@@ -107,12 +112,16 @@ class SMTPBackend(EmailBackend):
     async def send(self, message: OutgoingMessage) -> None:
         if self._slots is None:
             raise RuntimeError("SMTPBackend.send before open()")
+        envelope = _envelope(message)  # refused before a session is spent on it
         await self.bucket.acquire()
         conn = await self._slots.get()
         try:
+            if conn is not None and not conn.alive:
+                conn.client.close()
+                conn = None
             if conn is None:
                 conn = await self._connect()
-            await self._send_on(conn, message)
+            await self._send_on(conn, message, envelope)
             conn.sent += 1
             if conn.sent >= self.settings.max_per_connection:
                 await _quit(conn)
@@ -133,7 +142,9 @@ class SMTPBackend(EmailBackend):
         finally:
             self._slots.put_nowait(conn)
 
-    async def _send_on(self, conn: _Connection, message: OutgoingMessage) -> None:
+    async def _send_on(
+        self, conn: _Connection, message: OutgoingMessage, envelope: tuple[bytes, bytes]
+    ) -> None:
         """One mail transaction: MAIL, RCPT, DATA, then the message as it goes on the wire.
 
         aiosmtplib's ``sendmail`` scans every message with regular expressions
@@ -154,17 +165,14 @@ class SMTPBackend(EmailBackend):
         if client.supports_extension("size"):  # RFC 1870: the size before dot-stuffing
             options.append(b"SIZE=%d" % len(message.data))
         if conn.wire is not None:
-            return await _pipelined(conn.wire, message, options, timeout)
+            return await _pipelined(conn.wire, message, envelope, options, timeout)
         (recipient,) = message.recipients  # a digest has exactly one
+        sender, to = envelope
         try:
-            mail = await client.execute_command(
-                b"MAIL", b"FROM:<" + message.sender.encode() + b">", *options, timeout=timeout
-            )
+            mail = await client.execute_command(b"MAIL", sender, *options, timeout=timeout)
             if error := _refusal(mail, recipient=recipient):
                 raise error
-            rcpt = await client.execute_command(
-                b"RCPT", b"TO:<" + recipient.encode() + b">", timeout=timeout
-            )
+            rcpt = await client.execute_command(b"RCPT", to, timeout=timeout)
             if error := _refusal(mail, rcpt, recipient=recipient):
                 raise error
             data = await client.execute_command(b"DATA", timeout=timeout)
@@ -179,24 +187,23 @@ class SMTPBackend(EmailBackend):
                 raise classify_reply(reply.code, reply.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientDeliveryError(_describe(exc)) from exc
-        except ValueError as exc:  # aiosmtplib refuses control characters in a command
-            raise PermanentDeliveryError(f"unsafe envelope address: {exc}") from exc
 
 
 async def _pipelined(
-    wire: Wire, message: OutgoingMessage, options: list[bytes], timeout: float
+    wire: Wire,
+    message: OutgoingMessage,
+    envelope: tuple[bytes, bytes],
+    options: list[bytes],
+    timeout: float,
 ) -> None:
     """One mail transaction in two round trips: MAIL, RCPT and DATA together, their
     three replies, then the message and its reply. Each reply is judged as the
     unpipelined transaction judges it, in the order of the commands."""
     (recipient,) = message.recipients  # a digest has exactly one
-    envelope = (
-        _command(b"MAIL", b"FROM:<" + message.sender.encode() + b">", *options)
-        + _command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-        + b"DATA\r\n"
-    )
+    sender, to = envelope
+    commands = b" ".join((b"MAIL", sender, *options)) + b"\r\nRCPT " + to + b"\r\nDATA\r\n"
     try:
-        wire.send(envelope)
+        wire.send(commands, replies=3)
         try:
             mail, rcpt, data = await wire.replies(3, timeout=timeout)
         except ReplyError as exc:  # closed midway: a reply that came first says why
@@ -205,10 +212,13 @@ async def _pipelined(
         error = _refusal(mail, rcpt, data, recipient=recipient)
         if error is not None:
             if data.code == 354:  # DATA taken with nobody to deliver to: end it empty
-                wire.send(b".\r\n")
-                await wire.replies(1, timeout=timeout)
+                try:
+                    wire.send(b".\r\n", replies=1)
+                    await wire.replies(1, timeout=timeout)
+                except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                    wire.close()  # the refusal stands; the session does not
             raise error
-        wire.send(wire_bytes(message.data, ready=message.wire_ready))
+        wire.send(wire_bytes(message.data, ready=message.wire_ready), replies=1)
         (reply,) = await wire.replies(1, timeout=timeout)
         if reply.code != 250:  # the message refused: this message only
             raise classify_reply(reply.code, reply.message)
@@ -231,13 +241,14 @@ def _refusal(*replies: SMTPResponse, recipient: str) -> DeliveryError | None:
     return None
 
 
-def _command(verb: bytes, *args: bytes) -> bytes:
-    for arg in args:  # as aiosmtplib refuses them: no command may smuggle another
-        if _UNSAFE_RE.search(arg):
-            raise PermanentDeliveryError(
-                f"unsafe envelope address: a control character in {verb.decode()}"
-            )
-    return b" ".join((verb, *args)) + b"\r\n"
+def _envelope(message: OutgoingMessage) -> tuple[bytes, bytes]:
+    """MAIL's and RCPT's arguments; an address with a control character (which could
+    smuggle a command in) is refused here, before any session is used for it."""
+    (recipient,) = message.recipients  # a digest has exactly one
+    sender, to = b"FROM:<" + message.sender.encode() + b">", b"TO:<" + recipient.encode() + b">"
+    if _UNSAFE_RE.search(sender) or _UNSAFE_RE.search(to):
+        raise PermanentDeliveryError("unsafe envelope address: a control character in it")
+    return sender, to
 
 
 _UNSAFE_RE = re.compile(rb"[\x00-\x1f\x7f]")
@@ -282,7 +293,7 @@ async def _reset(conn: _Connection, error: DeliveryError) -> bool:
         if conn.wire is not None:
             if not conn.wire.is_open:
                 return False
-            conn.wire.send(b"RSET\r\n")
+            conn.wire.send(b"RSET\r\n", replies=1)
             (reply,) = await conn.wire.replies(1, timeout=conn.client.timeout)
             return reply.code == 250
         if not conn.client.is_connected:
@@ -298,7 +309,7 @@ async def _quit(conn: _Connection) -> None:
             await conn.client.quit()
             return
         if conn.wire.is_open:
-            conn.wire.send(b"QUIT\r\n")
+            conn.wire.send(b"QUIT\r\n", replies=1)
             await conn.wire.replies(1, timeout=conn.client.timeout)
         conn.client.close()
     except (TimeoutError, aiosmtplib.SMTPException, OSError):
