@@ -245,6 +245,7 @@ def bench_score(
     and order; the same with explanations; the plain reference, on a sample, scaled."""
     import numpy as np
 
+    from newsletter.due import CHUNK
     from newsletter.embed.encoder import DIM
     from newsletter.relevance import DEFAULT_DIAL, Reference, Scorer, Topic
 
@@ -277,21 +278,21 @@ def bench_score(
         )
 
     topics = [[Topic(q) for q in subs] for subs in subscribers]
-    chunk = 10_000  # subscribers planned together, as plan.py does
+    chunk = CHUNK  # subscribers planned together, as plan.py does
 
     def run(fn):  # type: ignore[no-untyped-def]
         fast, out = scorer(), []
         for start in range(0, len(topics), chunk):
             part = topics[start : start + chunk]
             fast.prepare([t for ts in part for t in ts], dial=DEFAULT_DIAL)  # once per topic
-            out.extend(fn(fast, ts) for ts in part)
+            out.extend(fn(fast, [(ts, None, 20, DEFAULT_DIAL) for ts in part]))
         return out
 
     def score() -> list:  # type: ignore[type-arg]
-        return run(lambda fast, ts: fast.order(ts, within=None, limit=20)[1])
+        return run(lambda fast, readers: [m for _, m in fast.order_many(readers)])
 
     def explain() -> list:  # type: ignore[type-arg]
-        return run(lambda fast, ts: fast.pick(ts, within=None, limit=20))
+        return run(lambda fast, readers: fast.pick_many(readers))
 
     orders, t_score = timed(score)
     picks, t_pick = timed(explain)

@@ -4,9 +4,10 @@ each due subscriber gets (their pick, and the ledger snapshot that records it)."
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlmodel import Session, select
 
@@ -62,28 +63,27 @@ class Matcher:
             self.scorer.prepare(wanted, dial=dial)
         self.sent = _sent_papers(session=session, due=due)
 
-    def rank(
-        self,
-        *,
-        subscriber_id: int,
-        since: datetime,
-        topics: list[Topic],
-        limit: int,
-        dial: int,
-        ask: bool,
-    ) -> tuple[Picked, Key]:
-        """The subscriber's pick, and its key: what makes two picks the same. ``ask``:
-        the digest may carry papers just below the line, asking for a vote."""
-        # New for this subscriber: first seen after `since` (a suffix, the list is in
-        # first-seen order), minus what one of their digests already held.
-        first_new = bisect.bisect_right(self.seen, since)
+    def rank_many(self, wanted: Sequence[Wanted]) -> list[tuple[Picked, Key]]:
+        """Each subscriber's pick, and its key: what makes two picks the same (``ask``:
+        the digest may carry papers just below the line, asking for a vote). A chunk
+        of subscribers is merged together (``Scorer.pick_many``)."""
+        keys = [(tuple(w.topics), self._within(w), w.limit, w.dial, w.ask) for w in wanted]
+        picks = self.scorer.pick_many([(k[0], k[1], k[2], k[3]) for k in keys])
+        return [
+            (picked if key[4] else replace(picked, unsure=()), key)
+            for picked, key in zip(picks, keys, strict=True)
+        ]
+
+    def _within(self, w: Wanted) -> int:
+        """The papers new for this subscriber: first seen after their ``since`` (a
+        suffix, the list is in first-seen order), minus what one of their digests
+        already held."""
+        first_new = bisect.bisect_right(self.seen, w.since)
         within = self.everything & ~((1 << first_new) - 1)
-        for paper_id in self.sent.get(subscriber_id, ()):
+        for paper_id in self.sent.get(w.subscriber_id, ()):
             if paper_id in self.position:
                 within &= ~(1 << self.position[paper_id])
-        key = (tuple(topics), within, limit, dial, ask)
-        picked = self.scorer.pick(topics, within=within, limit=limit, dial=dial)
-        return (picked if ask else replace(picked, unsure=())), key
+        return within
 
     def snapshot(self, picked: Picked, key: Key) -> str:
         text = self._snapshots.get(key)
@@ -120,6 +120,19 @@ class Matcher:
 
 
 IN, UNSURE, NEAR = 0, 1, 2  # how a snapshot lists a paper
+
+
+class Wanted(NamedTuple):
+    """A subscriber to rank: whose, since when, their topics, digest size, dial, and
+    whether their digest may ask about papers just below the line."""
+
+    subscriber_id: int
+    since: datetime
+    topics: list[Topic]
+    limit: int
+    dial: int
+    ask: bool
+
 
 # (topics, papers in reach as a bitset, limit, dial, asking about unsure papers)
 Key = tuple[tuple[Topic, ...], int, int, int, bool]

@@ -46,7 +46,7 @@ from newsletter.feedback import taught_topics
 from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.ledger.planned import PlannedRow, insert_planned
 from newsletter.links import Links, Recipient
-from newsletter.matcher import Matcher
+from newsletter.matcher import Matcher, Wanted
 from newsletter.models import Paper
 from newsletter.relevance import Picked, Topic
 from newsletter.subscribers import find, normalize_email
@@ -259,15 +259,14 @@ def _plan_chunk(
     for sid, ts in topics.items():  # equal topics as one object: less memory, faster keys
         topics[sid] = [state.topics.setdefault(t, t) for t in ts]
     matcher.prepare(session, due=due, topics=topics)
-    for d in due:
-        ranked, key = matcher.rank(
-            subscriber_id=d.subscriber_id,
-            since=d.since,
-            topics=topics.get(d.subscriber_id, []),
-            limit=settings.digest_max_papers,
-            dial=d.dial,
-            ask=d.ask,
-        )
+    ranks = matcher.rank_many(
+        [
+            Wanted(d.subscriber_id, d.since, topics.get(d.subscriber_id, []),
+                   settings.digest_max_papers, d.dial, d.ask)
+            for d in due
+        ]
+    )  # fmt: skip
+    for d, (ranked, key) in zip(due, ranks, strict=True):
         if not ranked.matches and not settings.send_empty:
             report.add("no_match", d.email)  # empty days send nothing by default
             continue

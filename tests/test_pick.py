@@ -78,24 +78,13 @@ def _topic(rng: random.Random, scorer: Scorer) -> Topic:
 def test_the_pick_equals_the_reference(scorer: Scorer, seed: int, limit: int, dial: int) -> None:
     rng = random.Random(seed)
     topics = [_topic(rng, scorer) for _ in range(rng.randint(0, 4))]
-    n = scorer.ranker.index.n
-    within = None
-    if rng.random() < 0.7:  # a suffix of new papers, minus some already sent
-        within = ((1 << n) - 1) & ~((1 << rng.randint(0, n)) - 1)
-        for _ in range(rng.randint(0, 40)):
-            within &= ~(1 << rng.randrange(n))
+    within = _within(rng, scorer.ranker.index.n)
     # Decided in a batch with every other topic, as planning does; compared with each
     # topic decided alone.
     scorer.prepare([Topic(q, a) for q in QUERIES for a in (None, "about")], dial=dial)
     picked = scorer.pick(topics, within=within, limit=limit, dial=dial)
-    shown, below, best = scorer.decide(topics, within=within, dial=dial)
+    _assert_reference(scorer, picked, topics, within, limit, dial)
 
-    assert [m.index for m in picked.matches] == shown[:limit].tolist()
-    assert picked.total == len(shown)
-    assert [m.index for m in picked.near] == below[:limit].tolist()
-    assert [m.score for m in picked.matches + picked.near] == [
-        float(best[i]) for i in [*shown[:limit], *below[:limit]]
-    ]
     # "Not sure": of the papers below the line, the closest to it (by the reference's margins).
     margins = [
         min(
@@ -110,3 +99,47 @@ def test_the_pick_equals_the_reference(scorer: Scorer, seed: int, limit: int, di
     for m in picked.matches:  # what carried it is named: a word, meaning, or a vote
         wordless = set(m.filters) & {"*", "upvotes>=5"}  # filters that name no words
         assert m.words or m.meaning or m.liked or wordless, m
+
+
+def _within(rng: random.Random, n: int) -> int | None:
+    if rng.random() < 0.3:
+        return None
+    within = ((1 << n) - 1) & ~((1 << rng.randint(0, n)) - 1)  # a suffix of new papers
+    for _ in range(rng.randint(0, 40)):  # minus some already sent
+        within &= ~(1 << rng.randrange(n))
+    return within
+
+
+def _assert_reference(scorer: Scorer, picked, topics, within, limit, dial) -> None:  # type: ignore[no-untyped-def]
+    shown, below, best = scorer.decide(topics, within=within, dial=dial)
+    assert [m.index for m in picked.matches] == shown[:limit].tolist()
+    assert picked.total == len(shown)
+    assert [m.index for m in picked.near] == below[:limit].tolist()
+    assert [m.score for m in picked.matches + picked.near] == [
+        float(best[i]) for i in [*shown[:limit], *below[:limit]]
+    ]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10**9), dial=st.integers(1, 5))
+def test_a_chunk_of_readers_merged_together_equals_the_reference(
+    scorer: Scorer, seed: int, dial: int
+) -> None:
+    """Planning merges a chunk of readers at once (``pick_many``): readers with no
+    topic, the same topics twice, other reaches and digest sizes, side by side."""
+    rng = random.Random(seed)
+    n = scorer.ranker.index.n
+    readers = []
+    for _ in range(rng.randint(1, 30)):
+        if readers and rng.random() < 0.2:
+            readers.append(rng.choice(readers))  # the same reader's choices again
+            continue
+        topics = [_topic(rng, scorer) for _ in range(rng.randint(0, 4))]
+        readers.append((topics, _within(rng, n), rng.choice((0, 3, 20)), dial))
+    scorer._picked.clear()  # nothing memoized: every reader merged in the chunk
+    for (topics, within, limit, dial_), picked in zip(
+        readers, scorer.pick_many(readers), strict=True
+    ):
+        _assert_reference(scorer, picked, topics, within, limit, dial_)

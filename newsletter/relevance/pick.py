@@ -4,11 +4,11 @@ size, not the day's.
 Each topic's decision at a dial step is worked out once for all its readers
 (``score.py``) and kept sparse (``Decision``): the papers in and just below the line,
 best first, and what their explanations need. A subscriber's pick merges their topics'
-entries (``merge``: a paper scores its best in any of them, as the plain reference
+entries (``merge_many``: a paper scores its best in any of them, as the plain reference
 ``Scorer.decide`` takes the maximum over the day's arrays), keeps what is new to them,
-and orders the rest: a few array operations over a few hundred entries. Explanations
-are made for the digest's papers only, and shared by the readers of a topic
-(``Scorer._explain``).
+and orders the rest: a few hundred entries per reader, merged for hundreds of readers
+at once by a few dozen array operations. Explanations are made for the digest's papers
+only, and shared by the readers of a topic (``Scorer._explain``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class Day:
     upvotes: np.ndarray
     seen: np.ndarray
     ids: np.ndarray
+    # each paper's place when scores tie: by upvotes, freshness, id (one sort key
+    # standing for three)
+    tie: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        tie = np.empty(len(self.ids), np.int64)
+        tie[np.lexsort((self.ids, -self.seen, -self.upvotes))] = np.arange(len(self.ids))
+        object.__setattr__(self, "tie", tie)
 
 
 MATCHED, CARRIED, VOTED, BELOW = 1, 2, 4, 8  # Decision.flags
@@ -113,56 +121,103 @@ class Merged:
     margin: list[float]  # of each paper in ``below``: how far below the nearest line
 
 
-def merge(decisions: Sequence[Decision], *, day: Day, reach: np.ndarray, limit: int) -> Merged:
-    """The papers in ``reach`` (a boolean mask) that the decisions let in (their count,
-    and the best ``limit``) and the best ``limit`` just below all their lines.
+def merge_many(
+    readers: Sequence[tuple[Sequence[Decision], int]],
+    *,
+    day: Day,
+    reaches: Sequence[np.ndarray],
+    limit: int,
+) -> list[Merged]:
+    """Per reader, the papers in their reach that their topics' decisions let in (their
+    count, and the best ``limit``) and the best ``limit`` just below all their lines.
+    Each reader is given as (their decisions, the index in ``reaches`` of the mask of
+    the papers in their reach).
 
-    Over the decisions' entries only, a few hundred at most: a paper's score is its
-    best in any topic that holds it, in or near; it is in when any topic lets it in.
+    A paper's score is its best in any topic that holds it, in or near; it is in when
+    any topic lets it in. Over the decisions' entries only, a few hundred per reader,
+    with a few dozen array operations for ``GROUP`` readers together: merged one
+    reader at a time, the same operations on arrays of a few hundred entries cost what
+    their calls cost, a fifth of planning a million digests.
     """
-    if len(decisions) == 1:
-        d = decisions[0]
-        rows = d.order[reach[d.papers[d.order]]]  # best first already
-        let_in = d.let_in[rows]
-        shown, near = rows[let_in][:limit], rows[~let_in][:limit]
-        return Merged(
-            shown=_listed(d.papers[shown], d.value[shown]),
-            below=_listed(d.papers[near], d.value[near]),
-            total=int(let_in.sum()),
-            margin=d.margin[near].tolist(),
-        )
-    papers = np.concatenate([d.papers for d in decisions])
-    keep = reach[papers]
-    papers = papers[keep]
-    if not len(papers):
-        return Merged([], [], 0, [])
-    value = np.concatenate([d.value for d in decisions])[keep]
-    inside = np.concatenate([d.let_in for d in decisions])[keep]
-    margin = np.concatenate([d.margin for d in decisions])[keep]
-    holder = np.repeat(1 << np.arange(len(decisions)), [len(d.papers) for d in decisions])[keep]
-    # Each paper once: its best score, whether any topic lets it in, how far it is
-    # below the nearest line of those it is near, and which decisions hold it.
-    by_paper = np.lexsort((-value, papers))
-    papers, value, inside = papers[by_paper], value[by_paper], inside[by_paper]
-    margin = np.where(inside, np.inf, margin[by_paper])
-    first = np.empty(len(papers), bool)
-    first[0] = True
-    np.not_equal(papers[1:], papers[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    papers, value = papers[starts], value[starts]
-    inside = np.logical_or.reduceat(inside, starts)
-    margin = np.minimum.reduceat(margin, starts)
-    holder = np.bitwise_or.reduceat(holder[by_paper], starts)
+    out: list[Merged] = []
+    masks = np.stack(reaches)
+    for start in range(0, len(readers), GROUP):
+        out += _merge_group(readers[start : start + GROUP], day, masks, limit)
+    return out
+
+
+GROUP = 500  # readers merged together: their entries' arrays stay a few MB
+
+
+def _merge_group(
+    readers: Sequence[tuple[Sequence[Decision], int]], day: Day, reach: np.ndarray, limit: int
+) -> list[Merged]:
+    parts = [(r, k, d) for r, (ds, _) in enumerate(readers) for k, d in enumerate(ds)]
+    none = [Merged([], [], 0, []) for _ in readers]
+    if not parts:
+        return none
+    sizes = [len(d.papers) for _, _, d in parts]
+    papers = np.concatenate([d.papers for _, _, d in parts])
+    reader = np.repeat(np.array([r for r, _, _ in parts], np.int64), sizes)
+    which = np.array([w for _, w in readers], np.int64)
+    keep = reach[which[reader], papers]
+    if not keep.any():
+        return none
+    # Each (reader, paper) once, in a table of readers x papers: its best score,
+    # whether any topic lets it in, how far below the nearest line of those it is
+    # near, and which decisions hold it.
+    n = len(day.ids)
+    pair = (reader * n + papers)[keep]
+    value = np.concatenate([d.value for _, _, d in parts])[keep]
+    inside = np.concatenate([d.let_in for _, _, d in parts])[keep]
+    margin = np.concatenate([d.margin for _, _, d in parts])[keep]
+    holder = np.repeat(np.array([1 << k for _, k, _ in parts], np.int64), sizes)[keep]
+    best = np.full(len(readers) * n, -np.inf)
+    np.maximum.at(best, pair, value)
+    let_in = np.zeros(len(readers) * n, bool)
+    let_in[pair[inside]] = True
+    nearest = np.full(len(readers) * n, np.inf)
+    np.minimum.at(nearest, pair[~inside], margin[~inside])
+    held = np.zeros(len(readers) * n, np.int64)
+    np.bitwise_or.at(held, pair, holder)
+    pair = np.flatnonzero(held)  # by reader, then paper
+    reader, papers = pair // n, pair % n
+    value, inside, margin, holder = best[pair], let_in[pair], nearest[pair], held[pair]
+    # Each reader's papers best first (as the reference's ``_order``): score, then
+    # upvotes, freshness and id.
     score = value * day.popularity[papers]
-    order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score))
-    papers, value, inside = papers[order], value[order], inside[order]
-    margin, holder, outside = margin[order], holder[order], ~inside
-    return Merged(
-        shown=_listed(papers[inside][:limit], value[inside][:limit], holder[inside][:limit]),
-        below=_listed(papers[outside][:limit], value[outside][:limit], holder[outside][:limit]),
-        total=int(inside.sum()),
-        margin=margin[outside][:limit].tolist(),
-    )
+    order = np.lexsort((day.tie[papers], -score, reader))
+    reader, papers, value = reader[order], papers[order], value[order]
+    inside, margin, holder = inside[order], margin[order], holder[order]
+    # Of each reader's, the first ``limit`` in and the first ``limit`` below: ranks
+    # counted from the reader's first entry, apart for the two kinds.
+    bounds = np.searchsorted(reader, np.arange(len(readers) + 1))
+    counts = np.diff(bounds)
+    shown = inside & (_ranks(inside, bounds, counts) < limit)
+    below = ~inside & (_ranks(~inside, bounds, counts) < limit)
+    totals = np.bincount(reader[inside], minlength=len(readers)).tolist()
+    rows_shown = _listed(papers[shown], value[shown], holder[shown])
+    rows_below = _listed(papers[below], value[below], holder[below])
+    margins = margin[below].tolist()
+    cut_shown = np.searchsorted(np.flatnonzero(shown), bounds).tolist()
+    cut_below = np.searchsorted(np.flatnonzero(below), bounds).tolist()
+    return [
+        Merged(
+            shown=rows_shown[cut_shown[r] : cut_shown[r + 1]],
+            below=rows_below[cut_below[r] : cut_below[r + 1]],
+            total=totals[r],
+            margin=margins[cut_below[r] : cut_below[r + 1]],
+        )
+        for r in range(len(readers))
+    ]
+
+
+def _ranks(kind: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """For each entry of ``kind``, how many of its reader's entries of that kind come
+    before it (entries grouped by reader: ``bounds``, ``counts``)."""
+    before = np.cumsum(kind) - kind  # of the kind, before this entry, all readers
+    at_start = before[np.minimum(bounds[:-1], len(kind) - 1)]
+    return before - np.repeat(at_start, counts)
 
 
 def _listed(

@@ -60,7 +60,7 @@ from newsletter.relevance.pick import (
     Merged,
     Pick,
     Picked,
-    merge,
+    merge_many,
 )
 from newsletter.relevance.reference import Reference
 
@@ -79,6 +79,8 @@ DIAL: dict[int, Step] = {
 DEFAULT_DIAL = 3
 
 
+# (topics, within: a bitset of papers in reach or None for all, limit, dial step)
+Reader = tuple[Sequence[Topic], int | None, int, int]
 SentenceSource = Callable[[int], tuple[np.ndarray, list[tuple[int, int]]] | None]
 
 
@@ -111,7 +113,6 @@ class Scorer:
         self._words = Bounded(400_000)  # (query, index) -> words as the paper writes them
         self._picks = Bounded(400_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
-        self._reach = Bounded(1024)  # within (a bitset) -> the same as a mask
         n = ranker.index.n
         self._everything = np.ones(n, bool)
         self._zero, self._nothing = np.zeros(n), np.zeros(n, bool)
@@ -245,30 +246,56 @@ class Scorer:
         """The papers ``topics`` let in at this dial step, best first, at most ``limit``,
         and those just below the line. Memoized: subscribers who chose the same topics
         and dial, due the same papers, share the answer."""
-        key = (tuple(topics), within, limit, dial)
-        found = self._picked.get(key)
-        if found is None:
-            found = self._picked.put(key, self._pick(topics, within=within, limit=limit, dial=dial))
-        return found
+        return self.pick_many([(topics, within, limit, dial)])[0]
 
-    def order(
-        self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int = DEFAULT_DIAL
-    ) -> tuple[list[Decision], Merged]:
-        """The decision without explanations: the topics' decisions, and the best
-        ``limit`` papers in and just below the line, with the count of those in."""
-        decided = [self._decision(t, dial) for t in topics or (Topic("*"),)]
-        if within is None:
-            reach = self._everything
-        else:
-            reach = self._reach.get(within)
-            if reach is None:
-                reach = self._reach.put(within, self.ranker.mask(within))
-        return decided, merge(decided, day=self._day, reach=reach, limit=limit)
+    def pick_many(self, readers: Sequence[Reader]) -> list[Picked]:
+        """``pick`` for many readers (a chunk of planning): those not memoized are
+        merged together (``merge_many``), then explained."""
+        out: list[Picked | None] = []
+        missing: dict[tuple[tuple[Topic, ...], int | None, int, int], list[int]] = {}
+        for k, (topics, within, limit, dial) in enumerate(readers):
+            key = (tuple(topics), within, limit, dial)
+            found = self._picked.get(key)
+            out.append(found)
+            if found is None:
+                missing.setdefault(key, []).append(k)
+        keys = list(missing)
+        for key, merged in zip(keys, self.order_many(keys), strict=True):
+            decided, result = merged
+            picked = self._picked.put(key, self._explained(decided, result))
+            for k in missing[key]:
+                out[k] = picked
+        return out  # type: ignore[return-value]
 
-    def _pick(
-        self, topics: Sequence[Topic], *, within: int | None, limit: int, dial: int
-    ) -> Picked:
-        decided, merged = self.order(topics, within=within, limit=limit, dial=dial)
+    def order_many(self, readers: Sequence[Reader]) -> list[tuple[list[Decision], Merged]]:
+        """The picks without explanations: per reader, their topics' decisions, and the
+        best ``limit`` papers in and just below the line, with the count of those in;
+        the readers merged together (``merge_many``)."""
+        decided = [
+            [self._decision(t, dial) for t in topics or (Topic("*"),)]
+            for topics, _, _, dial in readers
+        ]
+        reaches: dict[int | None, int] = {}  # within -> index in masks
+        masks: list[np.ndarray] = []
+        by_limit: dict[int, list[int]] = {}
+        for k, (_, within, limit, _) in enumerate(readers):
+            if within not in reaches:
+                reaches[within] = len(masks)
+                masks.append(self._everything if within is None else self.ranker.mask(within))
+            by_limit.setdefault(limit, []).append(k)
+        out: list[tuple[list[Decision], Merged]] = [None] * len(readers)  # type: ignore[list-item]
+        for limit, ks in by_limit.items():
+            merged = merge_many(
+                [(decided[k], reaches[readers[k][1]]) for k in ks],
+                day=self._day,
+                reaches=masks,
+                limit=limit,
+            )
+            for k, m in zip(ks, merged, strict=True):
+                out[k] = (decided[k], m)
+        return out
+
+    def _explained(self, decided: list[Decision], merged: Merged) -> Picked:
         holding: dict[int, tuple[list[Decision], tuple[int, ...]]] = {}  # holders -> (them, uids)
         near = tuple(self._explain(i, v, decided, h, holding) for i, v, h in merged.below)
         margin = merged.margin
