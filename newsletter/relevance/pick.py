@@ -221,8 +221,7 @@ def _ranks(kind: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarr
 
 
 def _listed(
-    papers: np.ndarray, value: np.ndarray, holders: np.ndarray | None = None
+    papers: np.ndarray, value: np.ndarray, holders: np.ndarray
 ) -> list[tuple[int, float, int]]:
-    """(index, value, holders) rows; one decision holds them all when ``holders`` is None."""
-    held = holders.tolist() if holders is not None else [1] * len(papers)
-    return list(zip(papers.tolist(), value.tolist(), held, strict=True))
+    """(index, value, holders) rows."""
+    return list(zip(papers.tolist(), value.tolist(), holders.tolist(), strict=True))
