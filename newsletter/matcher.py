@@ -68,7 +68,7 @@ class Matcher:
         the digest may carry papers just below the line, asking for a vote). A chunk
         of subscribers is merged together (``Scorer.pick_many``)."""
         keys = [(tuple(w.topics), self._within(w), w.limit, w.dial, w.ask) for w in wanted]
-        picks = self.scorer.pick_many([(k[0], k[1], k[2], k[3]) for k in keys])
+        picks = self.scorer.pick_many([key[:4] for key in keys])
         return [
             (picked if key[4] else replace(picked, unsure=()), key)
             for picked, key in zip(picks, keys, strict=True)

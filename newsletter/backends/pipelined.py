@@ -121,6 +121,12 @@ class Wire(asyncio.Protocol):
         self._owed -= count
         return [self._replies.popleft() for _ in range(count)]
 
+    async def command(self, data: bytes, *, timeout: float | None) -> SMTPResponse:
+        """Write ``data`` (a command, or a message's DATA) and read its one reply."""
+        self.send(data, replies=1)
+        (reply,) = await self.replies(1, timeout=timeout)
+        return reply
+
     def close(self) -> None:
         self.transport.close()
 

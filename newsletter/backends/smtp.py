@@ -213,13 +213,13 @@ async def _pipelined(
         if error is not None:
             if data.code == 354:  # DATA taken with nobody to deliver to: end it empty
                 try:
-                    wire.send(b".\r\n", replies=1)
-                    await wire.replies(1, timeout=timeout)
+                    await wire.command(b".\r\n", timeout=timeout)
                 except (TimeoutError, aiosmtplib.SMTPException, OSError):
                     wire.close()  # the refusal stands; the session does not
             raise error
-        wire.send(wire_bytes(message.data, ready=message.wire_ready), replies=1)
-        (reply,) = await wire.replies(1, timeout=timeout)
+        reply = await wire.command(
+            wire_bytes(message.data, ready=message.wire_ready), timeout=timeout
+        )
         if reply.code != 250:  # the message refused: this message only
             raise classify_reply(reply.code, reply.message)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
@@ -287,17 +287,11 @@ def _describe(exc: BaseException) -> str:
 
 async def _reset(conn: _Connection, error: DeliveryError) -> bool:
     """RSET after a refusal by reply; True when the session is still good to use."""
-    if error.code is None or error.code == 421:
+    if error.code is None or error.code == 421 or not conn.alive:
         return False
     try:
         if conn.wire is not None:
-            if not conn.wire.is_open:
-                return False
-            conn.wire.send(b"RSET\r\n", replies=1)
-            (reply,) = await conn.wire.replies(1, timeout=conn.client.timeout)
-            return reply.code == 250
-        if not conn.client.is_connected:
-            return False
+            return (await conn.wire.command(b"RSET\r\n", timeout=conn.client.timeout)).code == 250
         return (await conn.client.rset()).code == 250
     except (TimeoutError, aiosmtplib.SMTPException, OSError):
         return False
@@ -309,8 +303,7 @@ async def _quit(conn: _Connection) -> None:
             await conn.client.quit()
             return
         if conn.wire.is_open:
-            conn.wire.send(b"QUIT\r\n", replies=1)
-            await conn.wire.replies(1, timeout=conn.client.timeout)
+            await conn.wire.command(b"QUIT\r\n", timeout=conn.client.timeout)
         conn.client.close()
     except (TimeoutError, aiosmtplib.SMTPException, OSError):
         conn.client.close()
