@@ -5,7 +5,9 @@ before it went out). The ledger (``newsletter.ledger``) holds the claims and the
 outcomes; this module is only the loop:
 
 1. queue the confirmations of sign-ups waiting for one;
-2. claim a batch (a lease: a dead worker's rows are taken back when it runs out);
+2. claim a batch (a lease: a dead worker's rows are taken back when it runs out; a
+   live worker renews the leases of the rows it holds until their outcomes are
+   recorded, and skips any row another worker took);
 3. prepare each job on its own: a row that cannot be read back or rendered fails
    alone, with its reason recorded, and the rest of the batch goes out;
 4. send over ``width`` lanes, so a pool of SMTP connections is kept busy;
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,6 +38,7 @@ from newsletter.ledger import (
     record_cancelled,
     record_failure,
     record_sent,
+    renew,
 )
 from newsletter.ledger.jobs import JobLoader
 from newsletter.render import BatchRenderer, outgoing, outgoing_confirmation
@@ -75,7 +79,12 @@ class _Ready:
 
 class _Recorder:
     """Outcomes recorded as they come, in groups of ``size`` or after ``seconds``: the
-    fewer sent-but-unrecorded messages a crash can leave, the fewer are sent twice."""
+    fewer sent-but-unrecorded messages a crash can leave, the fewer are sent twice.
+
+    A group the ledger refuses (locked, connection lost) is kept, not dropped, and the
+    round stops taking jobs (``failed``): the final ``flush`` tries it again, so what
+    was sent is recorded as sent when the database comes back in time, and is never
+    left to be claimed and sent again because a write failed once."""
 
     def __init__(
         self,
@@ -85,9 +94,11 @@ class _Recorder:
         emit: Callable[[Outcome], None],
         size: int,
         seconds: float,
+        failed: list[BaseException],
     ) -> None:
         self._loop, self._now, self._emit = loop, now, emit
         self._size, self._seconds = size, seconds
+        self._failed = failed
         self._pending: list[tuple[Job, DeliveryError | None]] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -103,9 +114,26 @@ class _Recorder:
             self._timer.cancel()
             self._timer = None
         group, self._pending = self._pending, []
-        if group:
-            for outcome in self._loop.record(group, now=self._now()):
-                self._emit(outcome)
+        if not group:
+            return
+        try:
+            outcomes = self._loop.record(group, now=self._now())
+        except Exception as exc:
+            log.warning("cannot record %d outcomes: %s", len(group), exc)
+            self._pending = group + self._pending
+            self._failed.append(exc)
+            return
+        for outcome in outcomes:
+            self._emit(outcome)
+
+    def close(self, *, tries: int = 3, pause: float = 0.5) -> None:
+        """Record what is left, trying again a little later when the ledger refuses."""
+        for attempt in range(tries):
+            self.flush()
+            if not self._pending:
+                return
+            time.sleep(pause * 2**attempt)  # the round is over: nothing else to run
+        raise self._failed[-1]
 
 
 class DeliveryLoop:
@@ -130,6 +158,11 @@ class DeliveryLoop:
         self.record_every, self.record_seconds = record_every, record_seconds
         self.loader = JobLoader(links=runtime.links, confirm_hours=runtime.settings.confirm_hours)
         self.renderer = BatchRenderer()  # its caches live as long as this loop
+        self.lease = timedelta(seconds=runtime.settings.lease_seconds)
+        # The rows claimed and not yet recorded, with the lease each holds; and those
+        # another worker took (a renewal came too late): they are not sent from here.
+        self._held: dict[int, datetime] = {}
+        self._lost: set[int] = set()
 
     async def drain(
         self,
@@ -153,11 +186,15 @@ class DeliveryLoop:
                 now=self.now(),
                 message_id_domain=settings.message_id_domain,
             )
-        recorder = _Recorder(
-            loop=self, now=self.now, emit=emit, size=self.record_every, seconds=self.record_seconds
-        )
         failed: list[BaseException] = []
+        recorder = _Recorder(
+            loop=self, now=self.now, emit=emit, size=self.record_every,
+            seconds=self.record_seconds, failed=failed,
+        )  # fmt: skip
         queue = self._due(emit, stop, failed)
+        self._held.clear()  # a failed round's rows wait for their leases, as after a crash
+        self._lost.clear()
+        keeper = asyncio.create_task(self._keep_leases())
 
         async def lane() -> None:
             # `width` lanes take the next job from one shared generator: as many sends in
@@ -166,6 +203,8 @@ class DeliveryLoop:
             # send theirs: no pause at the end of each batch.
             try:
                 for job in queue:
+                    if job.delivery_id in self._lost:
+                        continue  # another worker has it now
                     ready = self.prepare(job)
                     error = ready.error
                     if ready.message is not None:
@@ -182,7 +221,8 @@ class DeliveryLoop:
             # raises: a failing lane (or claim) never leaves sends in flight unrecorded.
             await asyncio.gather(*(lane() for _ in range(self.width)))
         finally:
-            recorder.flush()  # what was sent is recorded, even when a lane failed
+            keeper.cancel()
+            recorder.close()  # what was sent is recorded, even when a lane failed
         if failed:
             raise failed[0]
         return report
@@ -197,17 +237,18 @@ class DeliveryLoop:
         (after the batch in hand), or a lane ``failed`` (at once: the rest of the batch
         stays claimed until its lease runs out, as after a crash): each batch claimed,
         loaded, and those no longer wanted cancelled."""
-        settings = self.runtime.settings
         while not (stop and stop.is_set()) and not failed:
+            now = self.now()
             rows = claim_rows(
                 engine=self.runtime.engine,
-                now=self.now(),
+                now=now,
                 limit=self.batch_size,
                 subscriber_id=self.subscriber_id,
-                lease=timedelta(seconds=settings.lease_seconds),
+                lease=self.lease,
             )
             if not rows:
                 return
+            self._held.update((row.id, now + self.lease) for row in rows)
             with session_scope(engine=self.runtime.engine) as session:
                 jobs = self.loader.load(session=session, rows=rows)
             gone = [j for j in jobs if not j.wanted]
@@ -216,6 +257,8 @@ class DeliveryLoop:
                 delivery_ids=[j.delivery_id for j in gone],
                 now=self.now(),
             )
+            for job in gone:
+                self._held.pop(job.delivery_id, None)
             for job in gone:
                 emit(
                     Outcome(
@@ -231,6 +274,33 @@ class DeliveryLoop:
                     return
                 if job.wanted:
                     yield job
+
+    async def _keep_leases(self) -> None:
+        """Renew the held rows' leases every third of a lease, for as long as the round
+        lasts: a batch outlasting its lease must not be claimed again while in hand."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                self.renew()
+            except Exception:  # the database is away: try again next time
+                log.exception("cannot renew the leases of the rows in hand")
+
+    def renew(self) -> None:
+        """Extend the lease of every row held; forget those another worker took."""
+        until = self.now() + self.lease
+        by_lease: dict[datetime, list[int]] = {}
+        for delivery_id, held_until in self._held.items():
+            by_lease.setdefault(held_until, []).append(delivery_id)
+        for held_until, ids in by_lease.items():
+            kept = renew(engine=self.runtime.engine, ids=ids, held_until=held_until, until=until)
+            for delivery_id in ids:
+                if delivery_id not in self._held:
+                    continue  # recorded meanwhile
+                if delivery_id in kept:
+                    self._held[delivery_id] = until
+                else:
+                    del self._held[delivery_id]
+                    self._lost.add(delivery_id)
 
     def prepare(self, job: Job) -> _Ready:
         """The message for one job, or the permanent error why there is none."""
@@ -274,6 +344,8 @@ class DeliveryLoop:
         self, group: list[tuple[Job, DeliveryError | None]], *, now: datetime
     ) -> list[Outcome]:
         engine = self.runtime.engine
+        for job, _ in group:
+            self._held.pop(job.delivery_id, None)
         sent = [job for job, error in group if error is None]
         record_sent(
             engine=engine, deliveries=[(j.delivery_id, j.subscriber_id) for j in sent], now=now

@@ -8,6 +8,7 @@ and PostgreSQL alike). Schema changes ship as Alembic migrations under
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
@@ -70,6 +71,21 @@ class DeliveryStatus(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"  # the subscriber left before it went out
+
+
+def stored_list(value: str | None) -> tuple[str, ...]:
+    """A JSON list column (``author_names``, ``keywords``) as strings. A value that is not
+    a list of strings (written by hand, or by an older release) reads as empty: one odd
+    row must not stop indexing, ingest or a delivery batch."""
+    if not value:
+        return ()
+    try:
+        items = json.loads(value)
+    except (ValueError, RecursionError):
+        return ()
+    if not isinstance(items, list):
+        return ()
+    return tuple(item for item in items if isinstance(item, str))
 
 
 class Paper(SQLModel, table=True):

@@ -129,8 +129,8 @@ def decode(text: str) -> tuple[Item, ...]:
             )
             for row in json.loads(text)
         )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise SnapshotError(f"snapshots.items: not a digest's item list: {exc}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise SnapshotError(f"snapshots.items: not a digest's item list: {exc!r}"[:300]) from exc
 
 
 # --- stored: the snapshots table ---------------------------------------------------------

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter import db, tokens
+from newsletter import deliver as delivery
 from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.backends.file import FileBackend
 from newsletter.backends.memory import MemoryBackend
@@ -19,7 +21,15 @@ from newsletter.errors import PermanentDeliveryError, TransientDeliveryError
 from newsletter.ledger import LEASE, claim
 from newsletter.models import Delivery, Event, Subscriber, SubscriberStatus
 from newsletter.plan import plan_digests
-from tests.helpers import ScriptedBackend, add_paper, deliver, subscribe
+from tests.conftest import make_settings
+from tests.helpers import (
+    ScriptedBackend,
+    add_paper,
+    bulk_subscribe,
+    deliver,
+    runtime_for,
+    subscribe,
+)
 
 
 @pytest.fixture
@@ -221,3 +231,172 @@ def test_a_lane_that_breaks_stops_the_others_and_what_went_out_is_recorded(
     assert sent == sorted(backend.sent), "what the backend took is recorded as sent"
     assert backend.calls < 5 + settings.smtp.pool_size, "no lane took a job after the failure"
     assert {r.status for r in rows if r.to_address not in sent} == {"sending"}
+
+
+class SlowBackend(EmailBackend):
+    """A relay that takes ``seconds`` to accept each message (a slow or rate-limited one)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sent: list[str] = []
+
+    async def send(self, message: OutgoingMessage) -> None:
+        await asyncio.sleep(self.seconds)
+        self.sent.append(message.message_id)
+
+
+def _plan_many(engine, settings, now, count: int) -> None:  # type: ignore[no-untyped-def]
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    bulk_subscribe(engine, prefix="lease", count=count, query="diffusion", now=now)
+    assert (
+        len(plan_digests(engine=engine, settings=settings, now=now, due_only=False).planned)
+        == count
+    )
+
+
+def _slow_round(settings, engine, backend, *, then) -> None:  # type: ignore[no-untyped-def]
+    """One delivery round on the real clock (one lane, one batch of everything), with
+    ``then`` running beside it: what another worker does meanwhile."""
+    loop = delivery.DeliveryLoop(
+        runtime=runtime_for(settings, engine), backend=backend,
+        now=lambda: datetime.now(UTC), batch_size=10, concurrency=1,
+    )  # fmt: skip
+
+    async def main() -> None:
+        async with backend:
+            await asyncio.gather(loop.drain(), then())
+
+    asyncio.run(main())
+
+
+def test_a_batch_outlasting_its_lease_is_renewed_not_taken_over(
+    engine, tmp_path, database_url, now
+) -> None:  # type: ignore[no-untyped-def]
+    """Four messages at 0.4 s each under a 0.6 s lease: another worker claiming after
+    the first lease ran out finds nothing, and each message goes out once."""
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="0.6")
+    _plan_many(engine, settings, now, 4)
+    backend, taken = SlowBackend(0.4), []
+
+    async def other_worker() -> None:
+        await asyncio.sleep(1.0)
+        taken.extend(claim(engine=engine, now=datetime.now(UTC), limit=10))
+
+    _slow_round(settings, engine, backend, then=other_worker)
+    assert taken == []
+    assert len(backend.sent) == len(set(backend.sent)) == 4
+    with db.session_scope(engine=engine) as session:
+        assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
+
+
+def test_rows_another_worker_took_are_not_sent_from_here(
+    engine, tmp_path, database_url, now
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="0.6")
+    _plan_many(engine, settings, now, 3)
+    backend = SlowBackend(0.3)
+    theirs = datetime.now(UTC) + timedelta(hours=1)
+
+    async def other_worker() -> None:  # as if every lease had run out and been claimed
+        await asyncio.sleep(0.1)
+        with db.session_scope(engine=engine) as session:
+            session.execute(sa.update(Delivery).values(lease_until=theirs))
+
+    _slow_round(settings, engine, backend, then=other_worker)
+    assert len(backend.sent) == 1  # the one already in flight when they were taken
+    with db.session_scope(engine=engine) as session:
+        rows = list(session.exec(select(Delivery)))
+    assert sorted(r.status for r in rows) == ["sending", "sending", "sent"]
+
+
+def test_a_refused_outcome_write_is_kept_and_nothing_is_sent_twice(
+    engine, settings, now, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The ledger refuses the first write of outcomes (locked, connection lost): the
+    round stops, what was sent is still recorded as sent, and nothing goes out twice."""
+    _plan_many(engine, settings, now, 3)
+    real, calls = delivery.record_sent, []
+
+    def refused_once(**kwargs) -> None:  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("UPDATE deliveries", {}, Exception("database is locked"))
+        real(**kwargs)
+
+    monkeypatch.setattr(delivery, "record_sent", refused_once)
+    backend = ScriptedBackend()
+    with pytest.raises(sa.exc.OperationalError):
+        deliver(engine, settings, backend, now)
+    deliver(engine, settings, backend, now + LEASE + timedelta(seconds=1))
+    assert len(backend.sent) == len({m.message_id for m in backend.sent}) == 3
+    with db.session_scope(engine=engine) as session:
+        assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
+
+
+def test_an_outcome_another_worker_recorded_stands(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]
+    """A late failure from a worker whose lease ran out does not turn a digest another
+    worker sent back into one to retry."""
+    from newsletter.ledger import OutcomeStatus, record_failure
+
+    with db.session_scope(engine=engine) as session:
+        session.exec(select(Delivery)).one().status = "sent"
+    status = record_failure(
+        engine=engine, delivery_id=_row(engine).id, now=now,
+        error=TransientDeliveryError("451 later"), policy=settings.retry,
+    )  # fmt: skip
+    assert status == OutcomeStatus.SENT
+    row = _row(engine)
+    assert (row.status, row.attempts, row.last_error) == ("sent", 0, None)
+
+
+def test_a_paper_with_unreadable_authors_still_goes_out(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]
+    """A stored list that is not one (written by hand, an older release) reads as empty:
+    the digest goes out without the names instead of stopping the batch."""
+    from newsletter.models import Paper
+
+    with db.session_scope(engine=engine) as session:
+        session.exec(select(Paper)).one().author_names = "{"
+    backend = ScriptedBackend()
+    assert deliver(engine, settings, backend, now).count("sent") == 1
+    assert b"Diffusion" in backend.sent[0].data
+
+
+@pytest.mark.parametrize("items", ["[" * 100_000, "[1, 2]", '{"id": 1}'])
+def test_an_unreadable_snapshot_fails_its_digest_alone(engine, settings, now, items) -> None:  # type: ignore[no-untyped-def]
+    from newsletter.models import Snapshot
+
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="ada@example.org", topics=["diffusion"], now=now)
+    subscribe(engine, email="bob@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    with db.session_scope(engine=engine) as session:
+        ada = session.exec(select(Subscriber).where(Subscriber.email == "ada@example.org")).one()
+        row = session.exec(select(Delivery).where(Delivery.subscriber_id == ada.id)).one()
+        bad = Snapshot(id="f" * 32, items=items, created_at=now)
+        session.add(bad)
+        session.flush()
+        row.snapshot_id = bad.id
+    backend = ScriptedBackend()
+    report = deliver(engine, settings, backend, now)
+    assert report.count("sent") == 1 and report.count("failed") == 1
+    (failed,) = [o for o in report.outcomes if o.status == "failed"]
+    assert failed.email == "ada@example.org" and "snapshots.items" in (failed.error or "")
+
+
+def test_a_relay_down_past_the_deadline_fails_the_digest_not_the_reader(
+    engine, tmp_path, database_url, now, planned
+) -> None:  # type: ignore[no-untyped-def]
+    """Connection refused, login rejected: the relay's fault. Past the deadline the
+    digest fails, but counts as no soft bounce: a long outage must not suppress a list."""
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_SOFT_BOUNCE_LIMIT="1")
+    down = [TransientDeliveryError("cannot connect to the relay: refused") for _ in range(2)]
+    backend = ScriptedBackend(down)
+    assert deliver(engine, settings, backend, now).count("retrying") == 1
+    late = now + timedelta(hours=settings.retry.deadline_hours + 1)
+    assert deliver(engine, settings, backend, late).count("failed") == 1
+    with db.session_scope(engine=engine) as session:
+        sub = session.get(Subscriber, planned)
+        kinds = [e.kind for e in session.exec(select(Event).where(Event.subscriber_id == planned))]
+    assert (sub.status, sub.soft_bounces) == ("active", 0)  # type: ignore[union-attr]
+    assert "delivery.failed" in kinds and "bounce.soft" not in kinds
+    assert _row(engine).status == "failed"

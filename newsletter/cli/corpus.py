@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.text import Text
 from sqlmodel import select
 
 from newsletter import db
-from newsletter.models import Paper, utcnow
+from newsletter.models import Paper, stored_list, utcnow
 from newsletter.paper_links import PaperLinks
 from newsletter.render.links import links_for
 from newsletter.text import terminal_safe
@@ -208,8 +207,8 @@ def paper_json(paper: Paper) -> dict[str, object]:
         exclude={"key", "author_names", "keywords", "categories", "sources", *_INTERNAL}
     )
     lists = {
-        "author_names": json.loads(paper.author_names) if paper.author_names else [],
-        "keywords": json.loads(paper.keywords) if paper.keywords else [],
+        "author_names": list(stored_list(paper.author_names)),
+        "keywords": list(stored_list(paper.keywords)),
         "categories": (paper.categories or "").split(),
         "sources": (paper.sources or "").split(),
     }

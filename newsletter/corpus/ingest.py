@@ -28,7 +28,7 @@ from newsletter.corpus.sources import SUFFIXES, parse_bytes
 from newsletter.db import error_reason, session_scope
 from newsletter.errors import CorpusError
 from newsletter.events import EventKind
-from newsletter.models import CorpusFile, Event, Paper
+from newsletter.models import CorpusFile, Event, Paper, stored_list
 
 # Record fields stored as they are; the tuples are stored as JSON or spaced words.
 _PLAIN = (
@@ -91,17 +91,13 @@ def _words(value: str | None) -> tuple[str, ...]:
     return tuple(value.split()) if value else ()
 
 
-def _json_list(value: str | None) -> tuple[str, ...]:
-    return tuple(json.loads(value)) if value else ()
-
-
 def record_of(paper: Paper) -> PaperRecord:
     """A stored paper as a record, so one merge rule serves records and rows."""
     return PaperRecord(
         line=0,
         **{name: getattr(paper, name) for name in _PLAIN},  # type: ignore[arg-type]
-        author_names=_json_list(paper.author_names),
-        keywords=_json_list(paper.keywords),
+        author_names=stored_list(paper.author_names),
+        keywords=stored_list(paper.keywords),
         categories=_words(paper.categories),
         source=paper.sources or "dump",
     )

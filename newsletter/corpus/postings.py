@@ -10,7 +10,6 @@ that holds it). ``newsletter papers reindex`` rebuilds everything into fresh seg
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +22,7 @@ from newsletter import db
 from newsletter.filters import CorpusStats, PaperDoc
 from newsletter.filters.segments import Occurrences, build, rows
 from newsletter.filters.stored import Catalogue, StoredIndex, floats
-from newsletter.models import IndexSegment, Paper, Posting, utcnow
+from newsletter.models import IndexSegment, Paper, Posting, stored_list, utcnow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BATCH = 20_000  # papers per segment: bounds the memory of indexing a big catch-up
@@ -41,7 +40,7 @@ def paper_doc(paper: Paper) -> PaperDoc:
         authors=paper.authors,
         published_on=paper.published_on,
         first_seen_at=paper.first_seen_at,
-        author_names=tuple(json.loads(paper.author_names)) if paper.author_names else (),
+        author_names=stored_list(paper.author_names),
         categories=tuple(paper.categories.split()) if paper.categories else (),
         has_code=paper.code_url is not None,
     )

@@ -4,14 +4,14 @@ Planning writes rows, the delivery loop claims and records them, the web pages,
 metrics and the CLI read them. Each of those depends on this package and never
 on another stage:
 
-* ``claims``: take due rows with a lease;
+* ``claims``: take due rows with a lease, and renew it while they are sent;
 * ``jobs``: rebuild what a claimed row is to send (a digest, a confirmation, or a
   row that cannot be read back), one row never spoiling another;
 * ``outcomes``: record sent, retrying, failed, bounced, cancelled;
 * ``queries``: the operator's counts and the admin actions.
 """
 
-from newsletter.ledger.claims import LEASE, claim, claim_rows
+from newsletter.ledger.claims import LEASE, claim, claim_rows, renew
 from newsletter.ledger.jobs import ConfirmationJob, DigestJob, Job, UnreadableJob, load_jobs
 from newsletter.ledger.outcomes import (
     OutcomeStatus,
@@ -36,6 +36,7 @@ __all__ = [
     "record_cancelled",
     "record_failure",
     "record_sent",
+    "renew",
     "retry_failed",
     "stats",
     "unsubscribes_by_edition",

@@ -1,7 +1,9 @@
 """Claiming due rows: pending ones whose time has come, and sending ones whose lease
 ran out (their worker died mid-send). A claim sets a lease; since a row is rendered
 from what the ledger recorded, with the Message-ID chosen at planning, a resend after
-a crash is the same message."""
+a crash is the same message. A live worker renews the leases of the rows it holds
+(``renew``), so a batch that takes longer than one lease (a slow relay, a low send
+rate) is never taken over while it is still being sent."""
 
 from __future__ import annotations
 
@@ -80,3 +82,23 @@ def claim_rows(
                 claim_them.where(Delivery.id.in_(ids), due).returning(*LEDGER_COLUMNS)  # type: ignore[union-attr]
             )
         )
+
+
+def renew(*, engine: sa.Engine, ids: list[int], held_until: datetime, until: datetime) -> set[int]:
+    """Extend to ``until`` the lease of those of ``ids`` still held with ``held_until``
+    (still sending, under the lease this worker set); returns them. A row missing from
+    the answer was recorded, or taken by another worker after its lease ran out."""
+    if not ids:
+        return set()
+    with session_scope(engine=engine) as session:
+        kept = session.execute(
+            sa.update(Delivery)
+            .where(
+                Delivery.id.in_(ids),  # type: ignore[union-attr]
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.lease_until == held_until,
+            )
+            .values(lease_until=until)
+            .returning(Delivery.id)
+        )
+        return {int(row[0]) for row in kept}

@@ -8,7 +8,6 @@ others. The same rows give the same jobs, so a resend is the same message.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from sqlmodel import Session, select
 
 from newsletter import snapshot
 from newsletter.links import Links, Recipient
-from newsletter.models import DeliveryKind, Paper, Subscriber, SubscriberStatus
+from newsletter.models import DeliveryKind, Paper, Subscriber, SubscriberStatus, stored_list
 from newsletter.render import Confirmation, Digest, DigestPaper
 from newsletter.render.content import AUTHORS_SHOWN
 
@@ -54,7 +53,7 @@ PAPER_TEXT_COLUMNS = (
 
 def paper_text(row: Paper | sa.Row[tuple[object, ...]]) -> PaperText:
     """A ``Paper`` (or a row of ``PAPER_TEXT_COLUMNS``) as a digest shows it."""
-    names = json.loads(row.author_names) if row.author_names else []  # type: ignore[arg-type]
+    names = stored_list(row.author_names)  # type: ignore[arg-type]
     return PaperText(
         row.title,  # type: ignore[arg-type]
         row.abstract,  # type: ignore[arg-type]

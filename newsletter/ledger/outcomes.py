@@ -1,11 +1,12 @@
 """Recording what became of each attempt, and what it means for the subscriber.
 
 Transient failures are retried with backoff until ``deadline_hours`` after
-planning; past that the digest fails as a soft bounce, and ``soft_bounce_limit``
-of those in a row suppress the subscriber. A permanent failure that is the
-recipient's fault (5xx to RCPT) is a hard bounce: suppressed at once. Any other
-permanent failure (the message refused, or a row that cannot be rendered) fails
-that digest and leaves the subscriber as they are.
+planning; past that the digest fails, as a soft bounce when the recipient's server
+refused it (mailbox full, greylisting), and ``soft_bounce_limit`` of those in a row
+suppress the subscriber; a relay that stayed down fails the digest and nothing more.
+A permanent failure that is the recipient's fault (5xx to RCPT) is a hard bounce:
+suppressed at once. Any other permanent failure (the message refused, or a row that
+cannot be rendered) fails that digest and leaves the subscriber as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class OutcomeStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+_AS_RECORDED = {
+    DeliveryStatus.SENT: OutcomeStatus.SENT,
+    DeliveryStatus.PENDING: OutcomeStatus.RETRYING,
+    DeliveryStatus.CANCELLED: OutcomeStatus.CANCELLED,
+}
+
+
 def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = None) -> timedelta:
     """Exponential backoff with jitter: base * 2^(attempts-1), capped, then drawn from
     its upper half, so retries of many digests spread out instead of arriving together."""
@@ -52,7 +60,10 @@ def record_sent(*, engine: sa.Engine, deliveries: Iterable[tuple[int, int]], now
     with engine.begin() as connection:
         connection.execute(
             sa.update(Delivery)
-            .where(Delivery.id.in_([d for d, _ in pairs]))  # type: ignore[union-attr]
+            .where(
+                Delivery.id.in_([d for d, _ in pairs]),  # type: ignore[union-attr]
+                Delivery.status == DeliveryStatus.SENDING,  # not what another worker recorded
+            )
             .values(
                 status=DeliveryStatus.SENT,
                 sent_at=now,
@@ -127,6 +138,10 @@ def record_failure(
         row = session.get(Delivery, delivery_id)
         if row is None:  # the subscriber was removed meanwhile, ledger and all
             return OutcomeStatus.CANCELLED
+        if row.status != DeliveryStatus.SENDING:
+            # Another worker took the row after this one's lease ran out and recorded
+            # what became of it: that stands (a retry here would send it once more).
+            return _AS_RECORDED.get(row.status, OutcomeStatus.FAILED)
         subscriber = session.get(Subscriber, row.subscriber_id)
         row.lease_until = None
         row.attempts += 1
@@ -139,6 +154,11 @@ def record_failure(
                 delivery_event(session, kind=EventKind.RETRY, row=row, now=now, **detail)
                 return OutcomeStatus.RETRYING
             row.status = DeliveryStatus.FAILED
+            if not error.recipient_fault:
+                # The relay, not the mailbox, kept refusing (down, login, MAIL FROM): the
+                # digest is lost, the subscriber did nothing wrong and stays as they are.
+                delivery_event(session, kind=EventKind.FAILED, row=row, now=now, **detail)
+                return OutcomeStatus.FAILED
             delivery_event(session, kind=EventKind.SOFT_BOUNCE, row=row, now=now, **detail)
             if subscriber is not None:
                 subscriber.soft_bounces += 1
