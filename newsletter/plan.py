@@ -83,6 +83,7 @@ class PlanReport:
     no_match: list[str] = field(default_factory=list)
     already_planned: list[str] = field(default_factory=list)
     not_due: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # time zone or send time
     counts: Counter[str] = field(default_factory=Counter)
     editions: set[date] = field(default_factory=set)
     on_planned: Callable[[PlannedDigest], None] | None = None

@@ -130,6 +130,8 @@ def _print_plan(report: PlanReport, *, dry_run: bool) -> None:
     ]
     if counts["not_due"]:
         notes.append(f"{counts['not_due']} not due yet")
+    if counts["unreadable"]:
+        notes.append(f"{counts['unreadable']} skipped: stored time zone or send time unreadable")
     out.print(
         f"{counts['planned']} digests {'to send' if dry_run else 'planned'}; " + ", ".join(notes)
     )
