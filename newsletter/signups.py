@@ -19,6 +19,7 @@ Three steps, each its own transaction:
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from datetime import datetime, timedelta
 
@@ -35,6 +36,8 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from newsletter.subscribers import NewSubscriber, event, new_row, replace_topics
+
+log = logging.getLogger(__name__)
 
 CONFIRM_RESEND_AFTER = timedelta(minutes=10)  # a second sign-up sooner sends nothing more
 _QUEUE_BATCH = 100
@@ -69,12 +72,27 @@ def queue_confirmations(*, engine: sa.Engine, now: datetime, message_id_domain: 
                 )
             )
         for signup_id in ids:
-            with session_scope(engine=engine) as session:
-                queued += _queue_one(
-                    session, signup_id=signup_id, now=now, domain=message_id_domain
-                )
+            queued += _queue_retrying(
+                engine, signup_id=signup_id, now=now, domain=message_id_domain
+            )
         if len(ids) < _QUEUE_BATCH:
             return queued
+
+
+def _queue_retrying(engine: sa.Engine, *, signup_id: int, now: datetime, domain: str) -> int:
+    """``_queue_one``, once more when another process made the same new address's
+    subscriber row at the same moment (the unique address refuses the second): the
+    second try finds the row. One sign-up that still fails waits for the next round;
+    it never stops the others, nor the delivery round that queues them."""
+    for attempt in range(2):
+        try:
+            with session_scope(engine=engine) as session:
+                return _queue_one(session, signup_id=signup_id, now=now, domain=domain)
+        except sa.exc.IntegrityError as exc:
+            if attempt:
+                log.warning("cannot queue a confirmation: %s", type(exc).__name__,
+                            extra={"signup_id": signup_id})  # fmt: skip
+    return 0
 
 
 def _queue_one(session: Session, *, signup_id: int, now: datetime, domain: str) -> int:

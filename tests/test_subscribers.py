@@ -197,3 +197,38 @@ def test_an_import_in_bulk_stores_whole_rows_and_later_adds_still_work(
     assert (u7.dial, u7.timezone, u7.send_at, u7.status) == (3, "UTC", "07:00", "active")
     assert topics[u7.id] == ["diffusion | Image models", "speech"]
     assert later == max(s.id for s in subs) and added == 2501
+
+
+def test_a_sign_up_racing_another_process_for_a_new_address_is_queued(
+    engine, now, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two processes taking sign-ups for the same new address at once: the second to
+    make its subscriber row is refused by the unique address, tries again, and finds
+    the row: the confirmation is queued and the round goes on."""
+    from newsletter import signups
+    from newsletter.models import Delivery, DeliveryKind, SignUp, Subscriber, SubscriberStatus
+    from newsletter.subscribers import validate_subscriber
+
+    if engine.dialect.name == "sqlite":
+        pytest.skip("on SQLite the sign-up's first write takes the file's lock: no such race")
+    with db.session_scope(engine=engine) as session:
+        new = validate_subscriber(
+            email="new@example.org", topics=["diffusion"], timezone="UTC", send_at="08:00"
+        )
+        signups.hold(session=session, subscriber=new, now=now)
+    real, calls = signups.new_row, []
+
+    def the_other_process_first(**kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            with db.session_scope(engine=engine) as other:
+                real(session=other, email=kwargs["email"], status=SubscriberStatus.PENDING, now=now)
+        return real(**kwargs)
+
+    monkeypatch.setattr(signups, "new_row", the_other_process_first)
+    assert signups.queue_confirmations(engine=engine, now=now, message_id_domain="x.example") == 1
+    with db.session_scope(engine=engine) as session:
+        (sub,) = session.exec(select(Subscriber))
+        (mail,) = session.exec(select(Delivery))
+        assert (mail.subscriber_id, mail.kind) == (sub.id, DeliveryKind.CONFIRM)
+        assert session.exec(select(SignUp)).one().delivery_id == mail.id
