@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
@@ -352,8 +352,8 @@ def unsubscribe(
     if source not in UNSUBSCRIBE_SOURCES:
         raise ValueError(f"unknown unsubscribe source {source!r}")
     row = session.get(Subscriber, subscriber_id)
-    if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
-        return row
+    if row is None or row.status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.SUPPRESSED):
+        return row  # a suppressed address gets nothing already, and stays suppressed
     row.status, row.updated_at = SubscriberStatus.UNSUBSCRIBED, now
     unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
     unsubscribed.delivery_id = delivery_id
@@ -361,11 +361,27 @@ def unsubscribe(
     return row
 
 
+UNDO_SOURCES = ("one-click", "page")  # the reader's own unsubscribes, which they may undo
+UNDO_WITHIN = timedelta(days=7)
+
+
 def resubscribe(*, session: Session, subscriber_id: int, now: datetime) -> Subscriber | None:
-    """Undo an unsubscribe (the confirmation page's button); a suppressed address stays
-    suppressed: bounces are the operator's to clear."""
+    """Undo an unsubscribe (the confirmation page's button). Only the reader's own
+    (one-click or the page), and within ``UNDO_WITHIN``: the unsubscribe link is in every
+    digest and can be forwarded, so it must not take back a spam complaint, an
+    operator's removal or an old decision. A suppressed address stays suppressed:
+    bounces are the operator's to clear. Anyone else can sign up again (double opt-in)."""
     row = session.get(Subscriber, subscriber_id)
     if row is None or row.status != SubscriberStatus.UNSUBSCRIBED:
+        return row
+    last = session.exec(
+        select(Event.at, Event.detail)
+        .where(Event.subscriber_id == row.id, Event.kind == EventKind.UNSUBSCRIBED)
+        .order_by(Event.id.desc())  # type: ignore[union-attr]
+        .limit(1)
+    ).first()
+    source = json.loads(last[1]).get("source") if last is not None else None
+    if source not in UNDO_SOURCES or last[0] < now - UNDO_WITHIN:  # type: ignore[index]
         return row
     row.status, row.updated_at = SubscriberStatus.ACTIVE, now
     session.add(event(kind=EventKind.RESUBSCRIBED, subscriber_id=row.id, now=now))

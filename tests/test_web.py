@@ -137,11 +137,53 @@ def test_get_changes_nothing_and_the_page_button_unsubscribes(site: Site, now) -
     done = site.client.post(path, data={"source": "page"})
     assert done.status_code == 200 and "You are unsubscribed" in done.text
     assert [src for _, _, src in _unsubscribe_events(site)] == ["page"]
-    # The confirmation page offers coming back.
-    action = re.search(r'<form method="post" action="([^"]+)">', done.text).group(1)  # type: ignore[union-attr]
-    back = site.client.post(action)
+    # The confirmation page offers coming back (its form's token, bound to the reader).
+    back = _resubscribe(site, done.text)
     assert back.status_code == 200 and "Welcome back" in back.text
     assert _status(site, "cy@example.org") == "active"
+
+
+def _resubscribe(site: Site, page: str, *, csrf: bool = True) -> httpx.Response:
+    """Press the unsubscribed page's "Subscribe again"."""
+    action = re.search(r'<form method="post" action="([^"]+)">', page).group(1)  # type: ignore[union-attr]
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    return site.client.post(action, data={"csrf": token} if csrf else {})
+
+
+def test_the_unsubscribe_link_undoes_only_the_readers_own_recent_unsubscribe(
+    site: Site, now
+) -> None:  # type: ignore[no-untyped-def]
+    """The link is in every digest and digests get forwarded: whoever holds it must not
+    take back a bounce's suppression, a spam complaint, an operator's removal or an
+    unsubscribe older than a week, nor resubscribe without the page's form."""
+    from newsletter import subscribers
+
+    people = ["sup@example.org", "spam@example.org", "old@example.org", "form@example.org"]
+    paths = {a: _path(_unsubscribe_url(m)) for a, m in _digests(site, now, people).items()}
+    with db.session_scope(engine=site.engine) as session:
+        ids = {s.email: s.id for s in session.exec(select(Subscriber))}
+        session.get(Subscriber, ids["sup@example.org"]).status = "suppressed"  # type: ignore[union-attr]
+        subscribers.unsubscribe(
+            session=session, subscriber_id=ids["spam@example.org"], now=now, source="complaint"
+        )
+    pages = {a: site.client.post(paths[a], data={"source": "page"}).text for a in people}
+    with db.session_scope(engine=site.engine) as session:  # old's unsubscribe, 8 days ago
+        session.execute(
+            sa.update(Event)
+            .where(Event.subscriber_id == ids["old@example.org"])
+            .values(at=datetime.now(UTC) - timedelta(days=8))
+        )
+    assert _status(site, "sup@example.org") == "suppressed"  # unsubscribing changed nothing
+    bounced = _resubscribe(site, pages["sup@example.org"])
+    assert "bounced" in bounced.text and _status(site, "sup@example.org") == "suppressed"
+    for address in ("spam@example.org", "old@example.org"):
+        refused = _resubscribe(site, pages[address])
+        assert refused.status_code == 200 and "sign up on the subscribe page" in refused.text
+        assert _status(site, address) == "unsubscribed"
+    stale = _resubscribe(site, pages["form@example.org"], csrf=False)
+    assert stale.status_code == 400 and _status(site, "form@example.org") == "unsubscribed"
+    assert _resubscribe(site, pages["form@example.org"]).status_code == 200
+    assert _status(site, "form@example.org") == "active"
 
 
 def test_forged_truncated_and_other_subscribers_tokens_are_refused(site: Site, now) -> None:  # type: ignore[no-untyped-def]

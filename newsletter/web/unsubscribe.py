@@ -15,6 +15,8 @@ from newsletter import render, subscribers, tokens
 from newsletter.db import session_scope
 from newsletter.ledger.jobs import DigestJob, job_for
 from newsletter.models import Delivery, Subscriber, SubscriberStatus, utcnow
+from newsletter.web import forms
+from newsletter.web.signup import STALE_FORM
 from newsletter.web.site import PAGE_HEADERS, Site, masked
 
 # The archive is the email's own HTML: inline styles, images from anywhere, no scripts.
@@ -66,19 +68,33 @@ def routes(site: Site) -> list[Route]:
             email = masked(row.email)
         if one_click:
             return PlainTextResponse("Unsubscribed.\n", headers=PAGE_HEADERS)
-        return site.page(
-            "unsubscribed.html.j2", email=email, resubscribe=f"{request.url.path}/resubscribe"
-        )
+        return unsubscribed_page(request, row, email)
 
-    def resubscribe_post(request: Request) -> Response:
+    def unsubscribed_page(
+        request: Request, row: Subscriber, email: str, *, status: int = 200, problem: str = ""
+    ) -> Response:
+        return site.page(
+            "unsubscribed.html.j2", status=status, email=email, problem=problem,
+            resubscribe=f"{request.url.path.removesuffix('/resubscribe')}/resubscribe",
+            csrf=forms.csrf_token(key=site.key, scope=f"u:{row.id}"),
+        )  # fmt: skip
+
+    async def resubscribe_post(request: Request) -> Response:
+        form = await request.form()
         with session_scope(engine=engine) as session:
             found = unsubscriber(session, request)
             if found is None:
                 return site.not_found()
-            row = subscribers.resubscribe(session=session, subscriber_id=found[0].id, now=utcnow())  # type: ignore[arg-type]
+            sid = found[0].id
+            if not forms.csrf_ok(key=site.key, scope=f"u:{sid}", token=str(form.get("csrf", ""))):
+                return unsubscribed_page(
+                    request, found[0], masked(found[0].email), status=400, problem=STALE_FORM
+                )
+            row = subscribers.resubscribe(session=session, subscriber_id=sid, now=utcnow())  # type: ignore[arg-type]
             assert row is not None
-            active, email = row.status == SubscriberStatus.ACTIVE, masked(row.email)
-        return site.page("resubscribed.html.j2", email=email, active=active)
+            email = masked(row.email)
+            state = "active" if row.status == SubscriberStatus.ACTIVE else row.status
+        return site.page("resubscribed.html.j2", email=email, state=state)
 
     def archive(request: Request) -> Response:
         with session_scope(engine=engine) as session:
