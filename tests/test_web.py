@@ -480,3 +480,48 @@ def test_the_preview_index_holds_at_most_the_newest_papers_the_setting_allows(
     bounded = RecentPapers(engine=engine, max_papers=2)
     assert bounded.counts(topics=["diffusion"], now=now) == {"diffusion": 2}
     assert [d.title for d in bounded._current(now).index.papers] == ["Diffusion 20", "Diffusion 10"]
+
+
+def test_a_filter_given_twice_is_one_topic_in_sign_up_and_preferences(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """The same filter with and without a sentence is one topic (the first line stands):
+    never two rows the database refuses, a 5xx, or a sign-up that cannot be confirmed."""
+    from newsletter.subscribers import topics_by_subscriber
+
+    twice = "diffusion\ndiffusion | Diffusion models for images"
+    reply = _sign_up(site, email="two@example.org", topics=twice)
+    assert reply.status_code == 200 and "Check your inbox" in reply.text
+    _deliver_now(site)
+    (mail,) = _outbox(site)
+    link = re.search(
+        r"http://127\.0\.0\.1:\d+/confirm/\S+", mail.get_body(("plain",)).get_content()
+    )
+    done = site.client.post(_path(link.group(0)))  # type: ignore[union-attr]
+    assert done.status_code == 200 and _status(site, "two@example.org") == "active"
+    prefs_url = _path(re.search(r'href="([^"]+/p/[^"]+)"', done.text).group(1))  # type: ignore[union-attr]
+    saved = site.client.post(
+        prefs_url,
+        data={"csrf": _csrf(site.client.get(prefs_url).text), "cadence": "daily",
+              "topics": "quantum | Quantum computing\nquantum", "timezone": "UTC",
+              "send_at": "08:00", "action": "save"},
+    )  # fmt: skip
+    assert saved.status_code == 200 and "Saved." in saved.text
+    with db.session_scope(engine=site.engine) as session:
+        sid = session.exec(select(Subscriber.id).where(Subscriber.email == "two@example.org")).one()
+        assert topics_by_subscriber(session=session, ids=[sid])[sid] == [
+            "quantum | Quantum computing"
+        ]
+
+
+def test_a_stale_preferences_form_with_a_broken_topic_says_stale(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """A tab left open past the form's lifetime, then Preview with a half-typed filter:
+    the stale-form message, not a server error, and nothing changed."""
+    msg = _digests(site, now, ["tab@example.org"])["tab@example.org"]
+    prefs_url = re.search(r'href="(http://[^"]+/p/[^"]+)"', msg.get_body(("html",)).get_content())
+    for action in ("preview", "save"):
+        reply = site.client.post(
+            _path(prefs_url.group(1)),  # type: ignore[union-attr]
+            data={"csrf": "1.expired", "topics": "title:(", "cadence": "daily",
+                  "timezone": "UTC", "send_at": "08:00", "action": action},
+        )  # fmt: skip
+        assert reply.status_code == 400 and "open too long" in reply.text
+    assert _status(site, "tab@example.org") == "active"

@@ -99,6 +99,7 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
     """The topics, one per line, each checked; the first bad one is reported with its
     line and column, as the filter language's errors are everywhere else."""
     topics: list[str] = []
+    seen: set[str] = set()
     for number, line in enumerate(form.values.get(name, "").splitlines(), 1):
         if not line.strip():
             continue
@@ -111,7 +112,9 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
             shown = split_topic(line).query if hasattr(syntax, "column") else line.strip()
             form.errors[name] = f"Line {number}{column}: {message} ({shown})"
             return topics
-        if topic not in topics:
+        query = split_topic(topic).query
+        if query not in seen:  # one topic per filter (as validate_topics): the first stands
+            seen.add(query)
             topics.append(topic)
     if len(topics) > MAX_TOPICS:
         form.errors[name] = f"At most {MAX_TOPICS} topics."

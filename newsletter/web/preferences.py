@@ -53,8 +53,10 @@ def routes(site: Site) -> list[Route]:
         notice: str | None = None,
     ) -> Response:
         topics = forms.topic_lines(form.values.get("topics", ""))
-        # Only topics that parsed: a form with a topic error shows the error, not counts.
-        counts = {} if "topics" in form.errors else recent.counts(topics=topics, now=utcnow())
+        # Only topics that were checked and parsed: a form with a topic error shows the
+        # error, and a refused form (stale, forged) was never checked: no counts.
+        unchecked = "topics" in form.errors or "form" in form.errors
+        counts = {} if unchecked else recent.counts(topics=topics, now=utcnow())
         return site.page(
             "preferences.html.j2",
             status=status,
