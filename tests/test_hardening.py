@@ -575,6 +575,46 @@ def test_spoofed_forwarded_for_does_not_escape_the_rate_limit_nor_host_the_redir
     assert moved.headers["location"] == "https://papers.example/subscribe"
 
 
+def test_sign_ups_from_one_ipv6_network_share_one_limit(tmp_path: Path) -> None:
+    """Any VPS has a /64 of IPv6 addresses to rotate through: the limit is kept per /64,
+    so the sixth sign-up from it is refused whatever address it came from, and another
+    network is not held back (behind a trusted proxy that says who the client is)."""
+    port = free_port()
+    env = {
+        "NEWSLETTER_BASE_URL": "https://papers.example",
+        "NEWSLETTER_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    _cli(tmp_path, "db", "upgrade", **env)
+    with _process(tmp_path, "serve", "--port", str(port), port=port, **env) as url:
+        codes = []
+        with httpx.Client(base_url=url) as client:
+            for i, host in enumerate([f"2001:db8::{k}" for k in range(1, 8)] + ["2001:db8:0:1::1"]):
+                page = client.get("/subscribe").text
+                csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+                reply = client.post(
+                    "/subscribe",
+                    headers={"X-Forwarded-For": host},
+                    data={"email": f"v{i}@example.org", "topics": "", "timezone": "UTC",
+                          "send_at": "08:00", "csrf": csrf},
+                )  # fmt: skip
+                codes.append(reply.status_code)
+    assert codes == [200] * 5 + [429] * 2 + [200]
+
+
+def test_the_rate_limit_forgets_idle_clients_and_keeps_a_bounded_number() -> None:
+    from newsletter.web.forms import RateLimit, client_key
+
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key("unknown") == "unknown"
+    limit = RateLimit(limit=1, window=10)
+    limit.KEYS = 100
+    assert all(limit.allow(f"k{i}", now=0.0) for i in range(1000))
+    assert len(limit._events) == 100  # the oldest forgotten, at no cost to the others
+    assert not limit.allow("k999", now=1.0)  # the recent ones are still held
+    assert limit.allow("k999", now=11.0) and limit.allow("new", now=30.0)
+    assert len(limit._events) == 1  # idle ones go as new ones come
+
+
 def test_trusted_proxies_are_believed() -> None:
     settings = load_settings(
         environ={"NEWSLETTER_TRUSTED_PROXIES": "10.0.0.1, 192.0.2.0/24"},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,25 +59,48 @@ class RateLimit:
     """At most ``limit`` events per ``window`` seconds per key (a client address): a
     sliding window, per process. Thread-safe: sync routes run in a thread pool."""
 
+    KEYS = 100_000  # clients remembered at most: the oldest are forgotten first
+
     def __init__(self, *, limit: int, window: float) -> None:
         self.limit, self.window = limit, window
-        self._events: dict[str, collections.deque[float]] = {}
+        # Least recently seen first, so forgetting idle clients costs what it forgets,
+        # not a pass over every client on every request.
+        self._events: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def allow(self, key: str, *, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self._events) > 10_000:  # forget idle clients now and then
-                self._events = {
-                    k: v for k, v in self._events.items() if v and v[-1] > now - self.window
-                }
-            events = self._events.setdefault(key, collections.deque())
+            events = self._events.pop(key, None) or collections.deque()
+            self._events[key] = events  # now the most recently seen
+            while self._events:
+                oldest_key, oldest = next(iter(self._events.items()))
+                idle = not oldest or oldest[-1] <= now - self.window
+                if oldest_key == key or not (idle or len(self._events) > self.KEYS):
+                    break
+                del self._events[oldest_key]
             while events and events[0] <= now - self.window:
                 events.popleft()
             if len(events) >= self.limit:
                 return False
             events.append(now)
             return True
+
+
+def client_key(host: str) -> str:
+    """What a client's rate limit is kept under: its IPv4 address, or its IPv6 /64 (one
+    customer's network: any VPS can use billions of addresses within it)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 @dataclass

@@ -48,7 +48,7 @@ def routes(site: Site) -> list[Route]:
             form.errors["form"] = STALE_FORM
             return form_page(form, status=400)
         client = request.client.host if request.client else "unknown"
-        if not limit.allow(client):
+        if not limit.allow(forms.client_key(client)):
             return site.page("rate_limited.html.j2", status=429)
         email = forms.check_email(form)
         name = forms.check_name(form)
