@@ -61,7 +61,9 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
         try:
             stats(engine=engine)  # reads every table the pages and the worker need
         except sa.exc.SQLAlchemyError as exc:
-            return JSONResponse({"status": "error", "database": error_reason(exc)}, status_code=503)
+            # The reason names hosts, users and paths: the log has it, the public does not.
+            log.warning("healthz: database unavailable: %s", error_reason(exc))
+            return JSONResponse({"status": "error", "database": "unavailable"}, status_code=503)
         problem = health.problem() if health is not None else None
         if problem is not None:
             return JSONResponse({"status": "error", "worker": problem}, status_code=503)
