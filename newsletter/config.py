@@ -342,13 +342,23 @@ def _admin_token(value: str, setting: str = "NEWSLETTER_ADMIN_TOKEN") -> str:
     return value
 
 
+_SECRET_PARAMETER = ("password", "secret", "token", "key")  # libpq: password, sslpassword
+
+
 def sa_url_masked(url: str) -> str:
-    """A database URL with its password hidden, for display."""
+    """A database URL with its passwords hidden, for display: the one after the user
+    name, and any query parameter that carries one (``?password=``, ``sslpassword=``)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        pairs = []
+        for pair in parts.query.split("&"):
+            name, eq, _ = pair.partition("=")
+            secret = eq and any(word in name.lower() for word in _SECRET_PARAMETER)
+            pairs.append(f"{name}=***" if secret else pair)
+        parts = parts._replace(query="&".join(pairs))
+    return parts.geturl()
 
 
 def _smtp(get: Callable[[str], str]) -> SmtpSettings:

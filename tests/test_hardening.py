@@ -791,6 +791,14 @@ def test_secrets_stay_out_of_reprs_and_config_output(tmp_path: Path) -> None:
     for secret in secrets:
         assert secret not in proc.stdout + proc.stderr
     assert "user:***@db.example" in proc.stdout
+    # libpq also takes the password as a query parameter
+    in_query = env | {"DATABASE_URL": "postgresql+psycopg://u@db.example/n?sslmode=require"
+                      "&password=qu3ryPass&sslpassword=k3yPass"}  # fmt: skip
+    shown = repr(load_settings(environ=in_query, dotenv_path=tmp_path / "none"))
+    proc = _cli(tmp_path, "config", **in_query)
+    for secret in ("qu3ryPass", "k3yPass"):
+        assert secret not in shown + proc.stdout + proc.stderr
+    assert "sslmode=require&password=***&sslpassword=***" in proc.stdout
     signer = Signer(domain=b"x.example", selector=b"s", key=b"-----BEGIN PRIVATE KEY-----xyz")
     assert "PRIVATE" not in repr(signer)
     from newsletter.bounces.process import BounceAddress
