@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -126,14 +125,15 @@ class _Recorder:
         for outcome in outcomes:
             self._emit(outcome)
 
-    def close(self, *, tries: int = 3, pause: float = 0.5) -> None:
+    async def close(self, *, tries: int = 3, pause: float = 0.5) -> None:
         """Record what is left, trying again a little later when the ledger refuses."""
         for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(pause * 2 ** (attempt - 1))
             self.flush()
             if not self._pending:
                 return
-            time.sleep(pause * 2**attempt)  # the round is over: nothing else to run
-        raise self._failed[-1]
+        raise self._failed[0]
 
 
 class DeliveryLoop:
@@ -222,7 +222,7 @@ class DeliveryLoop:
             await asyncio.gather(*(lane() for _ in range(self.width)))
         finally:
             keeper.cancel()
-            recorder.close()  # what was sent is recorded, even when a lane failed
+            await recorder.close()  # what was sent is recorded, even when a lane failed
         if failed:
             raise failed[0]
         return report
@@ -259,7 +259,6 @@ class DeliveryLoop:
             )
             for job in gone:
                 self._held.pop(job.delivery_id, None)
-            for job in gone:
                 emit(
                     Outcome(
                         job.delivery_id,
@@ -344,28 +343,36 @@ class DeliveryLoop:
         self, group: list[tuple[Job, DeliveryError | None]], *, now: datetime
     ) -> list[Outcome]:
         engine = self.runtime.engine
-        for job, _ in group:
-            self._held.pop(job.delivery_id, None)
-        sent = [job for job, error in group if error is None]
+        # By the lease each row is held with; a row no longer held (another worker took
+        # it) is theirs to record. Held until written: a refused write is tried again.
+        held = [(job, error, self._held.get(job.delivery_id)) for job, error in group]
+        sent = [(job, lease) for job, error, lease in held if error is None]
         record_sent(
-            engine=engine, deliveries=[(j.delivery_id, j.subscriber_id) for j in sent], now=now
+            engine=engine,
+            deliveries=[(j.delivery_id, j.subscriber_id, lease) for j, lease in sent if lease],
+            now=now,
         )
         outcomes = [
             Outcome(j.delivery_id, j.to_address, OutcomeStatus.SENT, None, j.subscriber_id)
-            for j in sent
+            for j, _ in sent
         ]
-        for job, error in group:
+        for job, error, lease in held:
             if error is not None:
-                status = record_failure(
-                    engine=engine,
-                    delivery_id=job.delivery_id,
-                    now=now,
-                    error=error,
-                    policy=self.runtime.settings.retry,
-                )
+                status = OutcomeStatus.RETRYING  # another worker's row now
+                if lease is not None:
+                    status = record_failure(
+                        engine=engine,
+                        delivery_id=job.delivery_id,
+                        held=lease,
+                        now=now,
+                        error=error,
+                        policy=self.runtime.settings.retry,
+                    )
                 outcomes.append(
                     Outcome(job.delivery_id, job.to_address, status, str(error), job.subscriber_id)
                 )
+        for job, _ in group:
+            self._held.pop(job.delivery_id, None)
         return outcomes
 
 

@@ -60,17 +60,19 @@ def hold(*, session: Session, subscriber: NewSubscriber, now: datetime) -> None:
 def queue_confirmations(*, engine: sa.Engine, now: datetime, message_id_domain: str) -> int:
     """Turn held sign-ups into confirmation mail on the ledger; returns how many were
     queued. Safe to run in several processes at once: each sign-up is taken by one."""
-    queued = 0
+    queued, after = 0, 0
     while True:
         with session_scope(engine=engine) as session:
             ids = list(
                 session.exec(
                     select(SignUp.id)
-                    .where(SignUp.processed_at.is_(None))  # type: ignore[union-attr]
+                    .where(SignUp.processed_at.is_(None), SignUp.id > after)  # type: ignore[union-attr,arg-type,operator]
                     .order_by(SignUp.id)
                     .limit(_QUEUE_BATCH)
                 )
             )
+        if ids:  # onwards: one that stays unprocessed (refused twice) is not read again
+            after = ids[-1]
         for signup_id in ids:
             queued += _queue_retrying(
                 engine, signup_id=signup_id, now=now, domain=message_id_domain

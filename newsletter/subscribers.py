@@ -8,7 +8,7 @@ fields with the functions here, so a rule is written once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -148,15 +148,23 @@ def validate_topics(topics: Sequence[object]) -> tuple[str, ...]:
 
     No topic at all is allowed: it asks for everything, ranked by upvotes (like "*").
     """
-    clean: dict[str, str] = {}
-    for topic in topics:
-        if isinstance(topic, str) and not topic.strip():
-            continue
-        line = validate_topic(topic)
-        clean.setdefault(split_topic(line).query, line)
+    clean = distinct_topics(
+        validate_topic(topic)
+        for topic in topics
+        if not (isinstance(topic, str) and not topic.strip())
+    )
     if len(clean) > MAX_TOPICS:
         raise SubscriberError(f"at most {MAX_TOPICS} topics", field="topic")
-    return tuple(clean.values())
+    return tuple(clean)
+
+
+def distinct_topics(lines: Iterable[str]) -> list[str]:
+    """One topic per filter, the first line standing: a subscriber has one row per
+    filter, so ``diffusion`` and ``diffusion | Diffusion models`` are one topic."""
+    first: dict[str, str] = {}
+    for line in lines:
+        first.setdefault(split_topic(line).query, line)
+    return list(first.values())
 
 
 def validate_schedule(*, timezone: object, send_at: object) -> tuple[str, str]:
@@ -352,8 +360,10 @@ def unsubscribe(
     if source not in UNSUBSCRIBE_SOURCES:
         raise ValueError(f"unknown unsubscribe source {source!r}")
     row = session.get(Subscriber, subscriber_id)
-    if row is None or row.status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.SUPPRESSED):
-        return row  # a suppressed address gets nothing already, and stays suppressed
+    if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
+        return row
+    # A suppressed address too: its reader asked for no mail, so an operator clearing
+    # the bounce later must not mail them again.
     row.status, row.updated_at = SubscriberStatus.UNSUBSCRIBED, now
     unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
     unsubscribed.delivery_id = delivery_id
@@ -365,27 +375,42 @@ UNDO_SOURCES = ("one-click", "page")  # the reader's own unsubscribes, which the
 UNDO_WITHIN = timedelta(days=7)
 
 
-def resubscribe(*, session: Session, subscriber_id: int, now: datetime) -> Subscriber | None:
-    """Undo an unsubscribe (the confirmation page's button). Only the reader's own
-    (one-click or the page), and within ``UNDO_WITHIN``: the unsubscribe link is in every
-    digest and can be forwarded, so it must not take back a spam complaint, an
-    operator's removal or an old decision. A suppressed address stays suppressed:
-    bounces are the operator's to clear. Anyone else can sign up again (double opt-in)."""
+def resubscribe(
+    *, session: Session, subscriber_id: int, now: datetime
+) -> tuple[Subscriber, str] | None:
+    """Undo an unsubscribe (the confirmation page's button); the subscriber and what
+    came of it: "active", "bounced" (suppressed before, and no operator has cleared
+    it since: bounces are the operator's to clear) or "refused". Only the reader's own
+    unsubscribe (one-click or the page) within ``UNDO_WITHIN`` is undone: the link is in
+    every digest and can be forwarded, so it must not take back a spam complaint, an
+    operator's removal or an old decision. Anyone can sign up again (double opt-in)."""
     row = session.get(Subscriber, subscriber_id)
-    if row is None or row.status != SubscriberStatus.UNSUBSCRIBED:
-        return row
-    last = session.exec(
-        select(Event.at, Event.detail)
-        .where(Event.subscriber_id == row.id, Event.kind == EventKind.UNSUBSCRIBED)
-        .order_by(Event.id.desc())  # type: ignore[union-attr]
-        .limit(1)
-    ).first()
-    source = json.loads(last[1]).get("source") if last is not None else None
-    if source not in UNDO_SOURCES or last[0] < now - UNDO_WITHIN:  # type: ignore[index]
-        return row
+    if row is None:
+        return None
+    if row.status != SubscriberStatus.UNSUBSCRIBED:
+        return row, "active" if row.status == SubscriberStatus.ACTIVE else "refused"
+    history = list(
+        session.exec(
+            select(Event.kind, Event.at, Event.detail)
+            .where(
+                Event.subscriber_id == row.id,
+                Event.kind.in_(  # type: ignore[attr-defined]
+                    [EventKind.UNSUBSCRIBED, EventKind.SUPPRESSED, EventKind.REACTIVATED]
+                ),
+            )
+            .order_by(Event.id)  # type: ignore[arg-type]
+        )
+    )
+    last = next((h for h in reversed(history) if h[0] == EventKind.UNSUBSCRIBED), None)
+    source = json.loads(last[2]).get("source") if last is not None else None
+    if source not in UNDO_SOURCES or last[1] < now - UNDO_WITHIN:  # type: ignore[index]
+        return row, "refused"
+    cleared = (EventKind.SUPPRESSED, EventKind.REACTIVATED)
+    if next((k for k, _, _ in reversed(history) if k in cleared), None) == EventKind.SUPPRESSED:
+        return row, "bounced"
     row.status, row.updated_at = SubscriberStatus.ACTIVE, now
     session.add(event(kind=EventKind.RESUBSCRIBED, subscriber_id=row.id, now=now))
-    return row
+    return row, "active"
 
 
 def reactivate(*, session: Session, row: Subscriber, now: datetime, by: str) -> None:

@@ -38,6 +38,7 @@ class Faults:
     drop_in_data_rate: float = 0.0  # fraction of DATAs whose connection is cut before the reply
     slow_rate: float = 0.0  # fraction of DATAs answered after ``slow_seconds``
     slow_seconds: float = 0.0
+    after_data: dict[str, str] = field(default_factory=dict)  # address -> reply to its message
     seed: int = 1
 
 
@@ -97,6 +98,10 @@ class FaultyHandler:
             self.injected["slow"] += 1
             await asyncio.sleep(f.slow_seconds)
             return "451 4.4.2 timed out"  # a server too slow to answer accepted nothing
+        refused = [f.after_data[r] for r in envelope.rcpt_tos if r in f.after_data]
+        if refused:
+            self.injected["after_data"] += 1
+            return refused[0]
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         with self.lock:
             for rcpt in envelope.rcpt_tos:

@@ -272,32 +272,36 @@ def _slow_round(settings, engine, backend, *, then) -> None:  # type: ignore[no-
 def test_a_batch_outlasting_its_lease_is_renewed_not_taken_over(
     engine, tmp_path, database_url, now
 ) -> None:  # type: ignore[no-untyped-def]
-    """Four messages at 0.4 s each under a 0.6 s lease: another worker claiming after
-    the first lease ran out finds nothing, and each message goes out once."""
-    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="0.6")
-    _plan_many(engine, settings, now, 4)
-    backend, taken = SlowBackend(0.4), []
+    """Five messages at 0.6 s each under a 2 s lease (renewed every 0.67 s): another
+    worker claiming after the first lease ran out finds nothing, and each message goes
+    out once. (A stall of over a second would be needed to lose a renewal.)"""
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="2")
+    _plan_many(engine, settings, now, 5)
+    backend, taken = SlowBackend(0.6), []
 
     async def other_worker() -> None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)
         taken.extend(claim(engine=engine, now=datetime.now(UTC), limit=10))
 
     _slow_round(settings, engine, backend, then=other_worker)
     assert taken == []
-    assert len(backend.sent) == len(set(backend.sent)) == 4
+    assert len(backend.sent) == len(set(backend.sent)) == 5
     with db.session_scope(engine=engine) as session:
         assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
 
 
-def test_rows_another_worker_took_are_not_sent_from_here(
+def test_rows_another_worker_took_are_neither_sent_nor_recorded_from_here(
     engine, tmp_path, database_url, now
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="0.6")
+    """Every lease runs out and another worker claims the rows while the first message
+    is in flight: the renewal finds them gone, the other two are not sent from here, and
+    nothing this worker records overwrites the other worker's rows."""
+    settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="2")
     _plan_many(engine, settings, now, 3)
-    backend = SlowBackend(0.3)
+    backend = SlowBackend(1.0)  # the renewal (at 0.67 s) comes before the second send
     theirs = datetime.now(UTC) + timedelta(hours=1)
 
-    async def other_worker() -> None:  # as if every lease had run out and been claimed
+    async def other_worker() -> None:
         await asyncio.sleep(0.1)
         with db.session_scope(engine=engine) as session:
             session.execute(sa.update(Delivery).values(lease_until=theirs))
@@ -306,7 +310,7 @@ def test_rows_another_worker_took_are_not_sent_from_here(
     assert len(backend.sent) == 1  # the one already in flight when they were taken
     with db.session_scope(engine=engine) as session:
         rows = list(session.exec(select(Delivery)))
-    assert sorted(r.status for r in rows) == ["sending", "sending", "sent"]
+    assert {(r.status, r.lease_until) for r in rows} == {("sending", theirs)}
 
 
 def test_a_refused_outcome_write_is_kept_and_nothing_is_sent_twice(
@@ -341,12 +345,22 @@ def test_an_outcome_another_worker_recorded_stands(engine, settings, now, planne
     with db.session_scope(engine=engine) as session:
         session.exec(select(Delivery)).one().status = "sent"
     status = record_failure(
-        engine=engine, delivery_id=_row(engine).id, now=now,
+        engine=engine, delivery_id=_row(engine).id, held=now + LEASE, now=now,
         error=TransientDeliveryError("451 later"), policy=settings.retry,
     )  # fmt: skip
     assert status == OutcomeStatus.SENT
     row = _row(engine)
     assert (row.status, row.attempts, row.last_error) == ("sent", 0, None)
+    # Still sending, but under another worker's lease: theirs to record.
+    with db.session_scope(engine=engine) as session:
+        taken = session.exec(select(Delivery)).one()
+        taken.status, taken.lease_until = "sending", now + 2 * LEASE
+    status = record_failure(
+        engine=engine, delivery_id=row.id, held=now + LEASE, now=now,  # type: ignore[arg-type]
+        error=TransientDeliveryError("451 later"), policy=settings.retry,
+    )  # fmt: skip
+    assert status == OutcomeStatus.RETRYING
+    assert (_row(engine).status, _row(engine).attempts) == ("sending", 0)
 
 
 def test_a_paper_with_unreadable_authors_still_goes_out(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]

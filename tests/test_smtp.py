@@ -251,6 +251,43 @@ def test_mailbox_full_past_the_deadline_is_a_soft_bounce_and_suppresses(
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("reply", "bounce", "status"),
+    [
+        ("552 5.2.2 mailbox full", "bounce.soft", "suppressed"),  # a full mailbox, after DATA
+        ("550 5.2.1 mailbox disabled", "bounce.hard", "suppressed"),
+        ("554 5.6.0 message content rejected", "delivery.failed", "active"),  # this message's
+    ],
+)
+def test_a_refusal_after_data_about_the_mailbox_is_the_recipients(
+    tmp_path, sqlite_engine, sqlite_url, now, pipelining, reply, bounce, status
+) -> None:  # type: ignore[no-untyped-def]
+    """A digest has one recipient, so a refusal of the message that is about the mailbox
+    (552, or an enhanced status x.2.x) bounces like one at RCPT; one about the message
+    (content, size, policy) fails that digest alone."""
+    server = SMTPServer(Faults(after_data={"x@example.org": reply}), pipelining=pipelining).start()
+    try:
+        settings = smtp_settings(
+            tmp_path, sqlite_url, server.port,
+            NEWSLETTER_RETRY_DEADLINE_HOURS="0.001", NEWSLETTER_SOFT_BOUNCE_LIMIT="1",
+        )  # fmt: skip
+        populate(sqlite_engine, settings, now, ["x@example.org", "fine@example.org"])
+        drain(sqlite_engine, settings, Clock(now))
+        with db.session_scope(engine=sqlite_engine) as session:
+            subs = {s.email: s for s in session.exec(select(Subscriber))}
+            kinds = {
+                e.kind
+                for e in session.exec(
+                    select(Event).where(Event.subscriber_id == subs["x@example.org"].id)
+                )
+            }
+        assert bounce in kinds and subs["x@example.org"].status == status
+        assert subs["fine@example.org"].status == "active"
+        assert server.handler.copies() == {"fine@example.org": 1}
+    finally:
+        server.stop()
+
+
 def test_connections_are_reused_up_to_the_cap(
     tmp_path, sqlite_engine, sqlite_url, now, server
 ) -> None:  # type: ignore[no-untyped-def]

@@ -157,12 +157,15 @@ def test_the_unsubscribe_link_undoes_only_the_readers_own_recent_unsubscribe(
     take back a bounce's suppression, a spam complaint, an operator's removal or an
     unsubscribe older than a week, nor resubscribe without the page's form."""
     from newsletter import subscribers
+    from newsletter.ledger.outcomes import suppress
 
     people = ["sup@example.org", "spam@example.org", "old@example.org", "form@example.org"]
     paths = {a: _path(_unsubscribe_url(m)) for a, m in _digests(site, now, people).items()}
     with db.session_scope(engine=site.engine) as session:
         ids = {s.email: s.id for s in session.exec(select(Subscriber))}
-        session.get(Subscriber, ids["sup@example.org"]).status = "suppressed"  # type: ignore[union-attr]
+        row = session.get(Subscriber, ids["sup@example.org"])
+        delivery = session.exec(select(Delivery).where(Delivery.subscriber_id == row.id)).one()  # type: ignore[union-attr]
+        suppress(session, subscriber=row, row=delivery, now=now, why="hard bounce")
         subscribers.unsubscribe(
             session=session, subscriber_id=ids["spam@example.org"], now=now, source="complaint"
         )
@@ -173,9 +176,10 @@ def test_the_unsubscribe_link_undoes_only_the_readers_own_recent_unsubscribe(
             .where(Event.subscriber_id == ids["old@example.org"])
             .values(at=datetime.now(UTC) - timedelta(days=8))
         )
-    assert _status(site, "sup@example.org") == "suppressed"  # unsubscribing changed nothing
-    bounced = _resubscribe(site, pages["sup@example.org"])
-    assert "bounced" in bounced.text and _status(site, "sup@example.org") == "suppressed"
+    # The suppressed reader's wish counts too (clearing the bounce must not mail them)...
+    assert _status(site, "sup@example.org") == "unsubscribed"
+    bounced = _resubscribe(site, pages["sup@example.org"])  # ...and undoing it mails nobody
+    assert "bounced" in bounced.text and _status(site, "sup@example.org") == "unsubscribed"
     for address in ("spam@example.org", "old@example.org"):
         refused = _resubscribe(site, pages[address])
         assert refused.status_code == 200 and "sign up on the subscribe page" in refused.text

@@ -183,8 +183,8 @@ class SMTPBackend(EmailBackend):
                 raise TransientDeliveryError("the relay closed the connection before the message")
             protocol.write(wire_bytes(message.data, ready=message.wire_ready))
             reply = await protocol.read_response(timeout=timeout)
-            if reply.code != 250:  # the message refused: this message only
-                raise classify_reply(reply.code, reply.message)
+            if reply.code != 250:
+                raise _message_refused(reply)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransientDeliveryError(_describe(exc)) from exc
 
@@ -220,8 +220,8 @@ async def _pipelined(
         reply = await wire.command(
             wire_bytes(message.data, ready=message.wire_ready), timeout=timeout
         )
-        if reply.code != 250:  # the message refused: this message only
-            raise classify_reply(reply.code, reply.message)
+        if reply.code != 250:
+            raise _message_refused(reply)
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise TransientDeliveryError(_describe(exc)) from exc
 
@@ -274,6 +274,17 @@ def wire_bytes(data: bytes, *, ready: bool = False) -> bytes:
         if data.startswith(b"."):
             data = b"." + data
     return data + b".\r\n"
+
+
+_MAILBOX_STATUS = re.compile(r"[245]\.2\.[0-9]{1,3}\b")  # RFC 3463: x.2.x is the mailbox
+
+
+def _message_refused(reply: SMTPResponse) -> DeliveryError:
+    """The message refused after DATA. A digest has one recipient, so a reply about the
+    mailbox (552 storage exceeded, or an enhanced status x.2.x: full, disabled) is the
+    recipient's, a bounce; anything else (size, content, policy) is this message's."""
+    mailbox = reply.code == 552 or _MAILBOX_STATUS.match(reply.message) is not None
+    return classify_reply(reply.code, reply.message, recipient_fault=mailbox)
 
 
 def _recipient_error(code: int, text: str, address: str) -> DeliveryError:

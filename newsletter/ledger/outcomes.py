@@ -39,8 +39,9 @@ class OutcomeStatus(enum.StrEnum):
 _AS_RECORDED = {
     DeliveryStatus.SENT: OutcomeStatus.SENT,
     DeliveryStatus.PENDING: OutcomeStatus.RETRYING,
+    DeliveryStatus.FAILED: OutcomeStatus.FAILED,
     DeliveryStatus.CANCELLED: OutcomeStatus.CANCELLED,
-}
+}  # a row still sending is another worker's: retrying, as far as this one can say
 
 
 def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = None) -> timedelta:
@@ -50,36 +51,48 @@ def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = N
     return timedelta(seconds=(rng or random).uniform(ceiling / 2, ceiling))
 
 
-def record_sent(*, engine: sa.Engine, deliveries: Iterable[tuple[int, int]], now: datetime) -> None:
-    """These (delivery, subscriber) pairs were accepted: two statements for any number,
-    on a plain connection (every 32 messages: the ORM session's bookkeeping for two bulk
-    updates was a tenth of a delivery process's time)."""
-    pairs = list(deliveries)
-    if not pairs:
+Held = tuple[int, int, datetime]  # (delivery, subscriber, the lease this worker holds it by)
+
+
+def record_sent(*, engine: sa.Engine, deliveries: Iterable[Held], now: datetime) -> None:
+    """These deliveries were accepted: a statement or two for any number, on a plain
+    connection (every 32 messages: the ORM session's bookkeeping for two bulk updates was
+    a tenth of a delivery process's time). Only rows still held by the lease this worker
+    set are written: a row another worker took after that lease ran out is theirs."""
+    by_lease: dict[datetime, list[int]] = {}
+    for delivery_id, _, held in deliveries:
+        by_lease.setdefault(held, []).append(delivery_id)
+    if not by_lease:
         return
     with engine.begin() as connection:
-        connection.execute(
-            sa.update(Delivery)
-            .where(
-                Delivery.id.in_([d for d, _ in pairs]),  # type: ignore[union-attr]
-                Delivery.status == DeliveryStatus.SENDING,  # not what another worker recorded
+        subscribers: set[int] = set()
+        for held, ids in by_lease.items():
+            written = connection.execute(
+                sa.update(Delivery)
+                .where(
+                    Delivery.id.in_(ids),  # type: ignore[union-attr]
+                    Delivery.status == DeliveryStatus.SENDING,
+                    Delivery.lease_until == held,
+                )
+                .values(
+                    status=DeliveryStatus.SENT,
+                    sent_at=now,
+                    attempts=Delivery.attempts + 1,
+                    last_error=None,
+                    lease_until=None,
+                )
+                .returning(Delivery.subscriber_id)
             )
-            .values(
-                status=DeliveryStatus.SENT,
-                sent_at=now,
-                attempts=Delivery.attempts + 1,
-                last_error=None,
-                lease_until=None,
+            subscribers.update(sid for (sid,) in written)
+        if subscribers:  # "soft bounces in a row": a delivered digest resets the count
+            connection.execute(
+                sa.update(Subscriber)
+                .where(
+                    Subscriber.id.in_(subscribers),  # type: ignore[attr-defined]
+                    Subscriber.soft_bounces > 0,
+                )
+                .values(soft_bounces=0)
             )
-        )
-        connection.execute(  # "soft bounces in a row": a delivered digest resets the count
-            sa.update(Subscriber)
-            .where(
-                Subscriber.id.in_({s for _, s in pairs}),  # type: ignore[attr-defined]
-                Subscriber.soft_bounces > 0,
-            )
-            .values(soft_bounces=0)
-        )
 
 
 def record_cancelled(*, engine: sa.Engine, delivery_ids: Iterable[int], now: datetime) -> None:
@@ -129,19 +142,21 @@ def record_failure(
     *,
     engine: sa.Engine,
     delivery_id: int,
+    held: datetime,
     now: datetime,
     error: DeliveryError,
     policy: RetryPolicy,
 ) -> OutcomeStatus:
-    """Record one failed attempt: retrying, or failed (and maybe a bounce)."""
+    """Record one failed attempt: retrying, or failed (and maybe a bounce). ``held``:
+    the lease this worker holds the row by."""
     with session_scope(engine=engine) as session:
         row = session.get(Delivery, delivery_id)
         if row is None:  # the subscriber was removed meanwhile, ledger and all
             return OutcomeStatus.CANCELLED
-        if row.status != DeliveryStatus.SENDING:
-            # Another worker took the row after this one's lease ran out and recorded
-            # what became of it: that stands (a retry here would send it once more).
-            return _AS_RECORDED.get(row.status, OutcomeStatus.FAILED)
+        if row.status != DeliveryStatus.SENDING or row.lease_until != held:
+            # Another worker took the row after this one's lease ran out: what it
+            # records stands (a retry from here would send it once more).
+            return _AS_RECORDED.get(row.status, OutcomeStatus.RETRYING)
         subscriber = session.get(Subscriber, row.subscriber_id)
         row.lease_until = None
         row.attempts += 1

@@ -22,6 +22,7 @@ from newsletter.models import Cadence
 from newsletter.relevance import DEFAULT_DIAL, DIAL
 from newsletter.subscribers import (
     MAX_TOPICS,
+    distinct_topics,
     normalize_email,
     split_topic,
     validate_cadence,
@@ -123,7 +124,6 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
     """The topics, one per line, each checked; the first bad one is reported with its
     line and column, as the filter language's errors are everywhere else."""
     topics: list[str] = []
-    seen: set[str] = set()
     for number, line in enumerate(form.values.get(name, "").splitlines(), 1):
         if not line.strip():
             continue
@@ -136,10 +136,8 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
             shown = split_topic(line).query if hasattr(syntax, "column") else line.strip()
             form.errors[name] = f"Line {number}{column}: {message} ({shown})"
             return topics
-        query = split_topic(topic).query
-        if query not in seen:  # one topic per filter (as validate_topics): the first stands
-            seen.add(query)
-            topics.append(topic)
+        topics.append(topic)
+    topics = distinct_topics(topics)
     if len(topics) > MAX_TOPICS:
         form.errors[name] = f"At most {MAX_TOPICS} topics."
     return topics

@@ -90,10 +90,10 @@ def routes(site: Site) -> list[Route]:
                 return unsubscribed_page(
                     request, found[0], masked(found[0].email), status=400, problem=STALE_FORM
                 )
-            row = subscribers.resubscribe(session=session, subscriber_id=sid, now=utcnow())  # type: ignore[arg-type]
-            assert row is not None
+            found = subscribers.resubscribe(session=session, subscriber_id=sid, now=utcnow())  # type: ignore[arg-type]
+            assert found is not None
+            row, state = found
             email = masked(row.email)
-            state = "active" if row.status == SubscriberStatus.ACTIVE else row.status
         return site.page("resubscribed.html.j2", email=email, state=state)
 
     def archive(request: Request) -> Response:
