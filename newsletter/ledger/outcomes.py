@@ -24,6 +24,7 @@ from newsletter.config import RetryPolicy
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError, TransientDeliveryError
 from newsletter.events import EventKind
+from newsletter.ledger.claims import still_held
 from newsletter.models import Delivery, DeliveryStatus, Event, Subscriber, SubscriberStatus
 
 
@@ -68,12 +69,7 @@ def record_sent(*, engine: sa.Engine, deliveries: Iterable[Held], now: datetime)
         subscribers: set[int] = set()
         for held, ids in by_lease.items():
             written = connection.execute(
-                sa.update(Delivery)
-                .where(
-                    Delivery.id.in_(ids),  # type: ignore[union-attr]
-                    Delivery.status == DeliveryStatus.SENDING,
-                    Delivery.lease_until == held,
-                )
+                still_held(ids, held)
                 .values(
                     status=DeliveryStatus.SENT,
                     sent_at=now,
