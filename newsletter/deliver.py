@@ -343,18 +343,17 @@ class DeliveryLoop:
         self, group: list[tuple[Job, DeliveryError | None]], *, now: datetime
     ) -> list[Outcome]:
         engine = self.runtime.engine
-        # By the lease each row is held with; a row no longer held (another worker took
-        # it) is theirs to record. Held until written: a refused write is tried again.
+        # What the relay took is sent, whoever holds the row now. A failure is written
+        # only under the lease this worker holds: a row another worker took is theirs.
+        # Held until written: a refused write is tried again.
         held = [(job, error, self._held.get(job.delivery_id)) for job, error in group]
-        sent = [(job, lease) for job, error, lease in held if error is None]
+        sent = [job for job, error, _ in held if error is None]
         record_sent(
-            engine=engine,
-            deliveries=[(j.delivery_id, j.subscriber_id, lease) for j, lease in sent if lease],
-            now=now,
+            engine=engine, deliveries=[(j.delivery_id, j.subscriber_id) for j in sent], now=now
         )
         outcomes = [
             Outcome(j.delivery_id, j.to_address, OutcomeStatus.SENT, None, j.subscriber_id)
-            for j, _ in sent
+            for j in sent
         ]
         for job, error, lease in held:
             if error is not None:

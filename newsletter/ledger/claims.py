@@ -92,16 +92,13 @@ def renew(*, engine: sa.Engine, ids: list[int], held_until: datetime, until: dat
         return set()
     with session_scope(engine=engine) as session:
         kept = session.execute(
-            still_held(ids, held_until).values(lease_until=until).returning(Delivery.id)
+            sa.update(Delivery)
+            .where(
+                Delivery.id.in_(ids),  # type: ignore[union-attr]
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.lease_until == held_until,
+            )
+            .values(lease_until=until)
+            .returning(Delivery.id)
         )
         return {int(row[0]) for row in kept}
-
-
-def still_held(ids: list[int], lease: datetime) -> sa.Update:
-    """An UPDATE of those of ``ids`` still held under ``lease`` (sending, with the lease
-    this worker set): what a worker may write to, once another may have taken a row."""
-    return sa.update(Delivery).where(
-        Delivery.id.in_(ids),  # type: ignore[union-attr]
-        Delivery.status == DeliveryStatus.SENDING,
-        Delivery.lease_until == lease,
-    )

@@ -24,7 +24,6 @@ from newsletter.config import RetryPolicy
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError, TransientDeliveryError
 from newsletter.events import EventKind
-from newsletter.ledger.claims import still_held
 from newsletter.models import Delivery, DeliveryStatus, Event, Subscriber, SubscriberStatus
 
 
@@ -52,43 +51,34 @@ def backoff(*, attempts: int, policy: RetryPolicy, rng: random.Random | None = N
     return timedelta(seconds=(rng or random).uniform(ceiling / 2, ceiling))
 
 
-Held = tuple[int, int, datetime]  # (delivery, subscriber, the lease this worker holds it by)
-
-
-def record_sent(*, engine: sa.Engine, deliveries: Iterable[Held], now: datetime) -> None:
-    """These deliveries were accepted: a statement or two for any number, on a plain
-    connection (every 32 messages: the ORM session's bookkeeping for two bulk updates was
-    a tenth of a delivery process's time). Only rows still held by the lease this worker
-    set are written: a row another worker took after that lease ran out is theirs."""
-    by_lease: dict[datetime, list[int]] = {}
-    for delivery_id, _, held in deliveries:
-        by_lease.setdefault(held, []).append(delivery_id)
-    if not by_lease:
+def record_sent(*, engine: sa.Engine, deliveries: Iterable[tuple[int, int]], now: datetime) -> None:
+    """These (delivery, subscriber) pairs were accepted: two statements for any number,
+    on a plain connection (every 32 messages: the ORM session's bookkeeping for two bulk
+    updates was a tenth of a delivery process's time). Whatever the row's state and
+    whoever holds it now: the relay took the message, so it is sent."""
+    pairs = list(deliveries)
+    if not pairs:
         return
     with engine.begin() as connection:
-        subscribers: set[int] = set()
-        for held, ids in by_lease.items():
-            written = connection.execute(
-                still_held(ids, held)
-                .values(
-                    status=DeliveryStatus.SENT,
-                    sent_at=now,
-                    attempts=Delivery.attempts + 1,
-                    last_error=None,
-                    lease_until=None,
-                )
-                .returning(Delivery.subscriber_id)
+        connection.execute(
+            sa.update(Delivery)
+            .where(Delivery.id.in_([d for d, _ in pairs]))  # type: ignore[union-attr]
+            .values(
+                status=DeliveryStatus.SENT,
+                sent_at=now,
+                attempts=Delivery.attempts + 1,
+                last_error=None,
+                lease_until=None,
             )
-            subscribers.update(sid for (sid,) in written)
-        if subscribers:  # "soft bounces in a row": a delivered digest resets the count
-            connection.execute(
-                sa.update(Subscriber)
-                .where(
-                    Subscriber.id.in_(subscribers),  # type: ignore[attr-defined]
-                    Subscriber.soft_bounces > 0,
-                )
-                .values(soft_bounces=0)
+        )
+        connection.execute(  # "soft bounces in a row": a delivered digest resets the count
+            sa.update(Subscriber)
+            .where(
+                Subscriber.id.in_({s for _, s in pairs}),  # type: ignore[attr-defined]
+                Subscriber.soft_bounces > 0,
             )
+            .values(soft_bounces=0)
+        )
 
 
 def record_cancelled(*, engine: sa.Engine, delivery_ids: Iterable[int], now: datetime) -> None:
