@@ -232,3 +232,31 @@ def test_a_sign_up_racing_another_process_for_a_new_address_is_queued(
         (mail,) = session.exec(select(Delivery))
         assert (mail.subscriber_id, mail.kind) == (sub.id, DeliveryKind.CONFIRM)
         assert session.exec(select(SignUp)).one().delivery_id == mail.id
+
+
+def test_a_bulk_import_renews_postgresqls_statistics(
+    engine: sa.Engine, tmp_path: Path, now, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """After a bulk load PostgreSQL would plan the next planning run's queries from
+    statistics of the tables as they were before it: the import renews them."""
+    import newsletter.importer as importer
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps no statistics unless asked (and plans well without)")
+    monkeypatch.setattr(importer, "ANALYZE_AFTER", 3)
+    path = tmp_path / "list.csv"
+    path.write_text("email,topics\n" + "".join(f"s{i}@example.org,diffusion\n" for i in range(3)))
+
+    def analysed() -> set[str]:  # pg_stats: written by ANALYZE itself, not reported later
+        with engine.connect() as conn:
+            return set(conn.execute(sa.text(
+                "SELECT DISTINCT tablename FROM pg_stats"
+                " WHERE tablename IN ('subscribers', 'topic_filters')"
+            )).scalars())  # fmt: skip
+
+    assert analysed() == set()
+    report = import_subscribers(
+        engine=engine, path=path, now=now, default_timezone="UTC", default_send_at="08:00"
+    )
+    assert len(report.added) == 3
+    assert analysed() == {"subscribers", "topic_filters"}
