@@ -81,9 +81,9 @@ class _Recorder:
     fewer sent-but-unrecorded messages a crash can leave, the fewer are sent twice.
 
     A group the ledger refuses (locked, connection lost) is kept, not dropped, and the
-    round stops taking jobs (``failed``): the final ``flush`` tries it again, so what
-    was sent is recorded as sent when the database comes back in time, and is never
-    left to be claimed and sent again because a write failed once."""
+    round stops taking jobs (``failed``): ``close`` tries it again, so what was sent is
+    recorded as sent when the database comes back in time, and is never left to be
+    claimed and sent again because a write failed once."""
 
     def __init__(
         self,
@@ -293,8 +293,6 @@ class DeliveryLoop:
         for held_until, ids in by_lease.items():
             kept = renew(engine=self.runtime.engine, ids=ids, held_until=held_until, until=until)
             for delivery_id in ids:
-                if delivery_id not in self._held:
-                    continue  # recorded meanwhile
                 if delivery_id in kept:
                     self._held[delivery_id] = until
                 else:
