@@ -235,7 +235,7 @@ def test_a_sign_up_racing_another_process_for_a_new_address_is_queued(
 
 
 def test_a_bulk_import_renews_postgresqls_statistics(
-    engine: sa.Engine, tmp_path: Path, now, monkeypatch
+    engine: sa.Engine, tmp_path: Path, now
 ) -> None:  # type: ignore[no-untyped-def]
     """After a bulk load PostgreSQL would plan the next planning run's queries from
     statistics of the tables as they were before it: the import renews them."""
@@ -243,9 +243,11 @@ def test_a_bulk_import_renews_postgresqls_statistics(
 
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite keeps no statistics unless asked (and plans well without)")
-    monkeypatch.setattr(importer, "ANALYZE_AFTER", 3)
+    rows = importer.ANALYZE_AFTER  # the default a user gets: a list this long
     path = tmp_path / "list.csv"
-    path.write_text("email,topics\n" + "".join(f"s{i}@example.org,diffusion\n" for i in range(3)))
+    path.write_text(
+        "email,topics\n" + "".join(f"s{i}@example.org,diffusion\n" for i in range(rows))
+    )
 
     def analysed() -> set[str]:  # pg_stats: written by ANALYZE itself, not reported later
         with engine.connect() as conn:
@@ -258,5 +260,5 @@ def test_a_bulk_import_renews_postgresqls_statistics(
     report = import_subscribers(
         engine=engine, path=path, now=now, default_timezone="UTC", default_send_at="08:00"
     )
-    assert len(report.added) == 3
+    assert len(report.added) == rows
     assert analysed() == {"subscribers", "topic_filters"}
