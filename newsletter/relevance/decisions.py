@@ -10,7 +10,7 @@ A ``Topic`` is a filter, perhaps a sentence, and what its reader taught it;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from newsletter.filters import CorpusStats
 from newsletter.filters.ast import And, Node, Or, Phrase, Term
 from newsletter.filters.bm25 import K1
 from newsletter.filters.tokens import stem
-from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Day, Decision
+from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Day, Decision, best_first
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
 # Meaning alone lets a paper in only when it is also close in absolute terms: a topic
@@ -103,6 +103,11 @@ class Rows:
     words_only: np.ndarray  # (topics, 1) bool: the filter names no words
     everything: np.ndarray  # (topics, 1) bool: "*"
 
+    def at(self, index: tuple[np.ndarray, ...]) -> Rows:
+        """The entries at ``index`` (numpy's fancy index), as one-dimensional rows."""
+        shape = self.matched.shape
+        return Rows(*(np.broadcast_to(getattr(self, f.name), shape)[index] for f in fields(self)))
+
 
 @dataclass(frozen=True, slots=True)
 class Decided:
@@ -111,6 +116,9 @@ class Decided:
     value: np.ndarray  # what orders them (the fused score; 0 for "*")
     carried: np.ndarray  # bool: meaning carried it over the line
     margin: np.ndarray  # how far below the line, in fused-score units (for "unsure")
+
+    def at(self, index: tuple[np.ndarray, ...]) -> Decided:
+        return Decided(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def included(r: Rows, step: Step) -> np.ndarray:
@@ -159,28 +167,56 @@ def sparse(
     liked_ids: tuple[int, ...] = (),
 ) -> list[Decision]:
     """Each row's papers in or near the line, best first, and their explanations' facts."""
-    rows, papers = np.nonzero(d.inside | d.near)  # by row, papers ascending
-    value = d.value[rows, papers]
-    score = value * day.popularity[papers]
-    order = np.lexsort((day.ids[papers], -day.seen[papers], -day.upvotes[papers], -score, rows))
+    at = np.nonzero(d.inside | d.near)  # by row, papers ascending
+    return entries(
+        d.at(at), r.at(at), day, rows=at[0], papers=at[1], keys=keys, queries=queries,
+        voted=voted[at] if voted is not None else None,
+        liked=liked[at] if liked is not None else None, liked_ids=liked_ids,
+    )  # fmt: skip
+
+
+def entries(
+    d: Decided,
+    r: Rows,
+    day: Day,
+    *,
+    rows: np.ndarray,
+    papers: np.ndarray,
+    keys: list[tuple[object, int]],
+    queries: list[str],
+    voted: np.ndarray | None = None,
+    liked: np.ndarray | None = None,
+    liked_ids: tuple[int, ...] = (),
+) -> list[Decision]:
+    """``sparse`` over entries already picked out: ``d``, ``r`` (one-dimensional) and the
+    rest are aligned with (``rows``, ``papers``), by row, papers ascending; those neither
+    in nor near the line are dropped. Planning gives only the papers that can be (what
+    the filter matches, what is close in meaning), so the rules run on those alone."""
+    keep = d.inside | d.near
+    if not keep.all():
+        at = (np.flatnonzero(keep),)
+        d, r, rows, papers = d.at(at), r.at(at), rows[at], papers[at]
+        voted = voted[at] if voted is not None else None
+        liked = liked[at] if liked is not None else None
+    order = best_first(rows, d.value * day.popularity[papers], day.tie[papers])
     bounds = np.searchsorted(rows, np.arange(len(keys) + 1))
-    semantic = np.where(r.has_meaning[rows, papers], r.semantic[rows, papers], np.nan)
+    semantic = np.where(r.has_meaning, r.semantic, np.nan)
     flags = (
-        r.matched[rows, papers] * MATCHED
-        | d.carried[rows, papers] * CARRIED
-        | (voted[rows, papers] * VOTED if voted is not None else 0)
-        | d.near[rows, papers] * BELOW
+        r.matched * MATCHED
+        | d.carried * CARRIED
+        | (voted * VOTED if voted is not None else 0)
+        | d.near * BELOW
     ).astype(np.uint8)
-    carrier = liked[rows, papers] if liked is not None else np.full(len(rows), -1, np.int32)
+    carrier = liked if liked is not None else np.full(len(rows), -1, np.int32)
     out = []
     for t, key in enumerate(keys):
         a, b = int(bounds[t]), int(bounds[t + 1])
         out.append(
             Decision(
                 key=key, query=queries[t],
-                papers=papers[a:b], order=order[a:b] - a, value=value[a:b],
-                lexical=r.lexical[rows[a:b], papers[a:b]], semantic=semantic[a:b],
-                flags=flags[a:b], margin=d.margin[rows[a:b], papers[a:b]],
+                papers=papers[a:b], order=order[a:b] - a, value=d.value[a:b],
+                lexical=r.lexical[a:b], semantic=semantic[a:b],
+                flags=flags[a:b], margin=d.margin[a:b],
                 liked=carrier[a:b], liked_ids=liked_ids,
             )
         )  # fmt: skip

@@ -14,7 +14,7 @@ only, and shared by the readers of a topic (``Scorer._explain``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,13 +60,16 @@ class Day:
     seen: np.ndarray
     ids: np.ndarray
     # each paper's place when scores tie: by upvotes, freshness, id (one sort key
-    # standing for three)
+    # standing for three); ``by_tie`` the papers in that order
     tie: np.ndarray = field(init=False)
+    by_tie: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
+        by_tie = np.lexsort((self.ids, -self.seen, -self.upvotes))
         tie = np.empty(len(self.ids), np.int64)
-        tie[np.lexsort((self.ids, -self.seen, -self.upvotes))] = np.arange(len(self.ids))
+        tie[by_tie] = np.arange(len(self.ids))
         object.__setattr__(self, "tie", tie)
+        object.__setattr__(self, "by_tie", by_tie)
 
 
 MATCHED, CARRIED, VOTED, BELOW = 1, 2, 4, 8  # Decision.flags
@@ -112,11 +115,26 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """Papers best first: their indexes, best scores and holders (bit k set when the
+    k-th decision holds the paper, in or near: what its explanation names). Three
+    lists, read together as (index, score, holders) rows."""
+
+    index: list[int]
+    value: list[float]
+    holders: list[int]
+
+    def __iter__(self) -> Iterator[tuple[int, float, int]]:
+        return zip(self.index, self.value, self.holders, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(frozen=True, slots=True)
 class Merged:
-    # (index, best score, holders), best first, at most ``limit``; holders: bit k set
-    # when the k-th decision holds the paper (in or near), what its explanation names
-    shown: list[tuple[int, float, int]]
-    below: list[tuple[int, float, int]]
+    shown: Listed  # at most ``limit``
+    below: Listed  # at most ``limit``
     total: int  # papers in, before the cap
     margin: list[float]  # of each paper in ``below``: how far below the nearest line
 
@@ -135,25 +153,30 @@ def merge_many(
 
     A paper's score is its best in any topic that holds it, in or near; it is in when
     any topic lets it in. Over the decisions' entries only, a few hundred per reader,
-    with a few dozen array operations for ``GROUP`` readers together: merged one
+    with a few dozen array operations for a group of readers together: merged one
     reader at a time, the same operations on arrays of a few hundred entries cost what
     their calls cost, a fifth of planning a million digests.
     """
     out: list[Merged] = []
     masks = np.stack(reaches)
-    for start in range(0, len(readers), GROUP):
-        out += _merge_group(readers[start : start + GROUP], day, masks, limit)
+    group = max(1, TABLE // max(1, len(day.ids)))
+    for start in range(0, len(readers), group):
+        out += _merge_group(readers[start : start + group], day, masks, limit)
     return out
 
 
-GROUP = 500  # readers merged together: their entries' arrays stay a few MB
+# Readers merged together: as many as make a table (readers x the day's papers) of this
+# many cells, 2 MB of float64, which stays in a core's cache (on a 1,000-paper day 250
+# readers a group took 8.9 s in bench/match.py, 500 took 10.8 s, 100 took 8.7 s).
+TABLE = 250_000
+_NONE = Listed([], [], [])
 
 
 def _merge_group(
     readers: Sequence[tuple[Sequence[Decision], int]], day: Day, reach: np.ndarray, limit: int
 ) -> list[Merged]:
     parts = [(r, k, d) for r, (ds, _) in enumerate(readers) for k, d in enumerate(ds)]
-    none = [Merged([], [], 0, []) for _ in readers]
+    none = [Merged(_NONE, _NONE, 0, []) for _ in readers]
     if not parts:
         return none
     sizes = [len(d.papers) for _, _, d in parts]
@@ -165,9 +188,10 @@ def _merge_group(
         return none
     # Each (reader, paper) once, in a table of readers x papers: its best score,
     # whether any topic lets it in, how far below the nearest line of those it is
-    # near, and which decisions hold it.
+    # near, and which decisions hold it. The papers' columns are in tie order, so the
+    # table read row by row lists each reader's papers as ties are broken.
     n = len(day.ids)
-    pair = (reader * n + papers)[keep]
+    pair = (reader * n + day.tie[papers])[keep]
     value = np.concatenate([d.value for _, _, d in parts])[keep]
     inside = np.concatenate([d.let_in for _, _, d in parts])[keep]
     margin = np.concatenate([d.margin for _, _, d in parts])[keep]
@@ -179,14 +203,16 @@ def _merge_group(
     nearest = np.full(len(readers) * n, np.inf)
     np.minimum.at(nearest, pair[~inside], margin[~inside])
     held = np.zeros(len(readers) * n, np.int64)
-    np.bitwise_or.at(held, pair, holder)
-    pair = np.flatnonzero(held)  # by reader, then paper
-    reader, papers = pair // n, pair % n
+    np.add.at(held, pair, holder)  # an OR: a decision holds a paper once, one bit each
+    seen = np.zeros(len(readers) * n, bool)
+    seen[pair] = True
+    pair = np.flatnonzero(seen)  # by reader, then tie order
+    reader, column = np.divmod(pair, n)
+    papers = day.by_tie[column]
     value, inside, margin, holder = best[pair], let_in[pair], nearest[pair], held[pair]
     # Each reader's papers best first (as the reference's ``_order``): score, then
     # upvotes, freshness and id.
-    score = value * day.popularity[papers]
-    order = np.lexsort((day.tie[papers], -score, reader))
+    order = best_first(reader, value * day.popularity[papers], column)
     reader, papers, value = reader[order], papers[order], value[order]
     inside, margin, holder = inside[order], margin[order], holder[order]
     # Of each reader's, the first ``limit`` in and the first ``limit`` below: ranks
@@ -196,20 +222,42 @@ def _merge_group(
     shown = inside & (_ranks(inside, bounds, counts) < limit)
     below = ~inside & (_ranks(~inside, bounds, counts) < limit)
     totals = np.bincount(reader[inside], minlength=len(readers)).tolist()
-    rows_shown = _listed(papers[shown], value[shown], holder[shown])
-    rows_below = _listed(papers[below], value[below], holder[below])
+    i_shown, v_shown, h_shown = (
+        papers[shown].tolist(),
+        value[shown].tolist(),
+        holder[shown].tolist(),
+    )
+    i_below, v_below, h_below = (
+        papers[below].tolist(),
+        value[below].tolist(),
+        holder[below].tolist(),
+    )
     margins = margin[below].tolist()
     cut_shown = np.searchsorted(np.flatnonzero(shown), bounds).tolist()
     cut_below = np.searchsorted(np.flatnonzero(below), bounds).tolist()
-    return [
-        Merged(
-            shown=rows_shown[cut_shown[r] : cut_shown[r + 1]],
-            below=rows_below[cut_below[r] : cut_below[r + 1]],
-            total=totals[r],
-            margin=margins[cut_below[r] : cut_below[r + 1]],
+    out = []
+    for r in range(len(readers)):
+        a, b = cut_shown[r], cut_shown[r + 1]
+        c, d = cut_below[r], cut_below[r + 1]
+        out.append(
+            Merged(
+                Listed(i_shown[a:b], v_shown[a:b], h_shown[a:b]),
+                Listed(i_below[c:d], v_below[c:d], h_below[c:d]),
+                totals[r],
+                margins[c:d],
+            )
         )
-        for r in range(len(readers))
-    ]
+    return out
+
+
+def best_first(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """Positions ordered by group, then score (highest first), then ``tie`` (each
+    paper's place in ``Day.tie``): what ``np.lexsort((tie, -score, groups))`` gives,
+    in one sort of one key, distinct for each (group, paper): the group, the score's
+    rank among all the scores, the tie (a third of the time on a merge's entries)."""
+    levels, rank = np.unique(-score, return_inverse=True)
+    places = int(tie.max()) + 1 if len(tie) else 1
+    return np.argsort((groups * len(levels) + rank) * places + tie)
 
 
 def _ranks(kind: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -218,10 +266,3 @@ def _ranks(kind: np.ndarray, bounds: np.ndarray, counts: np.ndarray) -> np.ndarr
     before = np.cumsum(kind) - kind  # of the kind, before this entry, all readers
     at_start = before[np.minimum(bounds[:-1], len(kind) - 1)]
     return before - np.repeat(at_start, counts)
-
-
-def _listed(
-    papers: np.ndarray, value: np.ndarray, holders: np.ndarray
-) -> list[tuple[int, float, int]]:
-    """(index, value, holders) rows."""
-    return list(zip(papers.tolist(), value.tolist(), holders.tolist(), strict=True))

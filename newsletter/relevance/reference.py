@@ -11,7 +11,7 @@ how unusually close a paper is to this topic, in units this topic's own spread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
 import numpy as np
@@ -22,6 +22,7 @@ from newsletter.embed.store import unpack
 from newsletter.filters import CorpusStats, PaperDoc
 from newsletter.filters.bm25 import corpus_stats
 from newsletter.models import Paper, PaperVector
+from newsletter.relevance import meaning
 
 WINDOW_DAYS = 30
 MOST = 2000
@@ -35,12 +36,15 @@ class Reference:
     covariance: np.ndarray  # (DIM, DIM)
     papers: int
     vectors: int  # how many of them had one
+    _window: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_window", meaning.window(self.mean, self.covariance))
 
     def spread(self, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For unit topic vectors (rows): the window's mean cosine and its std."""
-        centre = topics @ self.mean
-        var = ((topics @ self.covariance) * topics).sum(1)
-        return centre, np.sqrt(np.maximum(var, 1e-12))
+        """For unit topic vectors (rows): the window's mean cosine and its std, the same
+        for a row in any batch (``meaning.spread``)."""
+        return meaning.spread(meaning.quantise(topics), *self._window)
 
 
 def load_reference(

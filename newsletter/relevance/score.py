@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from newsletter.bounded import Bounded
-from newsletter.filters import Ranker, compile_filter
+from newsletter.filters import CompiledFilter, Ranker, compile_filter
 from newsletter.filters.ast import All
 from newsletter.relevance.decisions import (
     ALPHA,
@@ -47,6 +47,7 @@ from newsletter.relevance.decisions import (
     TopicScores,
     ceiling,
     decide,
+    entries,
     sparse,
 )
 from newsletter.relevance.feedback import neighbours, rocchio, split_votes
@@ -113,6 +114,7 @@ class Scorer:
         self._words = Bounded(400_000)  # (query, index) -> words as the paper writes them
         self._picks = Bounded(400_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
+        self._ceilings = Bounded(400_000)  # query -> its words' ceiling
         n = ranker.index.n
         self._everything = np.ones(n, bool)
         self._zero, self._nothing = np.zeros(n), np.zeros(n, bool)
@@ -136,15 +138,39 @@ class Scorer:
         flt = compile_filter(topic.query)
         everything = isinstance(flt.tree, All)
         matched = self.ranker.mask(self.ranker.filter_bits(flt))
-        top = ceiling(flt.tree, self.ranker.index.stats)
+        top = self._ceiling(flt)
         if top > 0:
             lexical = np.minimum(self.ranker.filter_scores(flt) / top, LEXICAL_CAP)
         else:
             lexical = matched.astype(float)
         return matched, lexical, top == 0.0 and not everything, everything
 
+    def _matched(self, topic: Topic) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        """``_lexical`` where the filter matches: (those papers, their lexical scores,
+        words_only, everything), the same values."""
+        flt = compile_filter(topic.query)
+        everything = isinstance(flt.tree, All)
+        at = np.flatnonzero(self.ranker.mask(self.ranker.filter_bits(flt)))
+        top = self._ceiling(flt)
+        if top > 0:
+            # ``filter_scores`` at those papers only: its words' scores summed in the same
+            # order (where it matches, its mask multiplies by one)
+            total = 0.0
+            for leaf in flt.leaves:
+                total = total + self.ranker.leaf_scores(leaf)[at]
+            lexical = np.minimum(total / top, LEXICAL_CAP)
+        else:
+            lexical = np.ones(len(at))
+        return at, lexical, top == 0.0 and not everything, everything
+
+    def _ceiling(self, flt: CompiledFilter) -> float:
+        found = self._ceilings.get(flt.query)
+        if found is None:
+            found = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
+        return found
+
     def _semantic(self, q: np.ndarray, cosine: np.ndarray) -> np.ndarray:
-        centre, spread = self.reference.spread(q[None, :])  # one row, always: exact
+        centre, spread = self.reference.spread(q[None, :])  # as in any batch (meaning.py)
         semantic = (cosine - centre[0]) / spread[0]
         return semantic if self._all_present else np.where(self.present, semantic, 0.0)
 
@@ -203,31 +229,56 @@ class Scorer:
                 self._decided.put(decision.key, decision)
 
     def _batch(self, topics: list[Topic], dial: int) -> list[Decision]:
+        """Untaught topics decided together, on the papers that can be in or near their
+        lines only: what each filter matches, what is close enough in meaning to be let
+        in by it, everything for "*". The rest of the day is neither whatever its
+        scores, so the rules never see it; the values they see are the reference's
+        (``_score``), computed element by element the same way."""
         m, n = len(topics), self.ranker.index.n
-        matched, lexical = np.empty((m, n), bool), np.empty((m, n))
-        words_only, everything = np.empty((m, 1), bool), np.empty((m, 1), bool)
+        lexed = [self._matched(topic) for topic in topics]
+        by = np.repeat(np.arange(m), [len(at) for at, *_ in lexed])
+        at = np.concatenate([at for at, *_ in lexed])
+        matched, lexical = np.zeros((m, n), bool), np.zeros((m, n))
+        matched[by, at] = True
+        lexical[by, at] = np.concatenate([values for _, values, *_ in lexed])
+        words_only = np.array([f[2] for f in lexed], bool)
+        everything = np.array([f[3] for f in lexed], bool)
         with_q, qs = [], []
-        for t, topic in enumerate(topics):
-            matched[t], lexical[t], words_only[t, 0], everything[t, 0] = self._lexical(topic)
-            q = self.topic_vectors.get(self.topic_text(topic)) if self._meaning else None
-            if q is not None:
-                with_q.append(t)
-                qs.append(q)
-        semantic, cosine = np.zeros((m, n)), np.zeros((m, n))
-        has_meaning = np.zeros((m, n), bool)
+        if self._meaning:
+            vector, text = self.topic_vectors.get, self.topic_text
+            for t, topic in enumerate(topics):
+                q = vector(text(topic))
+                if q is not None:
+                    with_q.append(t)
+                    qs.append(q)
+        candidate = matched | everything[:, None]
         if qs:
             found = cosines(self._papers8, quantise(np.stack(qs)))  # type: ignore[arg-type]
-            for k, t in enumerate(with_q):
-                cosine[t], semantic[t] = found[k], self._semantic(qs[k], found[k])
-            has_meaning[with_q] = self.present
-        shift = np.zeros((m, n))
-        rows = Rows(
-            matched, lexical, semantic, cosine, has_meaning, shift,
-            lexical + ALPHA * semantic + shift, words_only, everything,
+            # Nothing less close can be near the line by meaning (``decide``).
+            candidate[with_q] |= found >= MIN_COSINE - NEAR / 3
+        rows, papers = np.nonzero(candidate)
+        semantic, cosine = np.zeros(len(rows)), np.zeros(len(rows))
+        has_meaning = np.zeros(len(rows), bool)
+        if qs:
+            centre, spread = self.reference.spread(np.stack(qs))  # exact, as one alone
+            which = np.full(m, -1)
+            which[with_q] = np.arange(len(qs))
+            some = np.flatnonzero(which[rows] >= 0)
+            k, i = which[rows[some]], papers[some]
+            cosine[some] = found[k, i]
+            semantic[some] = (cosine[some] - centre[k]) / spread[k]
+            has_meaning[some] = self.present[i]  # type: ignore[index]
+            if not self._all_present:
+                semantic = np.where(has_meaning, semantic, 0.0)
+        shift = np.zeros(len(rows))
+        lexical = lexical[rows, papers]
+        r = Rows(
+            matched[rows, papers], lexical, semantic, cosine, has_meaning, shift,
+            lexical + ALPHA * semantic + shift, words_only[rows], everything[rows],
         )  # fmt: skip
         step = DIAL.get(dial, DIAL[DEFAULT_DIAL])
-        return sparse(
-            decide(rows, step), rows, self._day,
+        return entries(
+            decide(r, step), r, self._day, rows=rows, papers=papers,
             keys=[(t, dial) for t in topics], queries=[t.query for t in topics],
         )  # fmt: skip
 

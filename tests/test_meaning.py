@@ -1,0 +1,43 @@
+"""Cosines and a topic's spread over the reference window are exact: a topic gets the
+same numbers decided alone (``filters test``) as in a batch of any size (planning), so
+a paper on the line goes the same way for every reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from newsletter.embed.encoder import DIM
+from newsletter.relevance.meaning import cosines, quantise, spread, window
+
+
+def _unit(rng: np.random.Generator, rows: int) -> np.ndarray:
+    v = rng.standard_normal((rows, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("batch", [2, 7, 64, 300])
+def test_a_row_alone_equals_the_row_in_a_batch(batch: int) -> None:
+    rng = np.random.default_rng(batch)
+    papers = quantise(_unit(rng, 500))
+    papers_window = _unit(rng, 1000)
+    # A window like real ones: vectors clustered round a shared direction.
+    papers_window = papers_window + 2.0 * papers_window[0]
+    papers_window /= np.linalg.norm(papers_window, axis=1, keepdims=True)
+    mean, covariance = window(papers_window.mean(0), np.cov(papers_window, rowvar=False))
+    topics = quantise(_unit(rng, batch))
+
+    together = cosines(papers, topics)
+    centre, std = spread(topics, mean, covariance)
+    for k in range(batch):
+        alone = topics[k : k + 1]
+        assert np.array_equal(cosines(papers, alone)[0], together[k])
+        c, s = spread(alone, mean, covariance)
+        assert c[0] == centre[k] and s[0] == std[k]
+
+    # And they are the float computation's, to far below what a decision can see.
+    raw = topics / 2048.0
+    exact_centre = raw @ papers_window.mean(0).astype(np.float64)
+    exact_var = ((raw @ np.cov(papers_window, rowvar=False)) * raw).sum(1)
+    assert np.allclose(centre, exact_centre, rtol=0, atol=1e-9)
+    assert np.allclose(std, np.sqrt(exact_var), rtol=1e-6)
