@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 
@@ -20,11 +20,13 @@ class Bounded(dict[Any, Any]):
         super().__init__()
         self.size = size
 
-    def room(self, count: int) -> None:
+    def room(self, count: int, *, keep: Iterable[object] = ()) -> None:
         """Make room for ``count`` more entries now, so none of them is dropped while
-        the caller still needs it."""
+        the caller still needs it; nor are the entries of ``keep`` it needs too."""
         if len(self) + count > self.size:
+            kept = {key: self[key] for key in keep if key in self}
             self.clear()
+            self.update(kept)
 
     def put(self, key: object, value: Any) -> Any:
         if len(self) >= self.size:

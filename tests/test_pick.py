@@ -143,3 +143,24 @@ def test_a_chunk_of_readers_merged_together_equals_the_reference(
         readers, scorer.pick_many(readers), strict=True
     ):
         _assert_reference(scorer, picked, topics, within, limit, dial_)
+
+
+def test_a_chunks_topics_decided_before_the_cache_is_emptied_stay_decided(scorer: Scorer) -> None:
+    """Planning decides a chunk's new topics, then merges its readers. When the new ones
+    do not fit, the cache is emptied first; the chunk's topics decided by an earlier
+    chunk must stay, or each would be decided again alone (a 2.5 s stall on a
+    1,000-paper day in bench/match.py)."""
+    from newsletter.bounded import Bounded
+
+    topics = [Topic(q) for q in QUERIES[:12]]
+    before = scorer._decided
+    scorer._decided = Bounded(10)
+    try:
+        scorer.prepare(topics[:8], dial=3)
+        earlier = {t: scorer._decided[(t, 3)].uid for t in topics[4:8]}
+        scorer.prepare(topics[4:12], dial=3)  # 8 held + 4 new > 10: emptied
+        assert all((t, 3) in scorer._decided for t in topics[4:12])
+        assert {t: scorer._decided[(t, 3)].uid for t in topics[4:8]} == earlier
+        assert (topics[0], 3) not in scorer._decided  # the cache was emptied indeed
+    finally:
+        scorer._decided = before

@@ -114,7 +114,7 @@ class Decision:
         return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every reader, and frozen costs a third more
 class Listed:
     """Papers best first: their indexes, best scores and holders (bit k set when the
     k-th decision holds the paper, in or near: what its explanation names). Three
@@ -131,7 +131,7 @@ class Listed:
         return len(self.index)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Merged:
     shown: Listed  # at most ``limit``
     below: Listed  # at most ``limit``

@@ -212,8 +212,11 @@ class Scorer:
 
     def prepare(self, topics: Iterable[Topic], *, dial: int) -> None:
         """Decide the topics not decided yet at this dial step, in batches."""
-        missing = [t for t in dict.fromkeys(topics) if (t, dial) not in self._decided]
-        self._decided.room(len(missing))
+        wanted = [(t, dial) for t in dict.fromkeys(topics)]
+        missing = [t for t, _ in wanted if (t, dial) not in self._decided]
+        # The topics decided already stay too: their readers are merged next, and
+        # one dropped here would be decided again alone (``_decision``).
+        self._decided.room(len(missing), keep=wanted)
         for t in missing:
             if t.taught:  # its own centre and neighbours: one at a time
                 s, d, voted = self._dense(t, dial)
