@@ -284,7 +284,7 @@ def bench_score(
         fast, out = scorer(), []
         for start in range(0, len(topics), chunk):
             part = topics[start : start + chunk]
-            fast.prepare([t for ts in part for t in ts], dial=DEFAULT_DIAL)  # once per topic
+            fast.prepare({DEFAULT_DIAL: [t for ts in part for t in ts]})  # once per topic
             out.extend(fn(fast, [(ts, None, 20, DEFAULT_DIAL) for ts in part]))
         return out
 

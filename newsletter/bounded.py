@@ -22,7 +22,8 @@ class Bounded(dict[Any, Any]):
 
     def room(self, count: int, *, keep: Iterable[object] = ()) -> None:
         """Make room for ``count`` more entries now, so none of them is dropped while
-        the caller still needs it; nor are the entries of ``keep`` it needs too."""
+        the caller still needs it; nor are the entries of ``keep`` it needs too (those
+        and ``count`` must fit in ``size``, or the next ``put`` empties it again)."""
         if len(self) + count > self.size:
             kept = {key: self[key] for key in keep if key in self}
             self.clear()

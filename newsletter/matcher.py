@@ -59,8 +59,7 @@ class Matcher:
         by_dial: dict[int, set[Topic]] = {}
         for d in due:
             by_dial.setdefault(d.dial, set()).update(topics.get(d.subscriber_id, ()))
-        for dial, wanted in by_dial.items():
-            self.scorer.prepare(wanted, dial=dial)
+        self.scorer.prepare(by_dial)
         self.sent = _sent_papers(session=session, due=due)
 
     def rank_many(self, wanted: Sequence[Wanted]) -> list[tuple[Picked, Key]]:

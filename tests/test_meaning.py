@@ -24,15 +24,15 @@ def test_a_row_alone_equals_the_row_in_a_batch(batch: int) -> None:
     # A window like real ones: vectors clustered round a shared direction.
     papers_window = papers_window + 2.0 * papers_window[0]
     papers_window /= np.linalg.norm(papers_window, axis=1, keepdims=True)
-    mean, covariance = window(papers_window.mean(0), np.cov(papers_window, rowvar=False))
+    scaled = window(papers_window.mean(0), np.cov(papers_window, rowvar=False))
     topics = quantise(_unit(rng, batch))
 
     together = cosines(papers, topics)
-    centre, std = spread(topics, mean, covariance)
+    centre, std = spread(topics, scaled)
     for k in range(batch):
         alone = topics[k : k + 1]
         assert np.array_equal(cosines(papers, alone)[0], together[k])
-        c, s = spread(alone, mean, covariance)
+        c, s = spread(alone, scaled)
         assert c[0] == centre[k] and s[0] == std[k]
 
     # And they are the float computation's, to far below what a decision can see.
@@ -41,3 +41,20 @@ def test_a_row_alone_equals_the_row_in_a_batch(batch: int) -> None:
     exact_var = ((raw @ np.cov(papers_window, rowvar=False)) * raw).sum(1)
     assert np.allclose(centre, exact_centre, rtol=0, atol=1e-9)
     assert np.allclose(std, np.sqrt(exact_var), rtol=1e-6)
+
+
+def test_a_window_past_the_bounds_costs_precision_not_exactness() -> None:
+    """Vectors far from unit length (a window computed wrong, a future model) would
+    push the sums past float64's exact integers at the usual scale: the scale shrinks."""
+    rng = np.random.default_rng(9)
+    wide = _unit(rng, 400) * 40.0
+    scaled = window(wide.mean(0), np.cov(wide, rowvar=False))
+    assert scaled.scale < 2.0**40
+    topics = quantise(_unit(rng, 50))
+    centre, std = spread(topics, scaled)
+    for k in range(50):
+        c, s = spread(topics[k : k + 1], scaled)
+        assert c[0] == centre[k] and s[0] == std[k]
+    raw = topics / 2048.0
+    exact = np.sqrt(((raw @ np.cov(wide, rowvar=False)) * raw).sum(1))
+    assert np.allclose(std, exact, rtol=1e-6)

@@ -81,7 +81,7 @@ def test_the_pick_equals_the_reference(scorer: Scorer, seed: int, limit: int, di
     within = _within(rng, scorer.ranker.index.n)
     # Decided in a batch with every other topic, as planning does; compared with each
     # topic decided alone.
-    scorer.prepare([Topic(q, a) for q in QUERIES for a in (None, "about")], dial=dial)
+    scorer.prepare({dial: [Topic(q, a) for q in QUERIES for a in (None, "about")]})
     picked = scorer.pick(topics, within=within, limit=limit, dial=dial)
     _assert_reference(scorer, picked, topics, within, limit, dial)
 
@@ -148,19 +148,21 @@ def test_a_chunk_of_readers_merged_together_equals_the_reference(
 def test_a_chunks_topics_decided_before_the_cache_is_emptied_stay_decided(scorer: Scorer) -> None:
     """Planning decides a chunk's new topics, then merges its readers. When the new ones
     do not fit, the cache is emptied first; the chunk's topics decided by an earlier
-    chunk must stay, or each would be decided again alone (a 2.5 s stall on a
-    1,000-paper day in bench/match.py)."""
+    chunk, at any of its dial steps, must stay, or each would be decided again alone
+    (a 2.5 s stall on a 1,000-paper day in bench/match.py)."""
     from newsletter.bounded import Bounded
 
     topics = [Topic(q) for q in QUERIES[:12]]
     before = scorer._decided
-    scorer._decided = Bounded(10)
+    scorer._decided = Bounded(12)
     try:
-        scorer.prepare(topics[:8], dial=3)
-        earlier = {t: scorer._decided[(t, 3)].uid for t in topics[4:8]}
-        scorer.prepare(topics[4:12], dial=3)  # 8 held + 4 new > 10: emptied
-        assert all((t, 3) in scorer._decided for t in topics[4:12])
-        assert {t: scorer._decided[(t, 3)].uid for t in topics[4:8]} == earlier
+        scorer.prepare({3: topics[:6], 1: topics[:4]})
+        earlier = {(t, d): scorer._decided[(t, d)].uid for t in topics[2:4] for d in (1, 3)}
+        # 10 held + 4 new > 12: emptied, keeping the 6 this chunk decided before
+        scorer.prepare({3: topics[2:8], 1: topics[2:6]})
+        assert all((t, 3) in scorer._decided for t in topics[2:8])
+        assert all((t, 1) in scorer._decided for t in topics[2:6])
+        assert {key: scorer._decided[key].uid for key in earlier} == earlier
         assert (topics[0], 3) not in scorer._decided  # the cache was emptied indeed
     finally:
         scorer._decided = before

@@ -3,9 +3,10 @@ thousands of topics' rows at once (planning), with the same element-wise arithme
 a paper gets the same decision however many topics were decided with it.
 
 A ``Topic`` is a filter, perhaps a sentence, and what its reader taught it;
-``TopicScores`` one topic's scores over the day. ``Rows`` holds m topics x n papers;
-``decide`` applies a dial step; ``sparse`` keeps of each row what a digest can use
-(``pick.Decision``): the papers in or just below the line.
+``TopicScores`` one topic's scores over the day. ``Rows`` holds m topics x n papers,
+or (planning) entries picked out of them, one-dimensional; ``decide`` applies a dial
+step, element by element; ``sparse`` (``entries`` for picked entries) keeps of each
+row what a digest can use (``pick.Decision``): the papers in or just below the line.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class TopicScores:
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Topics' scores over the papers: each array (topics x papers) unless noted."""
+    """Topics' scores over the papers: each array (topics x papers) unless noted, or
+    all one-dimensional, one element per (topic, paper) entry (``at``)."""
 
     matched: np.ndarray  # bool
     lexical: np.ndarray

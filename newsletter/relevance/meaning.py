@@ -12,13 +12,16 @@ which float32 holds exactly, in any order. The rounding moves a cosine by about 
 far below anything the decision can see.
 
 A topic's mean cosine with the window and its variance (``spread``) are taken the same
-way, in float64: the window's mean and covariance scaled by ``WINDOW_SCALE`` and
-rounded, so every product and partial sum is an integer below 2**53 (the bounds are
-in ``spread``), exact in any order: a batch of topics costs one matrix product, not
-one per topic, and gives each topic what it gets alone.
+way, in float64: the window's mean and covariance scaled (``window``) and rounded, so
+every product and partial sum is an integer below 2**53, exact in any order: a batch
+of topics costs one matrix product, not one per topic, and gives each topic what it
+gets alone.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,33 +40,46 @@ def cosines(papers: np.ndarray, topics: np.ndarray) -> np.ndarray:
     return (topics @ papers.T).astype(np.float64) / (SCALE * SCALE)
 
 
-WINDOW_SCALE = 2.0**40
-_SHIFT = 2.0**12  # the first product is rounded to this before the second
+MOST_WINDOW_SCALE = 2.0**40
+_SHIFT = 2.0**12  # the first product is divided by this and rounded before the second
 
 
-def window(mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The reference window's mean and covariance as integer-valued float64, for ``spread``."""
-    return (
-        np.rint(np.asarray(mean, np.float64) * WINDOW_SCALE),
-        np.rint(np.asarray(covariance, np.float64) * WINDOW_SCALE),
-    )
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The reference window's mean and covariance, times ``scale``, rounded (float64)."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    scale: float
 
 
-def spread(
-    topics: np.ndarray, mean: np.ndarray, covariance: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For quantised unit topic rows and the ``window``: the mean cosine with the window's
-    papers and its standard deviation, exact whatever the batch.
+def window(mean: np.ndarray, covariance: np.ndarray) -> Window:
+    """The window ready for ``spread``: scaled as finely as the bounds allow (2**40 for a
+    window of unit vectors), so a window that breaks them costs precision, not exactness.
 
-    Bounds (||q|| <= SCALE for a unit row; the window's vectors are unit, so ||mean|| <= 1
-    and the covariance's largest eigenvalue, its trace, at most 1): every partial sum of
-    q @ mean and of q @ covariance is at most SCALE * WINDOW_SCALE = 2**51 in size (by
-    Cauchy-Schwarz on the absolute values); rounded after dividing by ``_SHIFT``, that
-    product's rows have norm at most 2**39, and their products with q sum to at most
-    2**50.
+    For a quantised unit row q (norm at most ``row``: SCALE, and half a unit of rounding
+    per element), every partial sum of q @ mean and of q @ covariance is at most
+    ``row`` x ``size`` x scale in size (Cauchy-Schwarz on the absolute values; ``size``
+    bounds the mean's norm and every column's of the covariance); the first product's
+    rows, divided by ``_SHIFT``, have norm at most ``row`` x ``size`` x scale / ``_SHIFT``,
+    and their products with q sum to at most ``row`` squared times that. Both are kept
+    under 2**52, half of float64's exact integer range, leaving the rounding its room.
     """
+    mean, covariance = np.asarray(mean, np.float64), np.asarray(covariance, np.float64)
+    row = SCALE + 0.5 * math.sqrt(len(mean))
+    size = max(float(np.linalg.norm(mean)), float(np.linalg.norm(covariance)), 1e-30)
+    if not math.isfinite(size):
+        size = 1.0  # a window without vectors: its nan propagates as it did before
+    room = min(2.0**52 / (row * size), 2.0**52 * _SHIFT / (row * row * size))
+    scale = min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
+    return Window(np.rint(mean * scale), np.rint(covariance * scale), scale)
+
+
+def spread(topics: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """For quantised unit topic rows: the mean cosine with the window's papers and its
+    standard deviation, exact whatever the batch (the bounds are in ``window``)."""
     q = np.asarray(topics, np.float64)
-    centre = (q @ mean) / (SCALE * WINDOW_SCALE)
-    first = np.rint((q @ covariance) / _SHIFT)
-    var = (first * q).sum(1) / (SCALE * SCALE * WINDOW_SCALE / _SHIFT)
+    centre = (q @ window.mean) / (SCALE * window.scale)
+    first = np.rint((q @ window.covariance) / _SHIFT)
+    var = (first * q).sum(1) / (SCALE * SCALE * window.scale / _SHIFT)
     return centre, np.sqrt(np.maximum(var, 1e-12))

@@ -169,14 +169,13 @@ def merge_many(
 # many cells, 2 MB of float64, which stays in a core's cache (on a 1,000-paper day 250
 # readers a group took 8.9 s in bench/match.py, 500 took 10.8 s, 100 took 8.7 s).
 TABLE = 250_000
-_NONE = Listed([], [], [])
 
 
 def _merge_group(
     readers: Sequence[tuple[Sequence[Decision], int]], day: Day, reach: np.ndarray, limit: int
 ) -> list[Merged]:
     parts = [(r, k, d) for r, (ds, _) in enumerate(readers) for k, d in enumerate(ds)]
-    none = [Merged(_NONE, _NONE, 0, []) for _ in readers]
+    none = [Merged(Listed([], [], []), Listed([], [], []), 0, []) for _ in readers]
     if not parts:
         return none
     sizes = [len(d.papers) for _, _, d in parts]
@@ -253,8 +252,10 @@ def _merge_group(
 def best_first(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
     """Positions ordered by group, then score (highest first), then ``tie`` (each
     paper's place in ``Day.tie``): what ``np.lexsort((tie, -score, groups))`` gives,
-    in one sort of one key, distinct for each (group, paper): the group, the score's
-    rank among all the scores, the tie (a third of the time on a merge's entries)."""
+    with two sorts instead of three: the scores' (their ranks), then one key distinct
+    for each (group, paper): the group, the score's rank, the tie (a third of the time
+    on a merge's entries). The key stays below groups x entries x papers: 10**13 for
+    256 topics over a 5,000-paper day."""
     levels, rank = np.unique(-score, return_inverse=True)
     places = int(tie.max()) + 1 if len(tie) else 1
     return np.argsort((groups * len(levels) + rank) * places + tie)

@@ -36,7 +36,7 @@ class Reference:
     covariance: np.ndarray  # (DIM, DIM)
     papers: int
     vectors: int  # how many of them had one
-    _window: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+    _window: meaning.Window = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_window", meaning.window(self.mean, self.covariance))
@@ -44,7 +44,7 @@ class Reference:
     def spread(self, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For unit topic vectors (rows): the window's mean cosine and its std, the same
         for a row in any batch (``meaning.spread``)."""
-        return meaning.spread(meaning.quantise(topics), *self._window)
+        return meaning.spread(meaning.quantise(topics), self._window)
 
 
 def load_reference(

@@ -210,14 +210,19 @@ class Scorer:
 
     # --- many topics at once (planning) ------------------------------------------------
 
-    def prepare(self, topics: Iterable[Topic], *, dial: int) -> None:
-        """Decide the topics not decided yet at this dial step, in batches."""
-        wanted = [(t, dial) for t in dict.fromkeys(topics)]
-        missing = [t for t, _ in wanted if (t, dial) not in self._decided]
-        # The topics decided already stay too: their readers are merged next, and
-        # one dropped here would be decided again alone (``_decision``).
+    def prepare(self, topics: Mapping[int, Iterable[Topic]]) -> None:
+        """Decide the topics not decided yet (``{dial step: topics}``), in batches.
+
+        A chunk of planning is prepared at once: when the decisions' cache must be
+        emptied to hold the new ones, the chunk's topics decided already (at any of its
+        dial steps) stay, or each would be decided again alone when its readers are
+        merged (``_decision``). A chunk's topics must fit in the cache: 5,000 readers
+        of 20 topics do.
+        """
+        wanted = [(t, dial) for dial, ts in topics.items() for t in dict.fromkeys(ts)]
+        missing = [(t, dial) for t, dial in wanted if (t, dial) not in self._decided]
         self._decided.room(len(missing), keep=wanted)
-        for t in missing:
+        for t, dial in missing:
             if t.taught:  # its own centre and neighbours: one at a time
                 s, d, voted = self._dense(t, dial)
                 carrier = s.carrier[None] if s.carrier is not None else None
@@ -226,10 +231,11 @@ class Scorer:
                     voted=voted, liked=carrier, liked_ids=s.liked,
                 )  # fmt: skip
                 self._decided.put(decision.key, decision)
-        plain = [t for t in missing if not t.taught]
-        for start in range(0, len(plain), BATCH):
-            for decision in self._batch(plain[start : start + BATCH], dial):
-                self._decided.put(decision.key, decision)
+        for dial in topics:
+            plain = [t for t, at in missing if at == dial and not t.taught]
+            for start in range(0, len(plain), BATCH):
+                for decision in self._batch(plain[start : start + BATCH], dial):
+                    self._decided.put(decision.key, decision)
 
     def _batch(self, topics: list[Topic], dial: int) -> list[Decision]:
         """Untaught topics decided together, on the papers that can be in or near their
@@ -288,7 +294,7 @@ class Scorer:
     def _decision(self, topic: Topic, dial: int) -> Decision:
         found = self._decided.get((topic, dial))
         if found is None:
-            self.prepare([topic], dial=dial)
+            self.prepare({dial: [topic]})
             found = self._decided[(topic, dial)]
         return found
 
