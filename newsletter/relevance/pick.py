@@ -175,16 +175,15 @@ def _merge_group(
     readers: Sequence[tuple[Sequence[Decision], int]], day: Day, reach: np.ndarray, limit: int
 ) -> list[Merged]:
     parts = [(r, k, d) for r, (ds, _) in enumerate(readers) for k, d in enumerate(ds)]
-    none = [Merged(Listed([], [], []), Listed([], [], []), 0, []) for _ in readers]
     if not parts:
-        return none
+        return _nothing(len(readers))
     sizes = [len(d.papers) for _, _, d in parts]
     papers = np.concatenate([d.papers for _, _, d in parts])
     reader = np.repeat(np.array([r for r, _, _ in parts], np.int64), sizes)
     which = np.array([w for _, w in readers], np.int64)
     keep = reach[which[reader], papers]
     if not keep.any():
-        return none
+        return _nothing(len(readers))
     # Each (reader, paper) once, in a table of readers x papers: its best score,
     # whether any topic lets it in, how far below the nearest line of those it is
     # near, and which decisions hold it. The papers' columns are in tie order, so the
@@ -247,6 +246,10 @@ def _merge_group(
             )
         )
     return out
+
+
+def _nothing(readers: int) -> list[Merged]:
+    return [Merged(Listed([], [], []), Listed([], [], []), 0, []) for _ in range(readers)]
 
 
 def best_first(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
