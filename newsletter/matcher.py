@@ -18,6 +18,7 @@ from newsletter.embed.store import display
 from newsletter.models import Delivery, DeliveryKind, Paper, Snapshot
 from newsletter.relevance import Pick, Picked, Scorer, Topic
 from newsletter.relevance.day import add_topics, day_scorer
+from newsletter.relevance.score import EVERYTHING
 
 
 class Matcher:
@@ -58,7 +59,7 @@ class Matcher:
         add_topics(session, scorer=self.scorer, topics={t for ts in topics.values() for t in ts})
         by_dial: dict[int, set[Topic]] = {}
         for d in due:
-            by_dial.setdefault(d.dial, set()).update(topics.get(d.subscriber_id, ()))
+            by_dial.setdefault(d.dial, set()).update(topics.get(d.subscriber_id) or EVERYTHING)
         self.scorer.prepare(by_dial)
         self.sent = _sent_papers(session=session, due=due)
 

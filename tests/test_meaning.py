@@ -45,16 +45,21 @@ def test_a_row_alone_equals_the_row_in_a_batch(batch: int) -> None:
 
 def test_a_window_past_the_bounds_costs_precision_not_exactness() -> None:
     """Vectors far from unit length (a window computed wrong, a future model) would
-    push the sums past float64's exact integers at the usual scale: the scale shrinks."""
+    push the sums past float64's exact integers at the usual scale: the scale shrinks,
+    and a row alone still equals the row in a batch."""
     rng = np.random.default_rng(9)
-    wide = _unit(rng, 400) * 40.0
-    scaled = window(wide.mean(0), np.cov(wide, rowvar=False))
-    assert scaled.scale < 2.0**40
+    wide = _unit(rng, 400) * 400.0
+    wide = wide + wide[0]  # a shared direction: a large eigenvalue
+    covariance = np.cov(wide, rowvar=False)
+    # At the usual scale the covariance product alone would pass 2**53:
+    assert 2048 * np.linalg.norm(covariance, 2) * 2.0**40 > 2.0**53
+    scaled = window(wide.mean(0), covariance)
     topics = quantise(_unit(rng, 50))
     centre, std = spread(topics, scaled)
     for k in range(50):
         c, s = spread(topics[k : k + 1], scaled)
         assert c[0] == centre[k] and s[0] == std[k]
     raw = topics / 2048.0
-    exact = np.sqrt(((raw @ np.cov(wide, rowvar=False)) * raw).sum(1))
+    exact = np.sqrt(((raw @ covariance) * raw).sum(1))
     assert np.allclose(std, exact, rtol=1e-6)
+    assert np.allclose(centre, raw @ wide.mean(0).astype(np.float64), rtol=1e-6)

@@ -60,16 +60,18 @@ def window(mean: np.ndarray, covariance: np.ndarray) -> Window:
     For a quantised unit row q (norm at most ``row``: SCALE, and half a unit of rounding
     per element), every partial sum of q @ mean and of q @ covariance is at most
     ``row`` x ``size`` x scale in size (Cauchy-Schwarz on the absolute values; ``size``
-    bounds the mean's norm and every column's of the covariance); the first product's
-    rows, divided by ``_SHIFT``, have norm at most ``row`` x ``size`` x scale / ``_SHIFT``,
-    and their products with q sum to at most ``row`` squared times that. Both are kept
-    under 2**52, half of float64's exact integer range, leaving the rounding its room.
+    is the larger of the mean's norm and the covariance's Frobenius norm, which bounds
+    each of its columns' norms and its largest eigenvalue); the first product's rows,
+    divided by ``_SHIFT``, have norm at most ``row`` x ``size`` x scale / ``_SHIFT``
+    (the eigenvalue bound), and their products with q sum to at most ``row`` times
+    that. Both are kept under 2**52, half of float64's exact integer range, which
+    leaves the rounding (half a unit per element) its room.
     """
     mean, covariance = np.asarray(mean, np.float64), np.asarray(covariance, np.float64)
     row = SCALE + 0.5 * math.sqrt(len(mean))
     size = max(float(np.linalg.norm(mean)), float(np.linalg.norm(covariance)), 1e-30)
-    if not math.isfinite(size):
-        size = 1.0  # a window without vectors: its nan propagates as it did before
+    if math.isnan(size) or not np.isfinite(mean).all() or not np.isfinite(covariance).all():
+        size = 1.0  # not a window of vectors: what is not finite stays so in every result
     room = min(2.0**52 / (row * size), 2.0**52 * _SHIFT / (row * row * size))
     scale = min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
     return Window(np.rint(mean * scale), np.rint(covariance * scale), scale)

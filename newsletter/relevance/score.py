@@ -78,6 +78,7 @@ DIAL: dict[int, Step] = {
     5: Step("More, broader papers", 0.36, 2.5),
 }
 DEFAULT_DIAL = 3
+EVERYTHING = (Topic("*"),)  # what a reader with no topic is given: every paper, by upvotes
 
 
 # (topics, within: a bitset of papers in reach or None for all, limit, dial step)
@@ -332,7 +333,7 @@ class Scorer:
         best ``limit`` papers in and just below the line, with the count of those in;
         the readers merged together (``merge_many``)."""
         decided = [
-            [self._decision(t, dial) for t in topics or (Topic("*"),)]
+            [self._decision(t, dial) for t in topics or EVERYTHING]
             for topics, _, _, dial in readers
         ]
         reaches: dict[int | None, int] = {}  # within -> index in masks
@@ -372,7 +373,7 @@ class Scorer:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The plain reference ``pick`` is tested against, over the day's arrays: the
         papers in and just below the line (indexes, best first), and their scores."""
-        decided = [self._dense(t, dial)[1] for t in topics or (Topic("*"),)]
+        decided = [self._dense(t, dial)[1] for t in topics or EVERYTHING]
         reach = self.ranker.mask(within) if within is not None else self._everything
         inside = np.logical_or.reduce([d.inside[0] for d in decided]) & reach
         near = np.logical_or.reduce([d.near[0] for d in decided]) & reach & ~inside
