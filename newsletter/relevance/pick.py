@@ -166,8 +166,8 @@ def merge_many(
 
 
 # Readers merged together: as many as make a table (readers x the day's papers) of this
-# many cells, 2 MB of float64, which stays in a core's cache (on a 1,000-paper day 250
-# readers a group took 8.9 s in bench/match.py, 500 took 10.8 s, 100 took 8.7 s).
+# many cells, 2 MB of float64, which stays in a core's cache (on a 1,000-paper day, the
+# score stage of bench/match.py took 8.9 s to merge 250 readers a group, 10.8 s 500, 8.7 s 100).
 TABLE = 250_000
 
 
