@@ -136,23 +136,18 @@ class Scorer:
 
     def _lexical(self, topic: Topic) -> tuple[np.ndarray, np.ndarray, bool, bool]:
         """(matched, lexical, words_only, everything) of the topic's filter."""
-        flt = compile_filter(topic.query)
-        everything = isinstance(flt.tree, All)
-        matched = self.ranker.mask(self.ranker.filter_bits(flt))
-        top = self._ceiling(flt)
+        flt, matched, top, words_only, everything = self._filter(topic)
         if top > 0:
             lexical = np.minimum(self.ranker.filter_scores(flt) / top, LEXICAL_CAP)
         else:
             lexical = matched.astype(float)
-        return matched, lexical, top == 0.0 and not everything, everything
+        return matched, lexical, words_only, everything
 
     def _matched(self, topic: Topic) -> tuple[np.ndarray, np.ndarray, bool, bool]:
         """``_lexical`` where the filter matches: (those papers, their lexical scores,
         words_only, everything), the same values."""
-        flt = compile_filter(topic.query)
-        everything = isinstance(flt.tree, All)
-        at = np.flatnonzero(self.ranker.mask(self.ranker.filter_bits(flt)))
-        top = self._ceiling(flt)
+        flt, matched, top, words_only, everything = self._filter(topic)
+        at = np.flatnonzero(matched)
         if top > 0:
             # ``filter_scores`` at those papers only: its words' scores summed in the same
             # order (where it matches, its mask multiplies by one)
@@ -162,13 +157,18 @@ class Scorer:
             lexical = np.minimum(total / top, LEXICAL_CAP)
         else:
             lexical = np.ones(len(at))
-        return at, lexical, top == 0.0 and not everything, everything
+        return at, lexical, words_only, everything
 
-    def _ceiling(self, flt: CompiledFilter) -> float:
-        found = self._ceilings.get(flt.query)
-        if found is None:
-            found = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
-        return found
+    def _filter(self, topic: Topic) -> tuple[CompiledFilter, np.ndarray, float, bool, bool]:
+        """The topic's filter, what it matches, its words' ceiling (0: it names none),
+        and whether it names no words (words_only) or is "*" (everything)."""
+        flt = compile_filter(topic.query)
+        top = self._ceilings.get(flt.query)
+        if top is None:
+            top = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
+        everything = isinstance(flt.tree, All)
+        matched = self.ranker.mask(self.ranker.filter_bits(flt))
+        return flt, matched, top, top == 0.0 and not everything, everything
 
     def _semantic(self, q: np.ndarray, cosine: np.ndarray) -> np.ndarray:
         centre, spread = self.reference.spread(q[None, :])  # as in any batch (meaning.py)
