@@ -1036,7 +1036,8 @@ def test_word_scores_over_all_papers_at_once_equal_paper_by_paper(
     corpus_docs: list[PaperDoc], corpus_index: DayIndex
 ) -> None:
     """The array path (counts kept at indexing) against its oracle, the per-paper loop,
-    for every word and adjacent pair of the corpus's titles, in every field form."""
+    for every word, adjacent pair and run of three of the corpus's titles, exact, as a
+    prefix, in every field form."""
     ranker = Ranker(corpus_index)
     from newsletter.filters.ast import Phrase, Term
     from newsletter.filters.tokens import tokens
@@ -1046,10 +1047,16 @@ def test_word_scores_over_all_papers_at_once_equal_paper_by_paper(
         words = tokens(doc.title)
         for a, b in itertools.pairwise(words):
             leaves |= {Term(a), Term(a, field="title"), Phrase((a, b)), Phrase((a,), "abstract")}
-    assert len(leaves) > 500
+            leaves |= {Term(a, exact=True), Term(a[:4], prefix=True, field="abstract")}
+        for run in zip(words, words[1:], words[2:], strict=False):
+            leaves |= {Phrase(run), Phrase(run, "title")}
+    assert len(leaves) > 1000
+    counted = 0
     for leaf in leaves:
+        counted += bool(ranker.leaf_scores(leaf).any())
         fast, slow = ranker.leaf_scores(leaf), ranker.leaf_scores_by_paper(leaf)
-        assert np.allclose(fast, slow, rtol=1e-12, atol=1e-12), leaf
+        assert np.array_equal(fast, slow), leaf
+    assert counted > 1000  # they score papers, not zeros against zeros
 
 
 # --- 7. metadata: author:, category:, has: --------------------------------------------------

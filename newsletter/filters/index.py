@@ -263,16 +263,32 @@ class DayIndex:
     # --- ranking and explanation ----------------------------------------------------
 
     def exact_bits(self, f: str, word: str) -> int:
-        """Papers holding ``word`` exactly (unstemmed) in field f: its stem's papers, checked."""
+        """Papers holding ``word`` exactly (unstemmed) in field f."""
         key = (f, word)
         bits = self._exact.get(key)
         if bits is None:
-            bits = 0
-            for i in iter_bits(self.postings[f].get(stem(word), 0)):
-                if word in self.fields[i][f].word_counts:
-                    bits |= 1 << i
-            self._exact[key] = bits
+            papers = self.word_counts(f, word)[0].tolist()
+            bits = self._exact[key] = bits_of(papers) if papers else 0
         return bits
+
+    def word_counts(self, f: str, word: str) -> tuple[np.ndarray, np.ndarray]:
+        """The papers holding ``word`` exactly (unstemmed) in field f, and how many times
+        each: its stem's papers, checked. Counted on demand (few filters name exact
+        words or prefixes), then kept."""
+        key = (f, "=" + word)  # "=" is in no stem: no clash with key_counts' keys
+        found = self._counts.get(key)
+        if found is None:
+            fields, papers, counts = self.fields, [], []
+            for i in self._members[f].get(stem(word), ()):
+                n = fields[i][f].word_counts.get(word, 0)
+                if n:
+                    papers.append(i)
+                    counts.append(n)
+            found = self._counts[key] = (
+                np.array(papers, dtype=np.int64),
+                np.array(counts, dtype=np.float64),
+            )
+        return found
 
     def key_counts(self, f: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         """The papers holding a stem (or two adjacent stems "a b") in field f, and how
@@ -285,16 +301,30 @@ class DayIndex:
             )
         return found
 
-    def leaf_tf(self, leaf: Term | Phrase) -> np.ndarray | None:
+    def leaf_tf(self, leaf: Term | Phrase) -> np.ndarray:
         """Occurrences of ``leaf`` in every paper (a title one counts ``TITLE_BOOST``),
-        or None when it has no key to count under (then it is counted paper by paper)."""
+        from the counts kept at indexing: a stem or a pair of stems is one look-up, an
+        exact word or a prefix's words are counted once each (``word_counts``), a longer
+        phrase only in the papers holding all its pairs. ``Ranker.leaf_scores_by_paper``
+        is the oracle."""
         key = plain_key(leaf)
-        if key is None:
-            return None
         tf = np.zeros(self.n)
         for f in leaf_fields(leaf):
-            papers, counts = self.key_counts(f, key)
-            tf[papers] += (TITLE_BOOST if f == "title" else 1.0) * counts
+            boost = TITLE_BOOST if f == "title" else 1.0
+            if key is not None:
+                papers, counts = self.key_counts(f, key)
+                tf[papers] += boost * counts
+            elif isinstance(leaf, Phrase):  # three words or more
+                candidates = self.everything
+                for pair in phrase_keys(leaf.words):
+                    candidates &= self.postings[f].get(pair, 0)
+                for i in iter_bits(candidates):
+                    tf[i] += boost * sum(1 for _ in phrase_at(self.fields[i][f].stems, leaf.words))
+            else:  # an exact word, or a prefix's words
+                words = self.expand(f, leaf.word) if leaf.prefix else (leaf.word,)
+                for word in words:
+                    papers, counts = self.word_counts(f, word)
+                    tf[papers] += boost * counts
         return tf
 
     def leaf_counts(self, leaf: Term | Phrase, i: int) -> list[tuple[str, int]]:

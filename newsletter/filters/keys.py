@@ -13,7 +13,8 @@ from newsletter.filters.tokens import stem
 
 def plain_key(leaf: Term | Phrase) -> str | None:
     """The index key a word or short phrase is counted under, or None when it has none
-    (prefixes, exact words, phrases of three words or more: scored paper by paper)."""
+    (prefixes and exact words: counted by word; phrases of three words or more: where
+    their pairs chain up; see ``DayIndex.leaf_tf``)."""
     if isinstance(leaf, Term):
         return None if leaf.prefix or leaf.exact else stem(leaf.word)
     if len(leaf.words) == 1:

@@ -134,16 +134,14 @@ class Ranker:
         index, stats = self.index, self.index.stats
         words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
         idf = sum(stats.idf(stem(w)) for w in words)
-        tf = index.leaf_tf(leaf)
-        if tf is not None:  # counted at indexing, scored at once
-            norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
-            scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
-            return self._leaf_scores.put(leaf, scores)
-        return self._leaf_scores.put(leaf, self.leaf_scores_by_paper(leaf))
+        tf = index.leaf_tf(leaf)  # counted at indexing, scored at once
+        norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
+        scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
+        return self._leaf_scores.put(leaf, scores)
 
     def leaf_scores_by_paper(self, leaf: Term | Phrase) -> np.ndarray:
-        """``leaf_scores`` the plain way, paper by paper: for what has no index key, and
-        the oracle the array version is tested against."""
+        """``leaf_scores`` the plain way, paper by paper: the oracle the array version
+        is tested against."""
         index, stats = self.index, self.index.stats
         words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
         idf = sum(stats.idf(stem(w)) for w in words)
