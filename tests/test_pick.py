@@ -101,6 +101,34 @@ def test_the_pick_equals_the_reference(scorer: Scorer, seed: int, limit: int, di
         assert m.words or m.meaning or m.liked or wordless, m
 
 
+def test_a_paper_names_first_the_topic_that_carried_it(scorer: Scorer) -> None:
+    """A vote on a paper teaches the topic the digest names first: of the reader's
+    topics that let it in, the one that scores it best; for a paper below every line,
+    the topic whose line it is nearest. Not simply the first of the reader's topics."""
+    rng = random.Random(7)
+    reordered = 0
+    for _ in range(60):
+        queries = rng.sample(QUERIES, 3)
+        topics = [Topic(q, rng.choice((None, "about"))) for q in queries]
+        dial = rng.randint(1, 5)
+        picked = scorer.pick(topics, within=None, limit=25, dial=dial)
+        dense = {t.query: scorer._dense(t, dial)[1] for t in topics}
+        for m in picked.matches:
+            letting = [q for q in m.filters if dense[q].inside[0][m.index]]
+            assert m.filters[0] in letting, m
+            assert dense[m.filters[0]].value[0][m.index] == max(
+                dense[q].value[0][m.index] for q in letting
+            ), m
+            reordered += m.filters[0] != next(q for q in queries if q in m.filters)
+        for m in picked.near:
+            assert not any(dense[q].inside[0][m.index] for q in m.filters), m
+            assert dense[m.filters[0]].margin[0][m.index] == min(
+                dense[q].margin[0][m.index] for q in m.filters
+            ), m
+            reordered += m.filters[0] != next(q for q in queries if q in m.filters)
+    assert reordered > 10  # cases where the reader's first topic is not the carrier
+
+
 def _within(rng: random.Random, n: int) -> int | None:
     if rng.random() < 0.3:
         return None

@@ -415,8 +415,7 @@ class Scorer:
         words: dict[str, None] = {}
         meaning: Topic | None = None
         lexical, semantic, liked = 0.0, None, None
-        for d in mine:
-            row = d.row(i)
+        for d, row in _carrier_first(mine, i):
             names.append(d.query)
             lexical = max(lexical, float(d.lexical[row]))
             if not math.isnan(d.semantic[row]):
@@ -466,3 +465,18 @@ class Scorer:
         if not np.any(similarity):
             return None
         return spans[int(np.argmax(similarity))]
+
+
+def _carrier_first(holding: list[Decision], i: int) -> list[tuple[Decision, int]]:
+    """The decisions holding paper ``i`` with its row in each, the one that carried it
+    first: of those that let it in, the best score; when none does, the one whose line
+    it is nearest. A vote on the paper teaches that topic, and the digest names it first."""
+    rows = [(d, d.row(i)) for d in holding]
+    if len(rows) < 2:
+        return rows
+    return sorted(
+        rows,
+        key=lambda dr: (
+            (0, -dr[0].value[dr[1]]) if dr[0].let_in[dr[1]] else (1, dr[0].margin[dr[1]])
+        ),
+    )  # stable: ties keep the reader's order
