@@ -18,8 +18,9 @@ newsletter/relevance/score.py, the same for every topic.
 
 With --feedback, a simulated reader then teaches each topic: day by day (one page dump
 is one day) the digest shows the day's top DIGEST papers the topic includes and the
-NOT_SURE best just below the line; the reader marks each "more like this" when it is
-relevant, "not for me" when it is not. After 5, 10, 20 and 30 votes the taught topic
+two it asks about ("not sure this is for you": the closest below the line, as a real
+digest picks them); the reader marks each "more like this" when it is relevant, "not
+for me" when it is not. After 5, 10, 20 and 30 votes the taught topic
 is scored again, at the default step, on all papers and on the papers not voted on
 (there beside the cold score on the same papers).
 """
@@ -65,7 +66,6 @@ def line(label: str, counts: list[tuple[str, int, int, int]]) -> str:
 
 
 DIGEST = 10
-NOT_SURE = 2
 CHECKPOINTS = (5, 10, 20, 30)
 
 
@@ -80,7 +80,7 @@ def simulate(scorer, topic: Topic, relevant: set[int], days: list[list[int]]):  
         bits = sum(1 << position[pid] for pid in day if pid not in votes)
         taught = Topic(topic.query, topic.about, tuple(sorted(votes.items())))
         picked = scorer.pick([taught], within=bits, limit=DIGEST, dial=DEFAULT_DIAL)
-        for m in (*picked.matches, *picked.near[:NOT_SURE]):
+        for m in (*picked.matches, *picked.unsure):  # what the digest shows and asks about
             if len(votes) < CHECKPOINTS[-1]:
                 votes[m.paper_id] = 1 if m.paper_id in relevant else -1
     return list(votes.items())
