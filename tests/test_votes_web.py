@@ -7,13 +7,18 @@ import email.message
 import html
 import json
 import re
+from datetime import timedelta
 
 from sqlmodel import select
 
-from newsletter import db, snapshot, tokens
+from newsletter import db, feedback, snapshot, tokens
+from newsletter.backends.file import FileBackend
 from newsletter.feedback import taught
 from newsletter.models import Delivery, Event, Paper, Subscriber
+from newsletter.plan import plan_digests
 from newsletter.runtime import secret_key
+from newsletter.web.votes import VOTES_PER_HOUR
+from tests.helpers import add_paper, deliver
 from tests.test_web import Site, _csrf, _digests, _path, _status
 from tests.test_web import site as site
 
@@ -189,6 +194,52 @@ def test_a_per_paper_vote_link_sent_before_still_works(site: Site, now) -> None:
     assert site.client.get(f"/v/{old}/{pid}/up").status_code == 404
 
 
+def test_a_vote_on_an_old_digest_still_counts(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """Readers catch up on old mail: a vote from yesterday's digest, tapped after today's
+    arrived, is recorded against the digest it came from."""
+    messages = _digests(site, now, ["dee@example.org"])
+    old_up = _path(_vote_links(messages["dee@example.org"])[0][0])
+    sid, pid = _ids(site, "dee@example.org")
+    later = now + timedelta(days=1)
+    add_paper(site.engine, title="Diffusion Again", abstract="Diffusion.", seen=later)
+    plan_digests(engine=site.engine, settings=site.settings, now=later, due_only=False)
+    deliver(site.engine, site.settings, FileBackend(directory=site.settings.outbox_dir), later)
+    with db.session_scope(engine=site.engine) as session:
+        digests = session.exec(
+            select(Delivery.id).where(Delivery.subscriber_id == sid).order_by(Delivery.id)
+        ).all()
+    assert len(digests) == 2, "today's digest went out"
+
+    page = site.client.get(old_up)
+    assert page.status_code == 200 and "Diffusion for All" in page.text
+    done = site.client.post(old_up, data={"csrf": _csrf(page.text), "vote": "up"})
+    assert "Thanks: more like this" in done.text
+    assert _taught(site) == {(sid, "diffusion"): ((pid, 1),)}
+    assert [v["delivery"] for v in _events(site, "feedback.vote")] == [digests[0]]
+
+
+def test_votes_are_rate_limited_per_subscriber(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """A reader's taps, not a script's loop: past VOTES_PER_HOUR a reader's votes are
+    refused (and not recorded) while another reader's still count."""
+    messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
+    up, down = (_path(u) for u in _vote_links(messages["dee@example.org"])[0])
+    csrf = _csrf(site.client.get(up).text)
+    for k in range(VOTES_PER_HOUR):
+        way = ("up", "down")[k % 2]
+        reply = site.client.post((up, down)[k % 2], data={"csrf": csrf, "vote": way})
+        assert reply.status_code == 200, k
+    sid, pid = _ids(site, "dee@example.org")
+    assert _taught(site) == {(sid, "diffusion"): ((pid, -1),)}  # the last one, down
+    refused = site.client.post(up, data={"csrf": csrf, "vote": "up"})
+    assert refused.status_code == 429 and "Too many votes; try again later." in refused.text
+    assert _taught(site) == {(sid, "diffusion"): ((pid, -1),)}, "the refused vote changed nothing"
+    assert len(_events(site, "feedback.vote")) == VOTES_PER_HOUR
+
+    eve_up = _path(_vote_links(messages["eve@example.org"])[0][0])
+    eve = site.client.post(eve_up, data={"csrf": _csrf(site.client.get(eve_up).text), "vote": "up"})
+    assert eve.status_code == 200 and "Thanks: more like this" in eve.text
+
+
 def _preferences(msg: email.message.EmailMessage) -> str:
     text, _ = _parts(msg)
     return _path(re.search(r"Manage preferences:\n  (\S+)", text).group(1))  # type: ignore[union-attr]
@@ -226,10 +277,17 @@ def test_the_preference_centre_lists_votes_and_undoes_or_resets_them(site: Site,
     assert "What you taught your topics" not in undone.text
 
     site.client.post(down, data={"csrf": _csrf(site.client.get(down).text), "vote": "down"})
+    other = add_paper(site.engine, title="Diffusion Elsewhere", abstract="Diffusion.", seen=now)
+    with db.session_scope(engine=site.engine) as session:  # a second vote, as an operator's
+        feedback.record_vote(
+            session=session, subscriber=session.get(Subscriber, sid), query="diffusion",
+            paper_id=other, vote=feedback.Vote.DOWN, source="cli", now=now,
+        )  # fmt: skip
+    assert len(_taught(site)[(sid, "diffusion")]) == 2
     reset = site.client.post(
         f"{prefs}/votes", data={"csrf": csrf, "topic": "diffusion", "action": "reset"}
     )
-    assert "Vote undone." in reset.text and (sid, "diffusion") not in _taught(site)
+    assert "2 votes undone." in reset.text and (sid, "diffusion") not in _taught(site)
     assert len(_taught(site)) == 1, "eve's vote is hers alone"
     sources = [v["source"] for v in _events(site, "feedback.vote") if v["subscriber"] == sid]
-    assert sources == ["web", "preferences", "web", "preferences"]
+    assert sources == ["web", "preferences", "web", "cli", "preferences", "preferences"]
