@@ -187,6 +187,35 @@ def test_import_reports_bad_rows_by_line(tmp_path: Path, fmt: str) -> None:
     assert "imported 1 subscribers" in proc.stdout
 
 
+def test_papers_embed_recomputes_what_is_stale_or_corrupt(tmp_path: Path) -> None:
+    """``newsletter papers embed``: vectors are reused; a corrupt one and one whose
+    paper changed are computed again (the changed one by the model, not the bundled
+    vectors); ``--rebuild`` does every paper."""
+    import sqlite3
+
+    corpus = tmp_path / "dumps"
+    corpus.mkdir()
+    (corpus / "000_day.txt").write_bytes(CORPUS_FILES[0].read_bytes())
+    run(tmp_path, "db", "upgrade")
+    run(tmp_path, "ingest", str(corpus))
+    unchanged = run(tmp_path, "papers", "embed").stdout
+    assert "embedded 0 papers and 0 topics (all-MiniLM-L6-v2; 44 papers unchanged)" in unchanged
+    with sqlite3.connect(tmp_path / "data" / "newsletter.db") as conn:
+        first, second = (r[0] for r in conn.execute("SELECT id FROM papers ORDER BY id LIMIT 2"))
+        conn.execute("UPDATE paper_vectors SET vector = x'0001' WHERE paper_id = ?", (first,))
+        conn.execute("UPDATE papers SET abstract = 'Rewritten. Entirely.' WHERE id = ?", (second,))
+    again = run(tmp_path, "papers", "embed").stdout
+    assert "embedded 2 papers" in again and "1 of them from the bundled vectors" in again
+    assert "42 papers unchanged" in again
+    with sqlite3.connect(tmp_path / "data" / "newsletter.db") as conn:
+        (size,) = conn.execute(
+            "SELECT length(vector) FROM paper_vectors WHERE paper_id = ?", (first,)
+        ).fetchone()
+    assert size == 2 * 384  # float16 x the model's dimensions, no longer two bytes
+    rebuilt = run(tmp_path, "papers", "embed", "--rebuild").stdout
+    assert "embedded 44 papers" in rebuilt and "0 papers unchanged" in rebuilt
+
+
 def test_ingest_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     import pty
 

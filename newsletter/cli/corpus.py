@@ -96,8 +96,9 @@ def ingest(
         raise typer.Exit(1)
 
 
-def embed_stored(engine: sa.Engine, *, rebuild: bool = False) -> None:
-    """Embed the papers and topics that have no current vector, with a progress bar."""
+def embed_stored(engine: sa.Engine, *, rebuild: bool = False, always: bool = False) -> None:
+    """Embed the papers and topics that have no current vector, with a progress bar;
+    say what was done when something was (``always``: also when nothing was)."""
     from newsletter import embed
 
     with _progress() as progress:
@@ -112,10 +113,12 @@ def embed_stored(engine: sa.Engine, *, rebuild: bool = False) -> None:
         except embed.ModelMissingError as exc:
             err.print(f"warning: meaning is off: {exc}", markup=False)
             return
-    if report.embedded or report.topics:
+    papers = report.embedded + report.seeded
+    if papers or report.topics or always:
+        seeded = f", {report.seeded} of them from the bundled vectors" if report.seeded else ""
         out.print(
-            f"embedded {report.embedded} papers and {report.topics} topics "
-            f"({embed.MODEL_NAME}; {report.reused} papers unchanged)",
+            f"embedded {papers} papers and {report.topics} topics "
+            f"({embed.MODEL_NAME}{seeded}; {report.reused} papers unchanged)",
             markup=False,
         )
 
@@ -153,7 +156,7 @@ def papers_embed(
     ] = False,
 ) -> None:
     """Compute the embeddings of papers (and topics) that have none, or a stale one."""
-    embed_stored(_context().engine, rebuild=rebuild)
+    embed_stored(_context().engine, rebuild=rebuild, always=True)
 
 
 @papers_app.command("list")
