@@ -121,10 +121,15 @@ def validate_topic(topic: object) -> str:
         topic = f"{query} {ABOUT_SEPARATOR} {about}" if about else query
     if not isinstance(topic, str):
         raise SubscriberError("each topic must be text", field="topic")
-    if has_unsafe(topic):
-        raise SubscriberError(f"{topic!r}: must not contain control characters", field="topic")
+    written, _, sentence = topic.partition(ABOUT_SEPARATOR)  # before stripping: "\x1f" is a space
+    if has_unsafe(written):
+        raise SubscriberError(f"{written!r}: must not contain control characters", field="topic")
     parts = split_topic(topic)
     query = parts.query
+    if has_unsafe(sentence):
+        raise SubscriberError(
+            f"the sentence about {query!r} must not contain control characters", field="about"
+        )
     if len(query) > MAX_TOPIC_CHARS:
         raise SubscriberError(f"a topic has at most {MAX_TOPIC_CHARS} characters", field="topic")
     try:

@@ -97,6 +97,19 @@ def _crud(client: httpx.Client, engine) -> None:  # type: ignore[no-untyped-def]
         and bad.json()["field"] == "topic"
         and "column" in bad.json()["error"]
     )
+    about = {"filter": "LoRA", "about": "Parameter-efficient fine-tuning"}
+    bad_about = client.post(
+        "/api/subscribers",
+        headers=AUTH,
+        json={"email": "y@example.org", "topics": [about | {"about": "fine\x00tuning"}]},
+    )
+    assert bad_about.status_code == 422 and bad_about.json()["field"] == "about"
+    with_about = client.post(
+        "/api/subscribers", headers=AUTH, json={"email": "y@example.org", "topics": [about]}
+    )
+    assert with_about.status_code == 201
+    assert with_about.json()["topics"] == ["LoRA | Parameter-efficient fine-tuning"]
+    assert client.delete(f"/api/subscribers/{with_about.json()['id']}", headers=AUTH)
     change = {"cadence": "weekly", "weekday": 4, "topics": ["video"]}
     changed = client.patch(f"/api/subscribers/{sid}", headers=AUTH, json=change)
     assert changed.status_code == 200

@@ -210,7 +210,10 @@ LONG = "x" * 301
     ("topic", "field", "says"),
     [
         (f"diffusion | {LONG}", "about", "at most 300"),
-        ("diffusion | \x07bell", "topic", "control"),
+        ("diffusion | \x07bell", "about", "control"),
+        ("diffu\x1bsion | bell", "topic", "control"),
+        ("diffusion\x1f | a bell", "topic", "control"),  # "\x1f" is a space to str.strip()
+        ({"filter": "diffusion", "about": "a\x00bell"}, "about", "control"),
         ("diffusion | ab", "about", "too short"),
         ({"filter": "diffusion", "about": 3}, "topic", "filter"),
     ],

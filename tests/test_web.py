@@ -370,6 +370,27 @@ def test_sign_up_confirm_and_edit_preferences(site: Site, now) -> None:  # type:
         ]
 
 
+def test_sign_up_takes_a_sentence_about_a_topic_and_refuses_a_bad_one(site: Site) -> None:
+    """``filter | sentence``: the sentence is what meaning compares papers with; it is
+    checked like the filter (length, control characters), the error names the line."""
+    too_long = _sign_up(site, email="kay@example.org", topics="diffusion\nLoRA | " + "x" * 301)
+    assert too_long.status_code == 422
+    assert "Line 2" in too_long.text and "300" in too_long.text
+    control = _sign_up(site, email="kay@example.org", topics="LoRA | fine\x1btuning")
+    assert control.status_code == 422 and "control character" in control.text
+    from newsletter.models import SignUp
+
+    with db.session_scope(engine=site.engine) as session:
+        assert session.exec(select(SignUp)).all() == [], "nothing stored from a bad form"
+    good = _sign_up(
+        site, email="kay@example.org", topics="diffusion\nLoRA | Parameter-efficient fine-tuning"
+    )
+    assert good.status_code == 200 and "Check your inbox" in good.text
+    with db.session_scope(engine=site.engine) as session:
+        (signup,) = session.exec(select(SignUp)).all()
+        assert json.loads(signup.topics) == ["diffusion", "LoRA | Parameter-efficient fine-tuning"]
+
+
 def test_sign_up_reveals_nothing_about_existing_addresses(site: Site, now) -> None:  # type: ignore[no-untyped-def]
     subscribe(site.engine, email="old@example.org", topics=["diffusion"], now=now)
     known = _sign_up(site, email="old@example.org")
