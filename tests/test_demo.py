@@ -55,6 +55,9 @@ def _check_outbox(root: Path, stdout: str) -> list[Path]:
         assert msg["To"].addresses[0].addr_spec == path.name.split("--")[0]
         assert msg.get_body(("plain",)) is not None and msg.get_body(("html",)) is not None
         assert path.with_suffix(".html").exists()
+    # Meaning is on: Ada's topic has a sentence, and papers close to it say so.
+    (ada,) = (p for p in emls if p.name.startswith("ada@"))
+    assert "close to “Reasoning in large language models”" in ada.with_suffix(".html").read_text()
     return emls
 
 
@@ -68,6 +71,7 @@ def test_demo_writes_one_digest_per_matching_subscriber_and_is_safe_to_rerun(
     first = _run_demo(root, {"NEWSLETTER_VENV": venv})
     assert first.returncode == 0, first.stderr
     emls = _check_outbox(root, first.stdout)
+    assert "meaning is off" not in first.stdout + first.stderr
     again = _run_demo(root, {"NEWSLETTER_VENV": venv})
     assert again.returncode == 0, again.stderr
     assert "0 digests planned" in again.stdout
