@@ -190,6 +190,33 @@ def test_the_dial_moves_the_line_one_way(tmp_path: Path) -> None:
         assert sizes[0] < sizes[-1], topic
 
 
+def test_a_readers_stored_dial_moves_their_planned_digest(tmp_path: Path) -> None:
+    """The dial as planning reads it from the subscriber: the same topic, three readers
+    at "fewest, surest", the default and "more, broader", three nested digests."""
+    from newsletter.models import Subscriber
+
+    url = f"sqlite:///{tmp_path / 'dials.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    ingest(engine=engine, paths=[CORPUS], now=NOW - timedelta(hours=1))  # today's papers
+    topic = f"{DIFFUSION.query} | {DIFFUSION.about}"
+    readers = {"sure@example.org": 1, "as@example.org": None, "broad@example.org": 5}
+    for address, dial in readers.items():
+        sid = subscribe(engine, email=address, topics=[topic], now=NOW)
+        if dial is not None:  # None: the default a new reader gets
+            with db.session_scope(engine=engine) as session:
+                session.get(Subscriber, sid).dial = dial  # type: ignore[union-attr]
+    _embed(engine)
+    report = plan_digests(
+        engine=engine, settings=make_settings(tmp_path, url), now=NOW, due_only=False
+    )
+    picked = {p.email: p.ranked for p in report.planned}
+    sure, default, broad = (picked[a] for a in readers)
+    assert sure.total < default.total < broad.total, (sure.total, default.total, broad.total)
+    # The broader digest holds the surer one's best papers: the line moved, not the order.
+    assert {m.paper_id for m in sure.matches[:5]} <= {m.paper_id for m in broad.matches}
+
+
 def test_without_vectors_the_decision_falls_back_to_the_words(tmp_path: Path) -> None:
     """A paper whose vector is missing (the model was not installed) is judged on its
     words alone: still in when its title is the topic, no crash."""
