@@ -228,6 +228,28 @@ def test_without_vectors_the_decision_falls_back_to_the_words(tmp_path: Path) ->
     assert all(m.semantic is None for m in picked.matches)
 
 
+def test_a_corrupt_vector_is_judged_on_words_then_computed_again(tmp_path: Path) -> None:
+    """A vector that does not decode (a truncated blob) never stops planning: that paper
+    is judged on its words, the others keep their meaning, and the next embedding pass
+    computes it again."""
+    from newsletter.models import PaperVector
+
+    engine, settings = _store(tmp_path, "corrupt.db")
+    broken = _today(engine, "Zorblax Diffusion for Everyone", "A zorblax diffusion model.")
+    whole = _today(engine, "Zorblax Diffusion at Scale", "Scaling zorblax diffusion models.")
+    subscribe(engine, email="c@example.org", topics=["zorblax | Diffusion models"], now=NOW)
+    _embed(engine)
+    with db.session_scope(engine=engine) as session:
+        session.get(PaperVector, broken).vector = b"\x00\x3c" * 7  # type: ignore[union-attr]
+    picked = _digest_of(engine, settings, "c@example.org")
+    by_id = {m.paper_id: m for m in picked.matches}
+    assert by_id[broken].semantic is None, "no meaning from a vector that does not decode"
+    assert by_id[whole].semantic is not None
+    assert embed_papers(engine=engine).embedded == 1
+    with db.session_scope(engine=engine) as session:
+        assert len(session.get(PaperVector, broken).vector) == 2 * 384  # type: ignore[union-attr, arg-type]
+
+
 # --- the sentence about a topic, everywhere it enters -------------------------------------
 
 LONG = "x" * 301
