@@ -195,6 +195,34 @@ def test_a_disliked_papers_twin_drops_below_the_line_and_a_liked_papers_twin_ris
     assert _digest(engine, settings, "r@example.org") == before
 
 
+def test_filters_test_shows_the_chosen_topic_of_a_subscriber_with_its_votes(
+    tmp_path: Path,
+) -> None:
+    """``filters test --subscriber EMAIL --topic N``: the N-th topic, as taught."""
+    engine, _settings, url = _store(tmp_path)
+    subscribe(engine, email="t@example.org", topics=["speech", DIFFUSION], now=NOW)
+    embed_papers(engine=engine)
+    embed_topics(engine=engine)
+    disliked = _paper(engine, "Diffusion")
+    _vote(engine, "t@example.org", disliked.id, Vote.DOWN)  # type: ignore[arg-type]
+    env = {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "k" * 40}
+    home = tmp_path / "home"
+    home.mkdir()
+    test = ("filters", "test", "--subscriber", "t@example.org", "--json", "--limit", "1000")
+    first = json.loads(run(home, *test, env=env).stdout)
+    assert first["query"] == "speech" and first["taught"] == {"liked": 0, "disliked": 0}
+    second = json.loads(run(home, *test, "--topic", "2", env=env).stdout)
+    assert second["query"] == "diffusion" and second["taught"] == {"liked": 0, "disliked": 1}
+    assert disliked.id not in [p["id"] for p in second["papers"]]
+    about = DIFFUSION.split(" | ")[1]
+    untaught = run(home, "filters", "test", "diffusion", "--about", about, "--limit", "1000",
+                   "--json", env=env)  # fmt: skip
+    assert disliked.id in [p["id"] for p in json.loads(untaught.stdout)["papers"]]
+    missing = run(home, *test, "--topic", "3", env=env, ok=False)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "t@example.org has 2 topics; --topic 3 is not one" in missing.stderr
+
+
 def test_the_feedback_command_refuses_what_it_cannot_find(tmp_path: Path) -> None:
     engine, _settings, url = _store(tmp_path)
     subscribe(engine, email="r@example.org", topics=[DIFFUSION], now=NOW)
