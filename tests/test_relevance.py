@@ -21,7 +21,7 @@ from newsletter.backends.memory import MemoryBackend
 from newsletter.corpus.ingest import ingest
 from newsletter.embed.store import embed_papers, embed_topics, ensure_topic_vectors
 from newsletter.errors import SubscriberError
-from newsletter.models import Paper, Subscriber
+from newsletter.models import Event, Paper, Subscriber
 from newsletter.plan import plan_digests
 from newsletter.relevance import ALPHA, DIAL, Topic
 from newsletter.relevance.day import day_scorer, text_of
@@ -452,8 +452,17 @@ def test_near_the_line_is_counted_in_the_email_and_listed_in_the_archive(tmp_pat
     rest = len(picked.near) - len(picked.unsure)
     assert f"and {rest} more that might interest you, just below the line" in html
     archive = re.search(r'href="(http://[^"]+/d/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+    # Every paper shown, and each asked about, carries both votes; opening them records
+    # nothing (a mail scanner opens every link of a message).
+    votes = [u for u in re.findall(r'href="([^"]+)"', html) if "/v/" in u]
+    assert len(votes) == 2 * (len(picked.matches) + len(picked.unsure))
     with live_server(create_app(runtime=runtime_for(settings, engine)), port) as url:
         page = httpx.get(url + httpx.URL(archive).path)
+        for link in votes:
+            path = httpx.URL(html_unescape(link)).path
+            assert httpx.get(url + path).status_code == httpx.head(url + path).status_code == 200
+    with db.session_scope(engine=engine) as session:
+        assert session.exec(select(Event).where(Event.kind == "feedback.vote")).all() == []
     assert page.status_code == 200 and "Just below the line" in page.text
     visible = html_unescape(re.sub(r"<[^>]+>", "", page.text))
     unsure = {m.paper_id for m in picked.unsure}
