@@ -238,3 +238,41 @@ def _snapshots_moved(url: str) -> None:
 
 def test_migration_0012_stores_each_snapshot_once(bare_url: str) -> None:
     _snapshots_moved(bare_url)
+
+
+def test_migration_0007_leaves_existing_topics_without_a_sentence(bare_url: str) -> None:
+    """Topics stored before sentences existed keep their filter, gain no sentence (their
+    filter's words stand in for meaning) and their readers get the default dial."""
+    from newsletter.models import Subscriber
+    from newsletter.relevance import DEFAULT_DIAL
+    from newsletter.subscribers import topic_rows
+
+    engine = db.make_engine(bare_url)
+    db.upgrade(engine=engine, revision="0006")
+    at = datetime(2026, 11, 1, 8, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
+                " updated_at, soft_bounces, token_salt) VALUES (1, 'a@example.org', 'UTC',"
+                " '08:00', 'active', :at, :at, 0, 'ab')"
+            ),
+            {"at": at},
+        )
+        for i, query in enumerate(['"language model"', "diffusion"], 1):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO topic_filters (id, subscriber_id, query, created_at)"
+                    " VALUES (:i, 1, :q, :at)"
+                ),
+                {"i": i, "q": query, "at": at},
+            )
+    db.upgrade(engine=engine)
+    with db.session_scope(engine=engine) as session:
+        topics = topic_rows(session=session, ids=[1])[1]
+        assert [(t.query, t.about) for t in topics] == [
+            ('"language model"', None),
+            ("diffusion", None),
+        ]
+        assert session.get(Subscriber, 1).dial == DEFAULT_DIAL  # type: ignore[union-attr]
+    engine.dispose()
