@@ -173,6 +173,24 @@ def test_a_chunk_of_readers_merged_together_equals_the_reference(
         _assert_reference(scorer, picked, topics, within, limit, dial_)
 
 
+def test_readers_whose_topics_hold_no_paper_get_an_empty_pick(scorer: Scorer) -> None:
+    """Merged together: nothing in any reader's reach, or no paper in any topic."""
+    n = scorer.ranker.index.n
+    nothing = [Topic("zyxwvut"), Topic("qwertyuiop AND diffusion")]
+    readers = [
+        (nothing, None, 20, 3),
+        (nothing[:1], (1 << n) - 1, 20, 3),
+        ([Topic("diffusion")], 0, 5, 3),
+    ]
+    scorer._picked.clear()
+    for topics, within, limit, dial in readers:
+        picked = scorer.pick_many([(topics, within, limit, dial)])[0]
+        assert (picked.matches, picked.near, picked.total) == ((), (), 0)
+        _assert_reference(scorer, picked, topics, within, limit, dial)
+    scorer._picked.clear()
+    assert all(p.total == 0 for p in scorer.pick_many(readers))
+
+
 def test_a_chunks_topics_decided_before_the_cache_is_emptied_stay_decided(scorer: Scorer) -> None:
     """Planning decides a chunk's new topics, then merges its readers. When the new ones
     do not fit, the cache is emptied first; the chunk's topics decided by an earlier

@@ -159,9 +159,10 @@ def merge_many(
     """
     out: list[Merged] = []
     masks = np.stack(reaches)
+    whole = masks.all(axis=1)  # reaches that hold every paper: nothing to mask
     group = max(1, TABLE // max(1, len(day.ids)))
     for start in range(0, len(readers), group):
-        out += _merge_group(readers[start : start + group], day, masks, limit)
+        out += _merge_group(readers[start : start + group], day, (masks, whole), limit)
     return out
 
 
@@ -172,7 +173,10 @@ TABLE = 250_000
 
 
 def _merge_group(
-    readers: Sequence[tuple[Sequence[Decision], int]], day: Day, reach: np.ndarray, limit: int
+    readers: Sequence[tuple[Sequence[Decision], int]],
+    day: Day,
+    reach: tuple[np.ndarray, np.ndarray],
+    limit: int,
 ) -> list[Merged]:
     parts = [(r, k, d) for r, (ds, _) in enumerate(readers) for k, d in enumerate(ds)]
     if not parts:
@@ -180,9 +184,12 @@ def _merge_group(
     sizes = [len(d.papers) for _, _, d in parts]
     papers = np.concatenate([d.papers for _, _, d in parts])
     reader = np.repeat(np.array([r for r, _, _ in parts], np.int64), sizes)
+    masks, whole = reach
     which = np.array([w for _, w in readers], np.int64)
-    keep = reach[which[reader], papers]
-    if not keep.any():
+    # Where every reader of the group may have every paper (planning's usual case: all
+    # the day's papers are new to them), there is nothing to keep out.
+    keep = slice(None) if whole[which].all() else masks[which[reader], papers]
+    if not papers.size or (isinstance(keep, np.ndarray) and not keep.any()):
         return _nothing(len(readers))
     # Each (reader, paper) once, in a table of readers x papers: its best score,
     # whether any topic lets it in, how far below the nearest line of those it is
@@ -199,7 +206,7 @@ def _merge_group(
     let_in = np.zeros(len(readers) * n, bool)
     let_in[pair[inside]] = True
     nearest = np.full(len(readers) * n, np.inf)
-    np.minimum.at(nearest, pair[~inside], margin[~inside])
+    np.minimum.at(nearest, pair, np.where(inside, np.inf, margin))  # of the lines it is near
     held = np.zeros(len(readers) * n, np.int64)
     np.add.at(held, pair, holder)  # an OR: a decision holds a paper once, one bit each
     seen = np.zeros(len(readers) * n, bool)
