@@ -192,6 +192,18 @@ def test_migration_0004_carries_digest_items_over(bare_url: str) -> None:
     _carry_over(bare_url)
 
 
+def _subscriber_from_0006(conn: sa.Connection, at: datetime) -> None:
+    """Subscriber 1 as the schema from revision 0006 on stores one, in plain SQL."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
+            " updated_at, soft_bounces, token_salt) VALUES (1, 'a@example.org', 'UTC',"
+            " '08:00', 'active', :at, :at, 0, 'ab')"
+        ),
+        {"at": at},
+    )
+
+
 def _snapshots_moved(url: str) -> None:
     """0012 moves each digest's items into snapshots, one row per distinct text, and
     back, losing nothing; other mail refers to none."""
@@ -200,14 +212,7 @@ def _snapshots_moved(url: str) -> None:
     at = datetime(2026, 11, 29, 8, tzinfo=UTC)
     shared, own = '[{"id":1,"topics":["a"],"terms":[]}]', '[{"id":2,"topics":["é\\n"],"terms":[]}]'
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
-                " updated_at, soft_bounces, token_salt) VALUES (1, 'a@example.org', 'UTC',"
-                " '08:00', 'active', :at, :at, 0, 'ab')"
-            ),
-            {"at": at},
-        )
+        _subscriber_from_0006(conn, at)
         for i, (kind, items) in enumerate(
             [("digest", shared), ("digest", own), ("digest", shared), ("confirm", "[]")], 1
         ):
@@ -251,14 +256,7 @@ def test_migration_0007_leaves_existing_topics_without_a_sentence(bare_url: str)
     db.upgrade(engine=engine, revision="0006")
     at = datetime(2026, 11, 1, 8, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO subscribers (id, email, timezone, send_at, status, created_at,"
-                " updated_at, soft_bounces, token_salt) VALUES (1, 'a@example.org', 'UTC',"
-                " '08:00', 'active', :at, :at, 0, 'ab')"
-            ),
-            {"at": at},
-        )
+        _subscriber_from_0006(conn, at)
         for i, query in enumerate(['"language model"', "diffusion"], 1):
             conn.execute(
                 sa.text(

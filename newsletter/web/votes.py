@@ -5,11 +5,11 @@ only shows a page with the paper and one button; the vote is recorded by that
 button's POST, which carries a CSRF token bound to the subscriber. The link is
 ``/v/<token>/<paper>``: the token signs subscriber and digest (``links.votes``), the
 paper must be one the digest holds, and its first topic, the one that carried it
-(``relevance.score._carrier_first``), is the one voted on. Links
-sent before carry one token per paper (subscriber, digest, paper, topic: ``/v/<token>``)
-and still work. The direction in the path (``/up``, ``/down``) only picks the button,
-as the reader may choose either. A vote on an old digest still counts; voting again,
-switching and undoing work from the same page.
+(``relevance.score._carrier_first``), is the one voted on. Links sent before carry one
+token per paper (subscriber, digest, paper, topic: ``/v/<token>``) and still work. The
+direction in the path (``/up``, ``/down``) only picks the button, as the reader may
+choose either. A vote on an old digest still counts; voting again, switching and
+undoing work from the same page.
 """
 
 from __future__ import annotations
