@@ -223,6 +223,60 @@ def test_filters_test_shows_the_chosen_topic_of_a_subscriber_with_its_votes(
     assert "t@example.org has 2 topics; --topic 3 is not one" in missing.stderr
 
 
+def test_the_next_day_a_paraphrase_of_a_liked_paper_comes_in_and_of_a_disliked_one_stays_out(
+    tmp_path: Path,
+) -> None:
+    """Tomorrow's papers are not copies of what the reader marked: two papers retelling
+    a liked and a disliked one in other words follow the votes, in tomorrow's digest."""
+    engine, settings, _url = _store(tmp_path)
+    subscribe(engine, email="r@example.org", topics=[DIFFUSION], now=NOW)
+    liked = _paper(engine, "PortaSpeech")  # text-to-speech: the filter does not match it
+    disliked = _paper(engine, "Exact Diffusion Inversion")
+    tomorrow = NOW + timedelta(days=1)
+    seen = tomorrow - timedelta(hours=1)
+    add_paper(engine, title="Diffusion Models for Fast Image Synthesis",
+              abstract="We speed up diffusion models for images.", seen=seen)  # fmt: skip
+    like_liked = add_paper(
+        engine,
+        title="Small, Fast and Natural: A Compact Generative Model for Parallel Speech Synthesis",
+        abstract="Parallel (non-autoregressive) text-to-speech systems turn text into audio "
+        "quickly. Studying variational autoencoders and normalizing flows for this task, we see "
+        "that the first captures prosody and other long-range features with few parameters but "
+        "sounds blurry, while the second renders fine detail but needs many parameters. We "
+        "combine both in a lightweight model that produces natural speech at a fraction of the "
+        "size.",
+        seen=seen,
+    )
+    like_disliked = add_paper(
+        engine,
+        title="Inverting DDIM Exactly for Image Editing at No Extra Cost",
+        abstract="Editing images with diffusion models needs DDIM inversion, and fixes such as "
+        "EDICT or null-text inversion are slow. We approximate the integration in both "
+        "directions: each DDIM step is applied forward and backward over neighbouring time "
+        "slots, so the next latent is a linear combination of the two previous ones and the "
+        "predicted noise, and the sampler can be run backwards exactly. Round-trip editing "
+        "improves, and text-to-image samples look better than with plain DDIM.",
+        seen=seen,
+    )
+    embed_papers(engine=engine)  # tomorrow's papers go through the model
+    embed_topics(engine=engine)
+
+    def tomorrows() -> dict[int, object]:
+        report = plan_digests(
+            engine=engine, settings=settings, now=tomorrow, due_only=False, dry_run=True
+        )
+        (planned,) = [p for p in report.planned if p.email == "r@example.org"]
+        return {m.paper_id: m for m in planned.ranked.matches}
+
+    before = tomorrows()
+    assert like_disliked in before and like_liked not in before
+    _vote(engine, "r@example.org", liked.id, Vote.UP)  # type: ignore[arg-type]
+    _vote(engine, "r@example.org", disliked.id, Vote.DOWN)  # type: ignore[arg-type]
+    after = tomorrows()
+    assert like_liked in after and after[like_liked].liked == liked.title  # type: ignore[attr-defined]
+    assert like_disliked not in after
+
+
 def test_the_feedback_command_refuses_what_it_cannot_find(tmp_path: Path) -> None:
     engine, _settings, url = _store(tmp_path)
     subscribe(engine, email="r@example.org", topics=[DIFFUSION], now=NOW)
