@@ -305,7 +305,7 @@ class DayIndex:
         """Occurrences of ``leaf`` in every paper (a title one counts ``TITLE_BOOST``),
         from the counts kept at indexing: a stem or a pair of stems is one look-up, an
         exact word or a prefix's words are counted once each (``word_counts``), a longer
-        phrase only in the papers holding all its pairs. ``Ranker.leaf_scores_by_paper``
+        phrase only in the papers it matches. ``Ranker.leaf_scores_by_paper``
         is the oracle."""
         key = plain_key(leaf)
         tf = np.zeros(self.n)
@@ -314,11 +314,8 @@ class DayIndex:
             if key is not None:
                 papers, counts = self.key_counts(f, key)
                 tf[papers] += boost * counts
-            elif isinstance(leaf, Phrase):  # three words or more
-                candidates = self.everything
-                for pair in phrase_keys(leaf.words):
-                    candidates &= self.postings[f].get(pair, 0)
-                for i in iter_bits(candidates):
+            elif isinstance(leaf, Phrase):  # three words or more: where it is in this field
+                for i in iter_bits(self.evaluate(Phrase(leaf.words, f))):
                     tf[i] += boost * sum(1 for _ in phrase_at(self.fields[i][f].stems, leaf.words))
             else:  # an exact word, or a prefix's words
                 words = self.expand(f, leaf.word) if leaf.prefix else (leaf.word,)

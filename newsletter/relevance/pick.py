@@ -184,13 +184,17 @@ def _merge_group(
     sizes = [len(d.papers) for _, _, d in parts]
     papers = np.concatenate([d.papers for _, _, d in parts])
     reader = np.repeat(np.array([r for r, _, _ in parts], np.int64), sizes)
+    if not papers.size:
+        return _nothing(len(readers))
     masks, whole = reach
     which = np.array([w for _, w in readers], np.int64)
-    # Where every reader of the group may have every paper (planning's usual case: all
-    # the day's papers are new to them), there is nothing to keep out.
-    keep = slice(None) if whole[which].all() else masks[which[reader], papers]
-    if not papers.size or (isinstance(keep, np.ndarray) and not keep.any()):
-        return _nothing(len(readers))
+    keep: np.ndarray | slice
+    if whole[which].all():  # every reader may have every paper (planning's usual case)
+        keep = slice(None)
+    else:
+        keep = masks[which[reader], papers]
+        if not keep.any():
+            return _nothing(len(readers))
     # Each (reader, paper) once, in a table of readers x papers: its best score,
     # whether any topic lets it in, how far below the nearest line of those it is
     # near, and which decisions hold it. The papers' columns are in tie order, so the
