@@ -19,7 +19,7 @@ from newsletter.filters import CorpusStats
 from newsletter.filters.ast import And, Node, Or, Phrase, Term
 from newsletter.filters.bm25 import K1
 from newsletter.filters.tokens import stem
-from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Day, Decision, best_first
+from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Decision
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
 # Meaning alone lets a paper in only when it is also close in absolute terms: a topic
@@ -160,7 +160,6 @@ def decide(r: Rows, step: Step) -> Decided:
 def sparse(
     d: Decided,
     r: Rows,
-    day: Day,
     *,
     keys: list[tuple[object, int]],
     queries: list[str],
@@ -168,10 +167,10 @@ def sparse(
     liked: np.ndarray | None = None,  # (topics x papers) index into liked_ids, -1 none
     liked_ids: tuple[int, ...] = (),
 ) -> list[Decision]:
-    """Each row's papers in or near the line, best first, and their explanations' facts."""
+    """Each row's papers in or near the line, ascending, and their explanations' facts."""
     at = np.nonzero(d.inside | d.near)  # by row, papers ascending
     return entries(
-        d.at(at), r.at(at), day, rows=at[0], papers=at[1], keys=keys, queries=queries,
+        d.at(at), r.at(at), rows=at[0], papers=at[1], keys=keys, queries=queries,
         voted=voted[at] if voted is not None else None,
         liked=liked[at] if liked is not None else None, liked_ids=liked_ids,
     )  # fmt: skip
@@ -180,7 +179,6 @@ def sparse(
 def entries(
     d: Decided,
     r: Rows,
-    day: Day,
     *,
     rows: np.ndarray,
     papers: np.ndarray,
@@ -200,7 +198,6 @@ def entries(
         d, r, rows, papers = d.at(at), r.at(at), rows[at], papers[at]
         voted = voted[at] if voted is not None else None
         liked = liked[at] if liked is not None else None
-    order = best_first(rows, d.value * day.popularity[papers], day.tie[papers])
     bounds = np.searchsorted(rows, np.arange(len(keys) + 1))
     semantic = np.where(r.has_meaning, r.semantic, np.nan)
     flags = (
@@ -216,7 +213,7 @@ def entries(
         out.append(
             Decision(
                 key=key, query=queries[t],
-                papers=papers[a:b], order=order[a:b] - a, value=d.value[a:b],
+                papers=papers[a:b], value=d.value[a:b],
                 lexical=r.lexical[a:b], semantic=semantic[a:b],
                 flags=flags[a:b], margin=d.margin[a:b],
                 liked=carrier[a:b], liked_ids=liked_ids,

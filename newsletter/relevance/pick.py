@@ -82,14 +82,13 @@ class Decision:
     (inside) or leaves just below the line (near, flagged ``BELOW``).
 
     ``papers`` are those papers' indexes, ascending; the other arrays are aligned with
-    them; ``order`` lists positions in ``papers``, best first. A few hundred entries at
-    most: what a digest can use, not the day's arrays.
+    them. A few hundred entries at most: what a digest can use, not the day's arrays;
+    ordering them is the merge's work (``merge_many``), done once per reader.
     """
 
     key: tuple[object, int]  # (topic, dial)
     query: str
     papers: np.ndarray
-    order: np.ndarray
     value: np.ndarray  # the fused score (0 for "*")
     lexical: np.ndarray
     semantic: np.ndarray  # nan where there is no meaning to compare

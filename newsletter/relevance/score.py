@@ -228,7 +228,7 @@ class Scorer:
                 s, d, voted = self._dense(t, dial)
                 carrier = s.carrier[None] if s.carrier is not None else None
                 (decision,) = sparse(
-                    d, s.rows(), self._day, keys=[(t, dial)], queries=[t.query],
+                    d, s.rows(), keys=[(t, dial)], queries=[t.query],
                     voted=voted, liked=carrier, liked_ids=s.liked,
                 )  # fmt: skip
                 self._decided.put(decision.key, decision)
@@ -288,7 +288,7 @@ class Scorer:
         )  # fmt: skip
         step = DIAL.get(dial, DIAL[DEFAULT_DIAL])
         return entries(
-            decide(r, step), r, self._day, rows=rows, papers=papers,
+            decide(r, step), r, rows=rows, papers=papers,
             keys=[(t, dial) for t in topics], queries=[t.query for t in topics],
         )  # fmt: skip
 
