@@ -143,32 +143,50 @@ class Scorer:
             lexical = matched.astype(float)
         return matched, lexical, words_only, everything
 
-    def _matched(self, topic: Topic) -> tuple[np.ndarray, np.ndarray, bool, bool]:
-        """``_lexical`` where the filter matches: (those papers, their lexical scores,
-        words_only, everything), the same values."""
-        flt, matched, top, words_only, everything = self._filter(topic)
-        at = np.flatnonzero(matched)
-        if top > 0:
-            # ``filter_scores`` at those papers only: its words' scores summed in the same
-            # order (where it matches, its mask multiplies by one)
-            total = 0.0
-            for leaf in flt.leaves:
-                total = total + self.ranker.leaf_scores(leaf)[at]
-            lexical = np.minimum(total / top, LEXICAL_CAP)
-        else:
-            lexical = np.ones(len(at))
-        return at, lexical, words_only, everything
+    def _matched(self, topics: Sequence[Topic]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_lexical`` of many topics at once, where their filters match: (matched,
+        topics x papers; its entries' lexical scores, by topic, papers ascending;
+        ``[words_only, everything]`` per topic), the same values. A filter's words are
+        summed at its matches only, one word position of every filter at a time, in
+        the filter's order (an absent word adds 0.0, which changes no sum)."""
+        ranker, n = self.ranker, self.ranker.index.n
+        filters = [self._filter_parts(t) for t in topics]
+        nbytes = (n + 7) // 8
+        raw = b"".join(bits.to_bytes(nbytes, "little") for _, bits, _ in filters)
+        packed = np.frombuffer(raw, np.uint8).reshape(len(topics), nbytes)
+        matched = np.unpackbits(packed, axis=1, bitorder="little")[:, :n].astype(bool)
+        by, at = np.nonzero(matched)
+        tops = np.array([top for _, _, top in filters])
+        leaves = [flt.leaves if top > 0 else () for flt, _, top in filters]
+        distinct = list(dict.fromkeys(leaf for ls in leaves for leaf in ls))
+        row = {leaf: k for k, leaf in enumerate(distinct)}
+        scores = np.stack([ranker.leaf_scores(leaf) for leaf in distinct] + [self._zero])
+        absent = len(distinct)  # the row of zeros
+        total = np.zeros(len(by))
+        for place in range(max(map(len, leaves), default=0)):
+            which = np.array([row[ls[place]] if place < len(ls) else absent for ls in leaves])
+            total = total + scores[which[by], at]
+        lexical = np.ones(len(by))  # a filter that names no word: 1 where it matches
+        scored = tops[by] > 0
+        lexical[scored] = np.minimum(total[scored] / tops[by[scored]], LEXICAL_CAP)
+        everything = np.array([isinstance(flt.tree, All) for flt, _, _ in filters], bool)
+        words_only = (tops == 0.0) & ~everything
+        return matched, lexical, np.stack([words_only, everything])
 
-    def _filter(self, topic: Topic) -> tuple[CompiledFilter, np.ndarray, float, bool, bool]:
-        """The topic's filter, what it matches, its words' ceiling (0: it names none),
-        and whether it names no words (words_only) or is "*" (everything)."""
+    def _filter_parts(self, topic: Topic) -> tuple[CompiledFilter, int, float]:
+        """The topic's filter, what it matches (a bitset) and its words' ceiling."""
         flt = compile_filter(topic.query)
         top = self._ceilings.get(flt.query)
         if top is None:
             top = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
+        return flt, self.ranker.filter_bits(flt), top
+
+    def _filter(self, topic: Topic) -> tuple[CompiledFilter, np.ndarray, float, bool, bool]:
+        """The topic's filter, what it matches, its words' ceiling (0: it names none),
+        and whether it names no words (words_only) or is "*" (everything)."""
+        flt, bits, top = self._filter_parts(topic)
         everything = isinstance(flt.tree, All)
-        matched = self.ranker.mask(self.ranker.filter_bits(flt))
-        return flt, matched, top, top == 0.0 and not everything, everything
+        return flt, self.ranker.mask(bits), top, top == 0.0 and not everything, everything
 
     def _semantic(self, q: np.ndarray, cosine: np.ndarray) -> np.ndarray:
         centre, spread = self.reference.spread(q[None, :])  # as in any batch (meaning.py)
@@ -244,15 +262,10 @@ class Scorer:
         in by it, everything for "*". The rest of the day is neither whatever its
         scores, so the rules never see it; the values they see are the reference's
         (``_score``), computed element by element the same way."""
-        m, n = len(topics), self.ranker.index.n
-        lexed = [self._matched(topic) for topic in topics]
-        by = np.repeat(np.arange(m), [len(at) for at, *_ in lexed])
-        at = np.concatenate([at for at, *_ in lexed])
-        matched, lexical = np.zeros((m, n), bool), np.zeros((m, n))
-        matched[by, at] = True
-        lexical[by, at] = np.concatenate([values for _, values, *_ in lexed])
-        words_only = np.array([f[2] for f in lexed], bool)
-        everything = np.array([f[3] for f in lexed], bool)
+        m = len(topics)
+        matched, values, (words_only, everything) = self._matched(topics)
+        lexical = np.zeros(matched.shape)
+        lexical[matched] = values
         with_q, qs = [], []
         if self._meaning:
             vector, text = self.topic_vectors.get, self.topic_text
