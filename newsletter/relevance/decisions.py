@@ -215,7 +215,7 @@ def entries(
                 key=key, query=queries[t],
                 papers=papers[a:b], value=d.value[a:b],
                 lexical=r.lexical[a:b], semantic=semantic[a:b],
-                flags=flags[a:b], margin=d.margin[a:b],
+                flags=flags[a:b], let_in=d.inside[a:b], margin=d.margin[a:b],
                 liked=carrier[a:b], liked_ids=liked_ids,
             )
         )  # fmt: skip

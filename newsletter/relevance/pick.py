@@ -76,7 +76,10 @@ MATCHED, CARRIED, VOTED, BELOW = 1, 2, 4, 8  # Decision.flags
 _SERIAL = itertools.count()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, and compared by identity: a chunk of planning makes one for every topic
+# it decides (100,000s), and a frozen dataclass's __init__ cost three times as much.
+# Nothing changes one once made: readers share it from the cache.
+@dataclass(slots=True, eq=False)
 class Decision:
     """One topic at one dial step, for every reader of it, over the papers it lets in
     (inside) or leaves just below the line (near, flagged ``BELOW``).
@@ -94,16 +97,13 @@ class Decision:
     semantic: np.ndarray  # nan where there is no meaning to compare
     # MATCHED | CARRIED (meaning carried it) | VOTED (a liked paper did) | BELOW (near the line)
     flags: np.ndarray
+    let_in: np.ndarray  # bool: inside (``flags`` without BELOW)
     margin: np.ndarray  # how far below the line, in fused-score units
     liked: np.ndarray  # index into ``liked_ids`` of the nearest liked paper, -1 none
     liked_ids: tuple[int, ...] = ()
     # A serial number, never reused: what explanations shared by its readers are keyed by.
     uid: int = field(default_factory=lambda: next(_SERIAL))
     _rows: dict[int, int] = field(default_factory=dict)
-    let_in: np.ndarray = field(init=False)  # bool, aligned with ``papers``: inside
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "let_in", (self.flags & BELOW) == 0)
 
     def row(self, i: int) -> int:
         """Where paper ``i`` is in the arrays."""
