@@ -157,6 +157,13 @@ def decide(r: Rows, step: Step) -> Decided:
     return Decided(inside, near, value, carried, margin)
 
 
+def cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a two-dimensional mask (rows, then columns ascending), from the
+    flat positions: three times faster on planning's topics x papers masks."""
+    rows, columns = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return rows, columns
+
+
 def sparse(
     d: Decided,
     r: Rows,
@@ -168,7 +175,7 @@ def sparse(
     liked_ids: tuple[int, ...] = (),
 ) -> list[Decision]:
     """Each row's papers in or near the line, ascending, and their explanations' facts."""
-    at = np.nonzero(d.inside | d.near)  # by row, papers ascending
+    at = cells(d.inside | d.near)  # by row, papers ascending
     return entries(
         d.at(at), r.at(at), rows=at[0], papers=at[1], keys=keys, queries=queries,
         voted=voted[at] if voted is not None else None,

@@ -46,6 +46,7 @@ from newsletter.relevance.decisions import (
     Topic,
     TopicScores,
     ceiling,
+    cells,
     decide,
     entries,
     sparse,
@@ -155,7 +156,7 @@ class Scorer:
         raw = b"".join(bits.to_bytes(nbytes, "little") for _, bits, _ in filters)
         packed = np.frombuffer(raw, np.uint8).reshape(len(topics), nbytes)
         matched = np.unpackbits(packed, axis=1, bitorder="little")[:, :n].astype(bool)
-        by, at = np.nonzero(matched)
+        by, at = cells(matched)
         tops = np.array([top for _, _, top in filters])
         leaves = [flt.leaves if top > 0 else () for flt, _, top in filters]
         distinct = list(dict.fromkeys(leaf for ls in leaves for leaf in ls))
@@ -279,7 +280,7 @@ class Scorer:
             found = cosines(self._papers8, quantise(np.stack(qs)))  # type: ignore[arg-type]
             # Nothing less close can be near the line by meaning (``decide``).
             candidate[with_q] |= found >= MIN_COSINE - NEAR / 3
-        rows, papers = np.nonzero(candidate)
+        rows, papers = cells(candidate)
         semantic, cosine = np.zeros(len(rows)), np.zeros(len(rows))
         has_meaning = np.zeros(len(rows), bool)
         if qs:
