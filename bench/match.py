@@ -20,6 +20,10 @@ For each day it prints, measured in this run:
             window; vectors are random here, their values do not change the
             cost), then each subscriber's pick at the default dial step with
             explanations and the papers just below the line
+  shared    the score stage again (synthetic day), each subscriber's topics drawn
+            from 20,000 of those filters by a Zipf law as a real list shares them
+            (bench/plan.py); the figures above draw every topic independently,
+            the worst case
   naive     the evaluate-every-pair loop (each filter against each paper, the
             paper's tokens prepared once), timed on a sample of subscribers
             and scaled to all of them; the ratio is naive / (index + match)
@@ -172,13 +176,36 @@ def make_filters(docs: list[PaperDoc], *, count: int, rng: random.Random) -> lis
     return [rng.choices(fns, weights)[0]() for _ in range(count)]
 
 
+POOL = 20_000  # the filters a real list's topics are drawn from (as bench/plan.py)
+
+
+def shared_topics(filters: list[str], *, subscribers: int, seed: int) -> list[list[str]]:
+    """Each subscriber's 3 topics drawn from the first ``POOL`` filters by a Zipf law, as
+    topics are shared in a real list (bench/plan.py): popular ones by many readers, the
+    long tail by one each; the worst case above draws every topic independently."""
+    import numpy as np
+
+    weights = 1 / np.arange(1, POOL + 1) ** 1.1
+    draws = np.random.default_rng(seed).choice(
+        POOL, size=(subscribers, 8), p=weights / weights.sum()
+    )
+    return [[filters[k] for k in dict.fromkeys(row.tolist())][:3] for row in draws]
+
+
 def timed(fn):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
 
 
-def bench_day(name: str, docs: list[PaperDoc], subscribers: list[list[str]], sample: int) -> None:
+def bench_day(
+    name: str,
+    docs: list[PaperDoc],
+    subscribers: list[list[str]],
+    sample: int,
+    *,
+    shared: list[list[str]] | None = None,
+) -> None:
     distinct = sorted({q for subs in subscribers for q in subs})
     compile_filter.cache_clear()
     compiled, t_compile = timed(lambda: {q: compile_filter(q) for q in distinct})
@@ -247,11 +274,26 @@ def bench_day(name: str, docs: list[PaperDoc], subscribers: list[list[str]], sam
         f"  + why    {t_pick:7.3f} s   (score + the top 20 and those near the line explained, "
         f"as planning does; {t_pick / t_rank:.2f}x rank)"
     )
+    if shared is not None:
+        print_shared(index, docs, shared, sample)
     print(f"  naive    {t_naive:7.1f} s   (measured on {sample:,} subscribers, scaled)")
     print(f"  speed-up {t_naive / t_indexed:7.0f}x  the naive loop (index + match)")
 
 
-def score_only(docs: list[PaperDoc], subscribers: list[list[str]], sample: int) -> None:
+def print_shared(
+    index: DayIndex, docs: list[PaperDoc], shared: list[list[str]], sample: int
+) -> None:
+    distinct = len({q for subs in shared for q in subs})
+    t_shared, _, _ = bench_score(index, docs, shared, 3 * sample, why=False)
+    print(
+        f"  shared   {t_shared:7.3f} s   (score, topics drawn from {POOL:,} filters by a Zipf "
+        f"law as in a real list: {distinct:,} distinct)"
+    )
+
+
+def score_only(
+    docs: list[PaperDoc], subscribers: list[list[str]], sample: int, shared: list[list[str]]
+) -> None:
     for q in {q for subs in subscribers for q in subs}:
         compile_filter(q)  # done when filters are stored
     gc.collect()
@@ -262,6 +304,7 @@ def score_only(docs: list[PaperDoc], subscribers: list[list[str]], sample: int) 
     print(
         f"  plain    {t_plain:7.3f} s   (the reference, sampled, scaled; {t_plain / t_score:.1f}x)"
     )
+    print_shared(DayIndex(docs), docs, shared, sample)
 
 
 def bench_score(
@@ -353,11 +396,12 @@ def main() -> None:
     day = synthetic_day(docs, size=1000, rng=rng)
     filters = make_filters(day, count=args.subscribers * 3, rng=rng)
     subscribers = [filters[i : i + 3] for i in range(0, len(filters), 3)]
+    shared = shared_topics(filters, subscribers=args.subscribers, seed=args.seed)
     if args.score_only:
-        score_only(day, subscribers, args.sample)
+        score_only(day, subscribers, args.sample, shared)
         return
     bench_day("bundled corpus", docs, subscribers, args.sample)
-    bench_day("synthetic day", day, subscribers, args.sample)
+    bench_day("synthetic day", day, subscribers, args.sample, shared=shared)
 
 
 if __name__ == "__main__":
