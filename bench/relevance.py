@@ -1,6 +1,6 @@
 """Benchmark: how well what a digest includes matches what a reader judged relevant.
 
-Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic]
+Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic] [--feedback] [--cross]
 
 Hand-judged topics (default ../shared/relevance/dev_topics.json): each has a filter,
 a sentence about it, and the titles of the sample-corpus papers that belong (main
@@ -15,6 +15,12 @@ compared with the judgement:
 Micro precision and recall count every (topic, paper) decision together; macro
 averages the per-topic figures. Nothing here is fitted: the constants are those in
 newsletter/relevance/score.py, the same for every topic.
+
+With --cross, each topic is left out in turn: the default step's constants (ALPHA, its
+threshold, its meaning's entry) are chosen on the other topics from a grid (best micro
+F1), then the topic left out is judged with them: what topics held apart from the
+choice can expect (the grid holds the shipped constants; their figures must come out
+as "dial 3" above, or the benchmark stops).
 
 With --feedback, a simulated reader then teaches each topic: day by day (one page dump
 is one day) the digest shows the day's top DIGEST papers the topic includes and the
@@ -31,9 +37,11 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from sqlmodel import select
 
 from newsletter import db
@@ -41,8 +49,9 @@ from newsletter.corpus.ingest import ingest
 from newsletter.corpus.keys import canonical_key
 from newsletter.embed.store import embed_papers, ensure_topic_vectors
 from newsletter.models import Paper
-from newsletter.relevance import DEFAULT_DIAL, DIAL, Topic
+from newsletter.relevance import DEFAULT_DIAL, DIAL, Step, Topic
 from newsletter.relevance.day import day_scorer, text_of
+from newsletter.relevance.decisions import ALPHA, decide
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
@@ -104,11 +113,59 @@ def feedback_rows(scorer, asked: dict[str, Topic], judged, days):  # type: ignor
     return rows
 
 
+# --cross: the grid the default step's constants are chosen from, on seven topics at a time
+ALPHAS = (0.1, 0.15, 0.2, 0.25, 0.3)
+THRESHOLDS = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.30 .. 0.90
+ENTERS = tuple(2.0 + 0.25 * k for k in range(9))  # 2.0 .. 4.0
+
+
+def cross_rows(scorer, asked: dict[str, Topic], judged, default) -> list[str]:  # type: ignore[no-untyped-def]
+    """Leave one topic out: the default step's constants (ALPHA, its threshold and its
+    meaning's entry) chosen on the other topics (best micro F1 over the grid), then
+    judged on the one left out. What held-apart topics can expect of constants chosen
+    on labelled ones, beside what the same choice scores on the topics it was made on."""
+    ids = scorer.ranker.ids
+    grid = [(a, t, e) for a in ALPHAS for t in THRESHOLDS for e in ENTERS]
+    counts: dict[tuple[float, float, float], dict[str, tuple[int, int, int]]] = {}
+    for name, relevant in judged.items():
+        rows = scorer.topic(asked[name]).rows()
+        for alpha, threshold, enter in grid:
+            fused = rows.lexical + alpha * rows.semantic + rows.shift
+            d = decide(replace(rows, fused=fused), Step("", threshold, enter))
+            chosen = {int(ids[i]) for i in np.flatnonzero(d.inside[0])}
+            counts.setdefault((alpha, threshold, enter), {})[name] = prf(chosen, relevant)
+
+    step = DIAL[DEFAULT_DIAL]  # the grid holds the default step: the same papers, or no figure
+    assert [(n, *counts[(ALPHA, step.threshold, step.enter)][n]) for n in judged] == default
+
+    def f1(names: list[str], at: tuple[float, float, float]) -> float:
+        tp, fp, fn = (sum(counts[at][n][k] for n in names) for k in range(3))
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    out, held = [], []
+    names = list(judged)
+    for name in names:
+        rest = [n for n in names if n != name]
+        best = max(grid, key=lambda at: f1(rest, at))
+        held.append((name, *counts[best][name]))
+        out.append(f"    {name} left out: ALPHA {best[0]}, threshold {best[1]}, enter {best[2]}")
+    every = max(grid, key=lambda at: f1(names, at))
+    return [
+        line("cross", held) + "  (each topic judged with constants chosen on the others)",
+        line("best in grid", [(n, *counts[every][n]) for n in names])
+        + f"  (ALPHA {every[0]}, threshold {every[1]}, enter {every[2]}: fitted to all)",
+        *out,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topics", type=Path, action="append", help="judged topics (JSON)")
     parser.add_argument("--per-topic", action="store_true", help="print each topic's figures")
     parser.add_argument("--feedback", action="store_true", help="simulate a reader's votes")
+    parser.add_argument(
+        "--cross", action="store_true", help="the default step's constants, leave one topic out"
+    )
     args = parser.parse_args()
     files = args.topics or [DEV]
     topics: dict[str, dict[str, object]] = {}
@@ -176,6 +233,8 @@ def main() -> None:
                     p = tp / (tp + fp) if tp + fp else 1.0
                     r = tp / (tp + fn)
                     print(f"    {name}  P {p:.2f} R {r:.2f}  ({tp} of {tp + fn}, {fp} wrong)")
+        if args.cross:
+            print("\n".join(cross_rows(scorer, asked, judged, rows[f"dial {DEFAULT_DIAL}"])))
 
 
 if __name__ == "__main__":
