@@ -48,6 +48,8 @@ from newsletter import db
 from newsletter.corpus.ingest import ingest
 from newsletter.corpus.keys import canonical_key
 from newsletter.embed.store import embed_papers, ensure_topic_vectors
+from newsletter.errors import FilterSyntaxError
+from newsletter.filters import compile_filter
 from newsletter.models import Paper
 from newsletter.relevance import DEFAULT_DIAL, DIAL, Step, Topic
 from newsletter.relevance.day import day_scorer, text_of
@@ -113,6 +115,59 @@ def feedback_rows(scorer, asked: dict[str, Topic], judged, days):  # type: ignor
     return rows
 
 
+class JudgedError(Exception):
+    """A judged-topics file the benchmark cannot use, naming the file, topic and field."""
+
+
+def load_judged(paths: list[Path]) -> dict[str, tuple[Topic, list[str], Path]]:
+    """Each judged topic: (its Topic, the titles that belong, its file). A topic needs a
+    filter that parses and a list of titles; its sentence ("about") is optional, as it
+    is for a reader (the filter's words stand in)."""
+    out: dict[str, tuple[Topic, list[str], Path]] = {}
+    for path in paths:
+        try:
+            topics = json.loads(path.read_text(encoding="utf-8"))["topics"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise JudgedError(f"{path}: not a judged-topics file ({e!r})") from None
+        if not isinstance(topics, dict):
+            raise JudgedError(f'{path}: "topics" must map names to topics')
+        for name, t in topics.items():
+            where = f"{path}: topic {name}"
+            if name in out:
+                raise JudgedError(f"{where}: also in {out[name][2]}")
+            query, about, relevant = (t.get(k) if isinstance(t, dict) else None for k in (
+                "filter", "about", "relevant"))  # fmt: skip
+            if not isinstance(query, str):
+                raise JudgedError(f'{where}: "filter" must be a string')
+            try:
+                compile_filter(query)
+            except FilterSyntaxError as e:
+                raise JudgedError(f'{where}: "filter": {e}') from None
+            if about is not None and not isinstance(about, str):
+                raise JudgedError(f'{where}: "about" must be a string or absent')
+            if not isinstance(relevant, list) or not all(isinstance(x, str) for x in relevant):
+                raise JudgedError(f'{where}: "relevant" must be a list of titles')
+            out[name] = (Topic(query, about or None), relevant, path)
+    return out
+
+
+def judged_ids(
+    judged: dict[str, tuple[Topic, list[str], Path]], by_key: dict[str, int]
+) -> dict[str, set[int]]:
+    """The ids of each topic's relevant papers; a title not in the corpus stops the
+    benchmark (it cannot be judged, and counting it missed would lower recall)."""
+    out = {}
+    for name, (_, titles, path) in sorted(judged.items()):
+        missing = [x for x in titles if canonical_key(x) not in by_key]
+        if missing:
+            raise JudgedError(
+                f"{path}: topic {name}: {len(missing)} judged title(s) not in the sample "
+                f"corpus: {', '.join(repr(x) for x in missing[:3])}"
+            )
+        out[name] = {by_key[canonical_key(x)] for x in titles}
+    return out
+
+
 # --cross: the grid the default step's constants are chosen from, on seven topics at a time
 ALPHAS = (0.1, 0.15, 0.2, 0.25, 0.3)
 THRESHOLDS = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.30 .. 0.90
@@ -168,9 +223,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     files = args.topics or [DEV]
-    topics: dict[str, dict[str, object]] = {}
-    for path in files:
-        topics |= json.loads(path.read_text())["topics"]
+    try:
+        topics = load_judged(files)
+    except JudgedError as e:
+        raise SystemExit(f"bench/relevance.py: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite:///{tmp}/bench.db")
         db.upgrade(engine=engine)
@@ -179,8 +235,8 @@ def main() -> None:
         started = time.perf_counter()
         report = embed_papers(engine=engine)
         print(f"embedded {report.embedded} papers in {time.perf_counter() - started:.1f} s")
-        asked = {name: Topic(str(t["filter"]), str(t["about"])) for name, t in topics.items()}
-        plain = {name: Topic(str(t["filter"])) for name, t in topics.items()}
+        asked = {name: topic for name, (topic, _, _) in topics.items()}
+        plain = {name: Topic(topic.query) for name, topic in asked.items()}
         ensure_topic_vectors(
             engine=engine, texts=[text_of(t) for t in [*asked.values(), *plain.values()]]
         )
@@ -195,10 +251,10 @@ def main() -> None:
             for p in papers:
                 days.setdefault(p.source_file, []).append(p.id)  # type: ignore[arg-type]
         rows: dict[str, list[tuple[str, int, int, int]]] = {}
-        judged = {
-            name: {by_key[canonical_key(str(x))] for x in t["relevant"]}  # type: ignore[attr-defined]
-            for name, t in sorted(topics.items())
-        }
+        try:
+            judged = judged_ids(topics, by_key)
+        except JudgedError as e:
+            raise SystemExit(f"bench/relevance.py: {e}") from None
         for name, relevant in judged.items():
             scores = scorer.topic(asked[name])
             matched = {int(scorer.ranker.ids[i]) for i in scores.matched.nonzero()[0]}
@@ -224,7 +280,7 @@ def main() -> None:
                 if present[i]  # type: ignore[index]
             }
             rows |= feedback_rows(scorer, asked, judged, [days[k] for k in sorted(days)])
-        print(f"{len(topics)} topics from {', '.join(str(f) for f in files)}; 575 papers")
+        print(f"{len(topics)} topics from {', '.join(str(f) for f in files)}; {len(papers)} papers")
         for label, counts in rows.items():
             note = "  (default)" if label == f"dial {DEFAULT_DIAL}" else ""
             print(line(label, counts) + note)

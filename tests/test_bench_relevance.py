@@ -1,0 +1,49 @@
+"""bench/relevance.py as whoever accepts the work runs it: on judged topics held apart,
+from a file of their own. What it cannot use, it names (file, topic, field); a topic
+without a sentence is measured as a reader without one is served."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "relevance.py"
+TITLES = [  # from the bundled corpus
+    "Self-Consistency Improves Chain of Thought Reasoning in Language Models",
+    "BadChain: Backdoor Chain-of-Thought Prompting for Large Language Models",
+]
+
+
+def run(tmp_path: Path, topics: object) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "held.json"
+    path.write_text(json.dumps({"topics": topics}))
+    return subprocess.run(
+        [sys.executable, str(BENCH), "--topics", str(path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_held_apart_topic_without_a_sentence_is_measured(tmp_path: Path) -> None:
+    done = run(tmp_path, {"H1": {"filter": '"chain of thought"', "relevant": TITLES}})
+    assert done.returncode == 0, done.stderr
+    assert "1 topics from" in done.stdout
+    dial = next(line for line in done.stdout.splitlines() if line.startswith("dial 3"))
+    recall = float(dial.split(" R ")[1].split()[0])
+    assert recall == 1.0  # both papers name the phrase in their title
+
+
+def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
+    bad_filter = run(tmp_path, {"H2": {"filter": "speech AND (audio", "relevant": TITLES}})
+    assert bad_filter.returncode != 0
+    assert 'held.json: topic H2: "filter": column 12' in bad_filter.stderr
+    missing = run(tmp_path, {"H3": {"filter": "speech", "relevant": [*TITLES, "No Such Paper"]}})
+    assert missing.returncode != 0
+    assert "topic H3: 1 judged title(s) not in the sample corpus: 'No Such Paper'" in (
+        missing.stderr
+    )
+    wrong = run(tmp_path, {"H4": {"filter": "speech", "relevant": "Speech papers"}})
+    assert 'topic H4: "relevant" must be a list of titles' in wrong.stderr
+    assert "Traceback" not in bad_filter.stderr + missing.stderr + wrong.stderr
