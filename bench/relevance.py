@@ -2,9 +2,10 @@
 
 Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic] [--feedback] [--cross]
 
-Hand-judged topics (default ../shared/relevance/dev_topics.json): each has a filter,
-a sentence about it, and the titles of the sample-corpus papers that belong (main
-subject or a substantial contribution). The bundled corpus is ingested and embedded
+Hand-judged topics (default ../shared/relevance/dev_topics.json; --topics may be given
+more than once): each has a filter, perhaps a sentence about it ("about"), and the
+titles of the sample-corpus papers that belong (main subject or a substantial
+contribution). What a file holds that cannot be used is named (file, topic, field). The bundled corpus is ingested and embedded
 in a temporary database, then for every topic the papers each method includes are
 compared with the judgement:
 
