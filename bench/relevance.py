@@ -5,17 +5,17 @@ Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic] [--fe
 Hand-judged topics (default ../shared/relevance/dev_topics.json; --topics may be given
 more than once): each has a filter, perhaps a sentence about it ("about"), and the
 titles of the sample-corpus papers that belong (main subject or a substantial
-contribution). What a file holds that cannot be used is named (file, topic, field). The bundled corpus is ingested and embedded
-in a temporary database, then for every topic the papers each method includes are
-compared with the judgement:
+contribution). What a file holds that cannot be used is named (file, topic, field).
+The bundled corpus is ingested and embedded in a temporary database, then for every
+topic the papers each method includes are compared with the judgement:
 
   filter     every paper the boolean filter matches (what digests held before)
   lexical    the calibrated score without meaning (no topic vectors), dial step 3
   dial N     the calibrated score with meaning, at each dial step (3 is the default)
 
 Micro precision and recall count every (topic, paper) decision together; macro
-averages the per-topic figures. Nothing here is fitted: the constants are those in
-newsletter/relevance/score.py, the same for every topic.
+averages the per-topic figures. Except with --cross, nothing here is fitted: the
+constants are those in newsletter/relevance/score.py, the same for every topic.
 
 With --cross, each topic is left out in turn: the default step's constants (ALPHA, its
 threshold, its meaning's entry) are chosen on the other topics from a grid (best micro

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from newsletter.embed.encoder import DIM
 from newsletter.filters import DayIndex, Ranker
 from newsletter.relevance import Reference, Scorer, Topic
+from newsletter.relevance.decisions import cells
 from newsletter.relevance.score import UNSURE
 from tests.test_filters import load_corpus_docs
 
@@ -212,3 +213,41 @@ def test_a_chunks_topics_decided_before_the_cache_is_emptied_stay_decided(scorer
         assert (topics[0], 3) not in scorer._decided  # the cache was emptied indeed
     finally:
         scorer._decided = before
+
+
+BATCHED = [
+    *QUERIES, "NOT video", "-video", 'org:"ZIP Lab"', 'org:"ZIP Lab" OR diffusion',
+    "reasoning OR reasoning", "model language", "language AND model AND diffusion",
+    '(video OR "language model") AND NOT audio reasoning', "=models", "has:code",
+    "nothingsuchword", "abstract:diffusion title:model",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cells_budget", [4_000_000, 1])  # one group of words; one per topic
+def test_a_batchs_lexical_scores_are_each_topics_own_bit_for_bit(
+    scorer: Scorer, cells_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning sums a batch's words at its matches together; ``filters test`` and the
+    reference score one topic over the day's arrays. The same float operations in the
+    same order, so the same bits: for filters naming no words, shared words in other
+    orders, NOT, fields, exact words and filters repeated."""
+    monkeypatch.setattr("newsletter.relevance.score.LEAF_CELLS", cells_budget)
+    topics = [Topic(q) for q in [*BATCHED, *reversed(BATCHED)]]
+    matched, values, (words_only, everything) = scorer._matched(topics)
+    at = 0
+    for k, topic in enumerate(topics):
+        mine, lexical, alone_words_only, alone_everything = scorer._lexical(topic)
+        assert np.array_equal(matched[k], mine), topic.query
+        got = values[at : at + int(mine.sum())]
+        assert np.array_equal(got.view(np.int64), lexical[mine].view(np.int64)), topic.query
+        assert (words_only[k], everything[k]) == (alone_words_only, alone_everything)
+        at += int(mine.sum())
+    assert at == len(values)
+    assert words_only.any() and everything.any() and (values != 1.0).any()
+
+
+@given(rows=st.integers(0, 5), columns=st.integers(0, 9), seed=st.integers(0, 2**32 - 1))
+def test_cells_are_numpys_nonzero(rows: int, columns: int, seed: int) -> None:
+    mask = np.random.default_rng(seed).random((rows, columns)) < 0.3
+    got, want = cells(mask), np.nonzero(mask)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))

@@ -27,14 +27,14 @@ same way, and the cosines are exact (``meaning.py``), so both give the same answ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from newsletter.bounded import Bounded
 from newsletter.filters import CompiledFilter, Ranker, compile_filter
-from newsletter.filters.ast import All
+from newsletter.filters.ast import All, Phrase, Term
 from newsletter.relevance.decisions import (
     ALPHA,
     LEXICAL_CAP,
@@ -70,6 +70,7 @@ __all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step", "Topic", "TopicScores", "ceili
 
 UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
 BATCH = 256  # topics decided together: the day's arrays for each, a few MB at a time
+LEAF_CELLS = 4_000_000  # words x papers stacked at once for a batch's sums: 32 MB
 
 DIAL: dict[int, Step] = {
     1: Step("Fewest, surest papers", 0.80, 3.5),
@@ -147,47 +148,79 @@ class Scorer:
     def _matched(self, topics: Sequence[Topic]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``_lexical`` of many topics at once, where their filters match: (matched,
         topics x papers; its entries' lexical scores, by topic, papers ascending;
-        ``[words_only, everything]`` per topic), the same values. A filter's words are
-        summed at its matches only, one word position of every filter at a time, in
-        the filter's order (an absent word adds 0.0, which changes no sum)."""
-        ranker, n = self.ranker, self.ranker.index.n
+        ``[words_only, everything]`` per topic), the same values."""
+        n = self.ranker.index.n
         filters = [self._filter_parts(t) for t in topics]
         nbytes = (n + 7) // 8
-        raw = b"".join(bits.to_bytes(nbytes, "little") for _, bits, _ in filters)
+        raw = b"".join(bits.to_bytes(nbytes, "little") for _, bits, *_ in filters)
         packed = np.frombuffer(raw, np.uint8).reshape(len(topics), nbytes)
         matched = np.unpackbits(packed, axis=1, bitorder="little")[:, :n].astype(bool)
         by, at = cells(matched)
-        tops = np.array([top for _, _, top in filters])
-        leaves = [flt.leaves if top > 0 else () for flt, _, top in filters]
-        distinct = list(dict.fromkeys(leaf for ls in leaves for leaf in ls))
-        row = {leaf: k for k, leaf in enumerate(distinct)}
-        scores = np.stack([ranker.leaf_scores(leaf) for leaf in distinct] + [self._zero])
-        absent = len(distinct)  # the row of zeros
-        total = np.zeros(len(by))
-        for place in range(max(map(len, leaves), default=0)):
-            which = np.array([row[ls[place]] if place < len(ls) else absent for ls in leaves])
-            total = total + scores[which[by], at]
+        tops = np.array([top for _, _, top, *_ in filters])
         lexical = np.ones(len(by))  # a filter that names no word: 1 where it matches
-        scored = tops[by] > 0
-        lexical[scored] = np.minimum(total[scored] / tops[by[scored]], LEXICAL_CAP)
-        everything = np.array([isinstance(flt.tree, All) for flt, _, _ in filters], bool)
-        words_only = (tops == 0.0) & ~everything
+        bounds = np.searchsorted(by, np.arange(len(topics) + 1))
+        leaves = [flt.leaves if top > 0 else () for flt, _, top, *_ in filters]
+        for a, b in self._leaf_groups(leaves, n):
+            lo, hi = bounds[a], bounds[b]
+            total = self._leaf_sums(leaves[a:b], by[lo:hi] - a, at[lo:hi])
+            scored = tops[by[lo:hi]] > 0
+            lexical[lo:hi][scored] = np.minimum(
+                total[scored] / tops[by[lo:hi][scored]], LEXICAL_CAP
+            )
+        words_only = np.array([f[3] for f in filters], bool)
+        everything = np.array([f[4] for f in filters], bool)
         return matched, lexical, np.stack([words_only, everything])
 
-    def _filter_parts(self, topic: Topic) -> tuple[CompiledFilter, int, float]:
-        """The topic's filter, what it matches (a bitset) and its words' ceiling."""
+    def _leaf_sums(
+        self, leaves: list[tuple[Term | Phrase, ...]], by: np.ndarray, at: np.ndarray
+    ) -> np.ndarray:
+        """Each entry's filter's words' scores summed at its paper, in the filter's order
+        (as ``Ranker.filter_scores``, bit for bit): one word position of every filter at
+        a time, over the entries whose filter has a word there."""
+        total = np.zeros(len(by))
+        distinct = list(dict.fromkeys(leaf for ls in leaves for leaf in ls))
+        if not distinct:
+            return total
+        row = {leaf: k for k, leaf in enumerate(distinct)}
+        scores = np.stack([self.ranker.leaf_scores(leaf) for leaf in distinct])
+        lengths = np.array([len(ls) for ls in leaves])
+        for place in range(int(lengths.max(initial=0))):
+            which = np.array([row[ls[place]] if place < len(ls) else -1 for ls in leaves])
+            sel = np.flatnonzero(lengths[by] > place)
+            total[sel] = total[sel] + scores[which[by[sel]], at[sel]]
+        return total
+
+    @staticmethod
+    def _leaf_groups(leaves: list[tuple[Term | Phrase, ...]], n: int) -> Iterator[tuple[int, int]]:
+        """Consecutive ranges of topics whose distinct words' scores, stacked (words x
+        papers), stay within LEAF_CELLS: a few long filters on a big day would otherwise
+        stack a gigabyte."""
+        if len(set().union(*leaves)) * n <= LEAF_CELLS:  # the usual case: one group
+            yield 0, len(leaves)
+            return
+        start, seen = 0, set()
+        for k, ls in enumerate(leaves):
+            fresh = {leaf for leaf in ls if leaf not in seen}
+            if k > start and (len(seen) + len(fresh)) * n > LEAF_CELLS:
+                yield start, k
+                start, seen = k, set()
+            seen.update(ls)
+        yield start, len(leaves)
+
+    def _filter_parts(self, topic: Topic) -> tuple[CompiledFilter, int, float, bool, bool]:
+        """The topic's filter, what it matches (a bitset), its words' ceiling (0: it
+        names none), and whether it names no words (words_only) or is "*" (everything)."""
         flt = compile_filter(topic.query)
         top = self._ceilings.get(flt.query)
         if top is None:
             top = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
-        return flt, self.ranker.filter_bits(flt), top
+        everything = isinstance(flt.tree, All)
+        return flt, self.ranker.filter_bits(flt), top, top == 0.0 and not everything, everything
 
     def _filter(self, topic: Topic) -> tuple[CompiledFilter, np.ndarray, float, bool, bool]:
-        """The topic's filter, what it matches, its words' ceiling (0: it names none),
-        and whether it names no words (words_only) or is "*" (everything)."""
-        flt, bits, top = self._filter_parts(topic)
-        everything = isinstance(flt.tree, All)
-        return flt, self.ranker.mask(bits), top, top == 0.0 and not everything, everything
+        """``_filter_parts`` with what the filter matches as a mask over the papers."""
+        flt, bits, top, words_only, everything = self._filter_parts(topic)
+        return flt, self.ranker.mask(bits), top, words_only, everything
 
     def _semantic(self, q: np.ndarray, cosine: np.ndarray) -> np.ndarray:
         centre, spread = self.reference.spread(q[None, :])  # as in any batch (meaning.py)
@@ -265,8 +298,6 @@ class Scorer:
         (``_score``), computed element by element the same way."""
         m = len(topics)
         matched, values, (words_only, everything) = self._matched(topics)
-        lexical = np.zeros(matched.shape)
-        lexical[matched] = values
         with_q, qs = [], []
         if self._meaning:
             vector, text = self.topic_vectors.get, self.topic_text
@@ -295,9 +326,11 @@ class Scorer:
             if not self._all_present:
                 semantic = np.where(has_meaning, semantic, 0.0)
         shift = np.zeros(len(rows))
-        lexical = lexical[rows, papers]
+        matched = matched[rows, papers]
+        lexical = np.zeros(len(rows))
+        lexical[matched] = values  # the matched cells are candidates, in the same order
         r = Rows(
-            matched[rows, papers], lexical, semantic, cosine, has_meaning, shift,
+            matched, lexical, semantic, cosine, has_meaning, shift,
             lexical + ALPHA * semantic + shift, words_only[rows], everything[rows],
         )  # fmt: skip
         step = DIAL.get(dial, DIAL[DEFAULT_DIAL])
