@@ -181,15 +181,26 @@ POOL = 20_000  # the filters a real list's topics are drawn from (as bench/plan.
 
 def shared_topics(filters: list[str], *, subscribers: int, seed: int) -> list[list[str]]:
     """Each subscriber's 3 topics drawn from the first ``POOL`` filters by a Zipf law, as
-    topics are shared in a real list (bench/plan.py): popular ones by many readers, the
-    long tail by one each; the worst case above draws every topic independently."""
+    topics are shared in a real list and as bench/plan.py draws them (without
+    replacement): popular ones by many readers, the long tail by one each; the worst
+    case above draws every topic independently. (bench/plan.py also gives one topic
+    in four a sentence: its vectors are random, so that changes no cost here.)"""
     import numpy as np
 
-    weights = 1 / np.arange(1, POOL + 1) ** 1.1
-    draws = np.random.default_rng(seed).choice(
-        POOL, size=(subscribers, 8), p=weights / weights.sum()
-    )
-    return [[filters[k] for k in dict.fromkeys(row.tolist())][:3] for row in draws]
+    pool = min(POOL, len(filters))
+    weights = 1 / np.arange(1, pool + 1) ** 1.1
+    weights /= weights.sum()
+    rng = np.random.default_rng(seed)
+    # The first 3 distinct of draws with replacement are a draw without replacement
+    # (each next one renormalised over those left), as rng.choice(replace=False) makes
+    # them, at the cost of one call for every subscriber instead of one in all.
+    out = []
+    for row in rng.choice(pool, size=(subscribers, 8), p=weights).tolist():
+        picks = list(dict.fromkeys(row))[:3]
+        if len(picks) < min(3, pool):  # rare: fewer than 3 distinct in 8
+            picks = rng.choice(pool, size=min(3, pool), replace=False, p=weights).tolist()
+        out.append([filters[k] for k in picks])
+    return out
 
 
 def timed(fn):  # type: ignore[no-untyped-def]

@@ -148,7 +148,11 @@ def load_judged(paths: list[Path]) -> dict[str, tuple[Topic, list[str], Path]]:
                 raise JudgedError(f'{where}: "about" must be a string or absent')
             if not isinstance(relevant, list) or not all(isinstance(x, str) for x in relevant):
                 raise JudgedError(f'{where}: "relevant" must be a list of titles')
+            if not relevant:  # recall would mean nothing
+                raise JudgedError(f'{where}: "relevant" names no paper')
             out[name] = (Topic(query, about or None), relevant, path)
+        if not topics:
+            raise JudgedError(f"{path}: holds no topic")
     return out
 
 
@@ -192,7 +196,11 @@ def cross_rows(scorer, asked: dict[str, Topic], judged, default) -> list[str]:  
             counts.setdefault((alpha, threshold, enter), {})[name] = prf(chosen, relevant)
 
     step = DIAL[DEFAULT_DIAL]  # the grid holds the default step: the same papers, or no figure
-    assert [(n, *counts[(ALPHA, step.threshold, step.enter)][n]) for n in judged] == default
+    shipped = (ALPHA, step.threshold, step.enter)
+    if shipped not in counts:
+        raise SystemExit(f"bench/relevance.py: the grid lacks the shipped constants {shipped}")
+    if [(n, *counts[shipped][n]) for n in judged] != default:
+        raise SystemExit("bench/relevance.py: the grid's shipped constants differ from dial 3")
 
     def f1(names: list[str], at: tuple[float, float, float]) -> float:
         tp, fp, fn = (sum(counts[at][n][k] for n in names) for k in range(3))
@@ -290,6 +298,8 @@ def main() -> None:
                     p = tp / (tp + fp) if tp + fp else 1.0
                     r = tp / (tp + fn)
                     print(f"    {name}  P {p:.2f} R {r:.2f}  ({tp} of {tp + fn}, {fp} wrong)")
+        if args.cross and len(judged) < 2:
+            raise SystemExit("bench/relevance.py: --cross needs two topics or more")
         if args.cross:
             print("\n".join(cross_rows(scorer, asked, judged, rows[f"dial {DEFAULT_DIAL}"])))
 

@@ -30,9 +30,9 @@ def test_a_held_apart_topic_without_a_sentence_is_measured(tmp_path: Path) -> No
     done = run(tmp_path, {"H1": {"filter": '"chain of thought"', "relevant": TITLES}})
     assert done.returncode == 0, done.stderr
     assert "1 topics from" in done.stdout
-    dial = next(line for line in done.stdout.splitlines() if line.startswith("dial 3"))
-    recall = float(dial.split(" R ")[1].split()[0])
-    assert recall == 1.0  # both papers name the phrase in their title
+    lines = {line[:12].strip(): line[12:] for line in done.stdout.splitlines()}
+    assert float(lines["dial 3"].split(" R ")[1].split()[0]) == 1.0  # both title the phrase
+    assert lines["no sentence"] == lines["dial 3"].removesuffix("  (default)")
 
 
 def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
@@ -45,5 +45,10 @@ def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
         missing.stderr
     )
     wrong = run(tmp_path, {"H4": {"filter": "speech", "relevant": "Speech papers"}})
+    assert wrong.returncode != 0
     assert 'topic H4: "relevant" must be a list of titles' in wrong.stderr
-    assert "Traceback" not in bad_filter.stderr + missing.stderr + wrong.stderr
+    empty = run(tmp_path, {"H5": {"filter": "speech", "relevant": []}})
+    assert empty.returncode != 0
+    assert 'topic H5: "relevant" names no paper' in empty.stderr
+    refused = bad_filter.stderr + missing.stderr + wrong.stderr + empty.stderr
+    assert "Traceback" not in refused

@@ -3,7 +3,7 @@ size, not the day's.
 
 Each topic's decision at a dial step is worked out once for all its readers
 (``score.py``) and kept sparse (``Decision``): the papers in and just below the line,
-best first, and what their explanations need. A subscriber's pick merges their topics'
+ascending, and what their explanations need. A subscriber's pick merges their topics'
 entries (``merge_many``: a paper scores its best in any of them, as the plain reference
 ``Scorer.decide`` takes the maximum over the day's arrays), keeps what is new to them,
 and orders the rest: a few hundred entries per reader, merged for hundreds of readers
@@ -269,8 +269,9 @@ def best_first(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.nda
     paper's place in ``Day.tie``): what ``np.lexsort((tie, -score, groups))`` gives,
     with two sorts instead of three: the scores' (their ranks), then one key distinct
     for each (group, paper): the group, the score's rank, the tie (a third of the time
-    on a merge's entries). The key stays below groups x entries x papers: 10**13 for
-    256 topics over a 5,000-paper day."""
+    on a merge's entries). The key stays below groups x entries x papers: in a merge
+    group, readers x papers is at most TABLE and so are the entries (each pair once),
+    so below TABLE**2, 6 x 10**10."""
     levels, rank = np.unique(-score, return_inverse=True)
     places = int(tie.max()) + 1 if len(tie) else 1
     return np.argsort((groups * len(levels) + rank) * places + tie)
