@@ -326,11 +326,11 @@ class Scorer:
             if not self._all_present:
                 semantic = np.where(has_meaning, semantic, 0.0)
         shift = np.zeros(len(rows))
-        matched = matched[rows, papers]
+        hit = matched[rows, papers]
         lexical = np.zeros(len(rows))
-        lexical[matched] = values  # the matched cells are candidates, in the same order
+        lexical[hit] = values  # the matched cells are candidates, in the same order
         r = Rows(
-            matched, lexical, semantic, cosine, has_meaning, shift,
+            hit, lexical, semantic, cosine, has_meaning, shift,
             lexical + ALPHA * semantic + shift, words_only[rows], everything[rows],
         )  # fmt: skip
         step = DIAL.get(dial, DIAL[DEFAULT_DIAL])
