@@ -173,7 +173,7 @@ def judged_ids(
     return out
 
 
-# --cross: the grid the default step's constants are chosen from, on seven topics at a time
+# --cross: the grid the default step's constants are chosen from, on all topics but one
 ALPHAS = (0.1, 0.15, 0.2, 0.25, 0.3)
 THRESHOLDS = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.30 .. 0.90
 ENTERS = tuple(2.0 + 0.25 * k for k in range(9))  # 2.0 .. 4.0
@@ -236,6 +236,8 @@ def main() -> None:
         topics = load_judged(files)
     except JudgedError as e:
         raise SystemExit(f"bench/relevance.py: {e}") from None
+    if args.cross and len(topics) < 2:
+        raise SystemExit("bench/relevance.py: --cross needs two topics or more")
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite:///{tmp}/bench.db")
         db.upgrade(engine=engine)
@@ -298,8 +300,6 @@ def main() -> None:
                     p = tp / (tp + fp) if tp + fp else 1.0
                     r = tp / (tp + fn)
                     print(f"    {name}  P {p:.2f} R {r:.2f}  ({tp} of {tp + fn}, {fp} wrong)")
-        if args.cross and len(judged) < 2:
-            raise SystemExit("bench/relevance.py: --cross needs two topics or more")
         if args.cross:
             print("\n".join(cross_rows(scorer, asked, judged, rows[f"dial {DEFAULT_DIAL}"])))
 
