@@ -17,11 +17,11 @@ TITLES = [  # from the bundled corpus
 ]
 
 
-def run(tmp_path: Path, topics: object) -> subprocess.CompletedProcess[str]:
+def run(tmp_path: Path, topics: object, *flags: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "held.json"
     path.write_text(json.dumps({"topics": topics}))
     return subprocess.run(
-        [sys.executable, str(BENCH), "--topics", str(path)],
+        [sys.executable, str(BENCH), "--topics", str(path), *flags],
         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
     )  # fmt: skip
 
@@ -50,5 +50,8 @@ def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
     empty = run(tmp_path, {"H5": {"filter": "speech", "relevant": []}})
     assert empty.returncode != 0
     assert 'topic H5: "relevant" names no paper' in empty.stderr
-    refused = bad_filter.stderr + missing.stderr + wrong.stderr + empty.stderr
+    alone = run(tmp_path, {"H6": {"filter": "speech", "relevant": TITLES}}, "--cross")
+    assert alone.returncode != 0
+    assert "--cross needs two topics or more" in alone.stderr
+    refused = bad_filter.stderr + missing.stderr + wrong.stderr + empty.stderr + alone.stderr
     assert "Traceback" not in refused
