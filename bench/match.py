@@ -309,13 +309,14 @@ def score_only(
         compile_filter(q)  # done when filters are stored
     gc.collect()
     gc.freeze()
-    t_score, _, t_plain = bench_score(DayIndex(docs), docs, subscribers, 3 * sample, why=False)
+    index = DayIndex(docs)
+    t_score, _, t_plain = bench_score(index, docs, subscribers, 3 * sample, why=False)
     print(f"\nsynthetic day: {len(docs)} papers, {len(subscribers):,} subscribers x 3 filters")
     print(f"  score    {t_score:7.3f} s   (every topic decided once, in batches; top 20 ordered)")
     print(
         f"  plain    {t_plain:7.3f} s   (the reference, sampled, scaled; {t_plain / t_score:.1f}x)"
     )
-    print_shared(DayIndex(docs), docs, shared, sample)
+    print_shared(index, docs, shared, sample)
 
 
 def bench_score(

@@ -163,10 +163,9 @@ class Scorer:
         for a, b in self._leaf_groups(leaves, n):
             lo, hi = bounds[a], bounds[b]
             total = self._leaf_sums(leaves[a:b], by[lo:hi] - a, at[lo:hi])
-            scored = tops[by[lo:hi]] > 0
-            lexical[lo:hi][scored] = np.minimum(
-                total[scored] / tops[by[lo:hi][scored]], LEXICAL_CAP
-            )
+            top = tops[by[lo:hi]]
+            scored = top > 0
+            lexical[lo:hi][scored] = np.minimum(total[scored] / top[scored], LEXICAL_CAP)
         words_only = np.array([f[3] for f in filters], bool)
         everything = np.array([f[4] for f in filters], bool)
         return matched, lexical, np.stack([words_only, everything])
