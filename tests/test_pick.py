@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter.embed.encoder import DIM
-from newsletter.filters import DayIndex, Ranker
+from newsletter.filters import DayIndex, Ranker, compile_filter
+from newsletter.filters.ast import Phrase, Term
 from newsletter.relevance import Reference, Scorer, Topic
 from newsletter.relevance.decisions import cells
 from newsletter.relevance.score import UNSURE
+from newsletter.relevance.words import WordTable
 from tests.test_filters import load_corpus_docs
 
 QUERIES = [
@@ -219,31 +221,50 @@ BATCHED = [
     *QUERIES, "NOT video", "-video", 'org:"ZIP Lab"', 'org:"ZIP Lab" OR diffusion',
     "reasoning OR reasoning", "model language", "language AND model AND diffusion",
     '(video OR "language model") AND NOT audio reasoning', "=models", "has:code",
-    "nothingsuchword", "abstract:diffusion title:model",
+    "nothingsuchword", "abstract:diffusion title:model", "diffusion model video audio speech",
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("cells_budget", [4_000_000, 1])  # one group of words; one per topic
+# The word table's room: every word at once; one word (one group per topic, the table
+# grown for each longer filter); three words (emptied and refilled again and again).
+@pytest.mark.parametrize("words", [None, 1, 3])
 def test_a_batchs_lexical_scores_are_each_topics_own_bit_for_bit(
-    scorer: Scorer, cells_budget: int, monkeypatch: pytest.MonkeyPatch
+    scorer: Scorer, words: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Planning sums a batch's words at its matches together; ``filters test`` and the
-    reference score one topic over the day's arrays. The same float operations in the
-    same order, so the same bits: for filters naming no words, shared words in other
-    orders, NOT, fields, exact words and filters repeated."""
-    monkeypatch.setattr("newsletter.relevance.score.LEAF_CELLS", cells_budget)
+    """Planning sums a batch's words at its matches together, from its word table;
+    ``filters test`` and the reference score one topic over the day's arrays. The same
+    float operations in the same order, so the same bits: for filters naming no words,
+    shared words in other orders, NOT, fields, exact words and filters repeated, in
+    two batches (the second reads rows the first wrote, or refills them)."""
+    n = scorer.ranker.index.n
+    if words is not None:
+        monkeypatch.setattr("newsletter.relevance.words.CELLS", words * n)
+    written: list[object] = []
+
+    def scores(leaf: Term | Phrase) -> np.ndarray:
+        written.append(leaf)
+        return scorer.ranker.leaf_scores(leaf, keep=False)
+
+    table = WordTable(scores, papers=n)
+    monkeypatch.setattr(scorer, "_words", table)
     topics = [Topic(q) for q in [*BATCHED, *reversed(BATCHED)]]
-    matched, values, (words_only, everything) = scorer._matched(topics)
-    at = 0
-    for k, topic in enumerate(topics):
-        mine, lexical, alone_words_only, alone_everything = scorer._lexical(topic)
-        assert np.array_equal(matched[k], mine), topic.query
-        got = values[at : at + int(mine.sum())]
-        assert np.array_equal(got.view(np.int64), lexical[mine].view(np.int64)), topic.query
-        assert (words_only[k], everything[k]) == (alone_words_only, alone_everything)
-        at += int(mine.sum())
-    assert at == len(values)
-    assert words_only.any() and everything.any() and (values != 1.0).any()
+    for batch in (topics, topics[::-1]):
+        matched, values, (words_only, everything) = scorer._matched(batch)
+        at = 0
+        for k, topic in enumerate(batch):
+            mine, lexical, alone_words_only, alone_everything = scorer._lexical(topic)
+            assert np.array_equal(matched[k], mine), topic.query
+            got = values[at : at + int(mine.sum())]
+            assert np.array_equal(got.view(np.int64), lexical[mine].view(np.int64)), topic.query
+            assert (words_only[k], everything[k]) == (alone_words_only, alone_everything)
+            at += int(mine.sum())
+        assert at == len(values)
+        assert words_only.any() and everything.any() and (values != 1.0).any()
+    distinct = {leaf for t in topics for leaf in compile_filter(t.query).leaves}
+    if words is None:  # each word written once, the second batch read the first's rows
+        assert sorted(map(repr, written)) == sorted(map(repr, distinct))
+    else:  # the table was emptied and refilled
+        assert set(written) <= distinct and len(written) > 2 * len(distinct)
 
 
 @given(rows=st.integers(0, 5), columns=st.integers(0, 9), seed=st.integers(0, 2**32 - 1))

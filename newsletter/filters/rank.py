@@ -126,8 +126,9 @@ class Ranker:
 
     # --- scoring ----------------------------------------------------------------------
 
-    def leaf_scores(self, leaf: Term | Phrase) -> np.ndarray:
-        """BM25F score of one word or phrase in every paper (0 where absent)."""
+    def leaf_scores(self, leaf: Term | Phrase, *, keep: bool = True) -> np.ndarray:
+        """BM25F score of one word or phrase in every paper (0 where absent); cached
+        unless ``keep`` is false (planning's word table keeps its own copy)."""
         cached = self._leaf_scores.get(leaf)
         if cached is not None:
             return cached
@@ -137,7 +138,7 @@ class Ranker:
         tf = index.leaf_tf(leaf)  # counted at indexing, scored at once
         norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
         scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
-        return self._leaf_scores.put(leaf, scores)
+        return self._leaf_scores.put(leaf, scores) if keep else scores
 
     def leaf_scores_by_paper(self, leaf: Term | Phrase) -> np.ndarray:
         """``leaf_scores`` the plain way, paper by paper: the oracle the array version

@@ -27,14 +27,14 @@ same way, and the cosines are exact (``meaning.py``), so both give the same answ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from newsletter.bounded import Bounded
 from newsletter.filters import CompiledFilter, Ranker, compile_filter
-from newsletter.filters.ast import All, Phrase, Term
+from newsletter.filters.ast import All
 from newsletter.relevance.decisions import (
     ALPHA,
     LEXICAL_CAP,
@@ -65,12 +65,12 @@ from newsletter.relevance.pick import (
     merge_many,
 )
 from newsletter.relevance.reference import Reference
+from newsletter.relevance.words import WordTable
 
 __all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step", "Topic", "TopicScores", "ceiling"]
 
 UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
 BATCH = 256  # topics decided together: the day's arrays for each, a few MB at a time
-LEAF_CELLS = 4_000_000  # words x papers stacked at once for a batch's sums: 32 MB
 
 DIAL: dict[int, Step] = {
     1: Step("Fewest, surest papers", 0.80, 3.5),
@@ -114,11 +114,13 @@ class Scorer:
         # kept whole; what many share stays (see Bounded).
         self._topics = Bounded(256)  # Topic -> TopicScores (day-sized arrays)
         self._decided = Bounded(100_000)  # (Topic, dial) -> Decision (sparse)
-        self._words = Bounded(400_000)  # (query, index) -> words as the paper writes them
+        self._shown = Bounded(400_000)  # (query, index) -> words as the paper writes them
         self._picks = Bounded(400_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
         self._ceilings = Bounded(400_000)  # query -> its words' ceiling
         n = ranker.index.n
+        # planning's batches read their words' scores from here (not kept by the ranker)
+        self._words = WordTable(lambda leaf: ranker.leaf_scores(leaf, keep=False), papers=n)
         self._everything = np.ones(n, bool)
         self._zero, self._nothing = np.zeros(n), np.zeros(n, bool)
         if self.present is None:
@@ -160,51 +162,16 @@ class Scorer:
         lexical = np.ones(len(by))  # a filter that names no word: 1 where it matches
         bounds = np.searchsorted(by, np.arange(len(topics) + 1))
         leaves = [flt.leaves if top > 0 else () for flt, _, top, *_ in filters]
-        for a, b in self._leaf_groups(leaves, n):
+        for a, b in self._words.groups(leaves):
             lo, hi = bounds[a], bounds[b]
-            total = self._leaf_sums(leaves[a:b], by[lo:hi] - a, at[lo:hi])
+            rows = self._words.rows([f[0].query for f in filters[a:b]], leaves[a:b])
+            total = self._words.sums(rows, by[lo:hi] - a, at[lo:hi])
             top = tops[by[lo:hi]]
             scored = top > 0
             lexical[lo:hi][scored] = np.minimum(total[scored] / top[scored], LEXICAL_CAP)
         words_only = np.array([f[3] for f in filters], bool)
         everything = np.array([f[4] for f in filters], bool)
         return matched, lexical, np.stack([words_only, everything])
-
-    def _leaf_sums(
-        self, leaves: list[tuple[Term | Phrase, ...]], by: np.ndarray, at: np.ndarray
-    ) -> np.ndarray:
-        """Each entry's filter's words' scores summed at its paper, in the filter's order
-        (as ``Ranker.filter_scores``, bit for bit): one word position of every filter at
-        a time, over the entries whose filter has a word there."""
-        total = np.zeros(len(by))
-        distinct = list(dict.fromkeys(leaf for ls in leaves for leaf in ls))
-        if not distinct:
-            return total
-        row = {leaf: k for k, leaf in enumerate(distinct)}
-        scores = np.stack([self.ranker.leaf_scores(leaf) for leaf in distinct])
-        lengths = np.array([len(ls) for ls in leaves])
-        for place in range(int(lengths.max(initial=0))):
-            which = np.array([row[ls[place]] if place < len(ls) else -1 for ls in leaves])
-            sel = np.flatnonzero(lengths[by] > place)
-            total[sel] = total[sel] + scores[which[by[sel]], at[sel]]
-        return total
-
-    @staticmethod
-    def _leaf_groups(leaves: list[tuple[Term | Phrase, ...]], n: int) -> Iterator[tuple[int, int]]:
-        """Consecutive ranges of topics whose distinct words' scores, stacked (words x
-        papers), stay within LEAF_CELLS: a few long filters on a big day would otherwise
-        stack a gigabyte."""
-        if len(set().union(*leaves)) * n <= LEAF_CELLS:  # the usual case: one group
-            yield 0, len(leaves)
-            return
-        start, seen = 0, set()
-        for k, ls in enumerate(leaves):
-            fresh = {leaf for leaf in ls if leaf not in seen}
-            if k > start and (len(seen) + len(fresh)) * n > LEAF_CELLS:
-                yield start, k
-                start, seen = k, set()
-            seen.update(ls)
-        yield start, len(leaves)
 
     def _filter_parts(self, topic: Topic) -> tuple[CompiledFilter, int, float, bool, bool]:
         """The topic's filter, what it matches (a bitset), its words' ceiling (0: it
@@ -493,12 +460,12 @@ class Scorer:
     def words_of(self, query: str, i: int) -> tuple[str, ...]:
         """The filter's words as paper ``i`` writes them (for highlighting)."""
         key = (query, i)
-        found = self._words.get(key)
+        found = self._shown.get(key)
         if found is None:
             words: dict[str, None] = {}
             for leaf in compile_filter(query).leaves:
                 words.update(dict.fromkeys(self.ranker.shown(leaf, i)))
-            found = self._words.put(key, tuple(words))
+            found = self._shown.put(key, tuple(words))
         return found
 
     def _nearest(self, i: int, topic: Topic) -> tuple[int, int] | None:
