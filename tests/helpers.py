@@ -31,10 +31,11 @@ def add_paper(
     upvotes: int | None = None,
     **fields: object,
 ) -> int:
-    """A paper stored directly; ``fields`` are other ``Paper`` columns (arxiv_id, …)."""
+    """A paper stored directly; ``fields`` are other ``Paper`` columns (arxiv_id, key, …)."""
+    key = str(fields.pop("key", canonical_key(title)))
     with db.session_scope(engine=engine) as session:
         paper = Paper(
-            key=canonical_key(title),
+            key=key,
             title=title,
             abstract=abstract,
             upvotes=upvotes,

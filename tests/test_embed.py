@@ -96,6 +96,39 @@ def test_papers_are_embedded_once_then_again_only_when_something_changed(
     assert {v.model for v in _vectors(engine).values()} == {MODEL_NAME}
 
 
+def test_papers_with_the_same_text_are_embedded_once(
+    sqlite_engine: sa.Engine, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = now - timedelta(hours=1)
+    texts = [
+        ("Twin", "The same words. Twice."),
+        ("Other", "Different words."),
+        ("Twin", "The same words. Twice."),
+    ]
+    ids = [
+        add_paper(sqlite_engine, title=t, abstract=a, seen=seen, key=f"listed {k}")
+        for k, (t, a) in enumerate(texts)
+    ]  # the same paper under two keys, as two sources may list it
+    encoded: list[str] = []
+    real = Encoder.encode
+
+    def counting(self: Encoder, texts: list[str], **kwargs: object):  # type: ignore[no-untyped-def]
+        encoded.extend(texts)
+        return real(self, texts, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Encoder, "encode", counting)
+    progress: list[tuple[int, int]] = []
+    report = store.embed_papers(engine=sqlite_engine, on_progress=lambda *p: progress.append(p))
+    assert report.embedded == 3 and sorted(encoded) == sorted(
+        {store.paper_text(t, a)[0] for t, a in texts}
+    )
+    assert progress[-1] == (3, 3)
+    stored = _vectors(sqlite_engine)
+    assert stored[ids[0]].vector == stored[ids[2]].vector != stored[ids[1]].vector
+    assert stored[ids[0]].spans == stored[ids[2]].spans and json.loads(stored[ids[0]].spans)
+    assert store.embed_papers(engine=sqlite_engine).reused == 3
+
+
 def test_topics_share_one_vector_per_text(sqlite_engine: sa.Engine, now: datetime) -> None:
     from tests.helpers import subscribe
 

@@ -65,7 +65,8 @@ def _today(engine: sa.Engine, title: str, abstract: str, *, upvotes: int | None 
 
 
 def _fillers(engine: sa.Engine, count: int) -> None:
-    """Papers on other subjects, so the day is big or small."""
+    """Papers on other subjects, so the day is big or small: eight texts, each embedded
+    once however many papers share it (the day's size is what matters here)."""
     fields = (
         "protein folding",
         "traffic forecasting",
@@ -80,8 +81,8 @@ def _fillers(engine: sa.Engine, count: int) -> None:
         session.add_all(
             Paper(
                 key=f"filler {i}",
-                title=f"A study of {fields[i % 8]}, number {i}",
-                abstract=f"We look at {fields[i % 8]} once more; case {i}.",
+                title=f"A study of {fields[i % 8]}",
+                abstract=f"We look at {fields[i % 8]} once more.",
                 source_file="t",
                 first_seen_at=NOW - timedelta(hours=2),
                 updated_at=NOW,

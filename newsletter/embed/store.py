@@ -218,8 +218,14 @@ def embed_papers(
     if not work:
         return report
     encoder = encoder or shared_encoder()
-    for start in range(0, len(work), _BATCH):
-        batch = work[start : start + _BATCH]
+    # A text is embedded once for every paper that has it (the same paper listed twice,
+    # under two keys): the hash names the model and the text, so the vectors are equal.
+    having: dict[str, list[int]] = {}
+    for pid, *_, digest in work:
+        having.setdefault(digest, []).append(pid)
+    distinct = list({w[4]: w for w in work}.values())
+    for start in range(0, len(distinct), _BATCH):
+        batch = distinct[start : start + _BATCH]
         encoded = encoder.encode(
             [text for _, text, _, _, _ in batch],
             spans=[
@@ -228,11 +234,12 @@ def embed_papers(
         )
         now = utcnow()
         with session_scope(engine=engine) as session:
-            for (pid, _, _, spans, digest), vector, sentences in zip(
+            for (_, _, _, spans, digest), vector, sentences in zip(
                 batch, encoded.vectors, encoded.sentences, strict=True
             ):
-                _upsert_paper(session, pid, encoder.name, digest, vector, sentences, spans, now)
-        report.embedded += len(batch)
+                for pid in having[digest]:
+                    _upsert_paper(session, pid, encoder.name, digest, vector, sentences, spans, now)
+                report.embedded += len(having[digest])
         if on_progress is not None:
             on_progress(report.embedded, len(work))
     return report
