@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from newsletter.embed.encoder import DIM
 from newsletter.filters import DayIndex, Ranker, compile_filter
 from newsletter.filters.ast import Phrase, Term
-from newsletter.relevance import Reference, Scorer, Topic
+from newsletter.relevance import Reference, Scorer, Topic, pick
 from newsletter.relevance.decisions import cells
 from newsletter.relevance.score import UNSURE
 from newsletter.relevance.words import WordTable
@@ -272,3 +272,33 @@ def test_cells_are_numpys_nonzero(rows: int, columns: int, seed: int) -> None:
     mask = np.random.default_rng(seed).random((rows, columns)) < 0.3
     got, want = cells(mask), np.nonzero(mask)
     assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    readers=st.integers(1, 6),
+    entries=st.integers(0, 80),
+    limit=st.integers(0, 12),
+    distinct=st.sampled_from([1, 3, 1000]),  # all keys equal; many ties; few
+)
+def test_contenders_keep_every_readers_best_of_each_kind(
+    seed: int, readers: int, entries: int, limit: int, distinct: int
+) -> None:
+    """What the merge may drop before ordering: never one of a reader's ``limit`` best
+    in, nor of its ``limit`` best below (best: highest key, then first), whatever ties
+    and spreads the keys have."""
+    rng = np.random.default_rng(seed)
+    reader = np.sort(rng.integers(0, readers, entries))
+    key = rng.integers(0, distinct, entries) * rng.choice([0.01, 3.0, 1e6])
+    key[rng.random(entries) < 0.1] = -2.5  # a few below zero
+    inside = rng.random(entries) < 0.6
+    kept = pick.contenders(reader, key, inside, limit=limit, readers=readers)
+    for r in range(readers):
+        for kind in (inside, ~inside):
+            mine = np.flatnonzero((reader == r) & kind)
+            best = mine[np.lexsort((mine, -key[mine]))][:limit]
+            assert kept[best].all(), (r, best, np.flatnonzero(kept))
+    if entries and distinct == 1000 and limit:  # spread keys: most of a crowd is dropped
+        crowded = np.bincount(reader[inside], minlength=readers) > 8 * limit
+        dropped = ~kept & inside & crowded[reader]
+        assert dropped.sum() >= (inside & crowded[reader]).sum() // 3 or not crowded.any()
