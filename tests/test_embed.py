@@ -104,6 +104,9 @@ def test_papers_with_the_same_text_are_embedded_once(
         ("Twin", "The same words. Twice."),
         ("Other", "Different words."),
         ("Twin", "The same words. Twice."),
+        # the same text, but the title ends elsewhere: its abstract's sentences differ
+        ("Twin. The same words", "Twice, as the abstract here. It is longer."),
+        ("Twin", "The same words. Twice, as the abstract here. It is longer."),
     ]
     ids = [
         add_paper(sqlite_engine, title=t, abstract=a, seen=seen, key=f"listed {k}")
@@ -119,14 +122,19 @@ def test_papers_with_the_same_text_are_embedded_once(
     monkeypatch.setattr(Encoder, "encode", counting)
     progress: list[tuple[int, int]] = []
     report = store.embed_papers(engine=sqlite_engine, on_progress=lambda *p: progress.append(p))
-    assert report.embedded == 3 and sorted(encoded) == sorted(
-        {store.paper_text(t, a)[0] for t, a in texts}
-    )
-    assert progress[-1] == (3, 3)
+    assert store.paper_text(*texts[3])[0] == store.paper_text(*texts[4])[0]  # one hash
+    assert report.embedded == 5 and len(encoded) == 4
+    assert sorted(set(encoded)) == sorted({store.paper_text(t, a)[0] for t, a in texts})
+    assert progress[-1] == (5, 5)
     stored = _vectors(sqlite_engine)
     assert stored[ids[0]].vector == stored[ids[2]].vector != stored[ids[1]].vector
     assert stored[ids[0]].spans == stored[ids[2]].spans and json.loads(stored[ids[0]].spans)
-    assert store.embed_papers(engine=sqlite_engine).reused == 3
+    for k in (3, 4):  # each with its own abstract's sentences
+        text, offset = store.paper_text(*texts[k])
+        spans = [list(span) for span in store.abstract_sentences(text[offset:])]
+        assert json.loads(stored[ids[k]].spans) == spans
+    assert stored[ids[3]].spans != stored[ids[4]].spans
+    assert store.embed_papers(engine=sqlite_engine).reused == 5
 
 
 def test_topics_share_one_vector_per_text(sqlite_engine: sa.Engine, now: datetime) -> None:

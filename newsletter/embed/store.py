@@ -219,11 +219,12 @@ def embed_papers(
         return report
     encoder = encoder or shared_encoder()
     # A text is embedded once for every paper that has it (the same paper listed twice,
-    # under two keys): the hash names the model and the text, so the vectors are equal.
-    having: dict[str, list[int]] = {}
-    for pid, *_, digest in work:
-        having.setdefault(digest, []).append(pid)
-    distinct = list({w[4]: w for w in work}.values())
+    # under two keys): the hash names the model and the text, and where the title ends
+    # places the abstract's sentences, so the vectors and the sentences' are the same.
+    having: dict[tuple[str, int], list[int]] = {}
+    for pid, _, offset, _, digest in work:
+        having.setdefault((digest, offset), []).append(pid)
+    distinct = list({(w[4], w[2]): w for w in work}.values())
     for start in range(0, len(distinct), _BATCH):
         batch = distinct[start : start + _BATCH]
         encoded = encoder.encode(
@@ -234,12 +235,13 @@ def embed_papers(
         )
         now = utcnow()
         with session_scope(engine=engine) as session:
-            for (_, _, _, spans, digest), vector, sentences in zip(
+            for (_, _, offset, spans, digest), vector, sentences in zip(
                 batch, encoded.vectors, encoded.sentences, strict=True
             ):
-                for pid in having[digest]:
+                same = having[(digest, offset)]
+                for pid in same:
                     _upsert_paper(session, pid, encoder.name, digest, vector, sentences, spans, now)
-                report.embedded += len(having[digest])
+                report.embedded += len(same)
         if on_progress is not None:
             on_progress(report.embedded, len(work))
     return report

@@ -222,10 +222,10 @@ def _merge_group(
     totals = np.bincount(reader[inside], minlength=len(readers)).tolist()
     value = best[pair]
     key = value * day.popularity_by_tie[column]  # what orders them (the reference's ``_order``)
-    # Of each reader's papers in (and below), those that can be among its best ``limit``.
-    chosen = contenders(reader, key, inside, limit=limit, readers=len(readers))
-    pair, reader, column = pair[chosen], reader[chosen], column[chosen]
-    value, key, inside = value[chosen], key[chosen], inside[chosen]
+    if n > limit:  # of each reader's papers in (and below), those that can be its best
+        chosen = contenders(reader, key, inside, limit=limit, readers=len(readers))
+        pair, reader, column = pair[chosen], reader[chosen], column[chosen]
+        value, key, inside = value[chosen], key[chosen], inside[chosen]
     papers, margin, holder = day.by_tie[column], nearest[pair], held[pair]
     # Each reader's papers best first (as the reference's ``_order``): score, then
     # upvotes, freshness and id.
@@ -291,9 +291,12 @@ def contenders(
     if not len(key):
         return np.ones(0, bool)
     lo, hi = key.min(), key.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:  # one band: keep them all
-        return np.ones(len(key), bool)
-    band = ((key - lo) * (LEVELS / (hi - lo))).astype(np.int64)
+    with np.errstate(all="ignore"):
+        span = hi - lo
+        scale = LEVELS / span if span > 0 else np.inf
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(span) and np.isfinite(scale)):
+        return np.ones(len(key), bool)  # one band (or not numbers to band): keep them all
+    band = ((key - lo) * scale).astype(np.int64)
     np.minimum(band, LEVELS, out=band)  # the highest key's own band, whatever the rounding
     width = LEVELS + 1
     group = reader * 2 + inside  # (reader, kind)

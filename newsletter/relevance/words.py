@@ -13,7 +13,9 @@ fit, it is emptied and refilled with that group's. Groups are cut (``groups``) s
 that one group's words fit, unless a single filter alone names more: the table then
 grows to hold it. Emptied, it must write its words again: a table smaller than a
 day's words costs their scores again and again (a quarter of the score stage at 32 MB
-on bench/match.py's worst case, 10,940 distinct words).
+on bench/match.py's worst case, 10,940 distinct words). Beside it: each filter's rows
+(at most 400,000 filters' tuples). ``filters test`` and the reference read the ranker's
+own cache of word scores, which has the same ceiling.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from newsletter.bounded import Bounded
 from newsletter.filters.ast import Phrase, Term
 
 Leaf = Term | Phrase
@@ -33,7 +36,9 @@ class WordTable:
         self._scores = scores  # a word's score in every paper
         self._papers = papers
         self._row: dict[Leaf, int] = {}  # word -> its row in the table
-        self._rows: dict[str, tuple[int, ...]] = {}  # query -> its words' rows, in order
+        # (query, names words) -> its words' rows, in order; bounded, as a million
+        # readers' long tail of filters must not be kept whole (rebuilt from ``_row``)
+        self._rows = Bounded(400_000)
         self._table = np.empty((0, papers))
 
     def groups(self, leaves: Sequence[tuple[Leaf, ...]]) -> Iterator[tuple[int, int]]:
@@ -76,7 +81,9 @@ class WordTable:
         out = []
         row, rows, table = self._row, self._rows, self._table
         for q, ls in zip(queries, leaves, strict=True):
-            found = rows.get(q)
+            # a filter that names no words is given none, whatever its tree holds
+            key = (q, bool(ls))
+            found = rows.get(key)
             if found is None:
                 mine = []
                 for leaf in ls:
@@ -88,7 +95,7 @@ class WordTable:
                         table[r] = self._scores(leaf)
                         row[leaf] = r
                     mine.append(r)
-                found = rows[q] = tuple(mine)
+                found = rows.put(key, tuple(mine))
             out.append(found)
         return out
 
