@@ -96,6 +96,49 @@ def test_papers_are_embedded_once_then_again_only_when_something_changed(
     assert {v.model for v in _vectors(engine).values()} == {MODEL_NAME}
 
 
+def test_the_services_ticks_read_only_papers_new_or_changed_since_their_vector(
+    sqlite_engine: sa.Engine, now: datetime
+) -> None:
+    """The service embeds at every planning tick (``catch_up``): it must not read and
+    hash every stored paper's text each time, yet miss nothing ingest changed."""
+    from newsletter import embed
+    from newsletter.models import Paper, utcnow
+
+    engine = sqlite_engine
+    seen = now - timedelta(hours=1)
+    ids = [
+        add_paper(engine, title=f"Paper {i}", abstract=f"Abstract number {i}. More.", seen=seen)
+        for i in range(4)
+    ]
+    first = embed.catch_up(engine=engine)
+    assert first is not None and (first.embedded, first.reused) == (4, 0)
+    idle = store.embed_papers(engine=engine, every_text=False)
+    assert (idle.embedded, idle.reused) == (0, 0)  # nothing read, nothing hashed
+    before = _vectors(engine)
+    with db.session_scope(engine=engine) as session:
+        changed = session.get(Paper, ids[0])
+        changed.abstract, changed.updated_at = "Rewritten by ingest. Entirely.", utcnow()  # type: ignore[union-attr]
+        session.get(PaperVector, ids[1]).model = "an-older-model"  # type: ignore[union-attr]
+        session.get(PaperVector, ids[2]).vector = b"\x00\x01garbage"  # type: ignore[union-attr]
+        # touched by ingest, text the same: read, hashed, kept
+        session.get(Paper, ids[3]).updated_at = utcnow()  # type: ignore[union-attr]
+    tick = store.embed_papers(engine=engine, every_text=False)
+    assert (tick.embedded, tick.reused) == (3, 1)
+    after = _vectors(engine)
+    assert after[ids[0]].text_hash != before[ids[0]].text_hash
+    assert {v.model for v in after.values()} == {MODEL_NAME}
+    assert store.unpack(after[ids[2]].vector, 1) is not None
+    assert after[ids[3]].vector == before[ids[3]].vector
+    # A text changed behind the store's back (its date not moved): only
+    # ``newsletter papers embed``, which hashes every text, finds it.
+    with db.session_scope(engine=engine) as session:
+        rewrite = sa.text("UPDATE papers SET abstract = 'Edited by hand. Quietly.' WHERE id = :i")
+        session.execute(rewrite, {"i": ids[1]})
+    assert store.embed_papers(engine=engine, every_text=False).embedded == 0
+    full = store.embed_papers(engine=engine)
+    assert (full.embedded, full.reused) == (1, 3)
+
+
 def test_papers_with_the_same_text_are_embedded_once(
     sqlite_engine: sa.Engine, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

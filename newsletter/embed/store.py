@@ -173,13 +173,29 @@ def embed_papers(
     engine: sa.Engine,
     encoder: Encoder | None = None,
     rebuild: bool = False,
+    every_text: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EmbedReport:
     """Embed every paper whose vector is missing, stale (another model or text) or
-    corrupt; ``rebuild`` embeds them all. ``on_progress(done, total)`` after each batch."""
+    corrupt; ``rebuild`` embeds them all. ``on_progress(done, total)`` after each batch.
+
+    ``every_text`` false: only the papers with no vector of this model and size, or
+    changed since theirs was stored (``updated_at``, which ingest moves when it changes
+    a paper), are read and their texts hashed. The service runs that at every planning
+    tick; reading and hashing every stored paper's text there cost more, every few
+    minutes, the bigger the store grew. ``newsletter papers embed`` checks every text,
+    so a text changed behind the store's back is found too."""
     report = EmbedReport()
     work: list[tuple[int, str, int, list[tuple[int, int]], str]] = []
     encoder_name = encoder.name if encoder is not None else MODEL_NAME
+    stale = sa.true()
+    if not every_text and not rebuild:
+        stale = sa.or_(
+            PaperVector.paper_id.is_(None),  # type: ignore[union-attr]
+            PaperVector.model != encoder_name,
+            sa.func.length(PaperVector.vector) != 2 * DIM,
+            Paper.updated_at > PaperVector.updated_at,
+        )
     with session_scope(engine=engine) as session:
         last = 0
         while True:
@@ -187,7 +203,7 @@ def embed_papers(
                 select(Paper.id, Paper.title, Paper.abstract, PaperVector.model,
                        PaperVector.text_hash, sa.func.length(PaperVector.vector))
                 .join(PaperVector, PaperVector.paper_id == Paper.id, isouter=True)  # type: ignore[arg-type]
-                .where(Paper.id > last)
+                .where(Paper.id > last, stale)
                 .order_by(Paper.id)
                 .limit(_CHUNK)
             ).all()  # fmt: skip
