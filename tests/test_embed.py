@@ -64,15 +64,19 @@ def _vectors(engine: sa.Engine) -> dict[int, PaperVector]:
         return {v.paper_id: v for v in session.exec(select(PaperVector))}
 
 
+def _papers(engine: sa.Engine, now: datetime, count: int) -> list[int]:
+    seen = now - timedelta(hours=1)
+    return [
+        add_paper(engine, title=f"Paper {i}", abstract=f"Abstract number {i}. More.", seen=seen)
+        for i in range(count)
+    ]
+
+
 def test_papers_are_embedded_once_then_again_only_when_something_changed(
     sqlite_engine: sa.Engine, now: datetime
 ) -> None:
     engine = sqlite_engine
-    seen = now - timedelta(hours=1)
-    ids = [
-        add_paper(engine, title=f"Paper {i}", abstract=f"Abstract number {i}. More.", seen=seen)
-        for i in range(3)
-    ]
+    ids = _papers(engine, now, 3)
     first = store.embed_papers(engine=engine)
     assert (first.embedded, first.reused) == (3, 0)
     again = store.embed_papers(engine=engine)
@@ -105,11 +109,7 @@ def test_the_services_ticks_read_only_papers_new_or_changed_since_their_vector(
     from newsletter.models import Paper, utcnow
 
     engine = sqlite_engine
-    seen = now - timedelta(hours=1)
-    ids = [
-        add_paper(engine, title=f"Paper {i}", abstract=f"Abstract number {i}. More.", seen=seen)
-        for i in range(4)
-    ]
+    ids = _papers(engine, now, 4)
     first = embed.catch_up(engine=engine)
     assert first is not None and (first.embedded, first.reused) == (4, 0)
     idle = store.embed_papers(engine=engine, every_text=False)
