@@ -190,7 +190,8 @@ def test_import_reports_bad_rows_by_line(tmp_path: Path, fmt: str) -> None:
 def test_papers_embed_recomputes_what_is_stale_or_corrupt(tmp_path: Path) -> None:
     """``newsletter papers embed``: vectors are reused; a corrupt one and one whose
     paper changed are computed again (the changed one by the model, not the bundled
-    vectors); ``--rebuild`` does every paper."""
+    vectors), the one changed by hand only by ``papers embed``, which hashes every text;
+    ``--rebuild`` does every paper."""
     import sqlite3
 
     corpus = tmp_path / "dumps"
@@ -204,9 +205,14 @@ def test_papers_embed_recomputes_what_is_stale_or_corrupt(tmp_path: Path) -> Non
         first, second = (r[0] for r in conn.execute("SELECT id FROM papers ORDER BY id LIMIT 2"))
         conn.execute("UPDATE paper_vectors SET vector = x'0001' WHERE paper_id = ?", (first,))
         conn.execute("UPDATE papers SET abstract = 'Rewritten. Entirely.' WHERE id = ?", (second,))
-    again = run(tmp_path, "papers", "embed").stdout
-    assert "embedded 2 papers" in again and "1 of them from the bundled vectors" in again
-    assert "42 papers unchanged" in again
+    # Ingest (as fetch and send) reads only papers with no sound vector or changed since
+    # theirs: it mends the corrupt one and cannot see the abstract edited by hand.
+    ingested = run(tmp_path, "ingest", str(corpus)).stdout
+    assert "embedded 1 papers" in ingested and "1 of them from the bundled vectors" in ingested
+    assert "papers unchanged" not in ingested
+    again = run(tmp_path, "papers", "embed").stdout  # every text hashed: the edit is found
+    assert "embedded 1 papers" in again and "bundled" not in again
+    assert "43 papers unchanged" in again
     with sqlite3.connect(tmp_path / "data" / "newsletter.db") as conn:
         (size,) = conn.execute(
             "SELECT length(vector) FROM paper_vectors WHERE paper_id = ?", (first,)

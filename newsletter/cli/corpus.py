@@ -98,7 +98,10 @@ def ingest(
 
 def embed_stored(engine: sa.Engine, *, rebuild: bool = False, always: bool = False) -> None:
     """Embed the papers and topics that have no current vector, with a progress bar;
-    say what was done when something was (``always``: also when nothing was)."""
+    say what was done when something was. ``always`` (``papers embed``): also when
+    nothing was, and every stored text is hashed to find one edited behind the store's
+    back; otherwise (ingest, fetch, send) only papers new or changed since their vector
+    are read, so a cron job's cost does not grow with the store."""
     from newsletter import embed
 
     with _progress() as progress:
@@ -108,7 +111,9 @@ def embed_stored(engine: sa.Engine, *, rebuild: bool = False, always: bool = Fal
             progress.update(task, completed=done, total=total)
 
         try:
-            report = embed.embed_papers(engine=engine, rebuild=rebuild, on_progress=advance)
+            report = embed.embed_papers(
+                engine=engine, rebuild=rebuild, every_text=always, on_progress=advance
+            )
             report.topics = embed.embed_topics(engine=engine)
         except embed.ModelMissingError as exc:
             err.print(f"warning: meaning is off: {exc}", markup=False)
@@ -116,9 +121,10 @@ def embed_stored(engine: sa.Engine, *, rebuild: bool = False, always: bool = Fal
     papers = report.embedded + report.seeded
     if papers or report.topics or always:
         seeded = f", {report.seeded} of them from the bundled vectors" if report.seeded else ""
+        unchanged = f"; {report.reused} papers unchanged" if always else ""
         out.print(
             f"embedded {papers} papers and {report.topics} topics "
-            f"({embed.MODEL_NAME}{seeded}; {report.reused} papers unchanged)",
+            f"({embed.MODEL_NAME}{seeded}{unchanged})",
             markup=False,
         )
 
