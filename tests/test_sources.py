@@ -28,8 +28,10 @@ from newsletter.backends.file import FileBackend
 from newsletter.corpus.ingest import ingest
 from newsletter.corpus.records import PaperRecord, merge_records, split_arxiv_id
 from newsletter.corpus.sources import parse_bytes
+from newsletter.embed.encoder import MODEL_NAME
+from newsletter.embed.store import embed_papers, paper_text, text_hash
 from newsletter.errors import CorpusError
-from newsletter.models import Event, Paper
+from newsletter.models import Event, Paper, PaperVector
 from newsletter.paper_links import code_url, paper_links, safe_url
 from newsletter.plan import plan_digests
 from newsletter.render import Digest, DigestPaper, Sender
@@ -373,11 +375,20 @@ def test_a_new_version_updates_the_paper_and_is_noted(engine: sa.Engine, tmp_pat
     v2 = Sample("2611.40001", "A Better Title", "The second abstract, longer.", ("Ann", "Bo"))
     (tmp_path / "1.atom").write_text(as_atom((v1,)))
     ingest(engine=engine, paths=[tmp_path / "1.atom"], now=NOW)
+    assert embed_papers(engine=engine, every_text=False).embedded == 1
     (tmp_path / "2.atom").write_text(as_atom((v2,)).replace("v1</id>", "v2</id>"))
     (result,) = ingest(engine=engine, paths=[tmp_path / "2.atom"], now=NOW).files
     assert (result.new_papers, result.updated_papers) == (0, 1)
     (paper,) = _papers(engine)
     assert (paper.title, paper.abstract, paper.arxiv_version) == (v2.title, v2.abstract, 2)
+    # Its vector was of the old text: dropped, so the next run that reads only papers
+    # without one embeds the new text, though this ingest's clock is older than it.
+    again = embed_papers(engine=engine, every_text=False)
+    assert again.embedded == 1
+    with db.session_scope(engine=engine) as session:
+        stored = session.get(PaperVector, paper.id)
+        want = text_hash(MODEL_NAME, paper_text(v2.title, v2.abstract)[0])
+        assert stored is not None and stored.text_hash == want
     assert paper.key == "a better title"
     with db.session_scope(engine=engine) as session:
         (event,) = session.exec(select(Event).where(Event.kind == "ingest.paper_revised"))

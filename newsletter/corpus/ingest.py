@@ -28,7 +28,7 @@ from newsletter.corpus.sources import SUFFIXES, parse_bytes
 from newsletter.db import error_reason, session_scope
 from newsletter.errors import CorpusError
 from newsletter.events import EventKind
-from newsletter.models import CorpusFile, Event, Paper, stored_list
+from newsletter.models import CorpusFile, Event, Paper, PaperVector, stored_list
 
 # Record fields stored as they are; the tuples are stored as JSON or spaced words.
 _PLAIN = (
@@ -181,6 +181,11 @@ def _merge_into(session: Session, paper: Paper, rec: PaperRecord, *, now: dateti
     for name, value in values.items():
         setattr(paper, name, value)
     paper.index_segment = None  # its postings are of the old text: index it again
+    if (merged.title, merged.abstract) != (old.title, old.abstract):
+        # Its vector is of the old text: dropped, so the next embedding run, which reads
+        # the papers with none (``embed_papers``), makes it again whatever the clocks say
+        # (a backfill's ``now`` may be older than the vector).
+        session.execute(sa.delete(PaperVector).where(PaperVector.paper_id == paper.id))  # type: ignore[arg-type]
     if merged.arxiv_version != old.arxiv_version and old.arxiv_version is not None:
         detail = {
             "paper_id": paper.id,
