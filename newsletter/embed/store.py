@@ -237,10 +237,13 @@ def embed_papers(
     # A text is embedded once for every paper that has it (the same paper listed twice,
     # under two keys): the hash names the model and the text, and where the title ends
     # places the abstract's sentences, so the vectors and the sentences' are the same.
-    having: dict[tuple[str, int], list[int]] = {}
-    for pid, _, offset, _, digest in work:
-        having.setdefault((digest, offset), []).append(pid)
-    distinct = list({(w[4], w[2]): w for w in work}.values())
+    having: dict[tuple[str, int], list[int]] = {}  # (text, where its abstract starts) -> papers
+    distinct = []  # the first paper of each text
+    for w in work:
+        same = having.setdefault((w[4], w[2]), [])
+        if not same:
+            distinct.append(w)
+        same.append(w[0])
     for start in range(0, len(distinct), _BATCH):
         batch = distinct[start : start + _BATCH]
         encoded = encoder.encode(
