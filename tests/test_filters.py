@@ -5,6 +5,7 @@ and ranking with its explanations."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import random
 import re
@@ -43,6 +44,7 @@ from newsletter.filters.ast import (
     positive_leaves,
 )
 from newsletter.filters.bitsets import iter_bits
+from newsletter.filters.ceiling import ceiling, compile_ceiling
 from newsletter.filters.index import compile_tree
 from newsletter.filters.parser import MAX_DEPTH, MAX_QUERY_CHARS
 from newsletter.filters.tokens import tokens
@@ -749,6 +751,27 @@ def test_indexed_matcher_agrees_with_naive_on_random_papers(
     assert set(iter_bits(compile_tree(tree)(index))) == expected
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(metadata_papers, min_size=1, max_size=8), trees(3))
+def test_compiled_ceiling_is_the_tree_walks_bit_for_bit(docs: list[PaperDoc], tree: Node) -> None:
+    """Planning takes each filter's ceiling from its closures (memoizing the day's idf):
+    the same float as walking the tree, for any filter and any day."""
+    stats = DayIndex(docs).stats
+    assert compile_ceiling(tree)(functools.lru_cache(None)(stats.idf)) == ceiling(tree, stats)
+
+
+def test_compiled_ceiling_agrees_on_the_corpus(
+    corpus_docs: list[PaperDoc], corpus_index: DayIndex
+) -> None:
+    idf = functools.lru_cache(None)(corpus_index.stats.idf)
+    scored = 0
+    for query in _agreement_queries(corpus_docs, 1000, seed=5):
+        expected = ceiling(parse_filter(query), corpus_index.stats)
+        assert compile_filter(query).ceiling(idf) == expected, query
+        scored += expected > 0
+    assert scored > 500  # most name words: the ceilings compared are not all 0
+
+
 def test_presearch_never_drops_a_match_on_a_small_day(corpus_docs: list[PaperDoc]) -> None:
     """On a day of 40 papers most anchors are absent, so presearch skips many filters;
     every skipped filter must truly match nothing."""
@@ -1200,8 +1223,6 @@ def test_metadata_adds_no_score_to_the_words_beside_it() -> None:
 
 def test_metadata_only_filter_is_taken_at_its_word_by_the_digest() -> None:
     """The digest's score treats it like a comparison: a ceiling of 0, so its matches are in."""
-    from newsletter.relevance.score import ceiling
-
     index = DayIndex(META_PAPERS)
     for query in ("has:code", "category:cs.CL has:code", "author:lovelace OR category:cs.*"):
         assert ceiling(parse_filter(query), index.stats) == 0.0, query

@@ -24,6 +24,7 @@ from newsletter.bounded import Bounded
 from newsletter.filters.ast import Node, Phrase, Term, positive_leaves
 from newsletter.filters.bitsets import iter_bits
 from newsletter.filters.bm25 import K1, TITLE_BOOST, B
+from newsletter.filters.ceiling import Ceiling, compile_ceiling
 from newsletter.filters.index import DayIndex, Evaluator, compile_tree
 from newsletter.filters.keys import anchors
 from newsletter.filters.parser import parse_filter
@@ -42,6 +43,7 @@ class CompiledFilter:
     anchors: frozenset[tuple[str, str]] | None
     leaves: tuple[Term | Phrase, ...]
     run: Evaluator  # the tree as closures: run(index) -> bitset
+    ceiling: Ceiling  # its words' ceiling as closures: ceiling(stats.idf) (ceiling.py)
 
 
 @lru_cache(maxsize=500_000)
@@ -54,6 +56,7 @@ def compile_filter(query: str) -> CompiledFilter:
         anchors=anchors(tree),
         leaves=tuple(dict.fromkeys(positive_leaves(tree))),
         run=compile_tree(tree),
+        ceiling=compile_ceiling(tree),
     )
 
 

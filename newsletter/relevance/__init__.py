@@ -17,7 +17,6 @@ from newsletter.relevance.score import (
     Step,
     Topic,
     TopicScores,
-    ceiling,
 )
 
 __all__ = [
@@ -31,6 +30,5 @@ __all__ = [
     "Step",
     "Topic",
     "TopicScores",
-    "ceiling",
     "load_reference",
 ]

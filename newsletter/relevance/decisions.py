@@ -15,10 +15,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from newsletter.filters import CorpusStats
-from newsletter.filters.ast import And, Node, Or, Phrase, Term
-from newsletter.filters.bm25 import K1
-from newsletter.filters.tokens import stem
 from newsletter.relevance.pick import BELOW, CARRIED, MATCHED, VOTED, Decision
 
 ALPHA = 0.2  # what one standard deviation of meaning is worth, in ceiling shares
@@ -44,21 +40,6 @@ class Topic:
     # The reader's votes in this topic, (paper id, +1 or -1), sorted: part of what the
     # topic is, so subscribers who taught nothing still share one decision.
     taught: tuple[tuple[int, int], ...] = ()
-
-
-def ceiling(node: Node, stats: CorpusStats) -> float:
-    """The BM25F an ideal paper reaches for this filter's words (0: it names none)."""
-    match node:
-        case Term(word=word, field=field) if field in (None, "title", "abstract"):
-            return stats.idf(stem(word)) * (K1 + 1)
-        case Phrase(words=words, field=field) if field in (None, "title", "abstract"):
-            return sum(stats.idf(stem(w)) for w in words) * (K1 + 1)
-        case Or(children=children):
-            return max(ceiling(c, stats) for c in children)
-        case And(children=children):
-            return sum(ceiling(c, stats) for c in children)
-        case _:  # NOT, comparisons, org:, *: nothing to score
-            return 0.0
 
 
 @dataclass(frozen=True, slots=True)

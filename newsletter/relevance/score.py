@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -45,7 +46,6 @@ from newsletter.relevance.decisions import (
     Step,
     Topic,
     TopicScores,
-    ceiling,
     cells,
     decide,
     entries,
@@ -67,7 +67,7 @@ from newsletter.relevance.pick import (
 from newsletter.relevance.reference import Reference
 from newsletter.relevance.words import WordTable
 
-__all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step", "Topic", "TopicScores", "ceiling"]
+__all__ = ["ALPHA", "MIN_COSINE", "NEAR", "Step", "Topic", "TopicScores"]
 
 UNSURE = 2  # papers just below the line a digest may ask about ("not sure this is for you")
 BATCH = 256  # topics decided together: the day's arrays for each, a few MB at a time
@@ -118,6 +118,8 @@ class Scorer:
         self._picks = Bounded(400_000)  # (decision uids, index) -> Pick
         self._picked = Bounded(10_000)  # (topics, within, limit, dial) -> Picked
         self._ceilings = Bounded(400_000)  # query -> its words' ceiling
+        # a stem's idf, worked out once a day: at most the words the day's filters name
+        self._idf = lru_cache(maxsize=None)(ranker.index.stats.idf)
         n = ranker.index.n
         # planning's batches read their words' scores from here (not kept by the ranker)
         self._words = WordTable(lambda leaf: ranker.leaf_scores(leaf, keep=False), papers=n)
@@ -179,7 +181,7 @@ class Scorer:
         flt = compile_filter(topic.query)
         top = self._ceilings.get(flt.query)
         if top is None:
-            top = self._ceilings.put(flt.query, ceiling(flt.tree, self.ranker.index.stats))
+            top = self._ceilings.put(flt.query, flt.ceiling(self._idf))
         everything = isinstance(flt.tree, All)
         return flt, self.ranker.filter_bits(flt), top, top == 0.0 and not everything, everything
 
