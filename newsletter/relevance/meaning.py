@@ -73,9 +73,9 @@ def window(mean: np.ndarray, covariance: np.ndarray) -> Window:
     mean, covariance = np.asarray(mean, np.float64), np.asarray(covariance, np.float64)
     dim = len(mean)
     row = SCALE + 0.5 * math.sqrt(dim)
+    # Not finite: not a window of vectors; what is not finite stays so in every result.
     finite = bool(np.isfinite(mean).all() and np.isfinite(covariance).all())
     size = float(np.linalg.norm(mean)) if finite else 1.0
-    # not a window of vectors: what is not finite stays so in every result
     column = float(np.linalg.norm(covariance, axis=0).max(initial=0.0)) if finite else 1.0
     room = 2.0**52 / (row * max(size, 1e-30))
     scale = min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
