@@ -1,6 +1,7 @@
 """Benchmark: how well what a digest includes matches what a reader judged relevant.
 
 Run: .venv/bin/python bench/relevance.py [--topics PATH ...] [--per-topic] [--feedback] [--cross]
+                                      [--oracle]
 
 Hand-judged topics (default ../shared/relevance/dev_topics.json; --topics may be given
 more than once): each has a filter, perhaps a sentence about it ("about"), and the
@@ -22,6 +23,11 @@ threshold, its meaning's entry) are chosen on the other topics from a grid (best
 F1), then the topic left out is judged with them: what topics held apart from the
 choice can expect (the grid holds the shipped constants; their figures must come out
 as "dial 3" above, or the benchmark stops).
+
+With --oracle, each topic is given the line that fits its own labels best (at the
+default step's scores): not label-free, so no digest can do it, but the most that
+calibrating the line per topic could reach; what is missing above it is the scores'
+order, not where the line falls.
 
 With --feedback, a simulated reader then teaches each topic: day by day (one page dump
 is one day) the digest shows the day's top DIGEST papers the topic includes and the
@@ -179,6 +185,31 @@ THRESHOLDS = tuple(round(0.3 + 0.05 * k, 2) for k in range(13))  # 0.30 .. 0.90
 ENTERS = tuple(2.0 + 0.25 * k for k in range(9))  # 2.0 .. 4.0
 
 
+def oracle_rows(scorer, asked: dict[str, Topic], judged) -> list[str]:  # type: ignore[no-untyped-def]
+    """Per topic, the threshold of the default step that fits its own labels best (its
+    meaning's entry as shipped): not label-free, so not something a digest can do, but
+    the most that choosing the line per topic could reach on these scores. Two lines:
+    each topic at its best F1, and at its best precision with recall 0.80 or more (no
+    such threshold: its whole filter, recall as it comes)."""
+    ids = scorer.ranker.ids
+    enter = DIAL[DEFAULT_DIAL].enter
+    best_f1, best_p = [], []
+    for name, relevant in judged.items():
+        rows = scorer.topic(asked[name]).rows()
+        candidates = np.unique(rows.fused[rows.matched])
+        tried = []
+        for threshold in [*candidates, np.inf]:
+            d = decide(rows, Step("", float(threshold), enter))
+            tried.append(prf({int(ids[i]) for i in np.flatnonzero(d.inside[0])}, relevant))
+        best_f1.append((name, *max(tried, key=lambda c: 2 * c[0] / (2 * c[0] + c[1] + c[2]))))
+        enough = [c for c in tried if c[0] >= 0.8 * (c[0] + c[2])]
+        best_p.append((name, *max(enough or tried[:1], key=lambda c: c[0] / (c[0] + c[1] or 1))))
+    return [
+        line("oracle F1", best_f1) + "  (each topic's own best line: not label-free)",
+        line("oracle R.80", best_p) + "  (each topic's best precision at recall >= 0.80)",
+    ]
+
+
 def cross_rows(scorer, asked: dict[str, Topic], judged, default) -> list[str]:  # type: ignore[no-untyped-def]
     """Leave one topic out: the default step's constants (ALPHA, its threshold and its
     meaning's entry) chosen on the other topics (best micro F1 over the grid), then
@@ -229,6 +260,9 @@ def main() -> None:
     parser.add_argument("--feedback", action="store_true", help="simulate a reader's votes")
     parser.add_argument(
         "--cross", action="store_true", help="the default step's constants, leave one topic out"
+    )
+    parser.add_argument(
+        "--oracle", action="store_true", help="each topic's own best line (an upper bound)"
     )
     args = parser.parse_args()
     files = args.topics or [DEV]
@@ -300,6 +334,8 @@ def main() -> None:
                     p = tp / (tp + fp) if tp + fp else 1.0
                     r = tp / (tp + fn)
                     print(f"    {name}  P {p:.2f} R {r:.2f}  ({tp} of {tp + fn}, {fp} wrong)")
+        if args.oracle:
+            print("\n".join(oracle_rows(scorer, asked, judged)))
         if args.cross:
             print("\n".join(cross_rows(scorer, asked, judged, rows[f"dial {DEFAULT_DIAL}"])))
 

@@ -55,3 +55,23 @@ def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
     assert "--cross needs two topics or more" in alone.stderr
     refused = bad_filter.stderr + missing.stderr + wrong.stderr + empty.stderr + alone.stderr
     assert "Traceback" not in refused
+
+
+def test_the_oracle_line_is_at_least_the_shipped_one(tmp_path: Path) -> None:
+    """--oracle gives each topic the line that fits its own labels: an upper bound on
+    calibration, so never below the default step (its line is one of those tried), and
+    the recall-0.80 line does reach 0.80 where the filter can."""
+    topics = {
+        "H7": {"filter": '"chain of thought"', "relevant": TITLES},
+        "H8": {"filter": "reasoning", "relevant": TITLES},  # broad: most matches are wrong
+    }
+    done = run(tmp_path, topics, "--oracle", "--per-topic")
+    assert done.returncode == 0, done.stderr
+    lines = {line[:12].strip(): line[12:] for line in done.stdout.splitlines()}
+
+    def figure(label: str, name: str) -> float:
+        return float(lines[label].split(f" {name} ")[1].split()[0])
+
+    assert figure("oracle F1", "F1") >= figure("dial 3", "F1")
+    assert figure("oracle F1", "F1") > figure("dial 5", "F1")  # the broad topic's line moves
+    assert figure("oracle R.80", "R") >= 0.80
