@@ -106,6 +106,9 @@ class Ranker:
         )
         self._zeros = np.zeros(n)
         self._lengths = index.lengths
+        # BM25's length normalisation, per paper: the same for every word (the index's
+        # statistics are fixed when it is built), so worked out once, not once a word.
+        self._norm = K1 * (1 - B + B * self._lengths / index.stats.avg_len)
         self._nbytes = (n + 7) // 8
 
     # --- matching -------------------------------------------------------------------
@@ -139,8 +142,12 @@ class Ranker:
         words = leaf.words if isinstance(leaf, Phrase) else (leaf.word,)
         idf = sum(stats.idf(stem(w)) for w in words)
         tf = index.leaf_tf(leaf)  # counted at indexing, scored at once
-        norm = K1 * (1 - B + B * self._lengths / stats.avg_len)
-        scores = np.where(tf > 0, idf * tf * (K1 + 1) / (tf + norm), 0.0)
+        # Only where the word occurs (a few papers in a hundred, for most words): the
+        # same arithmetic, element by element, as over the whole day.
+        at = np.flatnonzero(tf)
+        scores = np.zeros(index.n)
+        counts = tf[at]
+        scores[at] = idf * counts * (K1 + 1) / (counts + self._norm[at])
         return self._leaf_scores.put(leaf, scores) if keep else scores
 
     def leaf_scores_by_paper(self, leaf: Term | Phrase) -> np.ndarray:
