@@ -37,9 +37,27 @@ def quantise(vectors: np.ndarray) -> np.ndarray:
     return np.rint(out, out=out)
 
 
+def products(papers: np.ndarray, topics: np.ndarray) -> np.ndarray:
+    """(topics x papers) products of quantised rows, float32 integers: each a cosine
+    times SCALE**2, exact whatever the batch (``as_cosines`` turns them into cosines)."""
+    return topics @ papers.T
+
+
+def as_cosines(products: np.ndarray) -> np.ndarray:
+    return products.astype(np.float64) / (SCALE * SCALE)
+
+
 def cosines(papers: np.ndarray, topics: np.ndarray) -> np.ndarray:
     """(topics x papers) cosines of quantised rows: exact, whatever the batch."""
-    return (topics @ papers.T).astype(np.float64) / (SCALE * SCALE)
+    return as_cosines(products(papers, topics))
+
+
+def product_at_least(cosine: float) -> np.float32:
+    """The product a cosine of at least ``cosine`` needs: ``products(...) >= this`` is
+    ``cosines(...) >= cosine``, exactly (the products are integers, and scaling by
+    SCALE**2, a power of two, rounds nothing), without making the cosines of a whole
+    batch to compare them."""
+    return np.float32(math.ceil(cosine * SCALE * SCALE))
 
 
 MOST_WINDOW_SCALE = 2.0**40

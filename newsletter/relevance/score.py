@@ -52,7 +52,13 @@ from newsletter.relevance.decisions import (
     sparse,
 )
 from newsletter.relevance.feedback import neighbours, rocchio, split_votes
-from newsletter.relevance.meaning import cosines, quantise
+from newsletter.relevance.meaning import (
+    as_cosines,
+    cosines,
+    product_at_least,
+    products,
+    quantise,
+)
 from newsletter.relevance.pick import (
     CARRIED,
     MATCHED,
@@ -80,6 +86,7 @@ DIAL: dict[int, Step] = {
     5: Step("More, broader papers", 0.36, 2.5),
 }
 DEFAULT_DIAL = 3
+_CANDIDATE = product_at_least(MIN_COSINE - NEAR / 3)  # the least close ``decide`` can use
 EVERYTHING = (Topic("*"),)  # what a reader with no topic is given: every paper, by upvotes
 
 
@@ -158,7 +165,7 @@ class Scorer:
         nbytes = (n + 7) // 8
         raw = b"".join(bits.to_bytes(nbytes, "little") for _, bits, *_ in filters)
         packed = np.frombuffer(raw, np.uint8).reshape(len(topics), nbytes)
-        matched = np.unpackbits(packed, axis=1, bitorder="little")[:, :n].astype(bool)
+        matched = np.unpackbits(packed, axis=1, bitorder="little")[:, :n].view(bool)  # 0s and 1s
         by, at = cells(matched)
         tops = np.array([top for _, _, top, *_ in filters])
         lexical = np.ones(len(by))  # a filter that names no word: 1 where it matches
@@ -276,9 +283,14 @@ class Scorer:
                     qs.append(q)
         candidate = matched | everything[:, None]
         if qs:
-            found = cosines(self._papers8, quantise(np.stack(qs)))  # type: ignore[arg-type]
+            # The products, not the cosines: a batch's cosines are made only where read.
+            found = products(self._papers8, quantise(np.stack(qs)))  # type: ignore[arg-type]
             # Nothing less close can be near the line by meaning (``decide``).
-            candidate[with_q] |= found >= MIN_COSINE - NEAR / 3
+            close = found >= _CANDIDATE
+            if len(with_q) == m:  # every topic has a vector (the usual case): no copy
+                candidate |= close
+            else:
+                candidate[with_q] |= close
         rows, papers = cells(candidate)
         semantic, cosine = np.zeros(len(rows)), np.zeros(len(rows))
         has_meaning = np.zeros(len(rows), bool)
@@ -288,7 +300,7 @@ class Scorer:
             which[with_q] = np.arange(len(qs))
             some = np.flatnonzero(which[rows] >= 0)
             k, i = which[rows[some]], papers[some]
-            cosine[some] = found[k, i]
+            cosine[some] = as_cosines(found[k, i])
             semantic[some] = (cosine[some] - centre[k]) / spread[k]
             has_meaning[some] = self.present[i]  # type: ignore[index]
             if not self._all_present:
