@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from newsletter.embed.encoder import DIM
-from newsletter.relevance.meaning import cosines, quantise, spread, window
+from newsletter.relevance.meaning import (
+    as_cosines,
+    cosines,
+    product_at_least,
+    products,
+    quantise,
+    spread,
+    window,
+)
 
 
 def _unit(rng: np.random.Generator, rows: int) -> np.ndarray:
@@ -67,3 +75,18 @@ def test_a_window_past_the_bounds_costs_precision_not_exactness() -> None:
     exact = np.sqrt(((raw @ covariance) * raw).sum(1))
     assert np.allclose(std, exact, rtol=2e-4)
     assert np.allclose(centre, raw @ wide.mean(0).astype(np.float64), rtol=1e-6)
+
+
+def test_a_threshold_on_the_products_is_the_same_test_as_on_the_cosines() -> None:
+    """Planning finds a batch's papers close enough to a topic on the integer products,
+    not the cosines: the same papers, at any threshold, including cosines that fall
+    exactly on it."""
+    rng = np.random.default_rng(5)
+    papers, topics = quantise(_unit(rng, 300)), quantise(_unit(rng, 40))
+    raw, cos = products(papers, topics), cosines(papers, topics)
+    assert np.array_equal(as_cosines(raw), cos)
+    on_the_line = [float(c) for c in rng.choice(cos.ravel(), 20)]  # some cosine equals each
+    just_above = [float(np.nextafter(c, 2.0)) for c in on_the_line]  # and none reaches these
+    for threshold in [-1.0, 0.0, 0.05, 0.1, 0.3999, 0.4, 0.45, 1.0, *on_the_line, *just_above]:
+        assert np.array_equal(raw >= product_at_least(threshold), cos >= threshold), threshold
+        assert (cos == threshold).any() or threshold not in on_the_line
