@@ -58,9 +58,9 @@ def test_what_the_benchmark_cannot_use_is_named(tmp_path: Path) -> None:
 
 
 def test_the_oracle_line_is_at_least_the_shipped_one(tmp_path: Path) -> None:
-    """--oracle gives each topic the line that fits its own labels: an upper bound on
-    calibration, so never below the default step (its line is one of those tried), and
-    the recall-0.80 line does reach 0.80 where the filter can."""
+    """--oracle fits the topics' lines to their labels, together: an upper bound on
+    placing lines, so never below the default step (its lines are one of the choices),
+    and the recall-0.80 row does reach 0.80 where the filters can."""
     topics = {
         "H7": {"filter": '"chain of thought"', "relevant": TITLES},
         "H8": {"filter": "reasoning", "relevant": TITLES},  # broad: most matches are wrong
