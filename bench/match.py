@@ -319,21 +319,14 @@ def score_only(
     print_shared(index, docs, shared, sample)
 
 
-def bench_score(
-    index: DayIndex,
-    docs: list[PaperDoc],
-    subscribers: list[list[str]],
-    sample: int,
-    *,
-    why: bool = True,
-) -> tuple[float, float, float]:
-    """Relevance scoring of every subscriber, as planning does it (one core): decisions
-    and order; the same with explanations; the plain reference, on a sample, scaled."""
+def score_setup(index: DayIndex, docs: list[PaperDoc], subscribers: list[list[str]]):  # type: ignore[no-untyped-def]
+    """What the score stage needs: a factory of fresh scorers for the day (a reference
+    window and vectors, random unit vectors: their values do not change the cost) and
+    each subscriber's topics."""
     import numpy as np
 
-    from newsletter.due import CHUNK
     from newsletter.embed.encoder import DIM
-    from newsletter.relevance import DEFAULT_DIAL, Reference, Scorer, Topic
+    from newsletter.relevance import Reference, Scorer, Topic
 
     rng = np.random.default_rng(3)
 
@@ -363,16 +356,37 @@ def bench_score(
             topic_text=lambda t: t.query,
         )
 
-    topics = [[Topic(q) for q in subs] for subs in subscribers]
-    chunk = CHUNK  # subscribers planned together, as plan.py does
+    return scorer, [[Topic(q) for q in subs] for subs in subscribers]
+
+
+def planned(fast, topics, fn):  # type: ignore[no-untyped-def]
+    """``fn(scorer, readers)`` over the subscribers a chunk at a time, each chunk's topics
+    decided first, as plan.py runs it."""
+    from newsletter.due import CHUNK
+    from newsletter.relevance import DEFAULT_DIAL
+
+    out = []
+    for start in range(0, len(topics), CHUNK):
+        part = topics[start : start + CHUNK]
+        fast.prepare({DEFAULT_DIAL: [t for ts in part for t in ts]})  # once per topic
+        out.extend(fn(fast, [(ts, None, 20, DEFAULT_DIAL) for ts in part]))
+    return out
+
+
+def bench_score(
+    index: DayIndex,
+    docs: list[PaperDoc],
+    subscribers: list[list[str]],
+    sample: int,
+    *,
+    why: bool = True,
+) -> tuple[float, float, float]:
+    """Relevance scoring of every subscriber, as planning does it (one core): decisions
+    and order; the same with explanations; the plain reference, on a sample, scaled."""
+    scorer, topics = score_setup(index, docs, subscribers)
 
     def run(fn):  # type: ignore[no-untyped-def]
-        fast, out = scorer(), []
-        for start in range(0, len(topics), chunk):
-            part = topics[start : start + chunk]
-            fast.prepare({DEFAULT_DIAL: [t for ts in part for t in ts]})  # once per topic
-            out.extend(fn(fast, [(ts, None, 20, DEFAULT_DIAL) for ts in part]))
-        return out
+        return planned(scorer(), topics, fn)
 
     def score() -> list:  # type: ignore[type-arg]
         return run(lambda fast, readers: [m for _, m in fast.order_many(readers)])
