@@ -94,19 +94,22 @@ def window(mean: np.ndarray, covariance: np.ndarray) -> Window:
     for a topic alone and in any batch, which is what must be exact.
     """
     mean, covariance = np.asarray(mean, np.float64), np.asarray(covariance, np.float64)
-    dim = len(mean)
-    row = SCALE + 0.5 * math.sqrt(dim)
+    rounding = 0.5 * math.sqrt(len(mean))  # what rounding adds to a row's or column's norm
+    row = SCALE + rounding
     # Not finite: not a window of vectors; what is not finite stays so in every result.
     finite = bool(np.isfinite(mean).all() and np.isfinite(covariance).all())
     size = float(np.linalg.norm(mean)) if finite else 1.0
     column = float(np.linalg.norm(covariance, axis=0).max(initial=0.0)) if finite else 1.0
-    room = 2.0**52 / (row * max(size, 1e-30))
-    scale = min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
-    rounding = 0.5 * math.sqrt(dim)  # what rounding adds to a scaled column's norm
-    room = max(EXACT32 / row - rounding, 1.0) / max(column, 1e-30)
-    covariance_scale = min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
+    scale = _finest(2.0**52 / (row * max(size, 1e-30)))
+    covariance_scale = _finest(max(EXACT32 / row - rounding, 1.0) / max(column, 1e-30))
     scaled = np.rint(covariance * covariance_scale).astype(np.float32)
     return Window(np.rint(mean * scale), scale, scaled, covariance_scale)
+
+
+def _finest(room: float) -> float:
+    """The largest power of two within ``room`` (and ``MOST_WINDOW_SCALE``): scaling by
+    it rounds nothing but the values' last places."""
+    return min(MOST_WINDOW_SCALE, 2.0 ** math.floor(math.log2(room)))
 
 
 def spread(topics: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
