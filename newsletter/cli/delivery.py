@@ -37,7 +37,8 @@ def send(
         bool,
         typer.Option(
             "--now",
-            help="Plan every active subscriber now, not only those whose send time has passed.",
+            help="Plan every active subscriber now, whatever their send time "
+            "(weekly ones still only on their weekday).",
         ),
     ] = False,
     dry_run: Annotated[
