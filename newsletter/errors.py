@@ -45,6 +45,10 @@ class DuplicateSubscriberError(SubscriberError):
     """The address is already subscribed."""
 
 
+class TooManyVotesError(SubscriberError):
+    """The reader has voted as often as the hour allows; nothing was recorded."""
+
+
 class DeliveryError(NewsletterError):
     """A message could not be handed over; subclasses say whether to retry.
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from newsletter.errors import SubscriberError
+from newsletter.errors import SubscriberError, TooManyVotesError
 from newsletter.events import EventKind
 from newsletter.models import Event, Paper, Subscriber, TopicFilter, TopicLesson
 from newsletter.relevance import Topic
@@ -48,13 +48,20 @@ def record_vote(
     source: str,
     now: datetime,
     delivery_id: int | None = None,
+    per_hour: int | None = None,
 ) -> tuple[tuple[int, int], ...]:
     """Append one vote and return what the topic is taught now. The topic must be one of
     the subscriber's and the paper must exist; a vote equal to the current one is kept
-    (a second tap changes nothing) but not written twice."""
+    (a second tap changes nothing) but not written twice. With ``per_hour``, a reader
+    who has voted that many times in the hour before ``now`` is refused
+    (``TooManyVotesError``): counted in the ledger, so the limit holds across web
+    processes and restarts, as one in a process's memory would not."""
     # One vote at a time per reader (PostgreSQL: a row lock; SQLite: its write lock):
-    # two taps at once must not both start from the same lesson and lose one.
+    # two taps at once must not both start from the same lesson and lose one, nor both
+    # pass the hour's count.
     session.exec(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
+    if per_hour is not None and votes_since(session, subscriber.id, now - HOUR) >= per_hour:  # type: ignore[arg-type]
+        raise TooManyVotesError(f"{subscriber.email} voted {per_hour} times within the hour")
     topics = topics_of(session, subscriber.id)  # type: ignore[arg-type]
     if query not in topics:
         raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")
@@ -87,6 +94,23 @@ def record_vote(
     state = tuple(sorted(votes.items()))
     _store(session, subscriber.id, query, state, version=ev.id, now=now)  # type: ignore[arg-type]
     return state
+
+
+HOUR = timedelta(hours=1)
+
+
+def votes_since(session: Session, subscriber_id: int, since: datetime) -> int:
+    """How many votes the reader has recorded since ``since`` (the events' index on the
+    subscriber finds theirs)."""
+    return session.exec(
+        select(sa.func.count())
+        .select_from(Event)
+        .where(
+            Event.subscriber_id == subscriber_id,
+            Event.kind == EventKind.VOTED,
+            Event.at >= since,  # type: ignore[operator]
+        )
+    ).one()
 
 
 def taught(

@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from newsletter import db
 from newsletter.corpus.ingest import ingest
 from newsletter.embed.store import embed_papers, embed_topics
-from newsletter.errors import SubscriberError
+from newsletter.errors import SubscriberError, TooManyVotesError
 from newsletter.events import EventKind
 from newsletter.feedback import Vote, record_vote, taught, taught_topics
 from newsletter.models import Event, Paper, TopicLesson
@@ -60,7 +60,16 @@ def _twin(engine: sa.Engine, paper: Paper) -> int:
     )
 
 
-def _vote(engine: sa.Engine, email: str, paper_id: int, vote: Vote, query: str = "diffusion"):  # type: ignore[no-untyped-def]
+def _vote(  # type: ignore[no-untyped-def]
+    engine: sa.Engine,
+    email: str,
+    paper_id: int,
+    vote: Vote,
+    query: str = "diffusion",
+    *,
+    now: datetime = NOW,
+    per_hour: int | None = None,
+):
     with db.session_scope(engine=engine) as session:
         return record_vote(
             session=session,
@@ -69,7 +78,8 @@ def _vote(engine: sa.Engine, email: str, paper_id: int, vote: Vote, query: str =
             paper_id=paper_id,
             vote=vote,
             source="test",
-            now=NOW,
+            now=now,
+            per_hour=per_hour,
         )
 
 
@@ -125,6 +135,32 @@ def test_a_vote_switches_undoes_and_a_second_tap_writes_nothing(tmp_path: Path) 
         replace_topics(session=session, subscriber_id=a, topics=["speech"], now=NOW)
     assert _taught(engine) == {(a, "speech"): ((p, 1),)}
     assert _votes_written(engine) == 5
+
+
+def test_the_hours_vote_limit_is_counted_in_the_ledger_per_reader(tmp_path: Path) -> None:
+    """Counted from the vote events, not in a process's memory: what one web process or
+    a restarted one sees alike. A second tap, which writes nothing, counts nothing; the
+    refused vote changes nothing; an hour later the reader votes again; another reader's
+    votes are theirs."""
+    engine, _settings, _url = _store(tmp_path)
+    a = subscribe(engine, email="a@example.org", topics=[DIFFUSION], now=NOW)
+    subscribe(engine, email="b@example.org", topics=[DIFFUSION], now=NOW)
+    p, q = _paper(engine, "Diffusion").id, _paper(engine, "Speech").id
+    start = NOW - timedelta(minutes=59)
+    _vote(engine, "a@example.org", p, Vote.UP, now=start, per_hour=3)
+    _vote(engine, "a@example.org", p, Vote.UP, now=start, per_hour=3)  # a second tap
+    _vote(engine, "a@example.org", q, Vote.DOWN, now=NOW, per_hour=3)
+    _vote(engine, "a@example.org", q, Vote.NONE, now=NOW, per_hour=3)
+    with pytest.raises(TooManyVotesError, match=r"a@example\.org voted 3 times within the hour"):
+        _vote(engine, "a@example.org", q, Vote.UP, now=NOW, per_hour=3)
+    assert _taught(engine) == {(a, "diffusion"): ((p, 1),)}, "the refused vote changed nothing"
+    assert _votes_written(engine) == 3
+    _vote(engine, "b@example.org", q, Vote.UP, now=NOW, per_hour=3)  # another reader's
+    later = start + timedelta(hours=1, seconds=1)  # the first vote is over an hour old
+    assert _vote(engine, "a@example.org", q, Vote.UP, now=later, per_hour=3) == ((p, 1), (q, 1))
+    # The operator's command records without the readers' limit.
+    _vote(engine, "a@example.org", q, Vote.DOWN, now=NOW + timedelta(minutes=1))
+    assert _votes_written(engine) == 6
 
 
 def test_a_vote_names_a_topic_and_a_paper_that_exist(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import re
 from datetime import timedelta
 
+import httpx
 from sqlmodel import select
 
 from newsletter import db, feedback, snapshot, tokens
@@ -17,8 +18,10 @@ from newsletter.feedback import taught
 from newsletter.models import Delivery, Event, Paper, Subscriber
 from newsletter.plan import plan_digests
 from newsletter.runtime import secret_key
+from newsletter.web import create_app
 from newsletter.web.votes import VOTES_PER_HOUR
-from tests.helpers import add_paper, deliver
+from tests.helpers import add_paper, deliver, live_server, runtime_for
+from tests.smtp_server import free_port
 from tests.test_web import Site, _csrf, _digests, _path, _status
 from tests.test_web import site as site
 
@@ -220,7 +223,9 @@ def test_a_vote_on_an_old_digest_still_counts(site: Site, now) -> None:  # type:
 
 def test_votes_are_rate_limited_per_subscriber(site: Site, now) -> None:  # type: ignore[no-untyped-def]
     """A reader's taps, not a script's loop: past VOTES_PER_HOUR a reader's votes are
-    refused (and not recorded) while another reader's still count."""
+    refused (and not recorded) while another reader's still count; and by every web
+    process, counted in the ledger: a second one over the same database (behind a load
+    balancer, or the first restarted) refuses them too."""
     messages = _digests(site, now, ["dee@example.org", "eve@example.org"])
     up, down = (_path(u) for u in _vote_links(messages["dee@example.org"])[0])
     csrf = _csrf(site.client.get(up).text)
@@ -233,6 +238,15 @@ def test_votes_are_rate_limited_per_subscriber(site: Site, now) -> None:  # type
     refused = site.client.post(up, data={"csrf": csrf, "vote": "up"})
     assert refused.status_code == 429 and "Too many votes; try again later." in refused.text
     assert _taught(site) == {(sid, "diffusion"): ((pid, -1),)}, "the refused vote changed nothing"
+    assert len(_events(site, "feedback.vote")) == VOTES_PER_HOUR
+
+    port = free_port()
+    with (
+        live_server(create_app(runtime=runtime_for(site.settings, site.engine)), port) as url,
+        httpx.Client(base_url=url, timeout=10) as other,
+    ):
+        again = other.post(up, data={"csrf": csrf, "vote": "up"})
+    assert again.status_code == 429 and "Too many votes; try again later." in again.text
     assert len(_events(site, "feedback.vote")) == VOTES_PER_HOUR
 
     eve_up = _path(_vote_links(messages["eve@example.org"])[0][0])

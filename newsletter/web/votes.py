@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from newsletter import feedback, snapshot, tokens
 from newsletter.db import session_scope
-from newsletter.errors import SubscriberError
+from newsletter.errors import SubscriberError, TooManyVotesError
 from newsletter.feedback import Vote
 from newsletter.models import Delivery, Paper, Subscriber, SubscriberStatus, utcnow
 from newsletter.render.content import clean, shorten
@@ -36,7 +36,7 @@ from newsletter.web.site import Site
 _VOTE_IDS = (4,)  # subscriber, digest, paper, the index of the topic that carried it
 _VOTES_IDS = (2,)  # subscriber, digest (the paper is in the path)
 _PAPER_RE = re.compile(r"[0-9]{1,18}")
-VOTES_PER_HOUR = 120  # per subscriber and process: a reader's taps, not a script's loop
+VOTES_PER_HOUR = 120  # per subscriber, in the ledger: a reader's taps, not a script's loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,6 @@ class _Ballot:
 
 def routes(site: Site) -> list[Route]:
     engine = site.runtime.engine
-    limit = forms.RateLimit(limit=VOTES_PER_HOUR, window=3600)
 
     def ballot(session: Session, request: Request) -> _Ballot | None:
         in_path = request.path_params.get("paper")
@@ -124,10 +123,6 @@ def routes(site: Site) -> list[Route]:
                 vote = Vote(str(data.get("vote", "")))
             except ValueError:
                 return page(b, request, way=way, status=400, problem="Choose a vote.")
-            if not limit.allow(f"s:{sid}"):
-                return page(
-                    b, request, way=way, status=429, problem="Too many votes; try again later."
-                )
             try:
                 feedback.record_vote(
                     session=session,
@@ -138,6 +133,11 @@ def routes(site: Site) -> list[Route]:
                     source="web",
                     now=utcnow(),
                     delivery_id=b.delivery_id,
+                    per_hour=VOTES_PER_HOUR,
+                )
+            except TooManyVotesError:
+                return page(
+                    b, request, way=way, status=429, problem="Too many votes; try again later."
                 )
             except SubscriberError:  # the reader has since removed that topic
                 return page(
