@@ -33,6 +33,8 @@ from newsletter.corpus.fetch import (
     plan_targets,
     retry_after_seconds,
 )
+from newsletter.corpus.fetch.http import LONGEST_RETRY_AFTER
+from newsletter.corpus.fetch.state import MAX_BACKOFF
 from newsletter.corpus.ingest import ingest_file
 from newsletter.corpus.records import merge_records
 from newsletter.corpus.sources import parse_bytes
@@ -402,12 +404,30 @@ def test_429_with_a_long_retry_after_sets_next_after_and_later_runs_wait(
     assert state(engine, TODAY_NAME).failures == 0
 
 
+@pytest.mark.parametrize("absurd", ["100000000000000", "9" * 5000])
+def test_an_absurd_retry_after_waits_the_longest_back_off_and_the_run_goes_on(
+    make_live, server, absurd: str
+) -> None:
+    """A server's "come back in three million years" (or a number of 5,000 digits, which
+    int() refuses) is the longest back-off, recorded; before, it raised out of the run,
+    so the source kept no state, got no back-off and broke every run that asked it."""
+    engine, settings = make_live()
+    server.route(DAY_PATH, Reply(429, headers={"Retry-After": absurd}))
+    first = only(fetch(engine, settings, slept=[]))
+    assert first.outcome == "failed" and first.error is not None
+    assert first.error.http_status == 429
+    row = state(engine, TODAY_NAME)
+    assert row.failures == 1 and row.next_after == NOW + MAX_BACKOFF
+
+
 def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_seconds("120", now=NOW) == 120
     assert retry_after_seconds("Fri, 27 Nov 2026 14:00:00 GMT", now=NOW) == 7200
     assert retry_after_seconds("Fri, 27 Nov 2026 11:00:00 GMT", now=NOW) == 0  # past
     assert retry_after_seconds("soon", now=NOW) is None
     assert retry_after_seconds(None, now=NOW) is None
+    assert retry_after_seconds("9" * 5000, now=NOW) == LONGEST_RETRY_AFTER
+    assert retry_after_seconds("Fri, 27 Nov 9999 14:00:00 GMT", now=NOW) == LONGEST_RETRY_AFTER
 
 
 def test_500_then_200_recovers_within_the_run(make_live, server) -> None:

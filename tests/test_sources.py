@@ -231,6 +231,79 @@ def test_one_bad_item_is_named_and_the_rest_go_in() -> None:
     assert parse_bytes(data=b"[]\n", source="empty", today=TODAY).papers == []
 
 
+def test_a_malformed_item_of_any_shape_is_named_and_the_rest_go_in() -> None:
+    """Items the parsers' checks were not written around (a mapping where a list was, a
+    category with no term): skipped with what and where, not raised out of the run."""
+    items = json.loads(as_daily_papers(SAMPLES))
+    items[0]["paper"]["authors"] = {"name": "B"}  # tolerated: no author names
+    items[1]["paper"]["summary"] = ["an", "abstract", "in", "a", "list"]
+    daily = parse_bytes(data=json.dumps(items).encode(), source="dp", today=TODAY)
+    assert [r.arxiv_id for r in daily.papers] == [SAMPLES[0].arxiv_id]
+    assert daily.papers[0].author_names == ()
+    assert daily.skipped == (f"item 2: no abstract ({SAMPLES[1].title!r})",)
+
+    atom = as_atom(SAMPLES).replace(
+        '<arxiv:primary_category term="cs.CL"/>',
+        "<arxiv:primary_category>cs.LG</arxiv:primary_category>",
+        1,
+    )
+    feed = parse_bytes(data=atom.encode(), source="feed", today=TODAY)
+    assert [r.arxiv_id for r in feed.papers] == [s.arxiv_id for s in SAMPLES]
+    assert feed.papers[0].categories == ("cs.CL",)  # the <category> tag still says
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" + "9" * 5000 + "]", "not readable JSON: Exceeds the limit (4300 digits)"),
+        ("[" * 200_000, "not readable JSON: malformed (RecursionError"),
+    ],
+)
+def test_json_python_cannot_hold_refuses_that_file_and_the_others_go_in(
+    tmp_path: Path, engine: sa.Engine, text: str, message: str
+) -> None:
+    (tmp_path / "a.json").write_text(text)
+    (tmp_path / "b.json").write_text(as_daily_papers(SAMPLES))
+    files = ingest(engine=engine, paths=[tmp_path], now=NOW).files
+    assert [(Path(f.path).name, f.status) for f in files] == [
+        ("a.json", "error"),
+        ("b.json", "new"),
+    ]
+    assert message in str(files[0].error) and files[1].new_papers == 2
+
+
+def test_a_paper_too_long_for_the_database_is_skipped_and_its_file_goes_in(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    """A 651-character title is within what a source may send (1,000) but its key is
+    over the column's 512: that paper is left out and named, not its whole day."""
+    long = Sample("2611.30009", "Scaling " * 81 + "Laws", "An abstract.", ("A. Author",))
+    (tmp_path / "day.json").write_text(as_daily_papers((*SAMPLES, long)))
+    (result,) = ingest(engine=engine, paths=[tmp_path], now=NOW).files
+    assert result.status == "new" and result.new_papers == 2
+    assert result.skipped == ("item 3: the paper's key is longer than 512 characters",)
+    with db.session_scope(engine=engine) as session:
+        assert sorted(session.exec(select(Paper.arxiv_id))) == [s.arxiv_id for s in SAMPLES]
+
+
+def test_a_second_paper_under_a_long_title_gets_a_key_that_fits(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    """Two ids, one title: the second's key is the title's with its id, cut to fit."""
+    title = "Long " * 101 + "Title"  # a key of 510 characters: fits alone, not with an id
+    twins = (
+        Sample("2611.30011", title, "One.", ("A",)),
+        Sample("2611.30012", title, "Two.", ("B",)),
+    )
+    (tmp_path / "a.json").write_text(as_daily_papers(twins[:1]))
+    (tmp_path / "b.json").write_text(as_daily_papers(twins[1:]))
+    files = ingest(engine=engine, paths=[tmp_path], now=NOW).files
+    assert [f.new_papers for f in files] == [1, 1]
+    with db.session_scope(engine=engine) as session:
+        keys = sorted(session.exec(select(Paper.key)), key=len)
+    assert [len(k) for k in keys] == [510, 512] and keys[1].endswith(" 2611.30012")
+
+
 def test_files_are_recognised_by_content_not_by_name(tmp_path: Path, engine: sa.Engine) -> None:
     (tmp_path / "a.txt").write_text(as_daily_papers(SAMPLES[:1]))  # JSON saved as .txt
     (tmp_path / "b.xml").write_text(as_rss(SAMPLES[1:]))

@@ -117,16 +117,40 @@ def row_values(rec: PaperRecord) -> dict[str, object]:
     }
 
 
-def _check_fits(records: dict[str, PaperRecord], *, source: str) -> None:
-    """Refuse as a broken file what the database would refuse (PostgreSQL enforces lengths)."""
+def _fitting(
+    records: dict[str, PaperRecord], *, kind: str
+) -> tuple[dict[str, PaperRecord], list[str]]:
+    """The records the database takes, and why each other one is left out (PostgreSQL
+    enforces lengths): one paper too long for a column is skipped and named, the rest of
+    its file goes in."""
     columns = Paper.__table__.c  # type: ignore[attr-defined]
-    for rec in records.values():
-        values = row_values(rec)
-        for name, value in values.items():
-            limit = getattr(columns[name].type, "length", None)
-            if isinstance(value, str) and limit is not None and len(value) > limit:
-                message = f"the paper's {name} is longer than {limit} characters"
-                raise CorpusError(path=source, line=rec.line, message=message)
+    kept: dict[str, PaperRecord] = {}
+    skipped: list[str] = []
+    for key, rec in records.items():
+        too_long = [
+            f"the paper's {name} is longer than {limit} characters"
+            for name, value in row_values(rec).items()
+            if isinstance(value, str)
+            and (limit := getattr(columns[name].type, "length", None)) is not None
+            and len(value) > limit
+        ]
+        if too_long:
+            skipped.append(f"{_UNIT.get(kind, 'line')} {rec.line}: {too_long[0]}")
+        else:
+            kept[key] = rec
+    return kept, skipped
+
+
+# Where a record's ``line`` points, by the kind of file: as the parsers name what they skip.
+_UNIT = {"daily_papers": "item", "arxiv": "entry"}
+
+
+def _suffixed_key(key: str, arxiv_id: str | None) -> str:
+    """A second paper's key when its title's is taken (two ids, one title): the id
+    appended, the title's end given up for it when the column would overflow."""
+    suffix = f" {arxiv_id}"
+    limit = Paper.__table__.c["key"].type.length  # type: ignore[attr-defined]
+    return key[: limit - len(suffix)] + suffix
 
 
 def _existing(session: Session, column: sa.ColumnElement[str], values: list[str]) -> list[Paper]:
@@ -155,7 +179,7 @@ def _store(
         if paper is None:
             values = row_values(rec)
             if rec.key in by_key or rec.key in taken:  # keys are unique; ids tell these apart
-                values["key"] = f"{rec.key} {rec.arxiv_id}"
+                values["key"] = _suffixed_key(rec.key, rec.arxiv_id)
             taken.add(values["key"])  # type: ignore[arg-type]
             stamps = {"source_file": source, "first_seen_at": now, "updated_at": now}
             new_rows.append(values | stamps)
@@ -236,8 +260,7 @@ def ingest_file(
         row.sha256, row.size, row.ingested_at = digest, len(data), now
         try:
             parsed = parse_bytes(data=data, source=source, today=now.date())
-            records = merge_records(parsed.papers)
-            _check_fits(records, source=source)
+            records, too_long = _fitting(merge_records(parsed.papers), kind=parsed.kind)
         except CorpusError as exc:
             row.status, row.error, row.papers, row.new_papers = "error", str(exc), 0, 0
             session.add(row)
@@ -245,6 +268,7 @@ def ingest_file(
                 detail = {"path": source, "line": exc.line, "error": exc.message}
                 session.add(Event(at=now, kind=EventKind.FILE_FAILED, detail=json.dumps(detail)))
             return FileResult(path=source, status="error", error=exc)
+        skipped = (*parsed.skipped, *too_long)
         new, updated = _store(session, records=records, source=source, now=now)
         row.status, row.error, row.papers, row.new_papers = "ok", None, len(records), new
         session.add(row)
@@ -254,7 +278,7 @@ def ingest_file(
             "papers": len(records),
             "new": new,
             "updated": updated,
-            "skipped": list(parsed.skipped[:20]),
+            "skipped": list(skipped[:20]),
         }
         session.add(Event(at=now, kind=EventKind.FILE_INGESTED, detail=json.dumps(detail)))
     return FileResult(
@@ -264,7 +288,7 @@ def ingest_file(
         new_papers=new,
         updated_papers=updated,
         kind=parsed.kind,
-        skipped=parsed.skipped,
+        skipped=skipped,
     )
 
 

@@ -96,6 +96,20 @@ class Batch:
     kind: str = "dump"
 
 
+# What reading one malformed item can raise in a parser written around its checks (a
+# list where an object was, a string where a mapping was, an integer JSON cannot hold):
+# the parsers skip that item and name it, and ``parse_bytes`` refuses a file that raises
+# it outside any item, so one bad item or file never stops the rest.
+MALFORMED = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError, RecursionError)
+
+
+def malformed(exc: BaseException) -> str:
+    """Why an item or a file was unreadable, in one line: the parsers' own refusals
+    (ValueError) say it already; anything else is named by its kind."""
+    text = " ".join(str(exc).split())[:200]
+    return text if type(exc) is ValueError else f"malformed ({type(exc).__name__}: {text})"
+
+
 def merge_record(old: PaperRecord, new: PaperRecord, *, stored: bool = False) -> PaperRecord:
     """One record out of two tellings of the same paper (``new`` is the later one).
 

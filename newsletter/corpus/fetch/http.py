@@ -60,21 +60,27 @@ class _Answer:
     tries: int
 
 
+# Longer than any back-off: a server's "come back in a million years" is read as this,
+# so the wait stays a number any datetime can be moved by.
+LONGEST_RETRY_AFTER = 366 * 86_400.0
+
+
 def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
     """``Retry-After`` as seconds from ``now``: a number of seconds or an HTTP-date
-    (RFC 9110 10.2.3); None when absent or unreadable."""
+    (RFC 9110 10.2.3), at most ``LONGEST_RETRY_AFTER``; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value))
+        # Not int() of the whole: past 4,300 digits that raises.
+        return LONGEST_RETRY_AFTER if len(value) > 9 else min(float(value), LONGEST_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), LONGEST_RETRY_AFTER)
 
 
 def _mib(n: int) -> str:

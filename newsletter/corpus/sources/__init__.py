@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import date
 from types import ModuleType
 
-from newsletter.corpus.records import Batch
+from newsletter.corpus.records import MALFORMED, Batch, malformed
 from newsletter.corpus.sources import arxiv, daily_papers, dump
 from newsletter.errors import CorpusError
 
@@ -42,7 +42,10 @@ def parse_bytes(*, data: bytes, source: str, today: date, kind: str | None = Non
         first = text.lstrip()[:40].split("\n")[0]
         message = f"expected {kind.replace('_', ' ')} content, found {first!r}"
         raise CorpusError(path=source, line=1, message=message)
-    return module.parse(text=text, source=source, today=today)
+    try:
+        return module.parse(text=text, source=source, today=today)
+    except MALFORMED as exc:  # a parser's gap: this file is refused, the others go on
+        raise CorpusError(path=source, line=1, message=malformed(exc)) from None
 
 
 __all__ = ["FORMATS", "KINDS", "SUFFIXES", "Batch", "parse_bytes", "recognise"]

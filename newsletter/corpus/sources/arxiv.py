@@ -29,7 +29,7 @@ from typing import Any
 
 import feedparser
 
-from newsletter.corpus.records import Batch, PaperRecord, split_arxiv_id
+from newsletter.corpus.records import MALFORMED, Batch, PaperRecord, malformed, split_arxiv_id
 from newsletter.errors import CorpusError
 from newsletter.paper_links import github_in_text
 from newsletter.text import latex_to_text, one_line
@@ -69,8 +69,8 @@ def parse(*, text: str, source: str, today: date) -> Batch:
     for number, entry in enumerate(feed.entries, start=1):
         try:
             papers.append(_record(entry, number=number, today=today))
-        except ValueError as exc:
-            skipped.append(f"entry {number}: {exc}")
+        except MALFORMED as exc:
+            skipped.append(f"entry {number}: {malformed(exc)}")
     return Batch(papers=papers, skipped=tuple(skipped), kind=KIND)
 
 
@@ -125,7 +125,8 @@ def _record(entry: Any, *, number: int, today: date) -> PaperRecord:
         raise ValueError(f"no title ({ident[0]})")
     if not abstract:
         raise ValueError(f"no abstract ({ident[0]})")
-    primary = (entry.get("arxiv_primary_category") or {}).get("term")
+    category = entry.get("arxiv_primary_category")  # a string when it has no term=""
+    primary = category.get("term") if isinstance(category, dict) else None
     categories = [primary] if primary else []
     categories += [t.get("term") for t in entry.get("tags", []) if t.get("term") not in categories]
     names = _names(entry)

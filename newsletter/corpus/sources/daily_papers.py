@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from newsletter.corpus.records import Batch, PaperRecord, split_arxiv_id
+from newsletter.corpus.records import MALFORMED, Batch, PaperRecord, malformed, split_arxiv_id
 from newsletter.errors import CorpusError
 from newsletter.paper_links import code_url, safe_url
 from newsletter.text import one_line
@@ -48,6 +48,10 @@ def parse(*, text: str, source: str, today: date) -> Batch:
     except json.JSONDecodeError as exc:
         message = f"not valid JSON: {exc.msg} at column {exc.colno} (truncated?)"
         raise CorpusError(path=source, line=exc.lineno, message=message) from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5,000 digits, [[[[ ...
+        raise CorpusError(
+            path=source, line=1, message=f"not readable JSON: {malformed(exc)}"
+        ) from None
     if isinstance(data, dict):
         shown = ", ".join(sorted(str(k) for k in data)[:5])
         detail = f": {one_line(str(data['error']))[:200]}" if "error" in data else ""
@@ -60,9 +64,13 @@ def parse(*, text: str, source: str, today: date) -> Batch:
     for number, item in enumerate(data, start=1):
         try:
             papers.append(_record(item, number=number, today=today))
-        except ValueError as exc:
-            skipped.append(f"item {number}: {exc}")
+        except MALFORMED as exc:
+            skipped.append(f"item {number}: {malformed(exc)}")
     return Batch(papers=papers, skipped=tuple(skipped), kind=KIND)
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _text(value: object, *, limit: int) -> str | None:
@@ -105,7 +113,7 @@ def _record(item: object, *, number: int, today: date) -> PaperRecord:
     ident = split_arxiv_id(paper.get("id") if isinstance(paper.get("id"), str) else None)
     names = tuple(
         name
-        for author in (paper.get("authors") or [])[:MAX_AUTHORS]
+        for author in _list(paper.get("authors"))[:MAX_AUTHORS]
         if isinstance(author, Mapping)
         and (name := _text(author.get("name"), limit=200)) is not None
     )
@@ -135,10 +143,6 @@ def _record(item: object, *, number: int, today: date) -> PaperRecord:
         code_url=code_url(_text(either("githubRepo"), limit=500)),
         project_url=safe_url(_text(either("projectPage"), limit=500)),
         summary=_text(either("ai_summary"), limit=2000),
-        keywords=tuple(
-            k
-            for raw in (keywords if isinstance(keywords, list) else [])[:30]
-            if (k := _text(raw, limit=100))
-        ),
+        keywords=tuple(k for raw in _list(keywords)[:30] if (k := _text(raw, limit=100))),
         source=KIND,
     )
