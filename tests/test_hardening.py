@@ -67,8 +67,11 @@ def _cli(home: Path, *args: str, ok: bool = True, **extra: str) -> subprocess.Co
 
 
 @contextlib.contextmanager
-def _process(home: Path, *args: str, port: int, **extra: str) -> Iterator[str]:
-    """A long-running CLI command serving on ``port``; its base URL while it runs."""
+def _process(
+    home: Path, *args: str, port: int, output: list[str] | None = None, **extra: str
+) -> Iterator[str]:
+    """A long-running CLI command serving on ``port``; its base URL while it runs (and
+    what it wrote, both streams, appended to ``output`` once it stopped)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "newsletter", *args],
         cwd=home,
@@ -90,10 +93,12 @@ def _process(home: Path, *args: str, port: int, **extra: str) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.communicate(timeout=30)
+            said = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
+            said = proc.communicate()
+        if output is not None:
+            output.extend(said)
 
 
 def _emls(home: Path) -> dict[str, email.message.EmailMessage]:
@@ -155,7 +160,8 @@ def test_default_install_signs_links_that_serve_accepts_and_empty_key_macs_are_r
             assert httpx.get(run_url + path).status_code == 200, link
     messages = _emls(tmp_path)
     assert set(messages) == {"one@example.org", "two@example.org", "three@example.org"}
-    with _process(tmp_path, "serve", "--port", str(port), port=port, **base) as url:
+    said: list[str] = []
+    with _process(tmp_path, "serve", "--port", str(port), port=port, output=said, **base) as url:
         for msg in messages.values():
             links = _links(msg)
             assert {httpx.URL(link).path.split("/")[1] for link in links} == {"u", "p", "d", "v"}
@@ -178,6 +184,9 @@ def test_default_install_signs_links_that_serve_accepts_and_empty_key_macs_are_r
                     404,
                     405,
                 )
+    # The server's output names no link it served: each path is a reader's token.
+    served = [httpx.URL(link).path for msg in messages.values() for link in _links(msg)]
+    assert served and not [p for p in served if p in "".join(said)], "".join(said)[-2000:]
     engine = db.make_engine(f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}")
     with db.session_scope(engine=engine) as session:
         assert {s.status for s in session.exec(select(Subscriber))} == {"active"}
@@ -668,6 +677,11 @@ def test_refused_topics_beyond_the_bounds(tmp_path: Path) -> None:
         validate_subscriber(**fields, topics=[f"t{i}" for i in range(21)])
     with pytest.raises(SubscriberError, match="at most 200 characters"):
         validate_subscriber(**fields, topics=["x" * 201])
+    # Repeats of one filter are one topic, within reason; a list longer than that is
+    # refused before any entry is parsed (a broken first entry is not what it says).
+    assert validate_subscriber(**fields, topics=["t"] * 100).topics == ("t",)
+    with pytest.raises(SubscriberError, match="at most 20 topics"):
+        validate_subscriber(**fields, topics=["title:(", *(["t"] * 100)])
 
 
 def test_terminal_escapes_and_long_addresses_are_harmless(tmp_path: Path, now: datetime) -> None:

@@ -507,6 +507,63 @@ def test_the_preview_index_holds_at_most_the_newest_papers_the_setting_allows(
     assert [d.title for d in bounded._current(now).index.papers] == ["Diffusion 20", "Diffusion 10"]
 
 
+def test_the_preview_keeps_a_bounded_number_of_evaluations(
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What readers preview is whatever they type, and the index lives until the month's
+    papers change: its cached evaluations are forgotten past a bound, not kept for each
+    filter ever previewed."""
+    from newsletter.web import preview
+
+    url = f"sqlite:///{tmp_path / 'preview.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    monkeypatch.setattr(preview, "MAX_CACHED", 50)
+    recent = preview.RecentPapers(engine=engine)
+    for k in range(40):
+        topics = [f"diffusion -w{k}x{i}" for i in range(20)]
+        assert recent.counts(topics=topics, now=now) == dict.fromkeys(topics, 1)
+        assert recent.cached() <= 50 + 3 * 20, k  # a call's own, then trimmed
+    assert recent.counts(topics=["diffusion"], now=now) == {"diffusion": 1}
+
+
+def test_a_reader_saving_preferences_in_a_loop_is_slowed(site: Site, now) -> None:  # type: ignore[no-untyped-def]
+    """Each save or preview parses up to 20 filters and counts them over a month: past
+    POSTS_PER_10_MINUTES a reader's posts are refused and change nothing."""
+    from newsletter.web.preferences import POSTS_PER_10_MINUTES
+
+    msg = _digests(site, now, ["loop@example.org"])["loop@example.org"]
+    prefs = _path(
+        re.search(r'href="(http://[^"]+/p/[^"]+)"', msg.get_body(("html",)).get_content()).group(1)
+    )  # type: ignore[union-attr]
+    form = {"csrf": _csrf(site.client.get(prefs).text), "topics": "diffusion", "cadence": "daily",
+            "timezone": "UTC", "send_at": "08:00", "action": "preview"}  # fmt: skip
+    for k in range(POSTS_PER_10_MINUTES):
+        assert site.client.post(prefs, data=form).status_code == 200, k
+    refused = site.client.post(prefs, data=form | {"topics": "quantum", "action": "save"})
+    assert refused.status_code == 429 and "Too many changes" in refused.text
+    from newsletter.subscribers import topics_by_subscriber
+
+    with db.session_scope(engine=site.engine) as session:
+        sid = session.exec(
+            select(Subscriber.id).where(Subscriber.email == "loop@example.org")
+        ).one()
+        assert topics_by_subscriber(session=session, ids=[sid])[sid] == ["diffusion"]
+
+
+def test_a_topic_field_of_thousands_of_lines_is_refused_before_any_is_parsed(site: Site) -> None:
+    """A megabyte of filters took 12 s of the event loop (every request and /healthz
+    waited) to be told "at most 20": now the count comes first, so a broken first line
+    is not even reached."""
+    lines = "title:(\n" + "\n".join(f"w{i}" for i in range(100_000))
+    reply = _sign_up(site, email="many@example.org", topics=lines)
+    assert reply.status_code == 422 and "At most 20 topics." in reply.text
+    assert "Line 1" not in reply.text
+
+
 def test_a_filter_given_twice_is_one_topic_in_sign_up_and_preferences(site: Site, now) -> None:  # type: ignore[no-untyped-def]
     """The same filter with and without a sentence is one topic (the first line stands):
     never two rows the database refuses, a 5xx, or a sign-up that cannot be confirmed."""

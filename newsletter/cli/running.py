@@ -38,6 +38,7 @@ def serve(
     """Serve the web pages: one-click unsubscribe, digest archive, /healthz, /metrics."""
     import uvicorn
 
+    from newsletter import logs
     from newsletter.service import proxy_options
     from newsletter.web import create_app
 
@@ -54,11 +55,14 @@ def serve(
             f"warning: database: {terminal_safe(db.error_reason(exc))}; serving, /healthz says 503",
             markup=False,
         )
+    # Our handlers and format, as `run` has them: uvicorn's own would log every request's
+    # path, and a path here is a token (a reader's unsubscribe, preferences, votes).
+    logs.configure(fmt=ctx.settings.log_format, level=ctx.settings.log_level)
     uvicorn.run(
         create_app(runtime=ctx),
         host=host or ctx.settings.web_host,
         port=port or ctx.settings.web_port,
-        log_level="info",
+        log_config=None,
         server_header=False,
         **proxy_options(ctx.settings),  # type: ignore[arg-type]
     )

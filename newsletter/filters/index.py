@@ -181,6 +181,15 @@ class DayIndex:
         )
         self._start_caches()
 
+    def forget(self) -> None:
+        """Drop what evaluating filters has cached (a long-lived index that readers'
+        input reaches, the preference centre's preview, must not keep it all)."""
+        self._start_caches()
+
+    def cached(self) -> int:
+        """How many evaluations are cached."""
+        return len(self._cache) + len(self._shown) + len(self._exact) + len(self._first)
+
     def _start_caches(self) -> None:
         self._cache: dict[Node, int] = {}
         self._shown: dict[tuple[int, str], list[str]] = {}

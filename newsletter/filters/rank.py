@@ -121,6 +121,19 @@ class Ranker:
             self._filter_bits[flt.query] = bits
         return bits
 
+    def trim(self, *, most: int) -> None:
+        """Forget every filter's matches (and the index's cached evaluations) once they
+        are more than ``most``: for a ranker that lives long and is asked about whatever
+        readers type (the preview), where planning's is asked about stored filters for
+        one run."""
+        if self.cached() > most:
+            self._filter_bits.clear()
+            self.index.forget()
+
+    def cached(self) -> int:
+        """Matches kept: each filter's, and the index's evaluations."""
+        return len(self._filter_bits) + self.index.cached()
+
     def matching(self, filters: Sequence[CompiledFilter]) -> int:
         """Bitset of the papers any of ``filters`` matches (all papers for no filters)."""
         if not filters:

@@ -22,6 +22,7 @@ from newsletter.models import Cadence
 from newsletter.relevance import DEFAULT_DIAL, DIAL
 from newsletter.subscribers import (
     MAX_TOPICS,
+    check_topic_count,
     distinct_topics,
     normalize_email,
     split_topic,
@@ -124,7 +125,13 @@ def check_topics(form: Form, name: str = "topics") -> list[str]:
     """The topics, one per line, each checked; the first bad one is reported with its
     line and column, as the filter language's errors are everywhere else."""
     topics: list[str] = []
-    for number, line in enumerate(form.values.get(name, "").splitlines(), 1):
+    lines = form.values.get(name, "").splitlines()
+    try:
+        check_topic_count(sum(1 for line in lines if line.strip()))
+    except SubscriberError:
+        form.errors[name] = f"At most {MAX_TOPICS} topics."
+        return topics
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:

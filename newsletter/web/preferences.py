@@ -20,11 +20,15 @@ from newsletter.web.signup import STALE_FORM
 from newsletter.web.site import Site, masked, recipient
 
 _FIELDS = ("topics", "dial", "cadence", "weekday", "timezone", "send_at", "ask")
+# Saves and previews per reader in ten minutes, per web process: a reader's edits, not a
+# script's loop (each parses up to 20 filters and counts them over a month's papers).
+POSTS_PER_10_MINUTES = 30
 
 
 def routes(site: Site) -> list[Route]:
     engine = site.runtime.engine
     recent = RecentPapers(engine=engine, max_papers=site.runtime.settings.preview_max_papers)
+    limit = forms.RateLimit(limit=POSTS_PER_10_MINUTES, window=600)
 
     def taught_by_topic(session: Session, row: Subscriber) -> list[dict[str, object]]:
         """Each topic the reader voted in, in their order: its papers, titled."""
@@ -150,6 +154,8 @@ def routes(site: Site) -> list[Route]:
             ):
                 form.errors["form"] = STALE_FORM + " Nothing was changed."
                 return form_page(row, form, status=400)
+            if not limit.allow(f"p:{row.id}"):
+                return site.page("rate_limited.html.j2", status=429, what="preferences")
             topics = forms.check_topics(form)
             dial = forms.check_dial(form)
             cadence, weekday = forms.check_cadence(form)

@@ -15,6 +15,9 @@ from newsletter.relevance.day import paper_doc
 from newsletter.subscribers import split_topic
 
 WINDOW = timedelta(days=30)
+# Cached evaluations kept between previews (each about a kilobyte): what readers preview
+# is whatever they type, and the index lives until the month's papers change.
+MAX_CACHED = 20_000
 
 
 class RecentPapers:
@@ -31,9 +34,15 @@ class RecentPapers:
 
     def counts(self, *, topics: list[str], now: datetime) -> dict[str, int]:
         ranker = self._current(now)
-        return {
+        counts = {
             t: ranker.filter_bits(compile_filter(split_topic(t).query)).bit_count() for t in topics
         }
+        ranker.trim(most=MAX_CACHED)
+        return counts
+
+    def cached(self) -> int:
+        """Evaluations kept between previews (0 before the first)."""
+        return self._ranker.cached() if self._ranker is not None else 0
 
     def _current(self, now: datetime) -> Ranker:
         since = now - WINDOW

@@ -49,7 +49,7 @@ def routes(site: Site) -> list[Route]:
             return form_page(form, status=400)
         client = request.client.host if request.client else "unknown"
         if not limit.allow(forms.client_key(client)):
-            return site.page("rate_limited.html.j2", status=429)
+            return site.page("rate_limited.html.j2", status=429, what="sign-ups")
         email = forms.check_email(form)
         name = forms.check_name(form)
         topics = forms.check_topics(form)
