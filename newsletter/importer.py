@@ -84,6 +84,8 @@ def _json_array_rows(text: str) -> list[tuple[int, Any]]:
         ) from None
     except RecursionError:
         raise ImportFileError("invalid JSON: nested too deeply", field="line 1") from None
+    except ValueError as exc:  # a number of more than 4,300 digits
+        raise ImportFileError(f"invalid JSON: {exc}", field="line 1") from None
     if not isinstance(items, list):
         raise ImportFileError("expected a JSON array of objects", field="line 1")
     # Parsed once as a whole; now again item by item, only to learn where each starts.
@@ -99,7 +101,9 @@ def _json_array_rows(text: str) -> list[tuple[int, Any]]:
 
 def _json_lines_rows(text: str) -> list[tuple[int, Any]]:
     rows: list[tuple[int, Any]] = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (JSON Lines): str.splitlines() also breaks at U+2028,
+    # U+2029 and NEL, which JSON allows raw inside a string (a name, a sentence).
+    for line, raw in enumerate(text.split("\n"), start=1):
         if raw.strip():
             try:
                 rows.append((line, json.loads(raw)))
@@ -107,6 +111,8 @@ def _json_lines_rows(text: str) -> list[tuple[int, Any]]:
                 rows.append((line, RowError(line, f"invalid JSON: {exc.msg} (column {exc.colno})")))
             except RecursionError:
                 rows.append((line, RowError(line, "invalid JSON: nested too deeply")))
+            except ValueError as exc:  # a number of more than 4,300 digits
+                rows.append((line, RowError(line, f"invalid JSON: {exc}")))
     return rows
 
 
@@ -183,7 +189,8 @@ def import_subscribers(
             report.errors.append(RowError(line, str(exc)))
             continue
         try:
-            dial = validate_dial(row.get("dial") or DEFAULT_DIAL)
+            given = row.get("dial")  # absent or blank: the default; 0 is a mistake to name
+            dial = validate_dial(DEFAULT_DIAL if given is None or given == "" else given)
         except SubscriberError as exc:
             report.errors.append(RowError(line, str(exc)))
             continue

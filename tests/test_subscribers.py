@@ -164,6 +164,37 @@ def test_jsonl_import_and_skip_existing(engine: sa.Engine, tmp_path: Path, now) 
     assert "already subscribed" in refused.errors[0].message
 
 
+def test_json_lines_are_lines_and_odd_values_are_a_rows_problem(  # type: ignore[no-untyped-def]
+    engine: sa.Engine, tmp_path: Path, now
+) -> None:
+    """A line ends at "\\n" only: a raw U+2028 inside a string (JSON allows it) no
+    longer cuts a row in two and shifts every later line (a name folds it to a space);
+    a number JSON can write but Python will not read (5,000 digits) and a dial of 0 are
+    that row's errors, named with its line, and the rows around them go in."""
+    path = tmp_path / "subs.jsonl"
+    rows = [
+        '{"email": "ann@example.org", "name": "Ann\u2028Lee", "topics": ["x"]}',  # raw U+2028
+        '{"email": "bob@example.org", "topics": ["x"]}',
+        '{"email": "cy@example.org", "dial": ' + "9" * 5000 + "}",
+        '{"email": "di@example.org", "dial": 0}',
+        '{"email": "eve@example.org", "dial": 4}',
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = _import(engine, path, now)
+    assert report.added == ["ann@example.org", "bob@example.org", "eve@example.org"]
+    assert [(e.line, e.message[:18]) for e in report.errors] == [
+        (3, "invalid JSON: Exce"),
+        (4, "dial: must be a wh"),
+    ]
+    with db.session_scope(engine=engine) as session:
+        ann = session.exec(select(Subscriber).where(Subscriber.email == "ann@example.org")).one()
+        assert ann.name == "Ann Lee"  # the separator folds to a space, as a line break does
+    array = tmp_path / "subs.json"
+    array.write_text('[{"email": "fay@example.org", "dial": ' + "9" * 5000 + "}]")
+    with pytest.raises(SubscriberError, match="invalid JSON: Exceeds the limit"):
+        _import(engine, array, now)
+
+
 def test_csv_without_email_column_is_refused(engine: sa.Engine, tmp_path: Path, now) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "subs.csv"
     path.write_text("address,topics\na@b.org,x\n")
