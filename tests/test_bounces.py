@@ -284,6 +284,35 @@ def test_soft_bounces_suppress_after_the_limit_in_a_row_across_digests(
         assert events[-2:] == ["subscriber.suppressed", "subscriber.unsubscribed"]
 
 
+def test_a_bounce_quoting_characters_no_database_stores_is_still_recorded(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A bounce quotes whatever came its way: a NUL in the quoted Message-ID (PostgreSQL
+    refuses it in text) failed the record, so the listener answered 451 for days and
+    `bounces process` stopped at that file. Such an id names nothing of ours; the
+    return path still ties the report to its digest."""
+    engine, accepted = _sent(tmp_path, database_url, ["ada@example.org", "bo@example.org"])
+    mailbox = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (mailbox / sub).mkdir(parents=True)
+    for name, address, msgid in (
+        ("1.nul", "ada@example.org", "<nul\x00id@example.org>"),
+        ("2.fine", "bo@example.org", accepted["bo@example.org"].message_id),
+    ):
+        text = _fill((FIXTURES / "postfix_hard.eml").read_text(), accepted=accepted[address],
+                     address=address, msgid=msgid)  # fmt: skip
+        own = text.replace("3C0123@relay", f"3C0123.{name}@relay")  # a report's own id
+        (mailbox / "new" / f"1732350000.{name}:2,").write_text(own)
+    env = {"DATABASE_URL": database_url, "NEWSLETTER_SECRET_KEY": KEY,
+           "NEWSLETTER_BOUNCE_DOMAIN": DOMAIN}  # fmt: skip
+    home = tmp_path / "home"
+    home.mkdir()
+    said = run(home, "bounces", "process", str(mailbox), env=env)
+    assert "2 messages: 2 hard" in said.stdout, said.stdout
+    assert _state(engine, "ada@example.org")[0] == "suppressed"
+    assert _state(engine, "bo@example.org")[0] == "suppressed"
+
+
 def test_the_lmtp_listener_takes_only_bounce_addresses_and_records_what_arrives(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -214,6 +214,19 @@ def test_webhooks_refuse_malformed_calls_with_4xx_and_read_what_a_failure_means(
             assert reply.json() == {"error": "refused"}  # the reason is logged, not told
         pm = client.post("/webhooks/postmark", json=[1], auth=("postmark", POSTMARK))
         assert pm.status_code == 400
+        # Signed, but quoting what no database stores (a NUL, a lone surrogate): kept for
+        # the operator, not a 500 the relay retries for days.
+        odd = ('{"RecordType": "Bounce", "ID": 77, "Type": "HardBounce", '
+               '"Email": "x\\u0000@example.org", "MessageID": "a\\u0000b", '
+               '"Description": "\\ud800 refused"}')  # fmt: skip
+        kept = client.post("/webhooks/postmark", content=odd.encode(), auth=("postmark", POSTMARK))
+        assert kept.status_code == 200, kept.text
+        nul = {"id": "ev-nul", "event": "failed", "severity": "permanent",
+               "recipient": "big\u0000@example.org",
+               "message": {"headers": {"message-id": "a\u0000b@example.org"}},
+               "delivery-status": {"code": 550, "description": "\ud800"}}  # fmt: skip
+        signed = json.dumps(_mailgun(nul, token="n" * 50)).encode()
+        assert client.post("/webhooks/mailgun", content=signed).status_code == 200
 
         # SES: a message refused for its content is not the address's fault.
         big = accepted["big@example.org"]

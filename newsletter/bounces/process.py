@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ from newsletter.db import session_scope
 from newsletter.events import EventKind
 from newsletter.ledger.outcomes import delivery_event, suppress
 from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
+from newsletter.text import has_unsafe, one_line
 
 _ADDRESS_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To")
 _RECORDED = (
@@ -94,6 +95,21 @@ def process_message(
     )
 
 
+def _storable(report: Report) -> Report:
+    """What a report quotes, fit to look up and store: a bounce or a relay quotes whatever
+    came its way, and a NUL (PostgreSQL refuses it in text) or a lone surrogate (no
+    database can encode it) would fail the whole record, every retry. No message id or
+    address of ours holds such a character, so one that does names nothing of ours."""
+    mid = report.original_message_id
+    return replace(
+        report,
+        recipients=tuple(r for r in report.recipients if not has_unsafe(r)),
+        original_message_id=None if mid is None or has_unsafe(mid) else mid,
+        diagnostic=one_line(report.diagnostic),
+        details={one_line(k): one_line(v) for k, v in report.details.items()},
+    )
+
+
 def record(
     *,
     engine: sa.Engine,
@@ -111,6 +127,8 @@ def record(
     addresses that may be our return path; ``by_recipient``: when nothing else ties it
     to a digest, the latest digest sent to the reported address (a relay's webhook,
     authenticated, that names no message of ours)."""
+    report, bounce_id, subject = _storable(report), one_line(bounce_id), one_line(subject)
+    candidates = [c for c in candidates if not has_unsafe(c)]
     detail = {"bounce_id": bounce_id[:200], "source": source, "how": report.how}
     if report.kind in (Kind.AUTO_REPLY, Kind.DELAYED):
         return Outcome(report, f"nothing: {report.kind.value.replace('_', ' ')}")

@@ -54,7 +54,8 @@ def bounces_process(
     )
     kinds: Counter[str] = Counter()
     for path in messages(paths):
-        data = path.read_bytes()[: MAX_MESSAGE_BYTES + 1]
+        with path.open("rb") as f:  # no more than the limit read, however large the file
+            data = f.read(MAX_MESSAGE_BYTES + 1)
         if len(data) > MAX_MESSAGE_BYTES:
             err.print(terminal_safe(f"{path}: over {MAX_MESSAGE_BYTES >> 20} MB, skipped"))
             kinds["skipped"] += 1
