@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -23,6 +24,8 @@ from newsletter.events import EventKind
 from newsletter.models import Event, Paper, Subscriber, TopicFilter, TopicLesson
 from newsletter.relevance import Topic
 from newsletter.subscribers import event, topic_rows
+
+log = logging.getLogger(__name__)
 
 
 class Vote(enum.StrEnum):
@@ -153,6 +156,9 @@ def rebuild(*, session: Session, now: datetime) -> tuple[int, int]:
 
 
 Lessons = dict[tuple[int, str], tuple[int, dict[int, int]]]  # key -> (version, votes)
+# What a stored lesson or vote event written around the checks (by hand, by a bug) can
+# raise as it is read.
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 
 def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
@@ -161,7 +167,15 @@ def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
     for ids in _chunks(subscriber_ids):
         chunk = query if ids is None else query.where(TopicLesson.subscriber_id.in_(ids))  # type: ignore[attr-defined]
         for row in session.exec(chunk):
-            votes = {int(pid): int(sign) for pid, sign in json.loads(row.votes)}
+            try:
+                votes = {int(pid): int(sign) for pid, sign in json.loads(row.votes)}
+            except _UNREADABLE as exc:
+                # Left out, so the vote events replay it from the start (``_replay``).
+                log.warning(
+                    "topic lesson unreadable, replayed from its votes",
+                    extra={"subscriber": row.subscriber_id, "error": repr(exc)[:200]},
+                )
+                continue
             found[(row.subscriber_id, row.query)] = (row.version, votes)
     return found
 
@@ -184,16 +198,22 @@ def _replay(
         if ids is not None:
             chunk = chunk.where(Event.subscriber_id.in_(ids))  # type: ignore[union-attr]
         for event_id, sid, detail in session.exec(chunk.order_by(Event.id)):  # type: ignore[union-attr]
-            d = json.loads(detail)
-            key = (sid, d["topic"])
+            try:
+                d = json.loads(detail)
+                key, sign, paper = (sid, str(d["topic"])), Vote(d["vote"]).sign, int(d["paper"])
+            except _UNREADABLE as exc:  # written around the checks: it teaches nothing
+                log.warning(
+                    "vote event unreadable, left out",
+                    extra={"event": event_id, "error": repr(exc)[:200]},
+                )
+                continue
             if event_id <= version.get(key, 0):
                 continue  # already in the stored lesson
             votes = state.setdefault(key, {})
-            sign = Vote(d["vote"]).sign
             if sign:
-                votes[int(d["paper"])] = sign
+                votes[paper] = sign
             else:
-                votes.pop(int(d["paper"]), None)
+                votes.pop(paper, None)
     return state
 
 

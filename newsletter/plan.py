@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import multiprocessing
 import queue
 import secrets
@@ -41,8 +42,9 @@ from newsletter.bounded import rare_collections
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.due import Due, Skipped, active_ids, due_chunks
-from newsletter.errors import NewsletterError
+from newsletter.errors import FilterSyntaxError, NewsletterError
 from newsletter.feedback import taught_topics
+from newsletter.filters import compile_filter
 from newsletter.ledger.jobs import digest_papers, paper_text
 from newsletter.ledger.planned import PlannedRow, insert_planned
 from newsletter.links import Links, Recipient
@@ -55,6 +57,8 @@ from newsletter.subscribers import find, normalize_email
 class PlanningError(NewsletterError):
     """A planning process failed; what the others recorded stands (a rerun adds the rest)."""
 
+
+log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # digests written per round trip batch
 FIRST_RECORD_BATCH = 100  # doubling up to RECORD_BATCH
@@ -83,7 +87,7 @@ class PlanReport:
     no_match: list[str] = field(default_factory=list)
     already_planned: list[str] = field(default_factory=list)
     not_due: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)  # time zone or send time
+    unreadable: list[str] = field(default_factory=list)  # zone, send time, or every filter
     counts: Counter[str] = field(default_factory=Counter)
     editions: set[date] = field(default_factory=set)
     on_planned: Callable[[PlannedDigest], None] | None = None
@@ -255,6 +259,14 @@ def _plan_chunk(
     if not due:
         return
     topics = taught_topics(session=session, ids=[d.subscriber_id for d in due])
+    lost = _parsing(topics)
+    if lost:  # planned with no topic, they would get everything
+        for d in due:
+            if d.subscriber_id in lost:
+                report.add("unreadable", d.email)
+        due = [d for d in due if d.subscriber_id not in lost]
+        if not due:
+            return
     if len(state.topics) > 200_000:
         state.topics.clear()
     for sid, ts in topics.items():  # equal topics as one object: less memory, faster keys
@@ -286,6 +298,32 @@ def _plan_chunk(
             session.commit()
             state.drafts = []
             state.size = min(state.size * 2, RECORD_BATCH)
+
+
+def _parsing(topics: dict[int, list[Topic]]) -> set[int]:
+    """Drop, with a warning naming it, each topic whose filter does not parse (stored by
+    hand, or by an older parser): one reader's row must not stop planning. Returns the
+    readers left with none of the topics they had."""
+    lost: set[int] = set()
+    for sid, ts in topics.items():
+        kept = [t for t in ts if _parses(sid, t)]
+        if len(kept) < len(ts):
+            topics[sid] = kept
+            if not kept:
+                lost.add(sid)
+    return lost
+
+
+def _parses(sid: int, topic: Topic) -> bool:
+    try:
+        compile_filter(topic.query)  # cached: planning compiles it anyway
+    except FilterSyntaxError as exc:
+        log.warning(
+            "topic left out: its filter does not parse",
+            extra={"subscriber": sid, "filter": topic.query[:200], "error": str(exc)},
+        )
+        return False
+    return True
 
 
 def _record(

@@ -114,7 +114,7 @@ def decode(text: str) -> tuple[Item, ...]:
     try:
         return tuple(
             Item(
-                paper_id=int(row["id"]),
+                paper_id=_paper_id(row["id"]),
                 topics=tuple(row["topics"]),
                 terms=tuple(row["terms"]),
                 upvotes=row.get("upvotes"),
@@ -129,8 +129,16 @@ def decode(text: str) -> tuple[Item, ...]:
             )
             for row in json.loads(text)
         )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
         raise SnapshotError(f"snapshots.items: not a digest's item list: {exc!r}"[:300]) from exc
+
+
+def _paper_id(value: object) -> int:
+    """A paper id as the database holds one: a whole number from 1 to 2**63 - 1 (a float
+    such as 1e23 would pass int() and then fail the query that reads the papers)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise ValueError(f"not a paper id: {value!r}")
+    return value
 
 
 # --- stored: the snapshots table ---------------------------------------------------------

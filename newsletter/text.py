@@ -78,6 +78,15 @@ BIDI_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_RE = re.compile(f"{CONTROL_RE.pattern}|{BIDI_RE.pattern}")
 
 
+def no_encoded_words(text: str) -> str:
+    """``text`` with every ``=?`` broken up (``= ?``), for a header: an RFC 2047 encoded
+    word in a paper's title or a reader's name would be decoded by the mail client (a
+    bidi control or a line break in what the reader sees) and, on Pythons without the
+    fix of CVE-2024-6923, by the standard library's folding, which then wrote the decoded
+    line breaks as headers of their own. No title or name means one."""
+    return text.replace("=?", "= ?")
+
+
 def has_unsafe(text: str) -> bool:
     """Whether ``text`` holds a control, bidi control or unencodable character."""
     return _UNSAFE_RE.search(text) is not None

@@ -257,6 +257,66 @@ def test_a_row_that_cannot_be_rendered_fails_alone_and_the_batch_goes_out(
     assert "non-ASCII" in (rows["renée@example.org"].last_error or "")
 
 
+def test_rows_planning_cannot_read_leave_out_only_themselves(tmp_path: Path) -> None:
+    """Rows written around the checks (by hand, by an older version, by a bug), each of
+    which stopped all planning: a filter that no longer parses (the reader with no other
+    topic is named, not sent everything; the one with another keeps it), a paper's
+    sentence spans that do not decode, a topic lesson and a vote event that do not. The
+    service's embedding step before planning stopped on the filter too."""
+    from newsletter import embed
+    from newsletter.embed.encoder import DIM, MODEL_NAME
+    from newsletter.embed.store import pack
+    from newsletter.models import PaperVector, TopicLesson
+
+    url = f"sqlite:///{tmp_path / 'data' / 'newsletter.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    now = datetime.now(UTC)
+    settings = make_settings(tmp_path, url)
+    pid = add_paper(engine, title="Diffusion 1", abstract="About diffusion. Twice.",
+                    seen=now - timedelta(hours=1))  # fmt: skip
+    good = subscribe(engine, email="good@example.org", topics=["diffusion"], now=now)
+    mixed = subscribe(engine, email="mixed@example.org", topics=["diffusion", "speech"], now=now)
+    bad = subscribe(
+        engine, email="bad@example.org", topics=["quantum | Quantum computing"], now=now
+    )
+    with db.session_scope(engine=engine) as session:
+        for sid, query in ((mixed, "speech"), (bad, "quantum")):
+            row = session.exec(
+                select(TopicFilter).where(
+                    TopicFilter.subscriber_id == sid, TopicFilter.query == query
+                )
+            ).one()
+            row.query = "diffusion AND ("  # as an older parser took it, or a hand edit
+            session.add(row)
+        unit = [1.0] + [0.0] * (DIM - 1)
+        session.add(PaperVector(paper_id=pid, model=MODEL_NAME, text_hash="x",
+                                vector=pack(__import__("numpy").array([unit])),
+                                sentences=b"", spans="garbage", updated_at=now))  # fmt: skip
+        session.add(TopicLesson(subscriber_id=good, query="diffusion", version=1, votes="x",
+                                updated_at=now))  # fmt: skip
+        session.add(Event(at=now, kind="feedback.vote", subscriber_id=good, detail="not json"))
+        meh = json.dumps({"topic": "diffusion", "vote": "meh", "paper": pid})
+        session.add(Event(at=now, kind="feedback.vote", subscriber_id=good, detail=meh))
+
+    embed.embed_topics(engine=engine)  # before: FilterSyntaxError, every tick
+    report = plan_digests(engine=engine, settings=settings, now=now, due_only=False, keep=True)
+    assert sorted(d.email for d in report.planned) == ["good@example.org", "mixed@example.org"]
+    assert report.unreadable == ["bad@example.org"]
+    (mixed_digest,) = [d for d in report.planned if d.email == "mixed@example.org"]
+    assert [m.paper_id for m in mixed_digest.ranked.matches] == [pid]
+
+
+def test_a_snapshot_naming_no_paper_id_is_its_digests_failure_alone() -> None:
+    from newsletter import snapshot
+
+    item = {"topics": ["diffusion"], "terms": []}
+    for bad in ("Infinity", "1e23", "-1", "true", "9223372036854775808"):
+        with pytest.raises(snapshot.SnapshotError, match="not a digest's item list"):
+            snapshot.decode(json.dumps([item]).replace("{", '{"id": ' + bad + ", ", 1))
+    assert snapshot.decode(json.dumps([item | {"id": 7}]))[0].paper_id == 7
+
+
 @pytest.mark.parametrize(
     ("entrance", "value"),
     [("name", "Eve\x01"), ("name", "Eve\u202eevil"), ("email", "renée@example.org")],

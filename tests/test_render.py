@@ -291,6 +291,48 @@ def test_non_ascii_name_and_subject_round_trip():
     assert title in plain and title in html
 
 
+# Encoded words (RFC 2047) in a feed's title or a reader's name: a mail client decodes
+# them, and so did the standard library's folding before the fix of CVE-2024-6923 (this
+# project's Python 3.11.7 among them), writing a decoded CRLF as a header of its own.
+_INJECTING = [
+    # a Bcc and a header of the attacker's, once decoded and folded (over 78 characters)
+    "=?utf-8?q?=0D=0ABcc:_evil@example.com=0D=0AX-Evil:_1?= padding words here to make it long",
+    # the whole body replaced: headers ended, an HTML "Unsubscribe" link of theirs
+    "=?utf-8?b?DQpDb250ZW50LVR5cGU6dGV4dC9odG1sDQoNCjxhIGhyZWY9Ly9lLnZpbD5VbnN1YnNjcmliZTwvYT4=?="
+    " x",
+    # short and ASCII, written as is: the reader's client shows a right-to-left override
+    "=?utf-8?q?=E2=80=AE?=gpj.exe",
+]
+
+
+@pytest.mark.parametrize("title", _INJECTING)
+def test_a_title_of_encoded_words_stays_one_subject_in_both_renderers(title: str) -> None:
+    digest = make_digest(papers=[make_paper(title=title)])
+    expected = parse(to_mime_bytes(rendered=render())).keys()
+    for rendered in (render(digest), BatchRenderer().render(digest=digest, sender=SENDER)):
+        msg = parse(to_mime_bytes(rendered=rendered))
+        assert msg.keys() == expected, msg.keys()
+        assert msg.get_content_type() == "multipart/alternative"
+        subject = str(msg["Subject"])
+        assert "\r" not in subject and "\n" not in subject and "\u202e" not in subject
+        assert subject.startswith("1 new paper: = ?utf-8?"), subject
+
+
+def test_a_readers_name_of_encoded_words_is_shown_as_written():
+    """A name chosen on the sign-up form: shown as its characters, not decoded into an
+    address it is not, nor into a line break that failed every digest to that reader."""
+    spoof = "=?utf-8?q?support=40bank=2Ecom?="
+    msg = parse(to_mime_bytes(rendered=render(make_digest(to_name=spoof))))
+    (to,) = msg["To"].addresses
+    assert (to.display_name, to.addr_spec) == (
+        "= ?utf-8?q?support=40bank=2Ecom?=",
+        "ana@example.org",
+    )
+    breaking = "=?utf-8?q?Ann=0D=0ABcc:_evil@example.com?= with a name long enough to be folded"
+    msg = parse(to_mime_bytes(rendered=render(make_digest(to_name=breaking))))
+    assert "Bcc" not in msg and msg["To"].addresses[0].addr_spec == "ana@example.org"
+
+
 def test_idn_domain_becomes_punycode():
     raw = to_mime_bytes(rendered=render(make_digest(to_address="ana@exämple.org")))
     assert parse(raw)["To"].addresses[0].addr_spec == "ana@xn--exmple-cua.org"

@@ -34,6 +34,7 @@ from sqlmodel import Session, select
 
 from newsletter.db import session_scope
 from newsletter.embed.encoder import DIM, MODEL_NAME, Encoder, shared_encoder
+from newsletter.errors import FilterSyntaxError
 from newsletter.filters import compile_filter
 from newsletter.filters.ast import Phrase, Term
 from newsletter.models import Paper, PaperVector, TopicFilter, TopicVector, utcnow
@@ -285,11 +286,13 @@ def _upsert_paper(
 
 def embed_topics(*, engine: sa.Engine, encoder: Encoder | None = None) -> int:
     """Embed every stored topic text that has no vector for this model yet."""
+    texts: set[str] = set()
     with session_scope(engine=engine) as session:
-        texts = {
-            topic_text(query=q, about=a)
-            for q, a in session.exec(select(TopicFilter.query, TopicFilter.about).distinct())
-        }
+        for q, a in session.exec(select(TopicFilter.query, TopicFilter.about).distinct()):
+            try:
+                texts.add(topic_text(query=q, about=a))
+            except FilterSyntaxError:
+                continue  # planning leaves that topic out, and names it
     return ensure_topic_vectors(engine=engine, texts=texts, encoder=encoder)
 
 

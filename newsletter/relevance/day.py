@@ -167,8 +167,18 @@ def _paper_vectors(
                 continue  # recomputed by the next embedding run; lexical only till then
             vectors[position[row.paper_id]] = vector[0]
             present[position[row.paper_id]] = True
-            spans = [tuple(s) for s in json.loads(row.spans)]
+            spans = _spans(row.spans)
             matrix = unpack(row.sentences, len(spans)) if spans else None
             if matrix is not None:
                 sentences[row.paper_id] = (matrix, spans)  # type: ignore[assignment]
     return vectors, present, sentences
+
+
+def _spans(stored: str) -> list[tuple[int, int]]:
+    """A paper's sentences' (start, end) as stored; none when they do not decode (its
+    vector still counts; its explanation names no sentence until it is embedded again,
+    ``newsletter papers embed --rebuild``): one paper's row never stops planning."""
+    try:
+        return [(int(a), int(b)) for a, b in json.loads(stored)]
+    except (ValueError, TypeError, RecursionError):
+        return []

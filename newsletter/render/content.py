@@ -20,7 +20,7 @@ from datetime import date, datetime
 
 from markupsafe import Markup, escape
 
-from newsletter.text import latex_to_text, one_line, visible
+from newsletter.text import latex_to_text, no_encoded_words, one_line, visible
 
 SUBJECT_MAX = 110  # long enough for a real title, short enough for phone inbox lists
 EXCERPT_CHARS = 400
@@ -358,6 +358,7 @@ def subject(digest: Digest) -> str:
     total = matched_count(digest)
     prefix = f"{plural(total, 'new paper')}: "
     title = " ".join(visible(clean(latex_to_text(digest.papers[0].title))).split())
+    title = no_encoded_words(title)  # a feed's title is data, never an encoded word
     return prefix + shorten(title or "(untitled)", SUBJECT_MAX - len(prefix))
 
 

@@ -17,6 +17,7 @@ from email.utils import format_datetime
 
 from newsletter.errors import NewsletterError
 from newsletter.render.content import Confirmation, Digest, Sender, clean
+from newsletter.text import no_encoded_words
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -59,7 +60,7 @@ def address(header: str, name: str | None, addr_spec: str) -> str:
     that is not exactly one address."""
     check(header, addr_spec)
     check(header, name or "")
-    display = clean(name or "")
+    display = no_encoded_words(clean(name or ""))
     if _PLAIN_ADDR_RE.fullmatch(addr_spec) and _PLAIN_NAME_RE.fullmatch(display):
         return f"{display} <{addr_spec}>" if display else addr_spec
     local, at, domain = addr_spec.rpartition("@")

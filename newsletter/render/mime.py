@@ -15,9 +15,12 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.policy import SMTP
+
+from newsletter.render.headers import HeaderInjectionError
 
 _MINT = object()  # only this module makes EncodedParts
 
@@ -152,16 +155,30 @@ def header_line(name: str, value: str) -> bytes:
     line = f"{name}: {value}"
     if line.isascii() and len(line) <= 78:
         return line.encode("ascii") + b"\r\n"
-    if name.lower().startswith("list-unsubscribe") and line.isascii() and len(line) <= 998:
-        # Encoding a long <URL> would make it unusable to mail clients; RFC 5322 allows 998.
+    if name.lower() in _AS_BUILT and line.isascii() and len(line) <= 998:
+        # RFC 5322 allows 998. Encoding a long <URL> would make it unusable to mail
+        # clients; folding an address re-parses it, and the standard library's folding
+        # drops the quotes of a display name it splits ("… evil@example.com …" then
+        # reads as the address): both are written as built and checked.
         return line.encode("ascii") + b"\r\n"
     return _folded(name, value)
+
+
+_AS_BUILT = frozenset(("list-unsubscribe", "list-unsubscribe-post", "from", "to"))
 
 
 @functools.lru_cache(maxsize=10_000)
 def _folded(name: str, value: str) -> bytes:
     # Cached: long subjects repeat across subscribers who share a top paper.
-    return SMTP.header_factory(name, value).fold(policy=SMTP).encode("utf-8")
+    folded = SMTP.header_factory(name, value).fold(policy=SMTP).encode("utf-8")
+    # One header, whatever the folding did: line breaks only as folds (CRLF, then a space
+    # or a tab), so no value can start a header of its own or end the block of them.
+    if not _ONE_HEADER_RE.fullmatch(folded):
+        raise HeaderInjectionError(f"{name}: folding made more than one header of {value!r}")
+    return folded
+
+
+_ONE_HEADER_RE = re.compile(rb"[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")
 
 
 @dataclass(frozen=True, slots=True)
