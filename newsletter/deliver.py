@@ -115,13 +115,16 @@ class _Recorder:
         group, self._pending = self._pending, []
         if not group:
             return
+        outcomes: list[Outcome] = []
         try:
-            outcomes = self._loop.record(group, now=self._now())
+            self._loop.record(group, now=self._now(), into=outcomes)
         except Exception as exc:
-            log.warning("cannot record %d outcomes: %s", len(group), exc)
-            self._pending = group + self._pending
+            # Kept: what was not recorded yet, not what was (the sent rows would count
+            # another attempt each time the group was tried again).
+            rest = group[len(outcomes) :]
+            log.warning("cannot record %d outcomes: %s", len(rest), exc)
+            self._pending = rest + self._pending
             self._failed.append(exc)
-            return
         for outcome in outcomes:
             self._emit(outcome)
 
@@ -338,21 +341,32 @@ class DeliveryLoop:
         return _Ready(job, message, None)
 
     def record(
-        self, group: list[tuple[Job, DeliveryError | None]], *, now: datetime
+        self,
+        group: list[tuple[Job, DeliveryError | None]],
+        *,
+        now: datetime,
+        into: list[Outcome] | None = None,
     ) -> list[Outcome]:
+        """Record the group's outcomes, sent ones first; each is appended to ``into`` as
+        it is written, so when a write fails, ``group`` ordered as written (sent first)
+        minus ``len(into)`` is what is left to record."""
         engine = self.runtime.engine
+        outcomes = [] if into is None else into
         # What the relay took is sent, whoever holds the row now. A failure is written
         # only under the lease this worker holds: a row another worker took is theirs.
         # Held until written: a refused write is tried again.
+        group.sort(key=lambda pair: pair[1] is not None)  # sent first, as written
         held = [(job, error, self._held.get(job.delivery_id)) for job, error in group]
         sent = [job for job, error, _ in held if error is None]
         record_sent(
             engine=engine, deliveries=[(j.delivery_id, j.subscriber_id) for j in sent], now=now
         )
-        outcomes = [
+        outcomes += [
             Outcome(j.delivery_id, j.to_address, OutcomeStatus.SENT, None, j.subscriber_id)
             for j in sent
         ]
+        for job in sent:
+            self._held.pop(job.delivery_id, None)
         for job, error, lease in held:
             if error is not None:
                 status = OutcomeStatus.RETRYING  # another worker's row now
@@ -368,8 +382,7 @@ class DeliveryLoop:
                 outcomes.append(
                     Outcome(job.delivery_id, job.to_address, status, str(error), job.subscriber_id)
                 )
-        for job, _ in group:
-            self._held.pop(job.delivery_id, None)
+                self._held.pop(job.delivery_id, None)
         return outcomes
 
 

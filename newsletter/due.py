@@ -119,7 +119,7 @@ def due_chunks(
                 prev = last.get(sid)
                 if prev is not None and prev[0] >= edition and not next_edition:
                     skipped.append(Skipped(email, "already_planned"))
-                elif cadence == Cadence.WEEKLY and edition.weekday() != weekday:
+                elif cadence == Cadence.WEEKLY and edition.weekday() != _weekday(weekday):
                     skipped.append(Skipped(email, "not_due"))  # their weekday only, even --now
                 elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
                     skipped.append(Skipped(email, "not_due"))
@@ -131,11 +131,20 @@ def due_chunks(
                 # release) or a zone this machine's tzdata lacks: this reader waits,
                 # the others are planned.
                 log.warning(
-                    "cannot plan a subscriber: time zone %r or send time %r unreadable: %s",
-                    timezone, send_at, exc, extra={"subscriber_id": sid},
+                    "cannot plan a subscriber: time zone %r, send time %r or weekday %r "
+                    "unreadable: %s", timezone, send_at, weekday, exc,
+                    extra={"subscriber_id": sid},
                 )  # fmt: skip
                 skipped.append(Skipped(email, "unreadable"))
         yield due, skipped
+
+
+def _weekday(value: object) -> int:
+    """A weekly reader's day, 0 (Monday) to 6; otherwise (NULL, 9: stored around the
+    checks) they would wait for a day that never comes, unnamed."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 6:
+        raise ValueError(f"weekday {value!r} is not 0 to 6")
+    return value
 
 
 def _last_digests(session: Session, *, first: int, last: int) -> dict[int, tuple[date, datetime]]:

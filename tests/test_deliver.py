@@ -341,6 +341,32 @@ def test_a_refused_outcome_write_is_kept_and_nothing_is_sent_twice(
         assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
 
 
+def test_a_group_recorded_in_part_is_tried_again_for_the_rest_only(
+    engine, settings, now, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The sent digests of a group are written, then the ledger refuses a failure's write
+    (locked): the group is tried again from there, so a sent digest counts one attempt,
+    not one for each time its group was written (it counted two), and the failure is
+    written on the second try."""
+    _plan_many(engine, settings, now, 3)
+    real, calls = delivery.record_failure, []
+
+    def refused_once(**kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("UPDATE deliveries", {}, Exception("database is locked"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(delivery, "record_failure", refused_once)
+    backend = ScriptedBackend([TransientDeliveryError("421 try later")])
+    with pytest.raises(sa.exc.OperationalError):  # the round stops, as for any refused write
+        deliver(engine, settings, backend, now)
+    assert len(backend.sent) == 2 and len(calls) == 2  # written on the second try
+    with db.session_scope(engine=engine) as session:
+        rows = sorted((r.status, r.attempts) for r in session.exec(select(Delivery)))
+    assert rows == [("pending", 1), ("sent", 1), ("sent", 1)]  # the failure waits to retry
+
+
 def test_an_outcome_another_worker_recorded_stands(engine, settings, now, planned) -> None:  # type: ignore[no-untyped-def]
     """A late failure from a worker whose lease ran out does not turn a digest another
     worker sent back into one to retry."""

@@ -406,12 +406,14 @@ def test_a_subscriber_whose_stored_time_cannot_be_read_waits_and_the_rest_are_pl
         ("mars@example.org", "timezone", "Mars/Olympus_Mons"),
         ("late@example.org", "send_at", "25:00"),
         ("odd@example.org", "send_at", "7"),
+        ("week@example.org", "weekday", None),  # weekly, waiting for a day that never came
     ]:
         sid = subscribe(engine, email=email, topics=["diffusion"], now=now)
         with db.session_scope(engine=engine) as session:
-            session.execute(
-                sa.update(Subscriber).where(Subscriber.id == sid).values({column: value})
-            )
+            values = {column: value} | ({"cadence": "weekly"} if column == "weekday" else {})
+            session.execute(sa.update(Subscriber).where(Subscriber.id == sid).values(values))
     report = plan_digests(engine=engine, settings=settings, now=now)
     assert [d.subscriber_id for d in report.planned] == [good]
-    assert sorted(report.unreadable) == ["late@example.org", "mars@example.org", "odd@example.org"]
+    assert sorted(report.unreadable) == [
+        "late@example.org", "mars@example.org", "odd@example.org", "week@example.org"
+    ]  # fmt: skip
