@@ -542,7 +542,8 @@ def test_links_for_papers_with_and_without_an_id() -> None:
         "https://arxiv.org/search/?query=Attention+%26+%22Tricks%22%3F&searchtype=title"
     )
     assert unknown.pdf is None
-    for bad in ("javascript:alert(1)", "https://x.org/a b", 'https://x.org/"', "http://x\n.org"):
+    for bad in ("javascript:alert(1)", "https://x.org/a b", 'https://x.org/"', "http://x\n.org",
+                "https://x.org/a\\b"):  # fmt: skip
         assert safe_url(bad) is None and code_url(bad) is None
 
 
