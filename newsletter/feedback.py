@@ -63,8 +63,6 @@ def record_vote(
     # two taps at once must not both start from the same lesson and lose one, nor both
     # pass the hour's count.
     session.exec(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
-    if per_hour is not None and votes_since(session, subscriber.id, now - HOUR) >= per_hour:  # type: ignore[arg-type]
-        raise TooManyVotesError(f"{subscriber.email} voted {per_hour} times within the hour")
     topics = topics_of(session, subscriber.id)  # type: ignore[arg-type]
     if query not in topics:
         raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")
@@ -76,7 +74,9 @@ def record_vote(
     )
     current = dict(before).get(paper_id, 0)
     if current == vote.sign:
-        return before
+        return before  # nothing written, so nothing counted nor refused
+    if per_hour is not None and votes_since(session, subscriber.id, now - HOUR) >= per_hour:  # type: ignore[arg-type]
+        raise TooManyVotesError(f"{subscriber.email} voted {per_hour} times within the hour")
     ev = event(
         kind=EventKind.VOTED,
         subscriber_id=subscriber.id,
@@ -158,7 +158,7 @@ def rebuild(*, session: Session, now: datetime) -> tuple[int, int]:
 Lessons = dict[tuple[int, str], tuple[int, dict[int, int]]]  # key -> (version, votes)
 # What a stored lesson or vote event written around the checks (by hand, by a bug) can
 # raise as it is read.
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 
 
 def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
@@ -170,11 +170,13 @@ def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
             try:
                 votes = {int(pid): int(sign) for pid, sign in json.loads(row.votes)}
             except _UNREADABLE as exc:
-                # Left out, so the vote events replay it from the start (``_replay``).
+                # As if never stored: version 0, so ``_replay`` reads its votes from the
+                # first event (and every lesson of these readers with it).
                 log.warning(
                     "topic lesson unreadable, replayed from its votes",
                     extra={"subscriber": row.subscriber_id, "error": repr(exc)[:200]},
                 )
+                found[(row.subscriber_id, row.query)] = (0, {})
                 continue
             found[(row.subscriber_id, row.query)] = (row.version, votes)
     return found

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,11 +100,14 @@ def _json_array_rows(text: str) -> list[tuple[int, Any]]:
     return rows
 
 
+_LINE_END_RE = re.compile(r"\r\n|\r|\n")
+
+
 def _json_lines_rows(text: str) -> list[tuple[int, Any]]:
     rows: list[tuple[int, Any]] = []
-    # Lines end at "\n" only (JSON Lines): str.splitlines() also breaks at U+2028,
-    # U+2029 and NEL, which JSON allows raw inside a string (a name, a sentence).
-    for line, raw in enumerate(text.split("\n"), start=1):
+    # Lines end at "\n", "\r\n" or "\r" (JSON allows none raw inside a string), not
+    # where str.splitlines() also breaks: U+2028, U+2029 and NEL, which JSON allows raw.
+    for line, raw in enumerate(_LINE_END_RE.split(text), start=1):
         if raw.strip():
             try:
                 rows.append((line, json.loads(raw)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import quote_plus
 
 ARXIV = "https://arxiv.org"
-# Printable ASCII but spaces, quotes, angle brackets and backslashes (a browser reads a
+# Printable ASCII but spaces, double quotes, angle brackets and backslashes (a browser reads a
 # backslash as "/", and MJML rewrites one in an attribute: the two renderers disagreed).
 _URL_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[!#-;=?-\[\]-~]*)?")
 _ARXIV_ID_RE = re.compile(r"(?:[0-9]{4}\.[0-9]{4,5}|[a-z-]+(?:\.[A-Z]{2})?/[0-9]{7})")

@@ -154,6 +154,7 @@ def test_the_hours_vote_limit_is_counted_in_the_ledger_per_reader(tmp_path: Path
     with pytest.raises(TooManyVotesError, match=r"a@example\.org voted 3 times within the hour"):
         _vote(engine, "a@example.org", q, Vote.UP, now=NOW, per_hour=3)
     assert _taught(engine) == {(a, "diffusion"): ((p, 1),)}, "the refused vote changed nothing"
+    assert _vote(engine, "a@example.org", p, Vote.UP, now=NOW, per_hour=3) == ((p, 1),)  # a no-op
     assert _votes_written(engine) == 3
     _vote(engine, "b@example.org", q, Vote.UP, now=NOW, per_hour=3)  # another reader's
     later = start + timedelta(hours=1, seconds=1)  # the first vote is over an hour old
@@ -161,6 +162,23 @@ def test_the_hours_vote_limit_is_counted_in_the_ledger_per_reader(tmp_path: Path
     # The operator's command records without the readers' limit.
     _vote(engine, "a@example.org", q, Vote.DOWN, now=NOW + timedelta(minutes=1))
     assert _votes_written(engine) == 6
+
+
+@pytest.mark.parametrize("damage", ["x", "[[Infinity, 1]]", '[["a", 1]]'])
+def test_an_unreadable_lesson_is_replayed_from_its_votes(tmp_path: Path, damage: str) -> None:
+    """A stored lesson that does not decode (a hand edit, a bug) is not a crash of
+    planning, and not a loss: its topic's votes are read again from the first event,
+    whatever the reader's other lessons hold."""
+    engine, _settings, _url = _store(tmp_path)
+    a = subscribe(engine, email="a@example.org", topics=[DIFFUSION, "speech"], now=NOW)
+    p, q = _paper(engine, "Diffusion").id, _paper(engine, "Speech").id
+    _vote(engine, "a@example.org", p, Vote.UP)
+    _vote(engine, "a@example.org", q, Vote.DOWN, query="speech")  # a newer lesson
+    with db.session_scope(engine=engine) as session:
+        row = session.exec(select(TopicLesson).where(TopicLesson.query == "diffusion")).one()
+        row.votes = damage
+        session.add(row)
+    assert _taught(engine) == {(a, "diffusion"): ((p, 1),), (a, "speech"): ((q, -1),)}
 
 
 def test_a_vote_names_a_topic_and_a_paper_that_exist(tmp_path: Path) -> None:

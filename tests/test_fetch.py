@@ -427,6 +427,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_seconds("soon", now=NOW) is None
     assert retry_after_seconds(None, now=NOW) is None
     assert retry_after_seconds("9" * 5000, now=NOW) == LONGEST_RETRY_AFTER
+    assert retry_after_seconds("0000000005", now=NOW) == 5  # leading zeros are no years
     assert retry_after_seconds("Fri, 27 Nov 9999 14:00:00 GMT", now=NOW) == LONGEST_RETRY_AFTER
 
 

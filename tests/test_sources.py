@@ -232,8 +232,9 @@ def test_one_bad_item_is_named_and_the_rest_go_in() -> None:
 
 
 def test_a_malformed_item_of_any_shape_is_named_and_the_rest_go_in() -> None:
-    """Items the parsers' checks were not written around (a mapping where a list was, a
-    category with no term): skipped with what and where, not raised out of the run."""
+    """Fields of shapes the parsers' checks were not written around (a mapping where a
+    list was, a list where text was, a category with no term) raised out of the whole
+    run: now tolerated, or the item is skipped with what and where."""
     items = json.loads(as_daily_papers(SAMPLES))
     items[0]["paper"]["authors"] = {"name": "B"}  # tolerated: no author names
     items[1]["paper"]["summary"] = ["an", "abstract", "in", "a", "list"]

@@ -530,6 +530,24 @@ def test_the_preview_keeps_a_bounded_number_of_evaluations(
     assert recent.counts(topics=["diffusion"], now=now) == {"diffusion": 1}
 
 
+def test_the_preference_centre_opens_with_a_stored_filter_that_no_longer_parses(
+    site: Site,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    """Planning leaves such a topic out; the preference centre, the one place its reader
+    can fix it, shows it (without a count) instead of a server error."""
+    msg = _digests(site, now, ["old@example.org"])["old@example.org"]
+    prefs = _path(
+        re.search(r'href="(http://[^"]+/p/[^"]+)"', msg.get_body(("html",)).get_content()).group(1)
+    )  # type: ignore[union-attr]
+    from newsletter.models import TopicFilter
+
+    with db.session_scope(engine=site.engine) as session:
+        session.execute(sa.update(TopicFilter).values(query="diffusion AND ("))
+    page = site.client.get(prefs)
+    assert page.status_code == 200 and "diffusion AND (" in page.text
+
+
 def test_a_reader_saving_preferences_in_a_loop_is_slowed(site: Site, now) -> None:  # type: ignore[no-untyped-def]
     """Each save or preview parses up to 20 filters and counts them over a month: past
     POSTS_PER_10_MINUTES a reader's posts are refused and change nothing."""

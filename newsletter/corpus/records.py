@@ -10,6 +10,7 @@ highest upvote count, the newest arXiv version's title and abstract).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,8 @@ class Batch:
     kind: str = "dump"
 
 
+log = logging.getLogger(__name__)
+
 # What reading one malformed item can raise in a parser written around its checks (a
 # list where an object was, a string where a mapping was, an integer JSON cannot hold):
 # the parsers skip that item and name it, and ``parse_bytes`` refuses a file that raises
@@ -105,9 +108,14 @@ MALFORMED = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError
 
 def malformed(exc: BaseException) -> str:
     """Why an item or a file was unreadable, in one line: the parsers' own refusals
-    (ValueError) say it already; anything else is named by its kind."""
+    (ValueError) say it already; anything else is named by its kind, and logged with its
+    traceback, since it may be a gap in the parser rather than in the item (the file is
+    recorded as read, and is not read again until it changes)."""
     text = " ".join(str(exc).split())[:200]
-    return text if type(exc) is ValueError else f"malformed ({type(exc).__name__}: {text})"
+    if type(exc) is ValueError:
+        return text
+    log.warning("an item no parser check expected: %s", text, exc_info=exc)
+    return f"malformed ({type(exc).__name__}: {text})"
 
 
 def merge_record(old: PaperRecord, new: PaperRecord, *, stored: bool = False) -> PaperRecord:

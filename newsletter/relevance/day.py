@@ -180,5 +180,5 @@ def _spans(stored: str) -> list[tuple[int, int]]:
     ``newsletter papers embed --rebuild``): one paper's row never stops planning."""
     try:
         return [(int(a), int(b)) for a, b in json.loads(stored)]
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, TypeError, RecursionError, OverflowError):  # 1e400, Infinity
         return []

@@ -72,8 +72,8 @@ def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        # Not int() of the whole: past 4,300 digits that raises.
-        return LONGEST_RETRY_AFTER if len(value) > 9 else min(float(value), LONGEST_RETRY_AFTER)
+        digits = value.lstrip("0") or "0"  # not int() of them all: past 4,300 it raises
+        return LONGEST_RETRY_AFTER if len(digits) > 9 else min(float(digits), LONGEST_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
