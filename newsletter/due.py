@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from newsletter.errors import UNREADABLE, SubscriberError
 from newsletter.models import (
     Cadence,
     Delivery,
@@ -28,6 +29,7 @@ from newsletter.models import (
     UTCDateTime,
 )
 from newsletter.relevance import DEFAULT_DIAL
+from newsletter.subscribers import validate_cadence
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +121,17 @@ def due_chunks(
                 prev = last.get(sid)
                 if prev is not None and prev[0] >= edition and not next_edition:
                     skipped.append(Skipped(email, "already_planned"))
-                elif cadence == Cadence.WEEKLY and edition.weekday() != _weekday(weekday):
+                elif (
+                    cadence == Cadence.WEEKLY
+                    and edition.weekday() != validate_cadence(cadence=cadence, weekday=weekday)[1]
+                ):
                     skipped.append(Skipped(email, "not_due"))  # their weekday only, even --now
                 elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
                     skipped.append(Skipped(email, "not_due"))
                 else:
                     since = prev[1] if prev is not None else first_since
                     due.append(Due(sid, email, edition, since, dial, ask))
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (*UNREADABLE, SubscriberError) as exc:
                 # Checked when stored, so written around the checks (by hand, an older
                 # release) or a zone this machine's tzdata lacks: this reader waits,
                 # the others are planned.
@@ -137,14 +142,6 @@ def due_chunks(
                 )  # fmt: skip
                 skipped.append(Skipped(email, "unreadable"))
         yield due, skipped
-
-
-def _weekday(value: object) -> int:
-    """A weekly reader's day, 0 (Monday) to 6; otherwise (NULL, 9: stored around the
-    checks) they would wait for a day that never comes, unnamed."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 6:
-        raise ValueError(f"weekday {value!r} is not 0 to 6")
-    return value
 
 
 def _last_digests(session: Session, *, first: int, last: int) -> dict[int, tuple[date, datetime]]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# What reading a value written around the checks (by hand, by an older version, by a
+# bug; a feed's item of an unexpected shape) can raise: a list where an object was, a
+# string where a mapping was, a number JSON writes and Python will not hold, nesting
+# past the interpreter's depth. Caught where one such value must leave out only itself.
+UNREADABLE = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError, RecursionError)
+
 
 class NewsletterError(Exception):
     """Base class: the CLI prints these as one line instead of a traceback."""

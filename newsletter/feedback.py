@@ -19,13 +19,15 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from newsletter.errors import SubscriberError, TooManyVotesError
+from newsletter.errors import UNREADABLE, SubscriberError, TooManyVotesError
 from newsletter.events import EventKind
 from newsletter.models import Event, Paper, Subscriber, TopicFilter, TopicLesson
 from newsletter.relevance import Topic
 from newsletter.subscribers import event, topic_rows
 
 log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)  # the window of ``record_vote``'s ``per_hour``
 
 
 class Vote(enum.StrEnum):
@@ -99,9 +101,6 @@ def record_vote(
     return state
 
 
-HOUR = timedelta(hours=1)
-
-
 def votes_since(session: Session, subscriber_id: int, since: datetime) -> int:
     """How many votes the reader has recorded since ``since`` (the events' index on the
     subscriber finds theirs)."""
@@ -156,9 +155,6 @@ def rebuild(*, session: Session, now: datetime) -> tuple[int, int]:
 
 
 Lessons = dict[tuple[int, str], tuple[int, dict[int, int]]]  # key -> (version, votes)
-# What a stored lesson or vote event written around the checks (by hand, by a bug) can
-# raise as it is read.
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 
 
 def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
@@ -169,7 +165,7 @@ def _lessons(session: Session, subscriber_ids: Sequence[int] | None) -> Lessons:
         for row in session.exec(chunk):
             try:
                 votes = {int(pid): int(sign) for pid, sign in json.loads(row.votes)}
-            except _UNREADABLE as exc:
+            except UNREADABLE as exc:
                 # As if never stored: version 0, so ``_replay`` reads its votes from the
                 # first event (and every lesson of these readers with it).
                 log.warning(
@@ -203,7 +199,7 @@ def _replay(
             try:
                 d = json.loads(detail)
                 key, sign, paper = (sid, str(d["topic"])), Vote(d["vote"]).sign, int(d["paper"])
-            except _UNREADABLE as exc:  # written around the checks: it teaches nothing
+            except UNREADABLE as exc:  # written around the checks: it teaches nothing
                 log.warning(
                     "vote event unreadable, left out",
                     extra={"event": event_id, "error": repr(exc)[:200]},

@@ -36,7 +36,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import UNREADABLE, NewsletterError
 from newsletter.models import Delivery, Snapshot
 
 
@@ -129,7 +129,7 @@ def decode(text: str) -> tuple[Item, ...]:
             )
             for row in json.loads(text)
         )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except UNREADABLE as exc:
         raise SnapshotError(f"snapshots.items: not a digest's item list: {exc!r}"[:300]) from exc
 
 

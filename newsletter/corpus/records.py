@@ -99,12 +99,6 @@ class Batch:
 
 log = logging.getLogger(__name__)
 
-# What reading one malformed item can raise in a parser written around its checks (a
-# list where an object was, a string where a mapping was, an integer JSON cannot hold):
-# the parsers skip that item and name it, and ``parse_bytes`` refuses a file that raises
-# it outside any item, so one bad item or file never stops the rest.
-MALFORMED = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError, RecursionError)
-
 
 def malformed(exc: BaseException) -> str:
     """Why an item or a file was unreadable, in one line: the parsers' own refusals

@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from newsletter.corpus.postings import paper_doc, stored_index
 from newsletter.embed.encoder import DIM, MODEL_NAME
 from newsletter.embed.store import text_hash, topic_text, unpack
+from newsletter.errors import UNREADABLE
 from newsletter.filters import DayIndex, Ranker
 from newsletter.filters.stored import StoredIndex
 from newsletter.models import Paper, PaperVector, TopicVector
@@ -180,5 +181,5 @@ def _spans(stored: str) -> list[tuple[int, int]]:
     ``newsletter papers embed --rebuild``): one paper's row never stops planning."""
     try:
         return [(int(a), int(b)) for a, b in json.loads(stored)]
-    except (ValueError, TypeError, RecursionError, OverflowError):  # 1e400, Infinity
+    except UNREADABLE:  # "garbage", 1e400, Infinity
         return []

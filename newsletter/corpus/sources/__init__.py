@@ -18,9 +18,9 @@ from __future__ import annotations
 from datetime import date
 from types import ModuleType
 
-from newsletter.corpus.records import MALFORMED, Batch, malformed
+from newsletter.corpus.records import Batch, malformed
 from newsletter.corpus.sources import arxiv, daily_papers, dump
-from newsletter.errors import CorpusError
+from newsletter.errors import UNREADABLE, CorpusError
 
 # Dumps last: a dump is what nothing else recognises.
 FORMATS: tuple[ModuleType, ...] = (daily_papers, arxiv, dump)
@@ -44,7 +44,7 @@ def parse_bytes(*, data: bytes, source: str, today: date, kind: str | None = Non
         raise CorpusError(path=source, line=1, message=message)
     try:
         return module.parse(text=text, source=source, today=today)
-    except MALFORMED as exc:  # a parser's gap: this file is refused, the others go on
+    except UNREADABLE as exc:  # a parser's gap: this file is refused, the others go on
         raise CorpusError(path=source, line=1, message=malformed(exc)) from None
 
 

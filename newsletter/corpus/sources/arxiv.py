@@ -29,8 +29,8 @@ from typing import Any
 
 import feedparser
 
-from newsletter.corpus.records import MALFORMED, Batch, PaperRecord, malformed, split_arxiv_id
-from newsletter.errors import CorpusError
+from newsletter.corpus.records import Batch, PaperRecord, malformed, split_arxiv_id
+from newsletter.errors import UNREADABLE, CorpusError
 from newsletter.paper_links import github_in_text
 from newsletter.text import latex_to_text, one_line
 
@@ -69,7 +69,7 @@ def parse(*, text: str, source: str, today: date) -> Batch:
     for number, entry in enumerate(feed.entries, start=1):
         try:
             papers.append(_record(entry, number=number, today=today))
-        except MALFORMED as exc:
+        except UNREADABLE as exc:
             skipped.append(f"entry {number}: {malformed(exc)}")
     return Batch(papers=papers, skipped=tuple(skipped), kind=KIND)
 

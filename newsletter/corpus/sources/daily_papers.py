@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from newsletter.corpus.records import MALFORMED, Batch, PaperRecord, malformed, split_arxiv_id
-from newsletter.errors import CorpusError
+from newsletter.corpus.records import Batch, PaperRecord, malformed, split_arxiv_id
+from newsletter.errors import UNREADABLE, CorpusError
 from newsletter.paper_links import code_url, safe_url
 from newsletter.text import one_line
 
@@ -64,7 +64,7 @@ def parse(*, text: str, source: str, today: date) -> Batch:
     for number, item in enumerate(data, start=1):
         try:
             papers.append(_record(item, number=number, today=today))
-        except MALFORMED as exc:
+        except UNREADABLE as exc:
             skipped.append(f"item {number}: {malformed(exc)}")
     return Batch(papers=papers, skipped=tuple(skipped), kind=KIND)
 
