@@ -1,11 +1,11 @@
 """Phase 1 of planning: whose digest is to be planned now, and since when it covers papers.
 
-Active subscribers whose local send time has passed (and whose weekday it is, for
-weekly ones) and who have no digest for their edition yet. A digest covers the papers
-first seen since their previous one (``covers_until`` of that row; for a first
-digest, ``first_digest_days`` back). The edition is the subscriber's local calendar
-date. Subscribers are read a chunk at a time, in id order, so a million of them never
-sit in memory at once.
+Active subscribers whose latest local send time has passed (``due_edition``: on their
+weekday, for weekly ones) and who have no digest for its edition yet. A digest covers
+the papers first seen since their previous one (``covers_until`` of that row; for a
+first digest, ``first_digest_days`` back). The edition is the local date of that send.
+Subscribers are read a chunk at a time, in id order, so a million of them never sit in
+memory at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -53,11 +53,39 @@ def local_edition(*, now: datetime, timezone: str) -> date:
     return now.astimezone(ZoneInfo(timezone)).date()
 
 
-def is_due(*, now: datetime, timezone: str, send_at: str) -> bool:
-    """Has the subscriber's local send time passed today?"""
-    local = now.astimezone(ZoneInfo(timezone))
+def due_edition(
+    *,
+    now: datetime,
+    timezone: str,
+    send_at: str,
+    weekday: int | None = None,
+    joined: datetime | None = None,
+) -> date | None:
+    """The edition a subscriber's send time makes due now, or None: the local date of
+    their latest scheduled send (daily, or on ``weekday``) at or before ``now``, when
+    that is today, or when it was missed (after they ``joined``: a send before that was
+    never theirs) and is still nearer than the next one.
+
+    Planning runs every few minutes from whenever the service started, so a send time
+    just before local midnight can fall between two runs, and a service that was down
+    misses sends: a missed send is made up at once (in its own edition) rather than
+    dropped, unless the next is nearer, which then covers both.
+    """
+    zone = ZoneInfo(timezone)
     hh, mm = (int(x) for x in send_at.split(":"))
-    return local.time() >= time(hh, mm)
+    today = now.astimezone(zone).date()
+    every = timedelta(days=1 if weekday is None else 7)
+    day = today if weekday is None else today - timedelta(days=(today.weekday() - weekday) % 7)
+
+    def at(d: date) -> datetime:  # a time the clocks skip counts from the hour after
+        return datetime.combine(d, time(hh, mm), tzinfo=zone)
+
+    if at(day) > now:
+        day -= every
+    latest, following = at(day), at(day + every)
+    if day == today or (now - latest < following - now and (joined is None or joined <= latest)):
+        return day
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +117,7 @@ def due_chunks(
 ) -> Iterator[tuple[list[Due], list[Skipped]]]:
     """Per chunk of active subscribers (id order; ``ids``: only those from first to
     last): who is due, and who is not and why."""
-    # Columns, not ORM objects: planning reads eight fields of every subscriber.
+    # Columns, not ORM objects: planning reads nine fields of every subscriber.
     query = select(
         Subscriber.id,
         Subscriber.email,
@@ -99,6 +127,7 @@ def due_chunks(
         Subscriber.weekday,
         Subscriber.dial,
         Subscriber.ask_feedback,
+        Subscriber.created_at,
     ).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.cadence != Cadence.PAUSED)
     if only_email is not None:
         query = query.where(Subscriber.email == only_email)
@@ -115,19 +144,21 @@ def due_chunks(
         last = _last_digests(session, first=rows[0][0], last=after)
         due: list[Due] = []
         skipped: list[Skipped] = []
-        for sid, email, timezone, send_at, cadence, weekday, dial, ask in rows:
+        for sid, email, timezone, send_at, cadence, weekday, dial, ask, joined in rows:
             try:
-                edition = local_edition(now=now, timezone=timezone)
+                day = validate_cadence(cadence=cadence, weekday=weekday)[1]  # None: daily
+                edition: date | None = local_edition(now=now, timezone=timezone)
+                if due_only:
+                    edition = due_edition(
+                        now=now, timezone=timezone, send_at=send_at, weekday=day, joined=joined
+                    )
+                elif day is not None and edition.weekday() != day:  # type: ignore[union-attr]
+                    edition = None  # their weekday only, even --now
                 prev = last.get(sid)
-                if prev is not None and prev[0] >= edition and not next_edition:
-                    skipped.append(Skipped(email, "already_planned"))
-                elif (
-                    cadence == Cadence.WEEKLY
-                    and edition.weekday() != validate_cadence(cadence=cadence, weekday=weekday)[1]
-                ):
-                    skipped.append(Skipped(email, "not_due"))  # their weekday only, even --now
-                elif due_only and not is_due(now=now, timezone=timezone, send_at=send_at):
+                if edition is None:
                     skipped.append(Skipped(email, "not_due"))
+                elif prev is not None and prev[0] >= edition and not next_edition:
+                    skipped.append(Skipped(email, "already_planned"))
                 else:
                     since = prev[1] if prev is not None else first_since
                     due.append(Due(sid, email, edition, since, dial, ask))

@@ -17,8 +17,8 @@ serves, and takes over the scheduled jobs as soon as the leader is gone (the loc
 dies with its connection or process). Planning is safe to repeat anyway (one digest
 per subscriber and edition); the lock keeps the work from being done twice.
 
-Catch-up needs no bookkeeping: planning asks "whose local send time has passed today,
-without a digest for today?": after downtime each gets one digest of all since.
+Catch-up needs no bookkeeping: planning asks "whose latest send time has passed, without
+a digest for it?" (``due.due_edition``): after downtime each gets one digest of all since.
 
 SIGTERM or SIGINT: the scheduler stops, the worker finishes and records the batch
 in hand (leases cover anything cut short), the web server closes, exit 0.

@@ -354,6 +354,7 @@ def replace_topics(
 # --- status changes ---------------------------------------------------------------------
 
 UNSUBSCRIBE_SOURCES = ("one-click", "page", "admin", "bounce", "complaint")
+UNDO_SOURCES = ("one-click", "page")  # the reader's own unsubscribes, which they may undo
 
 
 def unsubscribe(
@@ -373,18 +374,49 @@ def unsubscribe(
     if source not in UNSUBSCRIBE_SOURCES:
         raise ValueError(f"unknown unsubscribe source {source!r}")
     row = session.get(Subscriber, subscriber_id)
-    if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
+    if row is None:
+        return row
+    if row.status == SubscriberStatus.UNSUBSCRIBED:
+        # Already out by their own hand (which the link in any digest may undo): a
+        # complaint, bounce or operator's removal that follows makes it final, so it is
+        # recorded, or a forwarded digest's link could take back a spam report.
+        if source not in UNDO_SOURCES and _last_unsubscribe(session, row.id) in UNDO_SOURCES:  # type: ignore[arg-type]
+            _record_unsubscribe(session, row, now=now, source=source, delivery_id=delivery_id)
         return row
     # A suppressed address too: its reader asked for no mail, so an operator clearing
     # the bounce later must not mail them again.
     row.status, row.updated_at = SubscriberStatus.UNSUBSCRIBED, now
-    unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
-    unsubscribed.delivery_id = delivery_id
-    session.add(unsubscribed)
+    _record_unsubscribe(session, row, now=now, source=source, delivery_id=delivery_id)
     return row
 
 
-UNDO_SOURCES = ("one-click", "page")  # the reader's own unsubscribes, which they may undo
+def _record_unsubscribe(
+    session: Session, row: Subscriber, *, now: datetime, source: str, delivery_id: int | None
+) -> None:
+    unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
+    unsubscribed.delivery_id = delivery_id
+    session.add(unsubscribed)
+
+
+def _last_unsubscribe(session: Session, subscriber_id: int) -> str | None:
+    """The source of the subscriber's last unsubscribe event, if any."""
+    detail = session.exec(
+        select(Event.detail)
+        .where(Event.subscriber_id == subscriber_id, Event.kind == EventKind.UNSUBSCRIBED)
+        .order_by(Event.id.desc())  # type: ignore[attr-defined]
+        .limit(1)
+    ).first()
+    return _source(detail)
+
+
+def _source(detail: str | None) -> str | None:
+    try:
+        found = json.loads(detail).get("source") if detail else None
+    except (ValueError, AttributeError):  # not what this code writes: no undoable source
+        return None
+    return found if isinstance(found, str) else None
+
+
 UNDO_WITHIN = timedelta(days=7)
 
 
@@ -415,7 +447,7 @@ def resubscribe(
         )
     )
     last = next((h for h in reversed(history) if h[0] == EventKind.UNSUBSCRIBED), None)
-    source = json.loads(last[2]).get("source") if last is not None else None
+    source = _source(last[2]) if last is not None else None
     if source not in UNDO_SOURCES or last[1] < now - UNDO_WITHIN:  # type: ignore[index]
         return row, "refused"
     cleared = (EventKind.SUPPRESSED, EventKind.REACTIVATED)

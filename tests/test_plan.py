@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import select
@@ -417,3 +417,57 @@ def test_a_subscriber_whose_stored_time_cannot_be_read_waits_and_the_rest_are_pl
     assert sorted(report.unreadable) == [
         "late@example.org", "mars@example.org", "odd@example.org", "week@example.org"
     ]  # fmt: skip
+
+
+def test_a_send_time_between_two_planning_runs_or_during_downtime_is_made_up(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """Planning runs every few minutes from whenever the service started: a send time
+    just before local midnight can fall between two runs every day, and a service that
+    was down misses sends. Each reader still gets one digest per local day (or week),
+    at the first run after their send time, and a reader who joined after a missed
+    send waits for their next one."""
+    from newsletter.models import Subscriber
+
+    start = datetime(2026, 11, 23, 10, 2, 31, tzinfo=UTC)  # runs at :02:31, :07:31, ...
+    add_paper(engine, title="Diffusion", abstract="A.", seen=start - timedelta(hours=1))
+    subscribe(engine, email="late@example.org", topics=["diffusion"], now=start, send_at="23:58")
+    subscribe(engine, email="ktm@example.org", topics=["diffusion"], now=start,
+              tz="Asia/Kathmandu", send_at="23:59")  # fmt: skip
+    subscribe(engine, email="early@example.org", topics=["diffusion"], now=start)
+    week = subscribe(engine, email="week@example.org", topics=["diffusion"], now=start,
+                     tz="Europe/Paris")  # fmt: skip
+    with db.session_scope(engine=engine) as session:  # weekly, Wednesdays 08:00 in Paris
+        session.execute(sa.update(Subscriber).where(Subscriber.id == week)
+                        .values(cadence="weekly", weekday=2))  # fmt: skip
+    planned: dict[str, list[tuple[date, datetime]]] = {}
+    down = (datetime(2026, 11, 25, 6, tzinfo=UTC), datetime(2026, 11, 26, 1, tzinfo=UTC))
+    t = start
+    while t < start + timedelta(days=4):
+        if t.minute == 2 and t.hour % 3 == 0:  # new papers through the day
+            add_paper(engine, title=f"Diffusion {t:%d %H}", abstract="A.", seen=t)
+        if not down[0] <= t < down[1]:
+            report = plan_digests(engine=engine, settings=settings, now=t, keep=False)
+            assert report.counts["unreadable"] == 0
+        t += timedelta(minutes=5)
+    for d in _deliveries(engine):
+        planned.setdefault(d.to_address, []).append((d.edition, d.created_at))
+    days = [date(2026, 11, 23) + timedelta(days=k) for k in range(4)]
+    # 23:58 UTC falls between the runs at 23:57:31 and 00:02:31: made up five minutes late.
+    assert [e for e, _ in planned["late@example.org"]] == days
+    assert [at.strftime("%d %H:%M") for _, at in planned["late@example.org"]] == [
+        "24 00:02", "25 00:02", "26 01:02", "27 00:02",  # the 25th's when it came back
+    ]  # fmt: skip
+    assert [e for e, _ in planned["ktm@example.org"]] == days  # 23:59 there, 18:14 UTC
+    # The 25th's 08:00 fell in the downtime and the 26th's was nearer when it came
+    # back (at 01:00): one digest, at 08:00, covers both days.
+    assert [e.day for e, _ in planned["early@example.org"]] == [23, 24, 26, 27]
+    # Wednesday's 08:00 Paris fell in the downtime: sent when the service came back.
+    assert planned["week@example.org"] == [
+        (date(2026, 11, 25), datetime(2026, 11, 26, 1, 2, 31, tzinfo=UTC))
+    ]
+    # Joined at 10:00 UTC after a 23:58 send: nothing until their own next one.
+    joined = start + timedelta(days=4)
+    subscribe(engine, email="new@example.org", topics=["diffusion"], now=joined, send_at="23:58")
+    report = plan_digests(engine=engine, settings=settings, now=joined, dry_run=True)
+    assert "new@example.org" in report.not_due

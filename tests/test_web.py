@@ -130,6 +130,11 @@ def test_get_changes_nothing_and_the_page_button_unsubscribes(site: Site, now) -
     for _ in range(3):  # a scanner following the link, twice, then the subscriber
         page = site.client.get(path)
         assert page.status_code == 200
+    # A POST that is neither the mail client's one-click nor the page's button (a link
+    # checker's) asks too, and changes nothing.
+    for body in ({}, {"List-Unsubscribe": "yes"}, {"source": "scanner"}):
+        asked = site.client.post(path, data=body)
+        assert asked.status_code == 200 and "Nothing changes until you press" in asked.text
     assert _status(site, "cy@example.org") == "active"
     assert re.search(rf'<form method="post" action="{re.escape(path)}">', page.text)
     assert "c•••@example.org" in page.text and "cy@example.org" not in page.text
@@ -188,6 +193,38 @@ def test_the_unsubscribe_link_undoes_only_the_readers_own_recent_unsubscribe(
     assert stale.status_code == 400 and _status(site, "form@example.org") == "unsubscribed"
     assert _resubscribe(site, pages["form@example.org"]).status_code == 200
     assert _status(site, "form@example.org") == "active"
+
+
+def test_a_complaint_or_removal_after_the_readers_own_unsubscribe_cannot_be_undone(
+    site: Site, now
+) -> None:  # type: ignore[no-untyped-def]
+    """Gmail's "report spam and unsubscribe" sends the one-click POST and then the
+    complaint: the reader is out by their own hand first, and the complaint (or an
+    operator's removal) that follows must still make it final for a forwarded link."""
+    from newsletter import subscribers
+
+    people = ["late@example.org", "gone@example.org"]
+    paths = {a: _path(_unsubscribe_url(m)) for a, m in _digests(site, now, people).items()}
+    for address in people:
+        one_click = site.client.post(paths[address], data={"List-Unsubscribe": "One-Click"})
+        assert one_click.status_code == 200
+    with db.session_scope(engine=site.engine) as session:
+        ids = {s.email: s.id for s in session.exec(select(Subscriber))}
+        for address, source in (("late@example.org", "complaint"), ("gone@example.org", "admin")):
+            subscribers.unsubscribe(
+                session=session, subscriber_id=ids[address], now=now, source=source
+            )
+            subscribers.unsubscribe(  # a second report records nothing more
+                session=session, subscriber_id=ids[address], now=now, source=source
+            )
+    assert sorted(src for _, _, src in _unsubscribe_events(site)) == [
+        "admin", "complaint", "one-click", "one-click",
+    ]  # fmt: skip
+    for address in people:
+        page = site.client.post(paths[address], data={"source": "page"})  # the forwarded link
+        refused = _resubscribe(site, page.text)
+        assert refused.status_code == 200 and "sign up on the subscribe page" in refused.text
+        assert _status(site, address) == "unsubscribed"
 
 
 def test_forged_truncated_and_other_subscribers_tokens_are_refused(site: Site, now) -> None:  # type: ignore[no-untyped-def]

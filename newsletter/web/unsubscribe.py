@@ -50,6 +50,10 @@ def routes(site: Site) -> list[Route]:
         # RFC 8058: the mail client POSTs "List-Unsubscribe=One-Click", without cookies,
         # and must get a 2xx without redirects. Our own button posts source=page.
         one_click = form.get("List-Unsubscribe") == "One-Click"
+        if not one_click and form.get("source") != "page":
+            # Neither the mail client's one-click nor our button (a link checker, a
+            # prefetch by POST): the page that asks, and nothing changed.
+            return unsubscribe_page(request)
         with session_scope(engine=engine) as session:
             found = unsubscriber(session, request)
             if found is None:
