@@ -10,6 +10,7 @@ to the working directory (``NEWSLETTER_HOME`` moves them together).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from newsletter.errors import ConfigError
 from newsletter.setting_values import (
@@ -38,6 +41,7 @@ from newsletter.setting_values import (
     workers_setting,
 )
 from newsletter.settings_doc import PREFIX, SETTINGS_DOC
+from newsletter.text import has_unsafe, terminal_safe
 from newsletter.values import validate_send_at, validate_timezone
 
 DELIVERY_BACKENDS = ("file", "smtp", "memory")
@@ -170,10 +174,18 @@ def load_settings(
     if unknown:
         raise ConfigError(setting=unknown[0], message="unknown setting (a typo?)")
 
-    home = Path(get("NEWSLETTER_HOME")).expanduser()
+    def expanded(name: str) -> Path:
+        try:
+            return Path(get(name)).expanduser()
+        except RuntimeError:  # ~someone who is not a user here
+            raise ConfigError(
+                setting=name, message="names a home directory that does not exist"
+            ) from None
+
+    home = expanded("NEWSLETTER_HOME")
 
     def path(name: str) -> Path:
-        p = Path(get(name)).expanduser()
+        p = expanded(name)
         return p if p.is_absolute() else home / p
 
     database_url = get("DATABASE_URL")
@@ -186,6 +198,10 @@ def load_settings(
             setting="DATABASE_URL",
             message="only sqlite:/// and postgresql+psycopg:// are supported",
         )
+    try:  # as the engine will read it (the message never quotes it: it may hold a password)
+        make_url(database_url).port  # noqa: B018  # a port that is no number raises here
+    except (ArgumentError, ValueError):
+        raise ConfigError(setting="DATABASE_URL", message="not a database URL") from None
 
     delivery = get("NEWSLETTER_DELIVERY").lower()
     if delivery not in DELIVERY_BACKENDS:
@@ -207,14 +223,28 @@ def load_settings(
         )
 
     base_url = get("NEWSLETTER_BASE_URL").rstrip("/")
-    parts = urlsplit(base_url)
+    try:  # every link in every digest starts with it, and so does List-Unsubscribe
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018  # a port that is no number raises here
+    except ValueError:
+        parts = None
     if (
-        parts.scheme not in ("http", "https")
+        parts is None
+        or parts.scheme not in ("http", "https")
         or not parts.netloc
-        or any(c in base_url for c in '\r\n <>"')
+        or has_unsafe(base_url)
+        or any(c in base_url for c in ' <>"\\')
     ):
         raise ConfigError(
-            setting="NEWSLETTER_BASE_URL", message=f"expected an http(s) URL, got {base_url!r}"
+            setting="NEWSLETTER_BASE_URL",
+            message=f"expected an http(s) URL, got {terminal_safe(base_url)!r}",
+        )
+
+    from_name = get("NEWSLETTER_FROM_NAME")
+    if has_unsafe(from_name):  # it goes into every From header
+        raise ConfigError(
+            setting="NEWSLETTER_FROM_NAME",
+            message=f"holds a control character: {terminal_safe(from_name)!r}",
         )
 
     secret_key = get("NEWSLETTER_SECRET_KEY")
@@ -230,7 +260,7 @@ def load_settings(
         outbox_dir=path("NEWSLETTER_OUTBOX_DIR"),
         delivery=delivery,
         from_address=from_address,
-        from_name=get("NEWSLETTER_FROM_NAME"),
+        from_name=from_name,
         base_url=base_url,
         secret_key=secret_key,
         default_timezone=validate_timezone(
@@ -243,7 +273,10 @@ def load_settings(
             "NEWSLETTER_DIGEST_MAX_PAPERS", get("NEWSLETTER_DIGEST_MAX_PAPERS"), minimum=1
         ),
         first_digest_days=int_setting(
-            "NEWSLETTER_FIRST_DIGEST_DAYS", get("NEWSLETTER_FIRST_DIGEST_DAYS"), minimum=0
+            "NEWSLETTER_FIRST_DIGEST_DAYS",
+            get("NEWSLETTER_FIRST_DIGEST_DAYS"),
+            minimum=0,
+            maximum=36_500,
         ),
         smtp=_smtp(get),
         lease_seconds=number_setting("NEWSLETTER_LEASE_SECONDS", get, minimum=0.1),
@@ -347,18 +380,18 @@ _SECRET_PARAMETER = ("password", "secret", "token", "key")  # libpq: password, s
 
 def sa_url_masked(url: str) -> str:
     """A database URL with its passwords hidden, for display: the one after the user
-    name, and any query parameter that carries one (``?password=``, ``sslpassword=``)."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
-    if parts.query:
-        pairs = []
-        for pair in parts.query.split("&"):
-            name, eq, _ = pair.partition("=")
-            secret = eq and any(word in name.lower() for word in _SECRET_PARAMETER)
-            pairs.append(f"{name}=***" if secret else pair)
-        parts = parts._replace(query="&".join(pairs))
-    return parts.geturl()
+    name, and any query parameter that carries one (``?password=``, ``sslpassword=``).
+    Read as the engine reads it (SQLAlchemy's parser): a password holding "/", "?" or
+    "#" ends a URL's host for ``urlsplit``, which then found no password to hide."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "(not a database URL)"
+    secret = {k: "***" for k in parsed.query if any(w in k.lower() for w in _SECRET_PARAMETER)}
+    if parsed.password is None and not secret:
+        return url  # nothing to hide: as typed (rendering would escape ":memory:")
+    shown = parsed.update_query_dict(secret).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query's values come out escaped
 
 
 def _smtp(get: Callable[[str], str]) -> SmtpSettings:
@@ -372,12 +405,19 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     if not host or any(c.isspace() for c in host):
         raise ConfigError(setting="NEWSLETTER_SMTP_HOST", message=f"not a host name: {host!r}")
     port = port_setting("NEWSLETTER_SMTP_PORT", get)
+    username, password = get("NEWSLETTER_SMTP_USERNAME"), get("NEWSLETTER_SMTP_PASSWORD")
+    if (username or password) and tls == "none" and not _on_this_machine(host):
+        raise ConfigError(
+            setting="NEWSLETTER_SMTP_TLS",
+            message=f"is none, so the SMTP login would cross the network to {host!r} in "
+            "the clear: use starttls or implicit (a relay on this machine may go without)",
+        )
     return SmtpSettings(
         host=host,
         port=port,
         tls=tls,
-        username=get("NEWSLETTER_SMTP_USERNAME"),
-        password=get("NEWSLETTER_SMTP_PASSWORD"),
+        username=username,
+        password=password,
         timeout=number_setting("NEWSLETTER_SMTP_TIMEOUT", get, minimum=0.001),
         pool_size=int_setting(
             "NEWSLETTER_SMTP_POOL_SIZE", get("NEWSLETTER_SMTP_POOL_SIZE"), minimum=1
@@ -389,6 +429,15 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
         ),
         rate=number_setting("NEWSLETTER_SMTP_RATE", get, minimum=0),
     )
+
+
+def _on_this_machine(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe(settings: Settings) -> dict[str, Any]:

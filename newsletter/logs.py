@@ -12,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from newsletter.text import json_safe, terminal_safe
+
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -38,7 +40,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json_safe(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -46,9 +48,12 @@ class TextFormatter(logging.Formatter):
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         facts = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
-        line = f"{line} {facts}" if facts else line
+        # A stored filter or a relay's reply in a message: escaped, so it can neither
+        # start a forged line of its own nor drive the terminal the log is read on.
+        line = terminal_safe(f"{line} {facts}" if facts else line)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join("\n" + terminal_safe(t) for t in trace)
         return line
 
 

@@ -19,12 +19,20 @@ SOURCE_NAMES = ("dumps", "daily_papers", "arxiv")
 _ARXIV_CATEGORY_RE = re.compile(r"[a-z]+(?:-[a-z]+)*(?:\.[A-Za-z]+(?:-[A-Za-z]+)*)?")
 
 
-def int_setting(name: str, raw: str, *, minimum: int) -> int:
+# The largest a number setting may be: far past any sensible one, and small enough that
+# no clock arithmetic with it overflows (a lease of 1e300 s, a first digest 10**12 days
+# back, as a traceback in the middle of a send).
+MOST = 10**9
+
+
+def int_setting(name: str, raw: str, *, minimum: int, maximum: int = MOST) -> int:
     value = ascii_int(raw)
     if value is None:
         raise ConfigError(setting=name, message=f"expected a whole number, got {raw!r}")
     if value < minimum:
         raise ConfigError(setting=name, message=f"must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise ConfigError(setting=name, message=f"must be at most {maximum}, got {raw[:40]}")
     return value
 
 
@@ -42,6 +50,8 @@ def number_setting(name: str, get: Callable[[str], str], *, minimum: float) -> f
     value = float(raw)
     if not value >= minimum:  # also refuses NaN
         raise ConfigError(setting=name, message=f"must be at least {minimum:g}, got {raw}")
+    if not value <= MOST:  # also refuses 1e999, which float() reads as infinity
+        raise ConfigError(setting=name, message=f"must be at most {MOST:g}, got {raw[:40]}")
     return value
 
 

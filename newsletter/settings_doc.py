@@ -38,11 +38,15 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "NEWSLETTER_DIGEST_MAX_PAPERS": ("20", "Most papers in one digest; the rest are counted."),
     "NEWSLETTER_FIRST_DIGEST_DAYS": (
         "7",
-        "A subscriber's first digest covers papers first seen this many days back.",
+        "A subscriber's first digest covers papers first seen this many days back (at most 36500).",
     ),
     "NEWSLETTER_SMTP_HOST": ("localhost", "SMTP relay (with NEWSLETTER_DELIVERY=smtp)."),
     "NEWSLETTER_SMTP_PORT": ("25", "Relay port: 25 or 587 (starttls), 465 (implicit)."),
-    "NEWSLETTER_SMTP_TLS": ("none", "none, starttls or implicit."),
+    "NEWSLETTER_SMTP_TLS": (
+        "none",
+        "none, starttls or implicit; a login needs one of the last two, unless the relay is "
+        "on this machine.",
+    ),
     "NEWSLETTER_SMTP_USERNAME": ("", "Relay login; empty: no AUTH."),
     "NEWSLETTER_SMTP_PASSWORD": ("", "Relay password (a secret: set it in the environment)."),
     "NEWSLETTER_SMTP_TIMEOUT": (

@@ -134,9 +134,10 @@ def decode(text: str) -> tuple[Item, ...]:
 
 
 def _paper_id(value: object) -> int:
-    """A paper id as the database holds one: a whole number from 1 to 2**63 - 1 (a float
-    such as 1e23 would pass int() and then fail the query that reads the papers)."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+    """A paper id as the database holds one: a whole number from 1 to 2**31 - 1, the
+    papers' INTEGER column on PostgreSQL (a float such as 1e23 would pass int(), and an
+    id beyond the column's range fail the query that reads the papers, for the batch)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**31:
         raise ValueError(f"not a paper id: {value!r}")
     return value
 

@@ -105,6 +105,17 @@ def terminal_safe(text: str) -> str:
     return _UNSAFE_RE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
+def json_safe(text: str) -> str:
+    """JSON text (as ``json.dumps(..., ensure_ascii=False)`` writes it) with every unsafe
+    character written as a ``\\u`` escape: the same JSON to a reader of it, and nothing a
+    terminal acts on. JSON escapes the C0 controls in strings itself (those left are the
+    indentation's line breaks); the rest only occur inside strings, where any character
+    may be escaped."""
+    if not has_unsafe(text):
+        return text
+    return _UNSAFE_RE.sub(lambda m: m[0] if m[0] < " " else f"\\u{ord(m[0]):04x}", text)
+
+
 _INVISIBLE = frozenset(("Cf", "Cn", "Co", "Cs"))  # format, unassigned, private, surrogate
 _MARKS = frozenset(("Mn", "Mc", "Me"))
 

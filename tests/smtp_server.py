@@ -39,6 +39,9 @@ class Faults:
     slow_rate: float = 0.0  # fraction of DATAs answered after ``slow_seconds``
     slow_seconds: float = 0.0
     after_data: dict[str, str] = field(default_factory=dict)  # address -> reply to its message
+    # address -> the raw bytes its RCPT is answered with, every try (a relay's own text:
+    # Latin-1, a NUL, whatever it sends)
+    rcpt_bytes: dict[str, bytes] = field(default_factory=dict)
     seed: int = 1
 
 
@@ -72,6 +75,9 @@ class FaultyHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         f = self.faults
         self.tries[address] += 1
+        if address in f.rcpt_bytes:
+            self.injected["raw"] += 1
+            return f.rcpt_bytes[address]  # aiosmtpd writes bytes as they are
         if address in f.permanent:
             self.injected["permanent"] += 1
             return f"{f.permanent[address]} 5.1.1 <{address}>: no such user"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import load_settings
+from newsletter.config import describe, load_settings
 from newsletter.errors import ConfigError
 from newsletter.runtime import secret_key
 from newsletter.settings_doc import REPO_ENV_EXAMPLE, SETTINGS_DOC, env_example
+from newsletter.text import has_unsafe
 
 
 def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
@@ -42,6 +43,20 @@ def test_embedded_default_needs_no_configuration(tmp_path: Path) -> None:
         ("NEWSLETTER_SEND_WORKERS", "many", "expected a whole number"),
         ("NEWSLETTER_SEND_WORKERS", "0", "must be at least 1"),
         ("NEWSLETTER_DAILY_PAPERS_URL", "https://h/x\nHost: y", "expected an http(s) URL"),
+        # numbers no clock arithmetic can take (infinity, 10**12 days)
+        ("NEWSLETTER_CORPUS_MAX_MB", "1e999", "must be at most"),
+        ("NEWSLETTER_LEASE_SECONDS", "1e999", "must be at most"),
+        ("NEWSLETTER_FIRST_DIGEST_DAYS", "999999999999", "must be at most 36500"),
+        ("NEWSLETTER_HOME", "~no-such-user-here/x", "home directory that does not exist"),
+        ("NEWSLETTER_CORPUS_DIR", "~no-such-user-here/x", "home directory that does not exist"),
+        ("NEWSLETTER_BASE_URL", "http://[::1", "expected an http(s) URL"),
+        ("NEWSLETTER_BASE_URL", "http://localhost:abc", "expected an http(s) URL"),
+        ("NEWSLETTER_BASE_URL", "http://localhost:8000/\x1b[2J", "expected an http(s) URL"),
+        ("NEWSLETTER_BASE_URL", "http://localhost:8000/\x7f", "expected an http(s) URL"),
+        ("NEWSLETTER_FROM_NAME", "Paper\x1b[2J Digest", "holds a control character"),
+        ("NEWSLETTER_FROM_NAME", "Paper \u202eDigest", "holds a control character"),
+        ("DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:abc/nl", "not a database URL"),
+        ("DATABASE_URL", "postgresql+psycopg://u:pw@[::1/db", "not a database URL"),
     ],
 )
 def test_wrong_value_fails_naming_the_setting(
@@ -52,6 +67,38 @@ def test_wrong_value_fails_naming_the_setting(
     assert info.value.setting == name
     assert str(info.value).startswith(f"{name}: ")
     assert says in str(info.value)
+    assert not has_unsafe(str(info.value)) and "pw" not in str(info.value)  # shown as typed? never
+
+
+def test_an_smtp_login_never_crosses_the_network_in_the_clear(tmp_path: Path) -> None:
+    login = {"NEWSLETTER_DELIVERY": "smtp", "NEWSLETTER_SMTP_USERNAME": "u",
+             "NEWSLETTER_SMTP_PASSWORD": "hunter2-secret"}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=login | {"NEWSLETTER_SMTP_HOST": "smtp.example.org"},
+                      dotenv_path=tmp_path / "none")  # fmt: skip
+    assert info.value.setting == "NEWSLETTER_SMTP_TLS" and "hunter2" not in str(info.value)
+    for host, tls in (("smtp.example.org", "starttls"), ("smtp.example.org", "implicit"),
+                      ("127.0.0.1", "none"), ("localhost", "none"), ("::1", "none")):  # fmt: skip
+        env = login | {"NEWSLETTER_SMTP_HOST": host, "NEWSLETTER_SMTP_TLS": tls}
+        assert load_settings(environ=env, dotenv_path=tmp_path / "none").smtp.tls == tls
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://u:pa/ss@db.example/nl", "postgresql+psycopg://u:***@db.example/nl"),
+        ("postgresql+psycopg://u:p#w?x@h:5433/nl?sslpassword=s3&application_name=a",
+         "postgresql+psycopg://u:***@h:5433/nl?application_name=a&sslpassword=***"),
+        ("postgresql+psycopg://u@h/nl?password=s3", "postgresql+psycopg://u@h/nl?password=***"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ],
+)  # fmt: skip
+def test_config_shows_the_database_url_without_its_passwords(
+    tmp_path: Path, url: str, shown: str
+) -> None:
+    """Read as the engine reads it: a password holding "/", "#" or "?" is still one."""
+    settings = load_settings(environ={"DATABASE_URL": url}, dotenv_path=tmp_path / "none")
+    assert describe(settings)["database_url"] == shown
 
 
 def test_send_workers_default_to_one_per_core(tmp_path: Path) -> None:

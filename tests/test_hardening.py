@@ -35,6 +35,7 @@ from newsletter.models import Delivery, Event, SignUp, Subscriber, TopicFilter
 from newsletter.plan import plan_digests
 from newsletter.service import supervised
 from newsletter.signing import Signer
+from newsletter.text import has_unsafe
 from newsletter.web import create_app
 from tests.conftest import CORPUS, make_settings
 from tests.helpers import add_paper, deliver, live_server, runtime_for, subscribe
@@ -311,10 +312,11 @@ def test_a_snapshot_naming_no_paper_id_is_its_digests_failure_alone() -> None:
     from newsletter import snapshot
 
     item = {"topics": ["diffusion"], "terms": []}
-    for bad in ("Infinity", "1e23", "-1", "true", "9223372036854775808"):
+    for bad in ("Infinity", "1e23", "-1", "true", "9223372036854775808", "2147483648"):
         with pytest.raises(snapshot.SnapshotError, match="not a digest's item list"):
             snapshot.decode(json.dumps([item]).replace("{", '{"id": ' + bad + ", ", 1))
     assert snapshot.decode(json.dumps([item | {"id": 7}]))[0].paper_id == 7
+    assert snapshot.decode(json.dumps([item | {"id": 2**31 - 1}]))[0].paper_id == 2**31 - 1
 
 
 @pytest.mark.parametrize(
@@ -760,6 +762,35 @@ def test_terminal_escapes_and_long_addresses_are_harmless(tmp_path: Path, now: d
     written = [p.name for p in (tmp_path / "outbox").rglob("*.eml")]
     assert any(name.startswith("a" * 60) for name in written)
     assert all(len(name.encode()) < 255 for name in written)
+    # A relay's reply (stored by an older release, or by hand), a C1 CSI and a bidi
+    # override in a name: never acted on by the terminal, never read as rich markup.
+    reply = "550 \x1b[2J\x1b]8;;http://evil/\x07click [link=http://evil.example/]x[/link]"
+    with db.session_scope(engine=engine) as session:
+        session.execute(sa.update(Delivery).values(last_error=reply))
+        session.execute(sa.update(Subscriber).values(name="Al\x9b2J\u202eice"))
+    shown = _cli(tmp_path, "deliveries").stdout
+    assert "\x1b" not in shown and "\\x1b[2J" in shown and "[link=http://evi" in shown
+    for args in (("deliveries", "--json"), ("subscribers", "list", "--json")):
+        printed = _cli(tmp_path, *args).stdout
+        assert not has_unsafe(printed.replace("\n", "")), args
+        assert json.loads(printed)  # the same JSON, escaped
+    assert {r["name"] for r in json.loads(printed)} == {"Al\x9b2J\u202eice"}
+
+
+def test_log_lines_escape_what_they_quote() -> None:
+    """A stored filter or a relay's reply quoted in a log line can neither forge a line of
+    its own nor drive the terminal the log is read on, in either format."""
+    from newsletter.logs import JsonFormatter, TextFormatter
+
+    record = logging.makeLogRecord(
+        {"msg": "cannot parse %r", "args": ("x\x1b[2J\n2026-01-01T00:00:00 error FORGED",),
+         "levelname": "WARNING", "name": "newsletter.plan", "topic": "\x9b31m\u202eevil"}
+    )  # fmt: skip
+    text = TextFormatter().format(record)
+    assert "\n" not in text and not has_unsafe(text) and "\\x1b[2J" in text
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and not has_unsafe(line)
+    assert json.loads(line)["topic"] == "\x9b31m\u202eevil"
 
 
 # --- 13, 14. broken databases and hostile corpus files -------------------------------------
@@ -872,7 +903,7 @@ def test_secrets_stay_out_of_reprs_and_config_output(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "config", **in_query)
     for secret in ("qu3ryPass", "k3yPass"):
         assert secret not in shown + proc.stdout + proc.stderr
-    assert "sslmode=require&password=***&sslpassword=***" in proc.stdout
+    assert "n?password=***&sslmode=require&sslpassword=***" in proc.stdout  # SQLAlchemy's order
     signer = Signer(domain=b"x.example", selector=b"s", key=b"-----BEGIN PRIVATE KEY-----xyz")
     assert "PRIVATE" not in repr(signer)
     from newsletter.bounces.process import BounceAddress

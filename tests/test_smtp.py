@@ -252,6 +252,37 @@ def test_mailbox_full_past_the_deadline_is_a_soft_bounce_and_suppresses(
 
 
 @pytest.mark.parametrize(
+    "reply",
+    [b"452 4.2.2 Bo\xeete pleine", b"451 4.3.0 busy\x00now", b"550 5.1.1 \xff\xfe unknown \x1b[2J"],
+    ids=["latin-1", "nul", "bytes-and-escape"],
+)
+def test_a_relays_reply_in_any_bytes_is_recorded_and_delivery_goes_on(
+    tmp_path, database_url, engine, now, pipelining, reply
+) -> None:  # type: ignore[no-untyped-def]
+    """A relay's reply text is whatever it sends: one that no database can store as it
+    came (a Latin-1 byte, a NUL PostgreSQL refuses) is recorded cleaned, and the rest of
+    the batch is delivered, every round."""
+    server = SMTPServer(Faults(rcpt_bytes={"odd@example.org": reply}), pipelining=pipelining)
+    server.start()
+    try:
+        settings = smtp_settings(
+            tmp_path, database_url, server.port, NEWSLETTER_RETRY_DEADLINE_HOURS="0.002"
+        )
+        emails = ["odd@example.org", *(f"n{i}@example.org" for i in range(5))]
+        populate(engine, settings, now, emails)
+        drain(engine, settings, Clock(now))
+        assert server.handler.copies() == {a: 1 for a in emails[1:]}
+        with db.session_scope(engine=engine) as session:
+            odd = session.exec(select(Delivery).where(Delivery.to_address == emails[0])).one()
+        assert odd.status == "failed" and odd.last_error is not None
+        status = reply.split()[1].decode()  # its enhanced status code, kept
+        assert status in odd.last_error
+        assert not any(ch in odd.last_error for ch in "\x00\x1b\udcee\udcff\udcfe")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
     ("reply", "bounce", "status"),
     [
         ("552 5.2.2 mailbox full", "bounce.soft", "suppressed"),  # a full mailbox, after DATA

@@ -24,7 +24,7 @@ def main() -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (try `{ctx.command_path} --help`)" if ctx is not None else ""
         if exc.format_message():  # empty when the help was shown for a bare group
-            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+            err.print(terminal_safe(f"error: {exc.format_message()}{hint}"), markup=False)
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("aborted", markup=False)

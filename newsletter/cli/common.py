@@ -22,6 +22,7 @@ from newsletter.config import load_settings
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.models import Subscriber
 from newsletter.runtime import Runtime, build_runtime
+from newsletter.text import json_safe
 
 if TYPE_CHECKING:
     pass
@@ -46,8 +47,10 @@ app.add_typer(subs_app, name="subscribers")
 app.add_typer(filters_app, name="filters")
 app.add_typer(deliveries_app, name="deliveries")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: what is printed holds stored data and paths, and rich would read a title's
+# "[link=http://...]" as a clickable link or a style; nothing here prints markup.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 class SchemaOutOfDate(NewsletterError):
@@ -74,7 +77,7 @@ def _progress() -> Progress:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_safe(json.dumps(data, indent=2, default=str, ensure_ascii=False)) + "\n")
 
 
 def _parse_day(value: str | None, *, option: str) -> date | None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import select
 
 from newsletter import db, render
@@ -191,14 +192,13 @@ def deliveries_list(
         return
     table = Table("id", "edition", "to", "status", "papers", "attempts", "last error", box=None)
     for r in rows:
-        table.add_row(
+        table.add_row(  # Text: a relay's reply is never read as rich markup
             str(r.id),
             str(r.edition),
-            r.to_address,
-            r.status,
+            *(Text(terminal_safe(v)) for v in (r.to_address, r.status)),
             str(r.paper_count),
             str(r.attempts),
-            r.last_error or "",
+            Text(terminal_safe(r.last_error or "")),
         )
     out.print(table)
 

@@ -125,7 +125,11 @@ def sources_list(
             str(row["papers"]),
         )
     # On a terminal, its width; in a pipe, rows unbroken (for grep and logs).
-    wide = out if out.is_terminal else Console(file=sys.stdout, width=1000, highlight=False)
+    wide = (
+        out
+        if out.is_terminal
+        else Console(file=sys.stdout, width=1000, highlight=False, markup=False)
+    )
     wide.print(table)
     if not ctx.settings.live_sources:
         out.print(

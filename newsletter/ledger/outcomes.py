@@ -25,6 +25,7 @@ from newsletter.db import session_scope
 from newsletter.errors import DeliveryError, TransientDeliveryError
 from newsletter.events import EventKind
 from newsletter.models import Delivery, DeliveryStatus, Event, Subscriber, SubscriberStatus
+from newsletter.text import one_line
 
 
 class OutcomeStatus(enum.StrEnum):
@@ -146,8 +147,11 @@ def record_failure(
         subscriber = session.get(Subscriber, row.subscriber_id)
         row.lease_until = None
         row.attempts += 1
-        row.last_error = str(error)
-        detail = {"code": error.code, "text": error.text, "attempt": row.attempts}
+        # A relay's reply is whatever bytes it sent (a Latin-1 letter arrives as a lone
+        # surrogate, which no database encodes; PostgreSQL refuses a NUL): stored as
+        # one line of text, or the write fails and the batch with it, every lease.
+        row.last_error = one_line(str(error))
+        detail = {"code": error.code, "text": one_line(error.text), "attempt": row.attempts}
         if isinstance(error, TransientDeliveryError):
             retry_at = now + backoff(attempts=row.attempts, policy=policy)
             if retry_at <= row.created_at + timedelta(hours=policy.deadline_hours):
