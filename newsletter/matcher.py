@@ -27,8 +27,9 @@ class Matcher:
     same papers share one pick (the scorer memoizes it) and so one ledger snapshot,
     encoded once here under the pick's key (a value)."""
 
-    def __init__(self, papers: list[Paper], scorer: Scorer) -> None:
+    def __init__(self, papers: list[Paper], scorer: Scorer, *, until: datetime) -> None:
         self.scorer = scorer
+        self.until = until  # the papers first seen until then are these
         self.position = {p.id: i for i, p in enumerate(papers)}  # oldest first
         self.seen = [p.first_seen_at for p in papers]
         self.everything = (1 << len(papers)) - 1
@@ -43,15 +44,19 @@ class Matcher:
         self._items = (Bounded(100_000), Bounded(10_000), Bounded(100_000))
 
     @classmethod
-    def load(cls, session: Session, *, since: datetime, now: datetime) -> Matcher:
+    def load(
+        cls, session: Session, *, since: datetime, now: datetime, until: datetime | None = None
+    ) -> Matcher:
+        """The papers first seen after ``since`` and until ``until`` (``now``), scored."""
+        until = now if until is None else min(until, now)
         papers = list(
             session.exec(
                 select(Paper)
-                .where(Paper.first_seen_at > since, Paper.first_seen_at <= now)
+                .where(Paper.first_seen_at > since, Paper.first_seen_at <= until)
                 .order_by(Paper.first_seen_at, Paper.id)
             )
         )
-        return cls(papers, day_scorer(session, papers=papers, now=now))
+        return cls(papers, day_scorer(session, papers=papers, now=now), until=until)
 
     def prepare(self, session: Session, *, due: list[Due], topics: dict[int, list[Topic]]) -> None:
         """Ready for a chunk of due subscribers: their topics' vectors loaded and decided

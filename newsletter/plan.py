@@ -125,8 +125,14 @@ def plan_digests(
     keep: bool = True,
     on_planned: Callable[[PlannedDigest], None] | None = None,
     workers: int = 1,
+    papers_until: datetime | None = None,
 ) -> PlanReport:
     """Plan today's digest for each active subscriber (due ones, unless ``due_only`` is off).
+
+    ``papers_until`` (at most ``now``): the papers first seen until then are settled, and
+    the digests cover them; later ones are the next digests'. The service passes the
+    start of an ingest still storing papers stamped with it, whose later files would
+    otherwise be covered already and never sent.
 
     ``next_edition`` (with ``dry_run``) looks past an edition already planned
     today at what the next digest would hold: what ``preview`` shows. ``workers`` > 1
@@ -145,7 +151,7 @@ def plan_digests(
                 for s in skipped:
                     report.add(s.why, s.email)
             return report
-        matcher = Matcher.load(session, since=since, now=now)
+        matcher = Matcher.load(session, since=since, now=now, until=papers_until or now)
         ids = active_ids(session) if workers > 1 and not (keep or dry_run) else []
     if len(ids) > workers:
         share = -(-len(ids) // workers)
@@ -178,7 +184,7 @@ def _plan_range(
                 report.add(s.why, s.email)
             _plan_chunk(session, matcher, due, report, state, now=now, settings=settings,
                         dry_run=dry_run)  # fmt: skip
-        _record(session, state.drafts, report, now=now, settings=settings)
+        _record(session, state.drafts, report, now=now, settings=settings, until=matcher.until)
 
 
 def _in_processes(
@@ -291,7 +297,7 @@ def _plan_chunk(
             continue
         state.drafts.append(_Draft(d, ranked, matcher.snapshot(ranked, key)))
         if len(state.drafts) >= state.size:
-            _record(session, state.drafts, report, now=now, settings=settings)
+            _record(session, state.drafts, report, now=now, settings=settings, until=matcher.until)
             # Committed batch by batch: delivery workers start on these while the
             # rest is planned, and SQLite's write lock is not held for the whole run.
             # The first batches are small, so they start early.
@@ -327,11 +333,18 @@ def _parses(sid: int, topic: Topic) -> bool:
 
 
 def _record(
-    session: Session, drafts: list[_Draft], report: PlanReport, *, now: datetime, settings: Settings
+    session: Session,
+    drafts: list[_Draft],
+    report: PlanReport,
+    *,
+    now: datetime,
+    settings: Settings,
+    until: datetime,
 ) -> None:
     """Phase 3: insert the drafts' rows in bulk and report each digest once, complete;
-    a digest another planner recorded first is reported as already planned."""
-    created = _insert(session, drafts, now=now, settings=settings)
+    a digest another planner recorded first is reported as already planned. Each
+    covers the papers first seen ``until`` then."""
+    created = _insert(session, drafts, now=now, settings=settings, until=until)
     for draft in drafts:
         d = draft.due
         delivery_id = created.get(d.subscriber_id)
@@ -346,7 +359,7 @@ def _record(
 
 
 def _insert(
-    session: Session, drafts: list[_Draft], *, now: datetime, settings: Settings
+    session: Session, drafts: list[_Draft], *, now: datetime, settings: Settings, until: datetime
 ) -> dict[int, int]:
     """Insert deliveries in bulk (``ledger.planned``); the delivery id created per
     subscriber, for those another planner did not record first."""
@@ -366,7 +379,7 @@ def _insert(
         )
         for d in drafts
     ]
-    return insert_planned(session.connection(), rows, now=now)
+    return insert_planned(session.connection(), rows, now=now, covers_until=until)
 
 
 def preview_digest(

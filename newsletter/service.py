@@ -32,7 +32,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -135,16 +135,42 @@ class Jobs:
     last_report_day: str | None = field(default=None)
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the service stops: a fetch in progress ends between two requests."""
+    # The jobs run in the scheduler's threads, at once: the ingests and fetches storing
+    # papers now, by the time they stamp them with (``storing``).
+    _storing: list[datetime] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def storing(self, now: datetime) -> Iterator[datetime]:
+        """Held while papers stamped first seen at ``now`` are stored, a file (or a
+        feed) at a time: planning meanwhile covers only the papers seen before it, or
+        it would count the files still to come as covered, and they would never be
+        sent (``settled``)."""
+        with self._lock:
+            self._storing.append(now)
+        try:
+            yield now
+        finally:
+            with self._lock:
+                self._storing.remove(now)  # one of the equal stamps: any is the same
+
+    def settled(self, now: datetime) -> datetime:
+        """Until when the papers first seen are all stored: ``now``, or just before the
+        stamp of the oldest ingest or fetch still storing."""
+        with self._lock:
+            oldest = min(self._storing, default=None)
+        return now if oldest is None else min(now, oldest - timedelta(microseconds=1))
 
     def ingest(self) -> None:
         if not self.leadership.held():
             return
-        report = ingest(
-            engine=self.engine,
-            paths=[self.settings.corpus_dir],
-            now=self.now(),
-            max_bytes=self.settings.corpus_max_bytes,
-        )
+        with self.storing(self.now()) as now:
+            report = ingest(
+                engine=self.engine,
+                paths=[self.settings.corpus_dir],
+                now=now,
+                max_bytes=self.settings.corpus_max_bytes,
+            )
         for result in report.files:
             if result.status == "error":
                 log.warning(
@@ -173,13 +199,14 @@ class Jobs:
             return
         from newsletter.corpus.fetch import fetch_sources
 
-        report = fetch_sources(
-            engine=self.engine,
-            settings=self.settings,
-            now=self.now(),
-            sleep=self.stopping.wait,
-            stop=self.stopping.is_set,
-        )
+        with self.storing(self.now()) as now:
+            report = fetch_sources(
+                engine=self.engine,
+                settings=self.settings,
+                now=now,
+                sleep=self.stopping.wait,
+                stop=self.stopping.is_set,
+            )
         if report.results:
             log.info(
                 "sources fetched",
@@ -193,8 +220,10 @@ class Jobs:
         if not self.leadership.held():
             return
         embed.catch_up(engine=self.engine)  # new topics (and anything ingest missed)
+        now = self.now()
         report = plan_digests(
-            engine=self.engine, settings=self.settings, now=self.now(), keep=False,
+            engine=self.engine, settings=self.settings, now=now, papers_until=self.settled(now),
+            keep=False,
             on_planned=lambda planned: log.info(
                 "digest planned",
                 extra={"delivery_id": planned.delivery_id, "subscriber_id": planned.subscriber_id,

@@ -327,3 +327,31 @@ def test_a_second_scheduler_process_waits_then_takes_over(tmp_path: Path, pg_ser
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
         drop_pg_database(pg_server, url)
+
+
+def test_planning_while_an_ingest_stores_leaves_its_files_to_the_next_digest(
+    tmp_path: Path,
+) -> None:
+    """The scheduler runs ingest and planning in threads, at once (at start-up planning
+    follows ingest by a second). An ingest stamps every paper with its start and
+    commits a file at a time: a planning run between two files must not count the
+    files still to come as covered, or their papers are never sent."""
+    from newsletter.corpus.ingest import ingest_file
+
+    engine, settings = _setup(tmp_path)
+    start = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    clock = Clock(start)
+    jobs = _jobs(engine, settings, clock)
+    subscribe(engine, email="all@example.org", topics=["*"], now=start - timedelta(days=1))
+    add_paper(engine, title="Seen before", abstract="A.", seen=start - timedelta(hours=1))
+    first, second = sorted(CORPUS.glob("*.txt"))[:2]
+    with jobs.storing(clock()) as stamp:  # what jobs.ingest holds while it stores
+        new = ingest_file(engine=engine, path=first, now=stamp).new_papers
+        clock.now += timedelta(seconds=1)
+        jobs.plan()  # planning, meanwhile
+        new += ingest_file(engine=engine, path=second, now=stamp).new_papers
+    assert jobs.settled(clock()) == clock()  # nothing storing: everything is settled
+    clock.now = start + timedelta(days=1)
+    jobs.plan()
+    # The first digest held what was settled; the next, both files, every paper once.
+    assert [n for _, _, n in _digests(engine)] == [1, new]

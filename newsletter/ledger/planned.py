@@ -48,9 +48,14 @@ class PlannedRow:
 
 
 def insert_planned(
-    connection: sa.Connection, rows: Sequence[PlannedRow], *, now: datetime
+    connection: sa.Connection,
+    rows: Sequence[PlannedRow],
+    *,
+    now: datetime,
+    covers_until: datetime | None = None,
 ) -> dict[int, int]:
-    """Insert the rows that are not there yet; the delivery id created per subscriber."""
+    """Insert the rows that are not there yet; the delivery id created per subscriber.
+    Each covers the papers first seen until ``covers_until`` (``now``: all so far)."""
     if not rows:
         return {}
     keys: dict[str, str] = {}  # text -> key: readers of one ranking share one text
@@ -70,7 +75,7 @@ def insert_planned(
             "status": DeliveryStatus.PENDING.value,
             "message_id": r.message_id,
             "to_address": r.to_address,
-            "covers_until": now,
+            "covers_until": covers_until or now,
             "paper_count": r.paper_count,
             "more_count": r.more_count,
             "attempts": 0,
