@@ -61,10 +61,18 @@ def record_vote(
     who has voted that many times in the hour before ``now`` is refused
     (``TooManyVotesError``): counted in the ledger, so the limit holds across web
     processes and restarts, as one in a process's memory would not."""
-    # One vote at a time per reader (PostgreSQL: a row lock; SQLite: its write lock):
-    # two taps at once must not both start from the same lesson and lose one, nor both
-    # pass the hour's count.
-    session.exec(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
+    # One vote at a time per reader: two taps at once must not both start from the same
+    # lesson and lose one, nor both pass the hour's count. PostgreSQL: the reader's row
+    # locked. SQLite ignores FOR UPDATE, and pysqlite begins a transaction only at the
+    # first write, so each read below would see the database as it is then: a write
+    # that changes nothing comes first, to take SQLite's one write lock (waiting for a
+    # vote in progress), and every read after it sees what that vote committed.
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            sa.update(Subscriber).where(Subscriber.id == subscriber.id).values(id=Subscriber.id)
+        )
+    else:
+        session.exec(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
     topics = topics_of(session, subscriber.id)  # type: ignore[arg-type]
     if query not in topics:
         raise SubscriberError(f"{subscriber.email} has no topic {query!r}", field="topic")

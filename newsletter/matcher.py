@@ -29,7 +29,7 @@ class Matcher:
 
     def __init__(self, papers: list[Paper], scorer: Scorer, *, until: datetime) -> None:
         self.scorer = scorer
-        self.until = until  # the papers first seen until then are these
+        self.until = until  # these are the papers first seen until then
         self.position = {p.id: i for i, p in enumerate(papers)}  # oldest first
         self.seen = [p.first_seen_at for p in papers]
         self.everything = (1 << len(papers)) - 1
@@ -47,7 +47,9 @@ class Matcher:
     def load(
         cls, session: Session, *, since: datetime, now: datetime, until: datetime | None = None
     ) -> Matcher:
-        """The papers first seen after ``since`` and until ``until`` (``now``), scored."""
+        """The papers first seen after ``since`` and until ``until`` (``now``), scored.
+        Digests planned from them cover until the newest of them: not ``now``, which a
+        clock running fast (or another host's) would put past papers yet to come."""
         until = now if until is None else min(until, now)
         papers = list(
             session.exec(
@@ -56,7 +58,8 @@ class Matcher:
                 .order_by(Paper.first_seen_at, Paper.id)
             )
         )
-        return cls(papers, day_scorer(session, papers=papers, now=now), until=until)
+        newest = papers[-1].first_seen_at if papers else until  # they are in that order
+        return cls(papers, day_scorer(session, papers=papers, now=now), until=newest)
 
     def prepare(self, session: Session, *, due: list[Due], topics: dict[int, list[Topic]]) -> None:
         """Ready for a chunk of due subscribers: their topics' vectors loaded and decided

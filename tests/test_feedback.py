@@ -17,7 +17,7 @@ from newsletter.corpus.ingest import ingest
 from newsletter.embed.store import embed_papers, embed_topics
 from newsletter.errors import SubscriberError, TooManyVotesError
 from newsletter.events import EventKind
-from newsletter.feedback import Vote, record_vote, taught, taught_topics
+from newsletter.feedback import Vote, rebuild, record_vote, taught, taught_topics
 from newsletter.models import Event, Paper, TopicLesson
 from newsletter.plan import plan_digests
 from newsletter.subscribers import find, replace_topics
@@ -162,6 +162,31 @@ def test_the_hours_vote_limit_is_counted_in_the_ledger_per_reader(tmp_path: Path
     # The operator's command records without the readers' limit.
     _vote(engine, "a@example.org", q, Vote.DOWN, now=NOW + timedelta(minutes=1))
     assert _votes_written(engine) == 6
+
+
+def test_two_votes_at_once_both_count(tmp_path: Path) -> None:
+    """A second web process, or the operator's command beside the web app: one vote's
+    transaction is open when the other starts. The second waits for the first and
+    starts from its lesson, on SQLite too, whose reads take no lock (pysqlite begins
+    a transaction only at the first write): both votes are in the lesson, and the
+    lesson is what its events replay to."""
+    import threading
+    import time
+
+    engine, _settings, _url = _store(tmp_path)
+    a = subscribe(engine, email="a@example.org", topics=[DIFFUSION], now=NOW)
+    p, q = _paper(engine, "Diffusion").id, _paper(engine, "Speech").id
+    with db.session_scope(engine=engine) as first:  # open, written, not committed yet
+        reader = find(session=first, email="a@example.org")
+        record_vote(session=first, subscriber=reader, query="diffusion", paper_id=p,
+                    vote=Vote.UP, source="test", now=NOW)  # fmt: skip
+        second = threading.Thread(target=_vote, args=(engine, "a@example.org", q, Vote.UP))
+        second.start()
+        time.sleep(0.5)  # the second is under way: reading, or waiting for the first
+    second.join()
+    assert _taught(engine) == {(a, "diffusion"): ((p, 1), (q, 1))}
+    with db.session_scope(engine=engine) as session:
+        assert rebuild(session=session, now=NOW)[1] == 0  # no lesson differed from its events
 
 
 @pytest.mark.parametrize("damage", ["x", "[[Infinity, 1]]", '[["a", 1]]'])

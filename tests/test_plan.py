@@ -471,3 +471,16 @@ def test_a_send_time_between_two_planning_runs_or_during_downtime_is_made_up(
     subscribe(engine, email="new@example.org", topics=["diffusion"], now=joined, send_at="23:58")
     report = plan_digests(engine=engine, settings=settings, now=joined, dry_run=True)
     assert "new@example.org" in report.not_due
+
+
+def test_a_planning_run_with_the_clock_fast_loses_no_paper(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    """A digest covers the papers it was planned from, until the newest of them: not
+    until the planner's clock, which, a day fast once (or another host's), would count
+    the papers of the day to come as covered, and they would never be sent."""
+    add_paper(engine, title="Diffusion today", abstract="A.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="a@example.org", topics=["diffusion"], now=now - timedelta(days=1))
+    fast = plan_digests(engine=engine, settings=settings, now=now + timedelta(days=1))
+    assert [p.email for p in fast.planned] == ["a@example.org"]
+    later = add_paper(engine, title="Diffusion later", abstract="A.", seen=now + timedelta(hours=2))
+    report = plan_digests(engine=engine, settings=settings, now=now + timedelta(days=2))
+    assert [m.paper_id for p in report.planned for m in p.ranked.matches] == [later]
