@@ -34,6 +34,7 @@ from newsletter.ledger import (
     Job,
     OutcomeStatus,
     claim_rows,
+    expire,
     record_cancelled,
     record_failure,
     record_sent,
@@ -239,7 +240,16 @@ class DeliveryLoop:
         """The jobs to send, batch after batch, until nothing due is left, ``stop`` is set
         (after the batch in hand), or a lane ``failed`` (at once: the rest of the batch
         stays claimed until its lease runs out, as after a crash): each batch claimed,
-        loaded, and those no longer wanted cancelled."""
+        loaded, and those no longer wanted cancelled. First, those past the deadline
+        are given up (``claims.expire``)."""
+        deadline = timedelta(hours=self.runtime.settings.retry.deadline_hours)
+        expired = expire(
+            engine=self.runtime.engine, now=self.now(), deadline=deadline,
+            subscriber_id=self.subscriber_id,
+        )  # fmt: skip
+        for delivery_id, to_address, subscriber_id in expired:
+            emit(Outcome(delivery_id, to_address, OutcomeStatus.FAILED,
+                         "not sent within the retry deadline", subscriber_id))  # fmt: skip
         while not (stop and stop.is_set()) and not failed:
             now = self.now()
             rows = claim_rows(

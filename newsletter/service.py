@@ -67,16 +67,21 @@ class Leadership:
         self.settings = settings
         self._pg: sa.Connection | None = None
         self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()
 
     def held(self) -> bool:
-        if self.engine.dialect.name == "postgresql":
-            return self._held_pg()
-        return self._held_file()
+        with self._lock:  # asked from the scheduler's threads, which share the connection
+            if self.engine.dialect.name == "postgresql":
+                return self._held_pg()
+            return self._held_file()
 
     def _held_pg(self) -> bool:
         if self._pg is not None:
             try:  # still ours only while our connection lives
                 self._pg.execute(sa.text("SELECT 1"))
+                # Ended at once: an open transaction would sit "idle in transaction",
+                # which a server's timeout ends, and the session's lock with it.
+                self._pg.commit()
                 return True
             except sa.exc.DBAPIError:
                 self._pg = None
@@ -112,6 +117,10 @@ class Leadership:
         return True
 
     def release(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._pg is not None:
             with contextlib.suppress(sa.exc.DBAPIError):
                 self._pg.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})

@@ -7,6 +7,7 @@ scripts' digits and superscripts ("²" is a digit to ``isdigit`` but not to
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 
@@ -41,8 +42,19 @@ def validate_send_at(value: str, *, setting: str) -> str:
 _TZ_NAME_RE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
 
 
+# Files in the zone database that load but are no zone of a place: the server's own
+# zone ("localtime" follows /etc/localtime), the POSIX fallback rules, the "Factory"
+# placeholder; and the leap-second ("right/") and "posix/" trees are not listed at all.
+_NOT_PLACES = frozenset(("localtime", "posixrules", "Factory"))
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) - _NOT_PLACES
+
+
 def validate_timezone(value: str, *, setting: str) -> str:
-    if len(value) > 64 or not _TZ_NAME_RE.fullmatch(value):
+    if len(value) > 64 or not _TZ_NAME_RE.fullmatch(value) or value not in _zone_names():
         raise ConfigError(setting=setting, message=f"unknown IANA time zone {value!r}")
     try:
         zoneinfo.ZoneInfo(value)

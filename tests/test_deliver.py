@@ -18,7 +18,7 @@ from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.backends.file import FileBackend
 from newsletter.backends.memory import MemoryBackend
 from newsletter.errors import PermanentDeliveryError, TransientDeliveryError
-from newsletter.ledger import LEASE, claim
+from newsletter.ledger import LEASE, claim, retry_failed
 from newsletter.models import Delivery, Event, Subscriber, SubscriberStatus
 from newsletter.plan import plan_digests
 from tests.conftest import make_settings
@@ -123,6 +123,40 @@ def test_unsubscribed_while_pending_is_not_sent(engine, settings, now, planned) 
     backend = MemoryBackend()
     assert deliver(engine, settings, backend, now).count("cancelled") == 1
     assert backend.sent == []
+
+
+def test_a_digest_past_the_deadline_is_given_up_not_taken_forever(engine, settings, now) -> None:  # type: ignore[no-untyped-def]
+    """A row whose worker is killed each time it sends it counts no attempt, and a
+    digest left over from an outage is old news: due for longer than the retry
+    deadline (48 hours by default), the next round records both failed, sends neither,
+    and sends what is still in time; requeued by the operator, they get their try."""
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    for who in ("killed", "stale", "fresh"):
+        subscribe(engine, email=f"{who}@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    deadline = timedelta(hours=settings.retry.deadline_hours)
+    assert deadline == timedelta(hours=48)  # the default a user gets
+    with db.session_scope(engine=engine) as session:
+        rows = {d.to_address: d for d in session.exec(select(Delivery))}
+        rows["fresh@example.org"].next_attempt_at = now + deadline  # planned later
+        rows["killed@example.org"].status = "sending"  # claimed, its worker gone
+        rows["killed@example.org"].lease_until = now + deadline
+        session.add_all(rows.values())
+    later = now + deadline + timedelta(minutes=1)
+    backend = MemoryBackend()
+    report = deliver(engine, settings, backend, later)
+    assert [m.recipients for m in backend.sent] == [("fresh@example.org",)]
+    assert report.count("failed") == 2
+    with db.session_scope(engine=engine) as session:
+        done = {d.to_address: (d.status, d.last_error) for d in session.exec(select(Delivery))}
+        events = [
+            e.kind for e in session.exec(select(Event).where(Event.kind == "delivery.failed"))
+        ]
+    assert done["stale@example.org"] == ("failed", "not sent within 48 hours of being due")
+    assert done["killed@example.org"] == done["stale@example.org"]
+    assert events == ["delivery.failed"] * 2
+    assert retry_failed(engine=engine, now=later) == 2
+    assert deliver(engine, settings, backend, later + timedelta(minutes=1)).count("sent") == 2
 
 
 def test_claim_skips_live_leases_and_takes_expired_ones(engine, now, planned) -> None:  # type: ignore[no-untyped-def]
@@ -276,7 +310,7 @@ def test_a_batch_outlasting_its_lease_is_renewed_not_taken_over(
     worker claiming after the first lease ran out finds nothing, and each message goes
     out once. (A stall of over a second would be needed to lose a renewal.)"""
     settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="2")
-    _plan_many(engine, settings, now, 5)
+    _plan_many(engine, settings, datetime.now(UTC), 5)  # sent on the real clock
     backend, taken = SlowBackend(0.6), []
 
     async def other_worker() -> None:
@@ -297,7 +331,7 @@ def test_rows_another_worker_took_are_neither_sent_nor_recorded_from_here(
     is in flight: the renewal finds them gone and the other two are not sent from here
     (the one the relay took is sent, whoever holds it)."""
     settings = make_settings(tmp_path, database_url, NEWSLETTER_LEASE_SECONDS="2")
-    _plan_many(engine, settings, now, 3)
+    _plan_many(engine, settings, datetime.now(UTC), 3)  # sent on the real clock
     backend = SlowBackend(1.0)  # the renewal (at 0.67 s) comes before the second send
     theirs = datetime.now(UTC) + timedelta(hours=1)
 

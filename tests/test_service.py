@@ -154,6 +154,14 @@ def test_only_one_scheduler_leads_and_another_takes_over(tmp_path: Path, pg_serv
         first, second = (Leadership(engine=engine, settings=settings) for _ in range(2))
         assert first.held() and not second.held()
         assert first.held() and not second.held()  # holding it is stable
+        # ... and costs no open transaction, which a server's
+        # idle_in_transaction_session_timeout would end, and the lock with it.
+        with engine.connect() as conn:
+            stuck = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle in transaction'"
+            )).scalar()  # fmt: skip
+        assert stuck == 0
         now = datetime.now(UTC)
         subscribe(
             engine, email="a@example.org", topics=[], now=now - timedelta(days=1), send_at="00:00"

@@ -265,16 +265,14 @@ def test_a_relays_reply_in_any_bytes_is_recorded_and_delivery_goes_on(
     server = SMTPServer(Faults(rcpt_bytes={"odd@example.org": reply}), pipelining=pipelining)
     server.start()
     try:
-        settings = smtp_settings(
-            tmp_path, database_url, server.port, NEWSLETTER_RETRY_DEADLINE_HOURS="0.002"
-        )
+        settings = smtp_settings(tmp_path, database_url, server.port)
         emails = ["odd@example.org", *(f"n{i}@example.org" for i in range(5))]
         populate(engine, settings, now, emails)
-        drain(engine, settings, Clock(now))
+        deliver(engine, settings, SMTPBackend(settings=settings.smtp), now)
         assert server.handler.copies() == {a: 1 for a in emails[1:]}
         with db.session_scope(engine=engine) as session:
             odd = session.exec(select(Delivery).where(Delivery.to_address == emails[0])).one()
-        assert odd.status == "failed" and odd.last_error is not None
+        assert odd.status in ("pending", "failed") and odd.last_error is not None
         status = reply.split()[1].decode()  # its enhanced status code, kept
         assert status in odd.last_error
         assert not any(ch in odd.last_error for ch in "\x00\x1b\udcee\udcff\udcfe")

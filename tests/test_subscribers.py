@@ -46,6 +46,10 @@ def test_address_is_normalized_and_times_padded() -> None:
         ({"email": "ada@example.org\r\nBcc: x@y.org"}, "email", "not a valid address"),
         ({"topics": ['"unclosed']}, "topic", "never closed (column 1)"),
         ({"timezone": "Europe/Atlantis"}, "timezone", "unknown IANA time zone"),
+        # in the zone database, but no place's zone: the server's own, leap seconds
+        ({"timezone": "localtime"}, "timezone", "unknown IANA time zone"),
+        ({"timezone": "posixrules"}, "timezone", "unknown IANA time zone"),
+        ({"timezone": "right/UTC"}, "timezone", "unknown IANA time zone"),
         ({"send_at": "noon"}, "send_at", "expected a time HH:MM"),
         ({"name": "x" * 201}, "name", "at most 200"),
     ],

@@ -7,13 +7,15 @@ rate) is never taken over while it is still being sent."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import select
 
 from newsletter.db import session_scope
-from newsletter.models import Delivery, DeliveryStatus
+from newsletter.events import EventKind
+from newsletter.models import Delivery, DeliveryStatus, Event
 
 LEASE = timedelta(minutes=5)
 
@@ -82,6 +84,47 @@ def claim_rows(
                 claim_them.where(Delivery.id.in_(ids), due).returning(*LEDGER_COLUMNS)  # type: ignore[union-attr]
             )
         )
+
+
+def expire(
+    *, engine: sa.Engine, now: datetime, deadline: timedelta, subscriber_id: int | None = None
+) -> list[sa.Row[tuple[int, str, int]]]:
+    """Give up on the rows due for longer than ``deadline`` (since planning, their last
+    retry's time or the operator's requeue): failed, and their (id, address,
+    subscriber). A row taken back after every lease (its worker killed each time it
+    sends it, out of memory, say) counts no attempt and would be taken forever; a
+    digest left over from an outage longer than the deadline is no news. Retries are
+    due within the deadline of planning (``record_failure``), so this gives up on no
+    row a worker could still have sent in time."""
+    with session_scope(engine=engine) as session:
+        due = sa.and_(
+            Delivery.next_attempt_at < now - deadline,
+            sa.or_(
+                sa.and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now),
+                sa.and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now),  # type: ignore[operator]
+            ),
+        )
+        if subscriber_id is not None:
+            due = sa.and_(due, Delivery.subscriber_id == subscriber_id)
+        hours = deadline.total_seconds() / 3600
+        gone = list(
+            session.execute(
+                sa.update(Delivery)
+                .where(due)
+                .values(
+                    status=DeliveryStatus.FAILED,
+                    lease_until=None,
+                    last_error=f"not sent within {hours:g} hours of being due",
+                )
+                .returning(Delivery.id, Delivery.to_address, Delivery.subscriber_id)
+            )
+        )
+        session.add_all(
+            Event(at=now, kind=EventKind.FAILED, subscriber_id=sid, delivery_id=did,
+                  detail=json.dumps({"why": "past the deadline", "hours": hours}))
+            for did, _, sid in gone
+        )  # fmt: skip
+        return gone  # type: ignore[return-value]
 
 
 def renew(*, engine: sa.Engine, ids: list[int], held_until: datetime, until: datetime) -> set[int]:
