@@ -17,7 +17,16 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # SQLite stores whatever bytes a TEXT value was given (by hand, another program, a
+    # CAST): one value that is not UTF-8 made every read that met it raise, and with it
+    # a whole delivery batch, every lease. Read so, its bad bytes show as U+FFFD, and
+    # whatever holds it fails alone if it no longer makes sense (a snapshot's JSON).
+    dbapi_connection.text_factory = _lenient_text
     cur = dbapi_connection.cursor()
     # WAL lets readers run while the writer writes; busy_timeout waits for the
     # writer's lock instead of failing at once; foreign keys are off by default.

@@ -62,17 +62,32 @@ class ImportFileError(SubscriberError):
 
 
 def _csv_rows(text: str) -> list[tuple[int, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # Strict: a quote never closed is an error, not a field that swallows every row
+    # after it (the reader's default, which stored them as one reader's name).
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, Any]] = []
+    after = 1  # the line the last whole record ended on
     try:
         names = reader.fieldnames
         if not names or "email" not in [f.strip() for f in names]:
             raise ImportFileError("the CSV header must name an 'email' column", field="line 1")
-        # line_num is where the reader is now: the last line of this record.
-        return [(reader.line_num, {(k or "").strip(): v for k, v in row.items()}) for row in reader]
+        for row in reader:
+            # line_num is where the reader is now, the record's last line: a record
+            # whose quoted fields hold line breaks started that many lines before.
+            breaks = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+            line, after = reader.line_num - breaks, reader.line_num
+            extra = row.pop(None, None)  # type: ignore[call-overload]
+            if extra is not None:
+                rows.append(
+                    (line, RowError(line, f"{len(extra)} more field(s) than the header names"))
+                )
+            else:
+                rows.append((line, {(k or "").strip(): v for k, v in row.items()}))
     except csv.Error as exc:
         raise ImportFileError(
-            f"not readable as CSV: {exc}", field=f"line {reader.line_num}"
+            f"not readable as CSV from line {after + 1} on: {exc}", field=f"line {after + 1}"
         ) from None
+    return rows
 
 
 def _json_array_rows(text: str) -> list[tuple[int, Any]]:

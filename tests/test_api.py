@@ -155,3 +155,32 @@ def test_the_api_keeps_its_openapi_promises(app) -> None:  # type: ignore[no-unt
                 )
 
             check()
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "field", "says"),
+    [
+        ("post", {"email": "c@example.org", "status": "unsubscribed"}, "status", "not a field"),
+        ("post", {"email": "c@example.org", "cadence": "weekly"}, "cadence", "not a field"),
+        ("patch", {"email": "zzz@example.org"}, "email", "cannot be changed"),
+        ("patch", {"weekday": 3}, "weekday", "only a weekly cadence has a weekday"),
+        ("patch", {"nmae": "typo"}, "nmae", "not a field"),
+    ],
+)
+def test_a_field_the_api_does_not_take_is_refused_not_dropped(
+    app, method: str, body: dict[str, object], field: str, says: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Told 201 or 200, a caller believes what it sent was done: a field an endpoint
+    does not take (or a weekday a daily reader cannot have) is a 422 naming it, and
+    nothing changes."""
+    with _client(app[0]) as client:
+        made = client.post("/api/subscribers", json={"email": "d@example.org"}, headers=AUTH)
+        assert made.status_code == 201
+        url = "/api/subscribers" + ("" if method == "post" else f"/{made.json()['id']}")
+        reply = client.request(method.upper(), url, json=body, headers=AUTH)
+        assert reply.status_code == 422 and reply.json()["field"] == field
+        assert says in reply.json()["error"]
+        listed = client.get("/api/subscribers", headers=AUTH).json()
+    assert [(s["email"], s["cadence"], s["weekday"]) for s in listed] == [
+        ("d@example.org", "daily", None)
+    ]

@@ -159,6 +159,41 @@ def test_a_digest_past_the_deadline_is_given_up_not_taken_forever(engine, settin
     assert deliver(engine, settings, backend, later + timedelta(minutes=1)).count("sent") == 2
 
 
+def test_text_that_is_not_utf8_in_sqlite_spoils_only_what_holds_it(
+    sqlite_engine, tmp_path, sqlite_url, now
+) -> None:  # type: ignore[no-untyped-def]
+    """SQLite keeps whatever bytes a TEXT value was given (by hand, another program): a
+    snapshot, a reader's name or a paper's title that is not UTF-8 must not stop the
+    batch that meets it, every lease: the snapshot's digest fails alone, the name and
+    the title show their bad bytes as U+FFFD, and everyone else's digest goes out."""
+    engine, settings = sqlite_engine, make_settings(tmp_path, sqlite_url)
+    for title in ("Diffusion", "Transformers", "Speech"):
+        add_paper(engine, title=title, abstract=f"About {title.lower()}.",
+                  seen=now - timedelta(hours=1))  # fmt: skip
+    for who, topic in (("ada", "diffusion"), ("bob", "transformers"), ("cy", "speech")):
+        subscribe(engine, email=f"{who}@example.org", topics=[topic], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "UPDATE snapshots SET items = CAST(x'5b7b226964223a317d2cff5d' AS TEXT) WHERE id ="
+            " (SELECT snapshot_id FROM deliveries WHERE to_address = 'ada@example.org')"
+        ))  # fmt: skip
+        conn.execute(sa.text("UPDATE subscribers SET name = CAST(x'426f62ff' AS TEXT)"
+                             " WHERE email = 'bob@example.org'"))  # fmt: skip
+        conn.execute(sa.text("UPDATE papers SET title = CAST(x'5370ff65656368' AS TEXT)"
+                             " WHERE title = 'Speech'"))  # fmt: skip
+    backend = MemoryBackend()
+    report = deliver(engine, settings, backend, now)
+    assert sorted(r for m in backend.sent for r in m.recipients) == [
+        "bob@example.org", "cy@example.org",
+    ]  # fmt: skip
+    assert report.count("failed") == 1
+    sent = {m.recipients[0]: email.message_from_bytes(m.data, policy=email.policy.default)
+            for m in backend.sent}  # fmt: skip
+    assert "Bob\ufffd" in str(sent["bob@example.org"]["To"])
+    assert "Sp\ufffdeech" in sent["cy@example.org"].get_body(("plain",)).get_content()
+
+
 def test_claim_skips_live_leases_and_takes_expired_ones(engine, now, planned) -> None:  # type: ignore[no-untyped-def]
     assert claim(engine=engine, now=now, limit=10) == [_row(engine).id]
     assert claim(engine=engine, now=now + LEASE - timedelta(seconds=1), limit=10) == []

@@ -484,3 +484,35 @@ def test_a_planning_run_with_the_clock_fast_loses_no_paper(engine, settings, now
     later = add_paper(engine, title="Diffusion later", abstract="A.", seen=now + timedelta(hours=2))
     report = plan_digests(engine=engine, settings=settings, now=now + timedelta(days=2))
     assert [m.paper_id for p in report.planned for m in p.ranked.matches] == [later]
+
+
+def test_planners_write_the_ledger_one_after_the_other(engine, now) -> None:  # type: ignore[no-untyped-def]
+    """Two planners at once (``send`` by hand beside the service) whose rankings differ
+    order the same readers differently, and inserting in opposite orders deadlocked
+    PostgreSQL (one planner's batch rolled back). A planner's ledger writes wait for
+    the other's commit instead, as SQLite's one writer does."""
+    from newsletter.ledger.planned import PlannedRow, insert_planned
+
+    ids = [subscribe(engine, email=f"p{k}@example.org", topics=["x"], now=now) for k in (0, 1)]
+
+    def row(sid: int) -> PlannedRow:
+        return PlannedRow(subscriber_id=sid, edition=now.date(), message_id=f"<{sid}@x.org>",
+                          to_address=f"p{sid}@example.org", paper_count=0, more_count=0,
+                          items="[]")  # fmt: skip
+
+    done = threading.Event()
+
+    def other_planner() -> None:
+        with engine.connect() as conn:
+            insert_planned(conn, [row(ids[1])], now=now)
+            conn.commit()
+        done.set()
+
+    with engine.connect() as first:
+        assert list(insert_planned(first, [row(ids[0])], now=now)) == [ids[0]]
+        other = threading.Thread(target=other_planner)
+        other.start()
+        assert not done.wait(0.5), "the second planner wrote while the first had not committed"
+        first.commit()
+    other.join(30)
+    assert done.is_set() and len(_deliveries(engine)) == 2

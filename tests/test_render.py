@@ -30,7 +30,7 @@ from newsletter.render import (
     render_digest,
     to_mime_bytes,
 )
-from newsletter.render.content import fill, wrap
+from newsletter.render.content import fill, subject, wrap
 
 SENDER = Sender(address="papers@example.org")
 UNSUBSCRIBE = "https://news.example.org/u/" + "T" * 43
@@ -629,3 +629,37 @@ def test_a_spliced_value_decodes_to_the_text_with_it(pieces, value, end, before,
     decoded = binascii.a2b_qp(part.qp.replace(b"\r\n", b"\n")).decode("utf-8")
     assert decoded == part.text == before + (value + end).join(pieces) + after
     assert part.size == len(part.text.encode("utf-8"))
+
+
+def test_the_size_budget_counts_only_papers_the_topics_let_in() -> None:
+    """Papers trimmed to fit Gmail's clip go into "and N more"; a paper the digest only
+    asks about ("not sure this is for you") is not one of them, so trimming never
+    raises the count in the subject; and a digest of such papers alone has no count."""
+    long = "Paper " + "x" * 3000
+    papers = [make_paper(title=f"{long} {i}") for i in range(19)]
+    papers.append(make_paper(title=f"{long} unsure", unsure=True))
+    whole = subject(make_digest(papers))
+    trimmed = render(make_digest(papers))
+    assert whole.startswith("19 new papers") and trimmed.subject.startswith("19 new papers")
+    assert "more paper matched your topics" in trimmed.html or "more papers matched" in trimmed.html
+    alone = make_digest([make_paper(title="Maybe this", unsure=True)])
+    assert render(alone).subject == "No new papers matched your topics"
+    assert "0 new papers" not in render(alone).html
+
+
+def test_the_count_past_the_cap_promises_no_list() -> None:
+    """Past the digest's cap the ledger keeps a count, not the papers: the line says how
+    many, and links nowhere that cannot list them."""
+    html = render(make_digest(more_count=5)).html
+    line = next(s for s in html.split("</div>") if "5 more papers matched your topics" in s)
+    assert "href" not in line and "see them all" not in html
+
+
+def test_a_page_in_the_browser_has_no_email_budget() -> None:
+    """The archive page ("View in browser") renders without the email's size budget:
+    the papers an email moved to "and N more" to stay under Gmail's clip are there."""
+    papers = [make_paper(title=f"Paper {i:02d} " + "x" * 3000) for i in range(20)]
+    email_html = render(make_digest(papers)).html
+    page = render_digest(digest=make_digest(papers), sender=SENDER, budget=False).html
+    assert "more paper" in email_html and "more paper" not in page
+    assert all(f"Paper {i:02d}" in page for i in range(20))

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from newsletter import db
 from newsletter.errors import DuplicateSubscriberError, SubscriberError
-from newsletter.importer import import_subscribers
+from newsletter.importer import ImportFileError, import_subscribers
 from newsletter.models import Event, Subscriber, TopicFilter
 from newsletter.subscribers import (
     add_subscriber,
@@ -135,6 +135,37 @@ def test_csv_import_reports_every_bad_row_with_its_line_and_keeps_the_good(
         ["pruning"],
     ]
     assert (fay.timezone, fay.send_at) == ("UTC", "07:00")
+
+
+def test_a_csv_quote_never_closed_refuses_the_file_and_a_row_too_long_is_named(
+    engine: sa.Engine,
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    """A quote left open swallowed every row after it into one reader's name, and the
+    import said it stored two: now the file is refused, naming where the quote opens.
+    A row with more fields than the header names is that row's error, at its line, and
+    a record whose quoted field holds a line break is named by its first line."""
+    open_quote = tmp_path / "open.csv"
+    open_quote.write_text(
+        'email,name,topics\nq1@example.org,A,x\nq2@example.org,"B,x\nq3@example.org,C,x\n'
+    )
+    with pytest.raises(ImportFileError, match="from line 3 on") as info:
+        _import(engine, open_quote, now)
+    assert info.value.field == "line 3"
+    with db.session_scope(engine=engine) as session:
+        assert session.exec(select(Subscriber)).all() == []  # nothing stored
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        'email,name\nok@example.org,"Ann\nLee"\nextra@example.org,Bo,Europe/Paris\n'
+        '"two\nlines@example",x,y\n'
+    )
+    report = _import(engine, extra, now)
+    assert report.added == ["ok@example.org"]
+    assert [(e.line, e.message) for e in report.errors] == [
+        (4, "1 more field(s) than the header names"),
+        (5, "1 more field(s) than the header names"),
+    ]
 
 
 def test_json_array_import_reports_lines_of_bad_items(

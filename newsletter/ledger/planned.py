@@ -47,6 +47,9 @@ class PlannedRow:
     items: str
 
 
+_PLANNERS = 0x6E6C7370  # "nlsp": the advisory lock planners take to write the ledger
+
+
 def insert_planned(
     connection: sa.Connection,
     rows: Sequence[PlannedRow],
@@ -86,6 +89,11 @@ def insert_planned(
         for r in rows
     ]
     if connection.dialect.name == "postgresql":
+        # One planner's rows at a time, until its commit (SQLite's write lock does the
+        # same there): two planners at once (``send`` by hand beside the service) whose
+        # rankings differ, a paper seen in between, order the same readers differently,
+        # and inserting them in opposite orders deadlocked, one batch rolled back.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PLANNERS})
         _copied(connection, "snapshots", to_store, conflict="id", returning="")
         found = _copied(
             connection,

@@ -19,10 +19,8 @@ def within_budget(digest: Digest, render: Callable[[Digest], RenderedDigest]) ->
     keep = len(digest.papers)
     while keep > 1 and rendered.html_part.size > HTML_BUDGET:
         keep = max(1, keep * HTML_BUDGET // rendered.html_part.size - 1)
-        fewer = replace(
-            digest,
-            papers=digest.papers[:keep],
-            more_count=digest.more_count + len(digest.papers) - keep,
-        )
+        # Into the count go the papers the topics let in, not those it asks about.
+        dropped = sum(1 for p in digest.papers[keep:] if not p.unsure)
+        fewer = replace(digest, papers=digest.papers[:keep], more_count=digest.more_count + dropped)
         rendered = render(fewer)
     return rendered

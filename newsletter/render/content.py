@@ -352,10 +352,10 @@ def brand(sender: Sender) -> str:
 
 
 def subject(digest: Digest) -> str:
-    if not digest.papers:
-        return "No new papers matched your topics"
     # The count covers the papers beyond the cap too; the body says "and N more".
     total = matched_count(digest)
+    if not total or not digest.papers:  # only papers it asks about: never "0 new papers"
+        return "No new papers matched your topics"
     prefix = f"{plural(total, 'new paper')}: "
     title = " ".join(visible(clean(latex_to_text(digest.papers[0].title))).split())
     title = no_encoded_words(title)  # a feed's title is data, never an encoded word
@@ -369,11 +369,9 @@ def matched_count(digest: Digest) -> int:
 
 def headline(digest: Digest) -> str:
     total = matched_count(digest)
-    return (
-        f"{plural(total, 'new paper')} in your topics"
-        if digest.papers
-        else "No new papers this time"
-    )
+    if not total or not digest.papers:
+        return "No new papers this time"
+    return f"{plural(total, 'new paper')} in your topics"
 
 
 def preview(digest: Digest, subject_line: str) -> str:

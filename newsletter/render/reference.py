@@ -110,11 +110,13 @@ def reader_values(digest: Digest, shared: dict[str, str]) -> dict[str, str]:
 
 
 def render_digest(
-    *, digest: Digest, sender: Sender, templates_dir: Path | None = None
+    *, digest: Digest, sender: Sender, templates_dir: Path | None = None, budget: bool = True
 ) -> RenderedDigest:
     """Render the subject, HTML and text parts and the ordered, checked headers, within
-    the size budget."""
+    the size budget (an email's: a page in the browser, ``budget`` off, shows all)."""
     root = (templates_dir or TEMPLATES_DIR).resolve()
+    if not budget:
+        return _render(digest, sender, root)
     return within_budget(digest, lambda d: _render(d, sender, root))
 
 

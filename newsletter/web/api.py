@@ -67,6 +67,21 @@ async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
     return body
 
 
+def _only(body: dict[str, Any], schema: str) -> None:
+    """A field the endpoint does not take is refused, naming it, not dropped: a caller
+    who sent ``"status": "unsubscribed"`` with a new subscriber, or a new ``email``,
+    must not be told 201 or 200 for what was not done. What each takes is its schema
+    in the OpenAPI document, so the two cannot disagree."""
+    takes = OPENAPI["components"]["schemas"][schema]["properties"]
+    for name in body:
+        if name not in takes:
+            why = "cannot be changed (remove the subscriber and add the new address)"
+            raise SubscriberError(
+                why if name == "email" else f"is not a field this takes ({', '.join(takes)})",
+                field=name[:64],
+            )
+
+
 def _str_field(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
     value = body.get(name, default)
     if value is not None and not isinstance(value, str):
@@ -142,6 +157,7 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
         body = await _json_object(request)
         if isinstance(body, JSONResponse):
             return body
+        _only(body, "NewSubscriber")
         new = subscribers.validate_subscriber(
             email=_str_field(body, "email", "") or "",
             topics=_topics_field(body),
@@ -174,6 +190,7 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
         body = await _json_object(request)
         if isinstance(body, JSONResponse):
             return body
+        _only(body, "SubscriberChange")
         now = utcnow()
         with session_scope(engine=engine) as session:
             row = session.get(Subscriber, sid) if sid is not None else None
@@ -190,6 +207,8 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
             cadence, weekday = subscribers.validate_cadence(
                 cadence=body.get("cadence", row.cadence), weekday=body.get("weekday", row.weekday)
             )
+            if body.get("weekday") is not None and weekday is None:  # would be dropped
+                raise SubscriberError("only a weekly cadence has a weekday", field="weekday")
             row.dial = subscribers.validate_dial(body.get("dial", row.dial))
             ask = body.get("ask_feedback", row.ask_feedback)
             if not isinstance(ask, bool):

@@ -171,6 +171,7 @@ OPENAPI: dict[str, Any] = {
             "NewSubscriber": {
                 "type": "object",
                 "required": ["email"],
+                "additionalProperties": False,  # refused with 422, naming the field
                 "properties": {
                     "email": {"type": "string", "format": "email", "maxLength": 320},
                     "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
@@ -182,6 +183,7 @@ OPENAPI: dict[str, Any] = {
             },
             "SubscriberChange": {
                 "type": "object",
+                "additionalProperties": False,  # refused with 422, naming the field
                 "properties": {
                     "name": {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True},
                     "topics": _TOPICS,

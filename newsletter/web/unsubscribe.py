@@ -108,7 +108,11 @@ def routes(site: Site) -> list[Route]:
             job = job_for(session=session, delivery_id=found[1][1], links=site.runtime.links)
         if not isinstance(job, DigestJob) or job.subscriber_id != found[0].id:
             return site.not_found()
-        html = render.render_digest(digest=job.digest, sender=site.runtime.sender).html
+        # No size budget: Gmail's clip is an inbox's, and this page is where the papers
+        # an email had no room for are seen.
+        html = render.render_digest(
+            digest=job.digest, sender=site.runtime.sender, budget=False
+        ).html
         headers = PAGE_HEADERS | {
             "Content-Security-Policy": _ARCHIVE_CSP,
             "X-Robots-Tag": "noindex",
