@@ -159,7 +159,10 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{path} is not UTF-8 text: {exc.reason}", field="file") from None
+        line = exc.object[: exc.start].count(b"\n") + 1  # where the first bad byte is
+        raise ImportFileError(
+            f"{path} is not UTF-8 text: {exc.reason} at line {line}", field=f"line {line}"
+        ) from None
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}", field="file") from None
     stripped = text.lstrip()
@@ -200,7 +203,7 @@ def import_subscribers(
             sub = validate_subscriber(
                 email=_text(row, "email", ""),
                 topics=_topics_of(row.get("topics", row.get("topic"))),
-                name=row.get("name") or None,
+                name=_text(row, "name", "") or None,  # 0 or false is no name: a mistake
                 timezone=_text(row, "timezone", default_timezone),
                 send_at=_text(row, "send_at", default_send_at),
             )

@@ -17,8 +17,12 @@ ARXIV = "https://arxiv.org"
 # backslash as "/", and MJML rewrites one in an attribute: the two renderers disagreed).
 _URL_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[!#-;=?-\[\]-~]*)?")
 _ARXIV_ID_RE = re.compile(r"(?:[0-9]{4}\.[0-9]{4,5}|[a-z-]+(?:\.[A-Z]{2})?/[0-9]{7})")
-_REPO = r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]*[A-Za-z0-9_-]"
-_GITHUB_RE = re.compile(rf"(?:(?:https?://)?(?:www\.)?github\.com/)?({_REPO})/?")
+# An owner has no dot (GitHub allows none): "gitlab.com/owner" is no GitHub repository.
+_REPO = r"[A-Za-z0-9_-]+/[A-Za-z0-9_.-]*[A-Za-z0-9_-]"
+# A repository as a source names one: owner/repo, or its URL (with or without a scheme)
+_GITHUB_RE = re.compile(rf"(?:(?:https?://)?(?:www\.)?github\.com/)?({_REPO})/?", re.I)
+# ... or, without a scheme, a place in it ("github.com/o/r/tree/main"): its root
+_GITHUB_PLACE_RE = re.compile(rf"(?:www\.)?github\.com/({_REPO})[/?#].*", re.I)
 _GITHUB_IN_TEXT_RE = re.compile(rf"https?://(?:www\.)?github\.com/({_REPO})")
 
 
@@ -35,6 +39,9 @@ def safe_url(value: str | None) -> str | None:
     if not value:
         return None
     value = value.strip()
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        value = f"{scheme.lower()}://{rest}"  # "HTTPS://" is the same URL
     return value if len(value) <= 500 and _URL_RE.fullmatch(value) else None
 
 
@@ -43,7 +50,10 @@ def code_url(value: str | None) -> str | None:
     plain URL a source gave."""
     if not value:
         return None
-    found = _GITHUB_RE.fullmatch(value.strip())
+    value = value.strip()
+    found = _GITHUB_RE.fullmatch(value)
+    if found is None and safe_url(value) is None:
+        found = _GITHUB_PLACE_RE.fullmatch(value)
     if found is not None:
         return f"https://github.com/{found.group(1).removesuffix('.git')}"
     return safe_url(value)

@@ -184,3 +184,11 @@ def test_a_field_the_api_does_not_take_is_refused_not_dropped(
     assert [(s["email"], s["cadence"], s["weekday"]) for s in listed] == [
         ("d@example.org", "daily", None)
     ]
+
+
+def test_a_bad_page_names_the_parameter_that_is_wrong(app) -> None:  # type: ignore[no-untyped-def]
+    with _client(app[0]) as client:
+        for query, field in (("limit=0", "limit"), ("offset=-1", "offset"), ("offset=x", "offset"),
+                             ("limit=501", "limit")):  # fmt: skip
+            reply = client.get(f"/api/subscribers?{query}", headers=AUTH)
+            assert reply.status_code == 422 and reply.json()["field"] == field, query

@@ -544,8 +544,15 @@ def test_links_for_papers_with_and_without_an_id() -> None:
     )
     assert unknown.pdf is None
     for bad in ("javascript:alert(1)", "https://x.org/a b", 'https://x.org/"', "http://x\n.org",
-                "https://x.org/a\\b"):  # fmt: skip
+                "https://x.org/a\\b", "gitlab.com/owner"):  # fmt: skip
         assert safe_url(bad) is None and code_url(bad) is None
+    # How sources name code: a bare owner/repo is GitHub's (an owner has no dot, so a
+    # host without a scheme is not one); a URL into a repository links to it.
+    for named, link in (("o/r.js", "https://github.com/o/r.js"),
+                        ("github.com/o/r/tree/main", "https://github.com/o/r"),
+                        ("HTTPS://GitHub.com/o/r.git", "https://github.com/o/r"),
+                        ("HTTPS://example.org/p", "https://example.org/p")):  # fmt: skip
+        assert code_url(named) == link, named
 
 
 def _digest(papers: tuple[DigestPaper, ...]) -> Digest:

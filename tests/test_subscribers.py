@@ -168,6 +168,29 @@ def test_a_csv_quote_never_closed_refuses_the_file_and_a_row_too_long_is_named(
     ]
 
 
+def test_import_names_the_line_of_bytes_that_are_not_utf8_and_a_name_that_is_no_text(
+    engine: sa.Engine,
+    tmp_path: Path,
+    now,  # type: ignore[no-untyped-def]
+) -> None:
+    broken = tmp_path / "latin1.csv"
+    broken.write_bytes(b"email,name\na@example.org,Ann\nb@example.org,Ren\xe9e\n")
+    with pytest.raises(ImportFileError, match="at line 3") as info:
+        _import(engine, broken, now)
+    assert info.value.field == "line 3"
+    lines = tmp_path / "names.jsonl"
+    lines.write_text(
+        '{"email": "z@example.org", "name": 0}\n{"email": "f@example.org", "name": false}\n'
+        '{"email": "ok@example.org", "name": ""}\n'
+    )
+    report = _import(engine, lines, now)
+    assert report.added == ["ok@example.org"]
+    assert [(e.line, e.message) for e in report.errors] == [
+        (1, "name: must be text"),
+        (2, "name: must be text"),
+    ]
+
+
 def test_json_array_import_reports_lines_of_bad_items(
     engine: sa.Engine, tmp_path: Path, now
 ) -> None:  # type: ignore[no-untyped-def]

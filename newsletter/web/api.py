@@ -141,10 +141,10 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
             return _error(422, f"status must be one of {', '.join(SubscriberStatus)}", "status")
         limit = _page_param(request, "limit", 100)
         offset = _page_param(request, "offset", 0)
-        if limit is None or offset is None:
-            return _error(422, "limit and offset must be whole numbers", "limit")
-        if not (1 <= limit <= PAGE_MAX and 0 <= offset <= 2**31):
-            return _error(422, f"limit must be 1-{PAGE_MAX}, offset 0 or more", "limit")
+        if limit is None or not 1 <= limit <= PAGE_MAX:
+            return _error(422, f"limit must be a whole number from 1 to {PAGE_MAX}", "limit")
+        if offset is None or not 0 <= offset <= 2**31:
+            return _error(422, f"offset must be a whole number from 0 to {2**31}", "offset")
         with session_scope(engine=engine) as session:
             query = select(Subscriber).order_by(Subscriber.id).offset(offset).limit(limit)
             if status is not None:
