@@ -137,58 +137,49 @@ def test_csv_import_reports_every_bad_row_with_its_line_and_keeps_the_good(
     assert (fay.timezone, fay.send_at) == ("UTC", "07:00")
 
 
-def test_a_csv_quote_never_closed_refuses_the_file_and_a_row_too_long_is_named(
+@pytest.mark.parametrize(
+    ("refused", "says", "rows", "errors"),
+    [
+        # A quote left open swallowed every row after it into one reader's name, and
+        # the import said it stored two: the file is refused where the quote opens.
+        # A row with more fields than the header names is that row's error, and a
+        # record whose quoted field holds a line break is named by its first line.
+        (b'email,name,topics\nq1@example.org,A,x\nq2@example.org,"B,x\nq3@example.org,C,x\n',
+         "from line 3 on",
+         ("extra.csv", 'email,name\nok@example.org,"Ann\nLee"\nextra@example.org,Bo,Paris\n'
+                       '"two\nlines@example",x,y\n'),
+         [(4, "1 more field(s) than the header names"),
+          (5, "1 more field(s) than the header names")]),
+        # Bytes that are not UTF-8 are named by their line; a name that is no text
+        # (0, false) is a mistake, not "no name".
+        (b"email,name\na@example.org,Ann\nb@example.org,Ren\xe9e\n", "at line 3",
+         ("names.jsonl", '{"email": "z@example.org", "name": 0}\n'
+                         '{"email": "f@example.org", "name": false}\n'
+                         '{"email": "ok@example.org", "name": ""}\n'),
+         [(1, "name: must be text"), (2, "name: must be text")]),
+    ],
+)  # fmt: skip
+def test_a_file_read_as_a_whole_is_refused_at_its_line_and_a_bad_row_named_alone(
     engine: sa.Engine,
     tmp_path: Path,
     now,  # type: ignore[no-untyped-def]
+    refused: bytes,
+    says: str,
+    rows: tuple[str, str],
+    errors: list[tuple[int, str]],
 ) -> None:
-    """A quote left open swallowed every row after it into one reader's name, and the
-    import said it stored two: now the file is refused, naming where the quote opens.
-    A row with more fields than the header names is that row's error, at its line, and
-    a record whose quoted field holds a line break is named by its first line."""
-    open_quote = tmp_path / "open.csv"
-    open_quote.write_text(
-        'email,name,topics\nq1@example.org,A,x\nq2@example.org,"B,x\nq3@example.org,C,x\n'
-    )
-    with pytest.raises(ImportFileError, match="from line 3 on") as info:
-        _import(engine, open_quote, now)
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(refused)
+    with pytest.raises(ImportFileError, match=says) as info:
+        _import(engine, broken, now)
     assert info.value.field == "line 3"
     with db.session_scope(engine=engine) as session:
         assert session.exec(select(Subscriber)).all() == []  # nothing stored
-    extra = tmp_path / "extra.csv"
-    extra.write_text(
-        'email,name\nok@example.org,"Ann\nLee"\nextra@example.org,Bo,Europe/Paris\n'
-        '"two\nlines@example",x,y\n'
-    )
-    report = _import(engine, extra, now)
+    path = tmp_path / rows[0]
+    path.write_text(rows[1])
+    report = _import(engine, path, now)
     assert report.added == ["ok@example.org"]
-    assert [(e.line, e.message) for e in report.errors] == [
-        (4, "1 more field(s) than the header names"),
-        (5, "1 more field(s) than the header names"),
-    ]
-
-
-def test_import_names_the_line_of_bytes_that_are_not_utf8_and_a_name_that_is_no_text(
-    engine: sa.Engine,
-    tmp_path: Path,
-    now,  # type: ignore[no-untyped-def]
-) -> None:
-    broken = tmp_path / "latin1.csv"
-    broken.write_bytes(b"email,name\na@example.org,Ann\nb@example.org,Ren\xe9e\n")
-    with pytest.raises(ImportFileError, match="at line 3") as info:
-        _import(engine, broken, now)
-    assert info.value.field == "line 3"
-    lines = tmp_path / "names.jsonl"
-    lines.write_text(
-        '{"email": "z@example.org", "name": 0}\n{"email": "f@example.org", "name": false}\n'
-        '{"email": "ok@example.org", "name": ""}\n'
-    )
-    report = _import(engine, lines, now)
-    assert report.added == ["ok@example.org"]
-    assert [(e.line, e.message) for e in report.errors] == [
-        (1, "name: must be text"),
-        (2, "name: must be text"),
-    ]
+    assert [(e.line, e.message) for e in report.errors] == errors
 
 
 def test_json_array_import_reports_lines_of_bad_items(
