@@ -147,9 +147,11 @@ Key = tuple[tuple[Topic, ...], int, int, int, bool]
 
 
 def _sent_papers(*, session: Session, due: Iterable[Due]) -> dict[int, set[int]]:
-    """Per due subscriber, the papers of their digests planned after their ``since``: a
-    superset of those first seen after it (a digest holds only papers seen before it
-    was planned). Usually none: ``since`` is when their last digest was planned."""
+    """Per due subscriber, the papers of their digests that cover beyond their ``since``:
+    a superset of those first seen after it (a digest holds only papers seen until its
+    ``covers_until``). Usually none: ``since`` is the last digest's ``covers_until``.
+    (Not "planned after ``since``": a digest covers until the newest paper it was
+    planned from, before it was planned, and every reader's last one would be read.)"""
     since = {d.subscriber_id: d.since for d in due}
     if not since:
         return {}
@@ -158,14 +160,14 @@ def _sent_papers(*, session: Session, due: Iterable[Due]) -> dict[int, set[int]]
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
         rows = session.exec(
-            select(Delivery.subscriber_id, Delivery.created_at, Delivery.id).where(
+            select(Delivery.subscriber_id, Delivery.covers_until, Delivery.id).where(
                 Delivery.kind == DeliveryKind.DIGEST,
                 Delivery.subscriber_id.in_(chunk),  # type: ignore[attr-defined]
-                Delivery.created_at > min(since[s] for s in chunk),
+                Delivery.covers_until > min(since[s] for s in chunk),
             )
         )
-        # Only the rows newer than each reader's own `since` are decoded.
-        wanted = [did for sid, created, did in rows if created > since[sid]]
+        # Only the rows that cover beyond each reader's own `since` are decoded.
+        wanted = [did for sid, covers, did in rows if covers > since[sid]]
         for w in range(0, len(wanted), 5000):
             for sid, items in session.exec(
                 select(Delivery.subscriber_id, Snapshot.items)
