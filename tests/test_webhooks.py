@@ -6,6 +6,7 @@ foreign ones are refused and change nothing."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
@@ -260,3 +261,45 @@ def test_webhooks_are_off_unless_configured(tmp_path: Path, database_url: str) -
         for relay in ("ses", "postmark", "mailgun"):
             assert client.post(f"/webhooks/{relay}", json={}).status_code == 404
     assert DOMAIN  # the bounce domain alone turns no webhook on
+
+
+def test_a_relay_refusing_us_suppresses_nobody_and_a_signature_passes_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Mailgun calls a block of us a "bounce" (5.7.1, rate limited) and gives up on mail
+    it could not deliver ("old", "esp-block"); Postmark's SpamNotification is a spam
+    filter on the content: none is the address's fault, or a relay outage would
+    suppress the whole list. Mailgun signs only a timestamp and a token, not the event:
+    one signature sent many times at once, each with another reader's complaint,
+    passes once."""
+    readers = ["blocked@example.org", "old@example.org", "filtered@example.org"]
+    victims = [f"victim{k}@example.org" for k in range(6)]
+    engine, accepted = _sent(tmp_path, database_url, readers + victims)
+    with _relays(tmp_path, database_url, engine) as client:
+        for k, (address, extra) in enumerate((
+            ("blocked@example.org", {"reason": "bounce", "delivery-status": {
+                "code": 550, "enhanced-code": "5.7.1", "description": "rate limited"}}),
+            ("old@example.org", {"reason": "old", "delivery-status": {"code": 0}}),
+        )):  # fmt: skip
+            event = {"id": f"ev-b{k}", "event": "failed", "severity": "permanent",
+                     "recipient": address, "envelope": {"sender": accepted[address].mail_from},
+                     **extra}  # fmt: skip
+            reply = client.post("/webhooks/mailgun", json=_mailgun(event, token=f"b{k}" * 25))
+            assert reply.json()["recorded"][0].startswith("recorded: the message was refused")
+        spam = {"RecordType": "Bounce", "ID": 51, "Type": "SpamNotification",
+                "Email": "filtered@example.org"}  # fmt: skip
+        client.post("/webhooks/postmark", json=spam, auth=("postmark", POSTMARK))
+        once = _mailgun({}, token="r" * 50)["signature"]
+        calls = [
+            {"signature": once, "event-data": {
+                "id": f"ev-r{k}", "event": "complained", "recipient": address,
+                "message": {"headers": {"message-id": accepted[address].message_id}}}}
+            for k, address in enumerate(victims)
+        ]  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            codes = list(pool.map(lambda c: client.post("/webhooks/mailgun", json=c).status_code,
+                                  calls))  # fmt: skip
+    assert sorted(codes) == [200] + [403] * (len(calls) - 1)
+    for address in readers:
+        assert _state(engine, address)[0] == "active", address
+    assert sum(_state(engine, v)[0] == "unsubscribed" for v in victims) == 1

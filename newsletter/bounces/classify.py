@@ -26,7 +26,19 @@ _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 # permanent failures are about the *message* or our sending (5.7.x policy, DMARC or
 # spam blocks, 5.3.4 and 5.2.3 too big, 5.6.x content): suppressing the reader for those
 # would punish them for our mistake, so they are "rejected", recorded and counted.
-_ADDRESS_STATUS_RE = re.compile(r"5\.(1\.\d+|2\.1|4\.4)")
+# Of X.1.x, not X.1.7 and X.1.8: those are about the *sender's* address (ours: our bounce
+# domain's DNS broken would suppress every reader).
+_ADDRESS_STATUS_RE = re.compile(r"5\.(1\.(?:[1-6]|10)|2\.1|4\.4)")
+# In a bounce's own words: an SMTP reply's enhanced code ("550 5.7.1", "550-5.1.1"),
+# not any three numbers with dots (a version, an address) ...
+_REPLY_STATUS_RE = re.compile(r"\b[245][0-9][0-9][ -]+([245]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+# ... and, when a bounce gives none, what only a refusal of *us* says: a blocklist, a rate
+# limit, a policy, a relay refused. Those are recorded, never a reason to suppress.
+_POLICY_RE = re.compile(
+    r"block ?list|black ?list|blocked using|spamhaus|rate.?limit|too many (?:messages|connections)"
+    r"|policy|relay(?:ing)? (?:access )?denied|not permitted to relay|reputation",
+    re.IGNORECASE,
+)
 _MAILBOX_FULL = ("2.2",)
 _QUOTED = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _AUTO_SUBJECT_RE = re.compile(
@@ -63,6 +75,15 @@ def parse(data: bytes) -> email.message.Message:
     return email.message_from_bytes(data, policy=email.policy.compat32)
 
 
+def status_code(text: str) -> str | None:
+    """The enhanced status code a server's words give: after an SMTP reply code ("550
+    5.7.1 ..."), or opening them ("5.1.1 no such user")."""
+    found = _REPLY_STATUS_RE.search(text) or _STATUS_RE.match(text.strip())
+    return f"{found[1]}.{found[2]}.{found[3]}" if found and found.re is _STATUS_RE else (
+        found[1] if found else None
+    )
+
+
 def status_kind(status: str | None, *, permanent: bool) -> Kind:
     """A failure's kind from its enhanced status code (``permanent``: the reporter says
     it will not be retried)."""
@@ -91,7 +112,14 @@ def classify(msg: email.message.Message) -> Report:
         temporary, permanent = frozenset(), frozenset()
     original = _original_message_id(msg)
     if permanent:
-        return Report(Kind.HARD, _addresses(permanent), None, _first_line(msg), original,
+        # The detectors tell permanent from temporary, not the address from the message:
+        # the bounce's own words do (a "550 5.7.1 rate limited" suppressed whole lists).
+        said = _said(msg)
+        status = status_code(said)
+        kind = status_kind(status, permanent=True)
+        if status is None and _POLICY_RE.search(said):
+            kind = Kind.REJECTED
+        return Report(kind, _addresses(permanent), status, _first_line(msg), original,
                       "flufl.bounce")  # fmt: skip
     if temporary:
         return Report(Kind.SOFT, _addresses(temporary), None, _first_line(msg), original,
@@ -239,6 +267,17 @@ def _address(text: str) -> str:
 
 def _addresses(found: frozenset[bytes] | set[bytes]) -> tuple[str, ...]:
     return tuple(sorted(a.decode("utf-8", "replace").lower() for a in found))
+
+
+def _said(msg: email.message.Message) -> str:
+    """The bounce's own text parts: not the message it quotes back, whose words are ours."""
+    said: list[str] = []
+    for part in msg.walk():
+        if part.get_content_type() in _QUOTED:
+            break  # what follows is the original
+        if part.get_content_type() == "text/plain":
+            said.append(_payload_text(part))
+    return "\n".join(said)[:100_000]
 
 
 def _first_line(msg: email.message.Message) -> str:

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from newsletter.bounces.classify import Kind, Report, status_kind
+from newsletter.bounces.classify import Kind, Report, status_code, status_kind
 
 MAILGUN_MAX_AGE = 15 * 60  # seconds
 _SNS_FIELDS = {
@@ -188,7 +188,8 @@ def postmark_report(payload: Mapping[str, Any]) -> Report | None:
     kind = {
         "HardBounce": Kind.HARD, "BadEmailAddress": Kind.HARD, "ManuallyDeactivated": Kind.HARD,
         "SoftBounce": Kind.SOFT, "Transient": Kind.SOFT, "DnsError": Kind.SOFT,
-        "SpamNotification": Kind.COMPLAINT, "SpamComplaint": Kind.COMPLAINT,
+        # A spam filter flagged the content, not the reader: the message was refused
+        "SpamNotification": Kind.REJECTED, "SpamComplaint": Kind.COMPLAINT,
         "AutoResponder": Kind.AUTO_REPLY,
     }.get(str(payload.get("Type")), Kind.UNRECOGNISED)  # fmt: skip
     return Report(kind, (email,), None, str(payload.get("Description", ""))[:300], how="postmark")
@@ -204,9 +205,12 @@ class MailgunVerifier:
         self._lock = threading.Lock()
 
     def verify(self, signature: object, *, now: float | None = None) -> str:
-        """The call's token when its signature checks, is fresh and was not used for a
-        recorded call before; ``remember`` it once the call is recorded (a call that
-        failed to record may be retried by Mailgun with the same token)."""
+        """The call's token when its signature checks, is fresh and was not used before.
+        Mailgun signs the timestamp and token only, not the event: the token is taken
+        here, at once, so the same signature sent many times at once with other events
+        passes once; ``release`` it if the call fails to record (Mailgun retries a
+        failed call with the same token). It is kept until its signed timestamp is too
+        old to pass, whatever the clock said when it came."""
         if not isinstance(signature, Mapping):
             raise WebhookRefused("no Mailgun signature")
         now = time.time() if now is None else now
@@ -220,14 +224,16 @@ class MailgunVerifier:
         if abs(now - int(timestamp)) > MAILGUN_MAX_AGE:
             raise WebhookRefused("the Mailgun timestamp is too old (a replay?)")
         with self._lock:
-            self._seen = {t: at for t, at in self._seen.items() if at > now - MAILGUN_MAX_AGE}
+            self._seen = {t: until for t, until in self._seen.items() if until >= now}
             if token in self._seen:
                 raise WebhookRefused("this Mailgun token was used before (a replay)")
+            self._seen[token] = int(timestamp) + MAILGUN_MAX_AGE  # when it can pass no more
         return token
 
-    def remember(self, token: str, *, now: float | None = None) -> None:
+    def release(self, token: str) -> None:
+        """The call with this token was not recorded: Mailgun may send it again."""
         with self._lock:
-            self._seen[token] = time.time() if now is None else now
+            self._seen.pop(token, None)
 
 
 def mailgun_report(event: Mapping[str, Any]) -> tuple[Report, str] | None:
@@ -242,14 +248,16 @@ def mailgun_report(event: Mapping[str, Any]) -> tuple[Report, str] | None:
         return None
     status = event.get("delivery-status") or {}
     text = str(status.get("description") or status.get("message") or "")[:300]
-    code = status.get("enhanced-code") or None
+    code = str(status.get("enhanced-code") or "") or status_code(text)
     if event.get("severity") != "permanent":
         kind = Kind.DELAYED  # Mailgun is still trying (greylisting, a busy server)
-    elif event.get("reason") in ("bounce", "suppress-bounce"):
+    elif code:  # the relay's code says whose fault: a "bounce" for 5.7.1 is a block
+        kind = status_kind(code, permanent=True)
+    elif event.get("reason") in (None, "bounce", "suppress-bounce"):
         kind = Kind.HARD
-    else:
-        kind = status_kind(str(code) if code else None, permanent=True)
-    return Report(kind, (recipient,), code, text, message_id, "mailgun"), return_path
+    else:  # esp-block, old (gave up after retrying), generic: not the address
+        kind = Kind.REJECTED
+    return Report(kind, (recipient,), code or None, text, message_id, "mailgun"), return_path
 
 
 def _angle(value: object) -> str | None:

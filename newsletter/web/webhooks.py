@@ -144,9 +144,11 @@ def routes(site: Site) -> list[Route]:
         except (AttributeError, TypeError) as exc:
             return refused("mailgun", WebhookRefused(f"not a Mailgun event: {exc}"), 400)
         ident = str(event.get("id", "")) if isinstance(event, dict) else ""
-        answer = await recorded("mailgun", [(found[0], found[1], ident)] if found else [])
-        mailgun.remember(token)  # only now: a call that failed to record may come again
-        return answer
+        try:
+            return await recorded("mailgun", [(found[0], found[1], ident)] if found else [])
+        except BaseException:
+            mailgun.release(token)  # not recorded: Mailgun's retry must pass
+            raise
 
     return [
         Route("/webhooks/ses", ses, methods=["POST"]),
