@@ -79,8 +79,10 @@ def status_code(text: str) -> str | None:
     """The enhanced status code a server's words give: after an SMTP reply code ("550
     5.7.1 ..."), or opening them ("5.1.1 no such user")."""
     found = _REPLY_STATUS_RE.search(text) or _STATUS_RE.match(text.strip())
-    return f"{found[1]}.{found[2]}.{found[3]}" if found and found.re is _STATUS_RE else (
-        found[1] if found else None
+    return (
+        f"{found[1]}.{found[2]}.{found[3]}"
+        if found and found.re is _STATUS_RE
+        else (found[1] if found else None)
     )
 
 
