@@ -274,3 +274,30 @@ def test_migration_0007_leaves_existing_topics_without_a_sentence(bare_url: str)
         ]
         assert session.get(Subscriber, 1).dial == DEFAULT_DIAL  # type: ignore[union-attr]
     engine.dispose()
+
+
+def test_migration_0013_has_every_paper_analysed_again(bare_url: str) -> None:
+    """The stemmer's analysis changed (an acronym's plural in lower case or capitals):
+    postings written under the old one are dropped and every paper indexed again by
+    the next ``index_pending``, so a filter and the stored papers agree."""
+    from newsletter.corpus.postings import index_pending
+    from tests.helpers import add_paper
+
+    engine = db.make_engine(bare_url)
+    db.upgrade(engine=engine, revision="0012")
+    seen = datetime(2026, 11, 23, tzinfo=UTC)
+    ids = [add_paper(engine, title=f"LLMS {k}", abstract="a.", seen=seen) for k in range(3)]
+    assert index_pending(engine=engine) == 3
+
+    def unindexed() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT count(*) FROM papers WHERE index_segment IS NULL")
+            ).scalar_one()
+
+    assert unindexed() == 0
+    db.upgrade(engine=engine)
+    assert unindexed() == len(ids)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM postings")).scalar_one() == 0
+    assert index_pending(engine=engine) == len(ids) and unindexed() == 0

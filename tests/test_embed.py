@@ -93,6 +93,14 @@ def test_papers_are_embedded_once_then_again_only_when_something_changed(
     assert now_vectors[ids[2]].vector == before[ids[2]].vector
     assert now_vectors[ids[0]].text_hash != before[ids[0]].text_hash
     assert store.unpack(now_vectors[ids[1]].vector, 1) is not None
+    # The right size but not numbers (NaN, infinity), or sentences that do not decode:
+    # embedded again, or the paper would have no meaning for good.
+    nan = np.full(DIM, np.nan, "<f2").tobytes()
+    with db.session_scope(engine=engine) as session:
+        session.get(PaperVector, ids[0]).vector = nan  # type: ignore[union-attr]
+        session.get(PaperVector, ids[1]).sentences = b"\x00" * 5  # type: ignore[union-attr]
+    assert store.embed_papers(engine=engine).embedded == 2
+    assert all(store.unpack(v.vector, 1) is not None for v in _vectors(engine).values())
     with db.session_scope(engine=engine) as session:
         session.get(PaperVector, ids[2]).model = "an-older-model"  # type: ignore[union-attr]
     assert store.embed_papers(engine=engine).embedded == 1
@@ -192,6 +200,38 @@ def test_topics_share_one_vector_per_text(sqlite_engine: sa.Engine, now: datetim
     assert store.embed_topics(engine=sqlite_engine) == 0
     with db.session_scope(engine=sqlite_engine) as session:
         assert len(session.exec(select(TopicVector)).all()) == 2
+        session.execute(sa.update(TopicVector).values(vector=b"\x00\x01"))  # corrupt, both
+    # Each tick reads the hashes only; `papers embed` decodes them and mends what does
+    # not; --rebuild embeds every topic again.
+    assert store.embed_topics(engine=sqlite_engine) == 0
+    assert store.embed_topics(engine=sqlite_engine, check=True) == 2
+    assert store.embed_topics(engine=sqlite_engine, check=True) == 0
+    assert store.embed_topics(engine=sqlite_engine, rebuild=True) == 2
+
+
+def test_a_model_whose_files_do_not_load_is_a_clear_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A truncated or emptied install: one line naming the folder, the error typed as
+    the model missing, so every caller turns meaning off and says so."""
+    from newsletter.embed.encoder import ModelMissingError, model_dir
+
+    for damage in ("truncate", "empty", "no tokenizer"):
+        copy = tmp_path / damage.replace(" ", "_")
+        copy.mkdir()
+        for f in model_dir().iterdir():
+            if f.is_file():
+                (copy / f.name).write_bytes(f.read_bytes())
+        weights = copy / "model.safetensors"
+        if damage == "truncate":
+            weights.write_bytes(weights.read_bytes()[:1000])
+        elif damage == "empty":
+            weights.write_bytes(b"")
+        else:
+            (copy / "tokenizer.json").unlink()
+        with pytest.raises(ModelMissingError, match="the model's files do not load") as info:
+            Encoder(copy)
+        assert str(copy) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_bundled_seed_matches_what_the_model_computes(

@@ -874,6 +874,12 @@ def test_acronym_plural_matches_its_singular(
     assert len(plural) >= 100
     assert plural <= hits(corpus_index, "LLM")
     assert hits(corpus_index, "LLMs") == hits(corpus_index, "LLM")
+    # However the filter writes it: a reader typing in lower case, or in capitals,
+    # means the same papers (the stemmer leaves a word without vowels alone).
+    for typed, same in (("llms", "LLMs"), ("LLMS", "LLMs"), ("vlms", "VLMs"), ("cnns", "CNNs")):
+        assert hits(corpus_index, typed) == hits(corpus_index, same), typed
+    shouting = DayIndex([PaperDoc(1, "LLMS THAT REASON", "x."), PaperDoc(2, "GANs at play", "y.")])
+    assert hits(shouting, "LLMs") == {0} and hits(shouting, "gans") == {1}
 
 
 def test_stemming_joins_word_forms_and_exact_keeps_them_apart(

@@ -92,3 +92,27 @@ def test_a_threshold_on_the_products_is_the_same_test_as_on_the_cosines() -> Non
     for threshold in [-1.0, 0.0, 0.05, 0.1, 0.3999, 0.4, 0.45, 1.0, *on_the_line, *just_above]:
         assert np.array_equal(raw >= product_at_least(threshold), cos >= threshold), threshold
         assert (cos == threshold).any() or threshold not in on_the_line
+
+
+@pytest.mark.parametrize(
+    ("papers", "vectors", "normalises"),
+    [(250, 3, False), (250, 29, False), (250, 30, True), (3, 3, True), (20, 10, True),
+     (20, 9, False), (1, 1, False)],
+)  # fmt: skip
+def test_a_window_with_a_handful_of_vectors_leaves_meaning_out(
+    papers: int, vectors: int, normalises: bool
+) -> None:
+    """A few vectors out of hundreds of papers (the rest unreadable) made a covariance
+    whose z-scores ran to -57 and +27: such a window does not normalise, and papers are
+    decided on their words; a new install's few papers, each with its vector, do."""
+    from newsletter.filters.bm25 import corpus_stats
+    from newsletter.relevance.reference import Reference
+
+    rng = np.random.default_rng(1)
+    window = rng.standard_normal((max(vectors, 2), 384)).astype(np.float32)
+    reference = Reference(
+        stats=corpus_stats([]), mean=window.mean(0),
+        covariance=np.cov(window, rowvar=False).astype(np.float32), papers=papers,
+        vectors=vectors,
+    )  # fmt: skip
+    assert reference.normalises is normalises

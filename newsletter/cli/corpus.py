@@ -114,7 +114,7 @@ def embed_stored(engine: sa.Engine, *, rebuild: bool = False, always: bool = Fal
             report = embed.embed_papers(
                 engine=engine, rebuild=rebuild, every_text=always, on_progress=advance
             )
-            report.topics = embed.embed_topics(engine=engine)
+            report.topics = embed.embed_topics(engine=engine, check=always, rebuild=rebuild)
         except embed.ModelMissingError as exc:
             err.print(f"warning: meaning is off: {exc}", markup=False)
             return

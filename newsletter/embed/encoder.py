@@ -40,7 +40,7 @@ _BATCH = 32
 
 
 class ModelMissingError(NewsletterError):
-    """The model's files are not installed."""
+    """The model's files are not installed, or do not load."""
 
 
 def model_dir() -> Path:
@@ -83,10 +83,21 @@ class Encoder:
     dim = DIM
 
     def __init__(self, path: Path | None = None) -> None:
+        path = path or model_dir()
+        try:
+            self._load(path)
+        except Exception as exc:  # a truncated, emptied or half-removed install
+            # One clear line naming where, never a traceback: callers turn meaning off
+            # (planning goes on with the filters' words) and say so.
+            raise ModelMissingError(
+                f"{path}: the model's files do not load ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); reinstall the package (scripts/bootstrap)"
+            ) from exc
+
+    def _load(self, path: Path) -> None:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        path = path or model_dir()
         config = json.loads((path / "config.json").read_text())
         w = {
             k.removeprefix("bert."): v.astype(np.float32)

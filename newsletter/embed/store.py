@@ -202,7 +202,8 @@ def embed_papers(
         while True:
             rows = session.exec(
                 select(Paper.id, Paper.title, Paper.abstract, PaperVector.model,
-                       PaperVector.text_hash, sa.func.length(PaperVector.vector))
+                       PaperVector.text_hash, PaperVector.vector, PaperVector.sentences,
+                       PaperVector.spans)
                 .join(PaperVector, PaperVector.paper_id == Paper.id, isouter=True)  # type: ignore[arg-type]
                 .where(Paper.id > last, stale)
                 .order_by(Paper.id)
@@ -210,14 +211,14 @@ def embed_papers(
             ).all()  # fmt: skip
             if not rows:
                 break
-            for pid, title, abstract, model, stored_hash, size in rows:
+            for pid, title, abstract, model, stored_hash, vector, sentences, stored in rows:
                 text, offset = paper_text(title, abstract)
                 digest = text_hash(encoder_name, text)
                 if (
                     not rebuild
                     and model == encoder_name
                     and stored_hash == digest
-                    and size == 2 * DIM
+                    and _readable(vector, sentences, stored)
                 ):
                     report.reused += 1
                     continue
@@ -284,8 +285,28 @@ def _upsert_paper(
     session.add(row)
 
 
-def embed_topics(*, engine: sa.Engine, encoder: Encoder | None = None) -> int:
-    """Embed every stored topic text that has no vector for this model yet."""
+def _readable(vector: bytes | None, sentences: bytes | None, spans: str | None) -> bool:
+    """A stored paper vector (and its sentences') that decodes: the right size, every
+    value finite (a NaN would leave the paper without meaning, for good)."""
+    if vector is None or unpack(vector, 1) is None:
+        return False
+    try:
+        count = len(json.loads(spans or "[]"))
+    except (ValueError, TypeError):
+        return False
+    return not count or (sentences is not None and unpack(sentences, count) is not None)
+
+
+def embed_topics(
+    *,
+    engine: sa.Engine,
+    encoder: Encoder | None = None,
+    check: bool = False,
+    rebuild: bool = False,
+) -> int:
+    """Embed every stored topic text that has no vector for this model yet; ``check``:
+    or whose vector does not decode (``newsletter papers embed``; each tick reads only
+    the hashes); ``rebuild``: every one."""
     texts: set[str] = set()
     with session_scope(engine=engine) as session:
         for q, a in session.exec(select(TopicFilter.query, TopicFilter.about).distinct()):
@@ -293,16 +314,34 @@ def embed_topics(*, engine: sa.Engine, encoder: Encoder | None = None) -> int:
                 texts.add(topic_text(query=q, about=a))
             except FilterSyntaxError:
                 continue  # planning leaves that topic out, and names it
-    return ensure_topic_vectors(engine=engine, texts=texts, encoder=encoder)
+    return ensure_topic_vectors(
+        engine=engine, texts=texts, encoder=encoder, check=check, rebuild=rebuild
+    )
 
 
 def ensure_topic_vectors(
-    *, engine: sa.Engine, texts: Iterable[str], encoder: Encoder | None = None
+    *,
+    engine: sa.Engine,
+    texts: Iterable[str],
+    encoder: Encoder | None = None,
+    check: bool = False,
+    rebuild: bool = False,
 ) -> int:
     texts = sorted({t for t in texts if t})
     name = encoder.name if encoder is not None else MODEL_NAME
+    have: set[str] = set()  # rebuild: every text embedded again
     with session_scope(engine=engine) as session:
-        have = set(session.exec(select(TopicVector.text_hash).where(TopicVector.model == name)))
+        mine = TopicVector.model == name
+        if check and not rebuild:
+            have = {
+                digest
+                for digest, blob in session.exec(
+                    select(TopicVector.text_hash, TopicVector.vector).where(mine)
+                )
+                if unpack(blob, 1) is not None
+            }
+        elif not rebuild:
+            have = set(session.exec(select(TopicVector.text_hash).where(mine)))
     missing = [t for t in texts if text_hash(name, t) not in have]
     if not missing:
         return 0

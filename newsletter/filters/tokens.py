@@ -9,7 +9,8 @@
   a CJK word in a filter is then a phrase of its characters.
 * Stems come from the Snowball English stemmer, so ``model``, ``models`` and
   ``modeling`` meet. Tokens with digits are not stemmed (``gpt4``, ``3d``), and an
-  all-capitals acronym keeps its plural apart: ``LLMs`` is ``llm``.
+  all-capitals acronym keeps its plural apart: ``LLMs`` is ``llm``, and so is a
+  stemmed ``llms`` or ``LLMS`` (a word without vowels loses its plural "s").
 """
 
 from __future__ import annotations
@@ -53,8 +54,16 @@ def _surface_word(word: str) -> tuple[tuple[str, str], ...]:
     return tuple((tok, shown) for tok in tokens(word))
 
 
+_VOWELS = frozenset("aeiouy")
+
+
 @lru_cache(maxsize=200_000)
 def stem(token: str) -> str:
     if any(c.isdigit() for c in token) or not token.isascii():
         return token
+    if len(token) > 2 and token[-1] == "s" and _VOWELS.isdisjoint(token):
+        # An acronym's plural not written "LLMs" (a filter typed "llms", a title in
+        # capitals): the stemmer leaves a word without vowels alone, and "llms" would
+        # meet only itself, never the "llm" every "LLMs" is.
+        return token[:-1]
     return _STEMMER.stemWord(token)

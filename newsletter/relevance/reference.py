@@ -27,6 +27,10 @@ from newsletter.relevance import meaning
 WINDOW_DAYS = 30
 MOST = 2000
 LEAST = 200
+# Vectors that make a window's covariance worth z-scoring against, when it holds more
+# papers than that: a handful out of hundreds (the rest without a readable vector) gave
+# z-scores of -57 to +27, and so a line drawn somewhere else.
+ENOUGH = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,13 @@ class Reference:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_window", meaning.window(self.mean, self.covariance))
+
+    @property
+    def normalises(self) -> bool:
+        """Whether cosines can be z-scored against the window: at least two vectors, and
+        ``ENOUGH`` of them or half its papers (a new install's few papers have theirs);
+        otherwise papers are decided on their words."""
+        return self.vectors >= 2 and (self.vectors >= ENOUGH or 2 * self.vectors >= self.papers)
 
     def spread(self, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For unit topic vectors (rows): the window's mean cosine and its std, the same

@@ -135,7 +135,7 @@ class Scorer:
         if self.present is None:
             self.present = np.ones(n, bool)
         self._all_present = bool(self.present.all())
-        self._meaning = vectors is not None and reference.vectors >= 2
+        self._meaning = vectors is not None and reference.normalises
         self._papers8 = quantise(vectors) if self._meaning else None  # type: ignore[arg-type]
         self._day = Day(ranker.popularity, ranker.upvotes, ranker.seen, ranker.ids)
 
