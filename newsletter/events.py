@@ -34,5 +34,7 @@ class EventKind(enum.StrEnum):
     # live sources
     SOURCE_FETCHED = "source.fetched"
     SOURCE_FAILED = "source.failed"
+    # the operator
+    REPORT_SENT = "operator.report_sent"  # the daily report, its day in the detail
     # feedback
     VOTED = "feedback.vote"  # "more like this", "not for me", or taking one back

@@ -26,6 +26,7 @@ from newsletter.db import session_scope
 from newsletter.events import EventKind
 from newsletter.ledger.reputation import EditionRates, rates_by_edition
 from newsletter.models import Delivery, DeliveryKind, DeliveryStatus, Event, Paper
+from newsletter.text import terminal_safe
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,11 @@ class DailyFigures:
     complaints: int
     files_failed: list[str]
     editions: list[EditionRates]  # the latest few, newest first
+
+
+# What a digest's last attempt records when it fails for good (``ledger.outcomes``,
+# ``claims.expire``): a soft bounce only once retrying is over.
+_FAILURES = (EventKind.FAILED, EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE)
 
 
 def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
@@ -79,8 +85,17 @@ def daily_figures(*, engine: sa.Engine, now: datetime) -> DailyFigures:
             retrying=count(
                 digests.where(Delivery.status == DeliveryStatus.PENDING, Delivery.attempts > 0)
             ),
+            # Failed in the last day, whenever planned: retries run 48 hours by default,
+            # so a digest planned before the window often fails within it.
             failed=count(
-                digests.where(Delivery.status == DeliveryStatus.FAILED, Delivery.created_at > since)
+                select(sa.func.count(sa.distinct(Event.delivery_id)))
+                .join(Delivery, Delivery.id == Event.delivery_id)
+                .where(
+                    Delivery.kind == DeliveryKind.DIGEST,
+                    Delivery.status == DeliveryStatus.FAILED,
+                    Event.kind.in_(_FAILURES),  # type: ignore[attr-defined]
+                    Event.at > since,
+                )
             ),
             hard_bounces=events(EventKind.HARD_BOUNCE),
             soft_bounces=events(EventKind.SOFT_BOUNCE),
@@ -116,7 +131,7 @@ def report_text(figures: DailyFigures) -> str:
         f"  unsubscribes         {figures.unsubscribes}",
         f"  files failed to parse {len(figures.files_failed)}",
     ]
-    lines += [f"    {path}" for path in figures.files_failed]
+    lines += [f"    {terminal_safe(path)}" for path in figures.files_failed]  # a line each
     for r in figures.editions:
         lines.append(
             f"  edition {r.edition}: {r.sent} sent, bounces {r.bounce_rate:.2%}, "

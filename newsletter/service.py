@@ -29,17 +29,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import IO
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlmodel import select
 
 from newsletter import db, embed, eventloop, signups
 from newsletter.backends import EmailBackend
@@ -48,8 +50,9 @@ from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
 from newsletter.corpus.postings import index_pending
 from newsletter.deliver import DeliverReport, Outcome, deliver_due, run_worker
+from newsletter.events import EventKind
 from newsletter.health import WorkerHealth
-from newsletter.models import utcnow
+from newsletter.models import Event, utcnow
 from newsletter.plan import plan_digests
 from newsletter.report import send_report
 from newsletter.runtime import Runtime
@@ -252,10 +255,34 @@ class Jobs:
             log.info("unconfirmed sign-ups forgotten", extra={"count": n})
 
     def report(self) -> None:
+        """Send the operator's report now (and note the day it was sent)."""
         if not self.settings.operator_email or not self.leadership.held():
             return
-        sent = send_report(engine=self.engine, settings=self.settings, now=self.now())
+        now = self.now()
+        sent = send_report(engine=self.engine, settings=self.settings, now=now)
+        with db.session_scope(engine=self.engine) as session:
+            session.add(Event(at=now, kind=EventKind.REPORT_SENT, detail=json.dumps({"day": sent})))
         log.info("operator report sent", extra={"to": self.settings.operator_email, "day": sent})
+
+    def report_if_due(self) -> None:
+        """The report, once a day, at the first run from ``NEWSLETTER_REPORT_AT`` UTC on:
+        a service down at that hour sends it when it is back, and a send that failed is
+        tried again at the next run (a cron trigger fires once, and lost both)."""
+        if not self.settings.operator_email or not self.leadership.held():
+            return
+        now = self.now()
+        hh, mm = (int(x) for x in self.settings.report_at.split(":"))
+        due = datetime.combine(now.date(), time(hh, mm), tzinfo=UTC)
+        if now < due:
+            return
+        with db.session_scope(engine=self.engine) as session:
+            sent = session.exec(
+                select(sa.func.count())
+                .select_from(Event)
+                .where(Event.kind == EventKind.REPORT_SENT, Event.at >= due)
+            ).one()
+        if not sent:
+            self.report()
 
 
 async def run(
@@ -301,8 +328,10 @@ async def run(
             next_run_time=start + timedelta(seconds=1), **common,
         )  # fmt: skip
         scheduler.add_job(jobs.expire, "interval", hours=1, id="expire", **common)
-        hh, mm = (int(x) for x in settings.report_at.split(":"))
-        scheduler.add_job(jobs.report, "cron", hour=hh, minute=mm, id="report", **common)
+        scheduler.add_job(
+            jobs.report_if_due, "interval", minutes=10, next_run_time=start + timedelta(seconds=5),
+            id="report", **common,
+        )  # fmt: skip
         scheduler.start()
     if health is not None:
 
@@ -433,5 +462,10 @@ def _log_outcome(outcome: Outcome) -> None:
 
 
 def lock_path(settings: Settings) -> Path:
-    """The SQLite leader's lock file, beside the database."""
+    """The SQLite leader's lock file, beside the database file: two services with
+    other homes (``NEWSLETTER_HOME``) but one ``DATABASE_URL`` must meet on one lock,
+    or both would plan and both send the operator's report."""
+    database = sa.engine.make_url(settings.database_url).database
+    if database and database != ":memory:":
+        return Path(database).resolve().with_name(Path(database).name + ".scheduler.lock")
     return settings.data_dir / "scheduler.lock"

@@ -288,13 +288,17 @@ def find(*, session: Session, email: str) -> Subscriber:
 
 
 def remove_subscriber(*, session: Session, email: str, now: datetime) -> None:
-    """Delete a subscriber with their filters, ledger and history (they asked to be
-    forgotten). The history goes too: SQLite gives the next subscriber the id of the
-    last one deleted, and votes are replayed by id, so a newcomer would be taught what
-    the removed reader voted (and counted their hour's votes). What stays is that
-    someone was removed."""
+    """Delete a subscriber with their filters, ledger and votes (they asked to be
+    forgotten), and cut their history loose from them: SQLite gives the next subscriber
+    the id of the last one deleted, and votes are replayed by id, so a newcomer would
+    be taught what the removed reader voted (and counted their hour's votes). The other
+    events stay, naming no one (no id, no detail): the bounce, complaint and unsubscribe
+    counters are counters, and must never go down."""
     row = find(session=session, email=email)
-    session.execute(sa.delete(Event).where(Event.subscriber_id == row.id))  # type: ignore[arg-type]
+    theirs_only = Event.subscriber_id == row.id
+    session.execute(sa.delete(Event).where(theirs_only, Event.kind == EventKind.VOTED))  # type: ignore[arg-type]
+    anonymous = {"subscriber_id": None, "delivery_id": None, "detail": "{}"}
+    session.execute(sa.update(Event).where(theirs_only).values(**anonymous))  # type: ignore[arg-type]
     session.add(event(kind=EventKind.REMOVED, subscriber_id=None, now=now))
     theirs = set(
         session.exec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import email
 import email.policy
 from datetime import UTC, datetime, timedelta
@@ -513,3 +514,24 @@ def test_a_relay_down_past_the_deadline_fails_the_digest_not_the_reader(
     assert (sub.status, sub.soft_bounces) == ("active", 0)  # type: ignore[union-attr]
     assert "delivery.failed" in kinds and "bounce.soft" not in kinds
     assert _row(engine).status == "failed"
+
+
+def test_the_daily_report_counts_what_failed_that_day_and_quotes_paths_on_one_line(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """Retries run 48 hours by default: a digest planned the day before fails within
+    the report's day and is counted there. A failed file's path is quoted on its line
+    (a path holding a line break would forge report lines)."""
+    from newsletter.report import daily_figures, report_text
+
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="late@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    later = now + timedelta(hours=49)
+    assert deliver(engine, settings, MemoryBackend(), later).count("failed") == 1  # past due
+    with db.session_scope(engine=engine) as session:
+        session.add(Event(at=later, kind="ingest.file_failed",
+                          detail=json.dumps({"path": "x.json\nWARNING: papers ingested 999"})))  # fmt: skip
+    text = report_text(daily_figures(engine=engine, now=later + timedelta(minutes=1)))
+    assert "  failed               1" in text
+    assert "\nWARNING: papers" not in text and "x.json\\nWARNING" in text

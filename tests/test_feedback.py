@@ -374,20 +374,28 @@ def test_the_feedback_command_refuses_what_it_cannot_find(tmp_path: Path) -> Non
 
 
 def test_a_removed_readers_votes_are_nobody_elses(tmp_path: Path) -> None:
-    """Removed ("forget me"), a reader's history goes with them: SQLite gives the next
-    subscriber the same id, and votes are replayed by id."""
+    """Removed ("forget me"), a reader's votes go and the rest of their history names no
+    one: SQLite gives the next subscriber the same id, and votes are replayed by id; the
+    counters (unsubscribes, bounces) never go down."""
+    from newsletter import subscribers
     from newsletter.feedback import votes_since
-    from newsletter.subscribers import remove_subscriber
+    from newsletter.ledger import stats
 
     engine, _settings, _url = _store(tmp_path)
     gone = subscribe(engine, email="gone@example.org", topics=[DIFFUSION], now=NOW)
     _vote(engine, "gone@example.org", _paper(engine, "Diffusion").id, Vote.DOWN)
     with db.session_scope(engine=engine) as session:
-        remove_subscriber(session=session, email="gone@example.org", now=NOW)
+        subscribers.unsubscribe(session=session, subscriber_id=gone, now=NOW, source="page")
+    before = stats(engine=engine)["unsubscribes"]
+    with db.session_scope(engine=engine) as session:
+        subscribers.remove_subscriber(session=session, email="gone@example.org", now=NOW)
+    with db.session_scope(engine=engine) as session:
+        assert session.exec(select(Event).where(Event.subscriber_id == gone)).all() == []
+        kinds = [e.kind for e in session.exec(select(Event))]
+    assert kinds.count("subscriber.removed") == 1 and "feedback.vote" not in kinds
+    assert stats(engine=engine)["unsubscribes"] == before == 1
     new = subscribe(engine, email="new@example.org", topics=[DIFFUSION], now=NOW)
     assert new == gone, "SQLite gave the id again"
     assert _taught(engine) == {}
     with db.session_scope(engine=engine) as session:
         assert votes_since(session, new, NOW - timedelta(hours=1)) == 0
-        kinds = [e.kind for e in session.exec(select(Event))]
-        assert kinds.count("subscriber.removed") == 1 and "feedback.vote" not in kinds

@@ -363,3 +363,45 @@ def test_planning_while_an_ingest_stores_leaves_its_files_to_the_next_digest(
     jobs.plan()
     # The first digest held what was settled; the next, both files, every paper once.
     assert [n for _, _, n in _digests(engine)] == [1, new]
+
+
+def test_two_homes_on_one_sqlite_database_have_one_leader(tmp_path: Path) -> None:
+    """The lock is beside the database, not in each home's data folder: two services
+    with other NEWSLETTER_HOMEs and one DATABASE_URL would otherwise both plan, and
+    both send the operator's report."""
+    url = f"sqlite:///{tmp_path / 'shared' / 'news.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    leaders = []
+    for home in ("a", "b"):
+        (tmp_path / home).mkdir()
+        settings = make_settings(tmp_path / home, url)
+        leaders.append(Leadership(engine=engine, settings=settings))
+    assert leaders[0].held() and not leaders[1].held()
+    leaders[0].release()
+    assert leaders[1].held()
+    leaders[1].release()
+
+
+def test_the_daily_report_is_sent_once_a_day_and_made_up_after_downtime(
+    tmp_path: Path,
+) -> None:
+    """Checked every ten minutes from NEWSLETTER_REPORT_AT on: sent at the first check
+    after that hour, once; a service that was down at that hour sends it when back."""
+    engine, settings = _setup(
+        tmp_path, NEWSLETTER_OPERATOR_EMAIL="ops@example.org", NEWSLETTER_REPORT_AT="07:00"
+    )
+    clock = Clock(datetime(2026, 11, 23, 6, 50, tzinfo=UTC))
+    jobs = _jobs(engine, settings, clock)
+
+    def reports() -> int:
+        return len(list(settings.outbox_dir.rglob("*.eml")))
+
+    for minutes in range(0, 60, 10):  # 06:50 to 07:40
+        clock.now = datetime(2026, 11, 23, 6, 50, tzinfo=UTC) + timedelta(minutes=minutes)
+        jobs.report_if_due()
+        assert reports() == (0 if clock.now.hour < 7 else 1), clock.now
+    clock.now = datetime(2026, 11, 24, 11, 30, tzinfo=UTC)  # down from 06:00 to 11:30
+    jobs.report_if_due()
+    jobs.report_if_due()
+    assert reports() == 2

@@ -24,6 +24,7 @@ from newsletter.backends.base import EmailBackend, OutgoingMessage
 from newsletter.backends.smtp import SMTPBackend, wire_bytes
 from newsletter.config import Settings
 from newsletter.deliver import DeliverReport
+from newsletter.ledger.reputation import rates_by_edition
 from newsletter.models import Delivery, Event, Subscriber
 from newsletter.plan import plan_digests
 from newsletter.ratelimit import TokenBucket
@@ -154,6 +155,10 @@ def test_transient_replies_permanent_refusals_and_full_mailboxes(
             bounced=bounced,
         )
         assert {"421", "451", "452", "552", "permanent"} <= set(server.handler.injected)
+        # Refused at RCPT is bounced as much as a report that comes back later: the
+        # edition's rate counts them (it read 0% while half a list could be dead).
+        (edition,) = rates_by_edition(engine=sqlite_engine)
+        assert (edition.sent, edition.bounced) == (len(emails), len(bounced))
     finally:
         server.stop()
 

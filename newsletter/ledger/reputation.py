@@ -1,7 +1,9 @@
 """Bounce and complaint rates per edition: what mailbox providers judge a sender by.
 
-Rates are per digest sent in the edition (a digest counts once however many reports
-it drew). The thresholds are the ones providers publish for bulk senders: Gmail and
+Rates are per digest sent in the edition, or refused by the relay when it was sent (a
+digest counts once however many reports it drew): a refusal at RCPT is a bounce as
+much as a report that comes back later, and left out, a list of dead addresses read
+0% bounces. The thresholds are the ones providers publish for bulk senders: Gmail and
 Yahoo ask for a spam-complaint rate under 0.3%; bounces above a few percent mark a
 list that is not kept clean (2% here).
 """
@@ -24,7 +26,7 @@ BOUNCE_RATE_LIMIT = 0.02
 @dataclass(frozen=True, slots=True)
 class EditionRates:
     edition: str
-    sent: int
+    sent: int  # digests handed to the relay: accepted, or refused there and then
     bounced: int  # digests that bounced, hard or soft, then or later
     complained: int
 
@@ -61,10 +63,11 @@ class EditionRates:
 def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]:
     """The ``last`` editions that sent digests, newest first."""
     digests = (Delivery.kind == DeliveryKind.DIGEST, Delivery.edition.is_not(None))  # type: ignore[union-attr]
+    tried = sa.or_(Delivery.sent_at.is_not(None), Delivery.attempts > 0)  # type: ignore[union-attr]
     with session_scope(engine=engine) as session:
         sent = session.exec(
             select(Delivery.edition, sa.func.count())  # type: ignore[call-overload]
-            .where(*digests, Delivery.sent_at.is_not(None))  # type: ignore[union-attr]
+            .where(*digests, tried)
             .group_by(Delivery.edition)
             .order_by(Delivery.edition.desc())  # type: ignore[union-attr]
             .limit(last)
@@ -79,7 +82,7 @@ def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]
                     .join(Delivery, Delivery.id == Event.delivery_id)
                     .where(
                         *digests,
-                        Delivery.sent_at.is_not(None),  # type: ignore[union-attr]  # the same set as "sent"
+                        tried,  # the same set as "sent"
                         Delivery.edition.in_(editions),  # type: ignore[union-attr]
                         Event.kind.in_(kinds),  # type: ignore[attr-defined]
                     )
