@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import email
 import email.policy
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
