@@ -530,8 +530,8 @@ def test_the_daily_report_counts_what_failed_that_day_and_quotes_paths_on_one_li
     later = now + timedelta(hours=49)
     assert deliver(engine, settings, MemoryBackend(), later).count("failed") == 1  # past due
     with db.session_scope(engine=engine) as session:
-        session.add(Event(at=later, kind="ingest.file_failed",
-                          detail=json.dumps({"path": "x.json\nWARNING: papers ingested 999"})))  # fmt: skip
+        forged = json.dumps({"path": "x.json\nWARNING: papers ingested 999"})
+        session.add(Event(at=later, kind="ingest.file_failed", detail=forged))
     text = report_text(daily_figures(engine=engine, now=later + timedelta(minutes=1)))
     assert "  failed               1" in text
     assert "\nWARNING: papers" not in text and "x.json\\nWARNING" in text
