@@ -192,3 +192,15 @@ def test_a_bad_page_names_the_parameter_that_is_wrong(app) -> None:  # type: ign
                              ("limit=501", "limit")):  # fmt: skip
             reply = client.get(f"/api/subscribers?{query}", headers=AUTH)
             assert reply.status_code == 422 and reply.json()["field"] == field, query
+
+
+def test_metrics_from_elsewhere_take_the_admin_token(app) -> None:  # type: ignore[no-untyped-def]
+    """A Prometheus on another machine scrapes with the admin token as its bearer; a
+    visitor from there without it finds nothing."""
+    away = {"X-Forwarded-For": "203.0.113.9"}
+    with _client(app[0]) as client:
+        assert client.get("/metrics", headers=away).status_code == 404
+        wrong = away | {"Authorization": "Bearer " + "x" * 40}
+        assert client.get("/metrics", headers=wrong).status_code == 404
+        scraped = client.get("/metrics", headers=away | AUTH)
+    assert scraped.status_code == 200 and "newsletter_deliveries" in scraped.text

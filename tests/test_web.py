@@ -322,6 +322,13 @@ def test_healthz_metrics_and_unsubscribes_per_edition(site: Site, now, tmp_path)
     from newsletter.ledger import unsubscribes_by_edition
 
     assert unsubscribes_by_edition(engine=site.engine) == {now.date().isoformat(): 1}
+    # The operator's figures are for this machine (above: the test's client is on it),
+    # not for a visitor from elsewhere (here through a trusted proxy's X-Forwarded-For):
+    # they get what any unknown page gets. No admin token set: no bearer opens it.
+    away = {"X-Forwarded-For": "203.0.113.9"}
+    assert site.client.get("/metrics", headers=away).status_code == 404
+    bearer = away | {"Authorization": "Bearer x"}
+    assert site.client.get("/metrics", headers=bearer).status_code == 404
 
 
 # --- double opt-in and the preference centre ---------------------------------------------

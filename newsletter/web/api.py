@@ -102,6 +102,13 @@ def _page_param(request: Request, name: str, default: int) -> int | None:
     return default if raw is None else ascii_int(raw)
 
 
+def bearer_ok(request: Request, *, token: bytes) -> bool:
+    """The request carries ``Authorization: Bearer <token>`` (compared in constant time);
+    never with no token."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token)
+
+
 def api_routes(*, runtime: Runtime) -> list[Route]:
     settings, engine = runtime.settings, runtime.engine
     token = settings.admin_token.encode()
@@ -110,8 +117,7 @@ def api_routes(*, runtime: Runtime) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             if not token:
                 return _error(404, "not found")
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
+            if not bearer_ok(request, token=token):
                 response = _error(401, "a valid bearer token is required")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="newsletter"'
                 return response

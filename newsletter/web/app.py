@@ -8,6 +8,7 @@ pages, JSON and error answers alike. Redirects are built from
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from newsletter.ledger import stats
 from newsletter.metrics import prometheus_text
 from newsletter.runtime import Runtime
 from newsletter.web import preferences, signup, unsubscribe, votes, webhooks
-from newsletter.web.api import api_routes
+from newsletter.web.api import api_routes, bearer_ok
 from newsletter.web.site import PAGE_HEADERS, Site
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,14 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
             return JSONResponse({"status": "error", "worker": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    def metrics(_request: Request) -> Response:
+    admin = runtime.settings.admin_token.encode()
+
+    def metrics(request: Request) -> Response:
+        # Subscriber counts, rates and queues are the operator's: for this machine's
+        # Prometheus, or another's with the admin token as its bearer; to anyone else,
+        # nothing is here (behind a proxy, NEWSLETTER_TRUSTED_PROXIES tells clients apart).
+        if not (_on_this_machine(request) or bearer_ok(request, token=admin)):
+            return site.not_found()
         return PlainTextResponse(
             prometheus_text(engine=engine), media_type="text/plain; version=0.0.4"
         )
@@ -110,3 +118,10 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
     app.router.redirect_slashes = False
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def _on_this_machine(request: Request) -> bool:
+    try:
+        return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:  # "testclient", a unix socket's peer
+        return False
