@@ -72,10 +72,16 @@ def test_demo_writes_one_digest_per_matching_subscriber_and_is_safe_to_rerun(
     assert first.returncode == 0, first.stderr
     emls = _check_outbox(root, first.stdout)
     assert "meaning is off" not in first.stdout + first.stderr
-    again = _run_demo(root, {"NEWSLETTER_VENV": venv})
+    # A developer's .env and environment pointing at a real relay and another
+    # database: the demo stays in test mode, here.
+    elsewhere = tmp_path / "production.db"
+    (root / ".env").write_text(f"DATABASE_URL=sqlite:///{elsewhere}\nNEWSLETTER_HOME=/\n")
+    again = _run_demo(root, {"NEWSLETTER_VENV": venv, "NEWSLETTER_DELIVERY": "smtp",
+                             "NEWSLETTER_SMTP_HOST": "relay.invalid"})  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "0 digests planned" in again.stdout
     assert sorted((root / "outbox").rglob("*.eml")) == emls
+    assert not elsewhere.exists()
 
 
 @pytest.mark.slow

@@ -43,3 +43,6 @@ def test_install_step_matches_the_tests_virtualenv() -> None:
     assert {"newsletter", "templates", "pyproject.toml"} <= copied
     ignored = (REPO / ".dockerignore").read_text().split()
     assert not {"newsletter", "templates", "/newsletter", "/templates"} & set(ignored)
+    # ... and what must never be in an image: secrets in any folder (config/.env too),
+    # the local virtualenv and data
+    assert {"**/.env", ".venv", "/data"} <= set(ignored)
