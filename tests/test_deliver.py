@@ -535,3 +535,23 @@ def test_the_daily_report_counts_what_failed_that_day_and_quotes_paths_on_one_li
     text = report_text(daily_figures(engine=engine, now=later + timedelta(minutes=1)))
     assert "  failed               1" in text
     assert "\nWARNING: papers" not in text and "x.json\\nWARNING" in text
+
+
+def test_a_digest_requeued_after_its_deadline_is_retried_for_a_deadline_of_its_own(
+    engine, settings, now
+) -> None:  # type: ignore[no-untyped-def]
+    """The relay was down past the deadline; the operator fixed it and requeued the
+    digest: a greylisting 451 on its first try is retried, not the end of it."""
+    from newsletter.backends.memory import MemoryBackend as Kept
+
+    add_paper(engine, title="Diffusion", abstract="About diffusion.", seen=now - timedelta(hours=1))
+    subscribe(engine, email="grey@example.org", topics=["diffusion"], now=now)
+    plan_digests(engine=engine, settings=settings, now=now, due_only=False)
+    later = now + timedelta(hours=72)
+    with db.session_scope(engine=engine) as session:  # failed when the relay was down
+        session.execute(sa.update(Delivery).values(status="failed", attempts=5))
+    assert retry_failed(engine=engine, now=later) == 1
+    greylisted = ScriptedBackend([TransientDeliveryError("451 4.7.1 greylisted", code=451)])
+    assert deliver(engine, settings, greylisted, later).count("retrying") == 1
+    done = deliver(engine, settings, Kept(), later + timedelta(hours=2))
+    assert done.count("sent") == 1

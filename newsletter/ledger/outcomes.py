@@ -18,13 +18,20 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from newsletter.config import RetryPolicy
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError, TransientDeliveryError
 from newsletter.events import EventKind
-from newsletter.models import Delivery, DeliveryStatus, Event, Subscriber, SubscriberStatus
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Subscriber,
+    SubscriberStatus,
+    UTCDateTime,
+)
 from newsletter.text import one_line
 
 
@@ -99,6 +106,17 @@ def record_cancelled(*, engine: sa.Engine, delivery_ids: Iterable[int], now: dat
         )
 
 
+def _retrying_since(session: Session, row: Delivery) -> datetime:
+    """When the digest's retries began: planned, or the operator's latest requeue (a
+    digest requeued after its deadline gets a deadline of its own, not one try)."""
+    requeued = session.exec(
+        select(sa.type_coerce(sa.func.max(Event.at), UTCDateTime())).where(
+            Event.delivery_id == row.id, Event.kind == EventKind.REQUEUED
+        )
+    ).one()
+    return max(row.created_at, requeued) if requeued is not None else row.created_at
+
+
 def delivery_event(
     session: Session, *, kind: EventKind, row: Delivery, now: datetime, **detail: object
 ) -> None:
@@ -154,7 +172,7 @@ def record_failure(
         detail = {"code": error.code, "text": one_line(error.text), "attempt": row.attempts}
         if isinstance(error, TransientDeliveryError):
             retry_at = now + backoff(attempts=row.attempts, policy=policy)
-            if retry_at <= row.created_at + timedelta(hours=policy.deadline_hours):
+            if retry_at <= _retrying_since(session, row) + timedelta(hours=policy.deadline_hours):
                 row.status, row.next_attempt_at = DeliveryStatus.PENDING, retry_at
                 delivery_event(session, kind=EventKind.RETRY, row=row, now=now, **detail)
                 return OutcomeStatus.RETRYING
