@@ -204,3 +204,19 @@ def test_metrics_from_elsewhere_take_the_admin_token(app) -> None:  # type: igno
         assert client.get("/metrics", headers=wrong).status_code == 404
         scraped = client.get("/metrics", headers=away | AUTH)
     assert scraped.status_code == 200 and "newsletter_deliveries" in scraped.text
+
+
+def test_the_api_refuses_in_json_and_is_absent_when_off(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A method an endpoint does not take is a JSON 405, not an HTML page; with no
+    admin token every /api/ path is a 404, whatever the method."""
+    with _client(app[0]) as client:
+        wrong = client.put("/api/subscribers/1", headers=AUTH)
+        assert wrong.status_code == 405 and wrong.json() == {"error": "method not allowed"}
+    url = f"sqlite:///{tmp_path / 'off.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine=engine)
+    off = create_app(runtime=runtime_for(make_settings(tmp_path / "off", url), engine))
+    with _client(off) as client:
+        for method, path in (("PUT", "/api/subscribers/1"), ("POST", "/api/stats")):
+            reply = client.request(method, path)
+            assert reply.status_code == 404 and reply.json() == {"error": "not found"}

@@ -84,6 +84,13 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if request.url.path.startswith("/api/"):
+            # The API speaks JSON, its refusals too; off, it is not there at all.
+            if not admin:
+                status = 404
+            words = {404: "not found", 405: "method not allowed"}.get(status, "error")
+            allow = getattr(exc, "headers", None) or {} if status == 405 else {}
+            return JSONResponse({"error": words}, status_code=status, headers=PAGE_HEADERS | allow)
         if status == 404 and request.url.path.endswith("/") and request.url.path != "/":
             # "/subscribe/" -> "/subscribe", on our own base URL whatever Host said.
             target = base_url + request.url.path.rstrip("/")

@@ -7,7 +7,14 @@ from typing import Any
 
 from newsletter.models import Cadence, SubscriberStatus
 from newsletter.relevance import DIAL
-from newsletter.subscribers import MAX_ABOUT_CHARS, MAX_NAME_CHARS, MAX_TOPIC_CHARS, MAX_TOPICS
+from newsletter.subscribers import (
+    ABOUT_SEPARATOR,
+    MAX_ABOUT_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TOPIC_CHARS,
+    MAX_TOPIC_ENTRIES,
+    MAX_TOPICS,
+)
 
 PAGE_MAX = 500
 ADMIN_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED)
@@ -37,8 +44,19 @@ _TOPIC_OBJECT = {
 }
 _TOPICS = {
     "type": "array",
-    "items": {"oneOf": [{"type": "string", "maxLength": MAX_TOPIC_CHARS}, _TOPIC_OBJECT]},
-    "maxItems": MAX_TOPICS,
+    # A line is "FILTER" or "FILTER | a sentence about it": as long as both together
+    "items": {
+        "oneOf": [
+            {
+                "type": "string",
+                "maxLength": MAX_TOPIC_CHARS + len(ABOUT_SEPARATOR) + 2 + MAX_ABOUT_CHARS,
+            },
+            _TOPIC_OBJECT,
+        ]
+    },
+    # A filter given twice is one topic: more entries are read, MAX_TOPICS distinct kept
+    "maxItems": MAX_TOPIC_ENTRIES,
+    "description": f"at most {MAX_TOPICS} distinct filters",
 }
 _DIAL = {"type": "integer", "minimum": min(DIAL), "maximum": max(DIAL)}
 
