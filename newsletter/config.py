@@ -406,7 +406,7 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
         raise ConfigError(setting="NEWSLETTER_SMTP_HOST", message=f"not a host name: {host!r}")
     port = port_setting("NEWSLETTER_SMTP_PORT", get)
     username, password = get("NEWSLETTER_SMTP_USERNAME"), get("NEWSLETTER_SMTP_PASSWORD")
-    if (username or password) and tls == "none" and not _on_this_machine(host):
+    if (username or password) and tls == "none" and not on_this_machine(host):
         raise ConfigError(
             setting="NEWSLETTER_SMTP_TLS",
             message=f"is none, so the SMTP login would cross the network to {host!r} in "
@@ -431,7 +431,8 @@ def _smtp(get: Callable[[str], str]) -> SmtpSettings:
     )
 
 
-def _on_this_machine(host: str) -> bool:
+def on_this_machine(host: str) -> bool:
+    """``localhost`` or a loopback address."""
     if host.lower().rstrip(".") == "localhost":
         return True
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -30,6 +30,7 @@ from newsletter.models import (
 )
 from newsletter.relevance import DEFAULT_DIAL
 from newsletter.subscribers import validate_cadence
+from newsletter.values import clock_time
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,13 @@ def due_edition(
     dropped, unless the next is nearer, which then covers both.
     """
     zone = ZoneInfo(timezone)
-    hh, mm = (int(x) for x in send_at.split(":"))
+    send = clock_time(send_at)
     today = now.astimezone(zone).date()
     every = timedelta(days=1 if weekday is None else 7)
     day = today if weekday is None else today - timedelta(days=(today.weekday() - weekday) % 7)
 
     def at(d: date) -> datetime:  # a time the clocks skip counts from the hour after
-        return datetime.combine(d, time(hh, mm), tzinfo=zone)
+        return datetime.combine(d, send, tzinfo=zone)
 
     if at(day) > now:
         day -= every

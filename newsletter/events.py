@@ -13,6 +13,9 @@ class EventKind(enum.StrEnum):
     CONFIRMED = "subscriber.confirmed"
     EXPIRED = "subscriber.expired"
     UNSUBSCRIBED = "subscriber.unsubscribed"
+    # A complaint, bounce or operator's removal after the reader's own unsubscribe: it
+    # becomes final (not undone by a link); not a second unsubscribe to count
+    UNSUBSCRIBE_FINAL = "subscriber.unsubscribe_final"
     RESUBSCRIBED = "subscriber.resubscribed"
     SUPPRESSED = "subscriber.suppressed"
     REACTIVATED = "subscriber.reactivated"

@@ -35,7 +35,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -50,12 +50,14 @@ from newsletter.config import Settings
 from newsletter.corpus.ingest import ingest
 from newsletter.corpus.postings import index_pending
 from newsletter.deliver import DeliverReport, Outcome, deliver_due, run_worker
+from newsletter.due import due_edition
 from newsletter.events import EventKind
 from newsletter.health import WorkerHealth
 from newsletter.models import Event, utcnow
 from newsletter.plan import plan_digests
 from newsletter.report import send_report
 from newsletter.runtime import Runtime
+from newsletter.values import clock_time
 
 log = logging.getLogger("newsletter.service")
 _LOCK_KEY = 0x6E6C7374  # "nlst": the advisory lock every scheduler of one database shares
@@ -144,7 +146,6 @@ class Jobs:
     settings: Settings
     leadership: Leadership
     now: Callable[[], datetime] = utcnow
-    last_report_day: str | None = field(default=None)
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the service stops: a fetch in progress ends between two requests."""
     # The jobs run in the scheduler's threads, at once: the ingests and fetches storing
@@ -153,12 +154,14 @@ class Jobs:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextlib.contextmanager
-    def storing(self, now: datetime) -> Iterator[datetime]:
-        """Held while papers stamped first seen at ``now`` are stored, a file (or a
-        feed) at a time: planning meanwhile covers only the papers seen before it, or
-        it would count the files still to come as covered, and they would never be
-        sent (``settled``)."""
+    def storing(self) -> Iterator[datetime]:
+        """Held while papers stamped first seen at the time it yields are stored, a file
+        (or a feed) at a time: planning meanwhile covers only the papers seen before it,
+        or it would count the files still to come as covered, and they would never be
+        sent (``planning_window``). The clock is read under the lock, as planning reads
+        it: a stamp taken before planning looked, registered after, would slip by."""
         with self._lock:
+            now = self.now()
             self._storing.append(now)
         try:
             yield now
@@ -166,17 +169,18 @@ class Jobs:
             with self._lock:
                 self._storing.remove(now)  # one of the equal stamps: any is the same
 
-    def settled(self, now: datetime) -> datetime:
-        """Until when the papers first seen are all stored: ``now``, or just before the
-        stamp of the oldest ingest or fetch still storing."""
+    def planning_window(self) -> tuple[datetime, datetime]:
+        """(now, until when the papers first seen are all stored): ``now``, or just
+        before the stamp of the oldest ingest or fetch still storing."""
         with self._lock:
+            now = self.now()
             oldest = min(self._storing, default=None)
-        return now if oldest is None else min(now, oldest - timedelta(microseconds=1))
+        return now, now if oldest is None else min(now, oldest - timedelta(microseconds=1))
 
     def ingest(self) -> None:
         if not self.leadership.held():
             return
-        with self.storing(self.now()) as now:
+        with self.storing() as now:
             report = ingest(
                 engine=self.engine,
                 paths=[self.settings.corpus_dir],
@@ -211,7 +215,7 @@ class Jobs:
             return
         from newsletter.corpus.fetch import fetch_sources
 
-        with self.storing(self.now()) as now:
+        with self.storing() as now:
             report = fetch_sources(
                 engine=self.engine,
                 settings=self.settings,
@@ -232,9 +236,9 @@ class Jobs:
         if not self.leadership.held():
             return
         embed.catch_up(engine=self.engine)  # new topics (and anything ingest missed)
-        now = self.now()
+        now, settled = self.planning_window()
         report = plan_digests(
-            engine=self.engine, settings=self.settings, now=now, papers_until=self.settled(now),
+            engine=self.engine, settings=self.settings, now=now, papers_until=settled,
             keep=False,
             on_planned=lambda planned: log.info(
                 "digest planned",
@@ -266,15 +270,17 @@ class Jobs:
 
     def report_if_due(self) -> None:
         """The report, once a day, at the first run from ``NEWSLETTER_REPORT_AT`` UTC on:
-        a service down at that hour sends it when it is back, and a send that failed is
-        tried again at the next run (a cron trigger fires once, and lost both)."""
+        a service down at that hour (past midnight too) sends it when it is back, and a
+        send that failed is tried again at the next run (a cron trigger fires once, and
+        lost both). Due as a reader's digest is (``due.due_edition``, in UTC): since the
+        latest report time, or the one before when it was missed and is the nearer."""
         if not self.settings.operator_email or not self.leadership.held():
             return
         now = self.now()
-        hh, mm = (int(x) for x in self.settings.report_at.split(":"))
-        due = datetime.combine(now.date(), time(hh, mm), tzinfo=UTC)
-        if now < due:
+        day = due_edition(now=now, timezone="UTC", send_at=self.settings.report_at)
+        if day is None:
             return
+        due = datetime.combine(day, clock_time(self.settings.report_at), tzinfo=UTC)
         with db.session_scope(engine=self.engine) as session:
             sent = session.exec(
                 select(sa.func.count())

@@ -390,7 +390,10 @@ def unsubscribe(
         # complaint, bounce or operator's removal that follows makes it final, so it is
         # recorded, or a forwarded digest's link could take back a spam report.
         if source not in UNDO_SOURCES and _last_unsubscribe(session, row.id) in UNDO_SOURCES:  # type: ignore[arg-type]
-            _record_unsubscribe(session, row, now=now, source=source, delivery_id=delivery_id)
+            _record_unsubscribe(
+                session, row, now=now, source=source, delivery_id=delivery_id,
+                kind=EventKind.UNSUBSCRIBE_FINAL,
+            )  # fmt: skip
         return row
     # A suppressed address too: its reader asked for no mail, so an operator clearing
     # the bounce later must not mail them again.
@@ -399,10 +402,19 @@ def unsubscribe(
     return row
 
 
+_UNSUBSCRIBES = (EventKind.UNSUBSCRIBED, EventKind.UNSUBSCRIBE_FINAL)
+
+
 def _record_unsubscribe(
-    session: Session, row: Subscriber, *, now: datetime, source: str, delivery_id: int | None
+    session: Session,
+    row: Subscriber,
+    *,
+    now: datetime,
+    source: str,
+    delivery_id: int | None,
+    kind: EventKind = EventKind.UNSUBSCRIBED,
 ) -> None:
-    unsubscribed = event(kind=EventKind.UNSUBSCRIBED, subscriber_id=row.id, now=now, source=source)
+    unsubscribed = event(kind=kind, subscriber_id=row.id, now=now, source=source)
     unsubscribed.delivery_id = delivery_id
     session.add(unsubscribed)
 
@@ -411,7 +423,7 @@ def _last_unsubscribe(session: Session, subscriber_id: int) -> str | None:
     """The source of the subscriber's last unsubscribe event, if any."""
     detail = session.exec(
         select(Event.detail)
-        .where(Event.subscriber_id == subscriber_id, Event.kind == EventKind.UNSUBSCRIBED)
+        .where(Event.subscriber_id == subscriber_id, Event.kind.in_(_UNSUBSCRIBES))  # type: ignore[attr-defined]
         .order_by(Event.id.desc())  # type: ignore[attr-defined]
         .limit(1)
     ).first()
@@ -449,13 +461,13 @@ def resubscribe(
             .where(
                 Event.subscriber_id == row.id,
                 Event.kind.in_(  # type: ignore[attr-defined]
-                    [EventKind.UNSUBSCRIBED, EventKind.SUPPRESSED, EventKind.REACTIVATED]
+                    [*_UNSUBSCRIBES, EventKind.SUPPRESSED, EventKind.REACTIVATED]
                 ),
             )
             .order_by(Event.id)  # type: ignore[arg-type]
         )
     )
-    last = next((h for h in reversed(history) if h[0] == EventKind.UNSUBSCRIBED), None)
+    last = next((h for h in reversed(history) if h[0] in _UNSUBSCRIBES), None)
     source = _source(last[2]) if last is not None else None
     if source not in UNDO_SOURCES or last[1] < now - UNDO_WITHIN:  # type: ignore[index]
         return row, "refused"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import zoneinfo
+from datetime import time
 
 from newsletter.errors import ConfigError
 
@@ -37,6 +38,12 @@ def validate_send_at(value: str, *, setting: str) -> str:
     if match is None or int(match[1]) >= 24 or int(match[2]) >= 60:
         raise ConfigError(setting=setting, message=f"expected a time HH:MM, got {value!r}")
     return f"{int(match[1]):02d}:{match[2]}"
+
+
+def clock_time(value: str) -> time:
+    """A stored ``HH:MM`` (``validate_send_at``'s) as a time of day."""
+    hh, mm = (int(x) for x in value.split(":"))
+    return time(hh, mm)
 
 
 _TZ_NAME_RE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")

@@ -426,3 +426,28 @@ def test_newsletter_run_listens_for_bounces_when_told(tmp_path: Path, database_u
 
     assert asyncio.run(main()) == {}
     assert _state(engine, "ada@example.org")[0] == "unsubscribed"
+
+
+def test_whose_fault_a_failure_is_read_from_its_permanent_code_and_the_relays_word() -> None:
+    """A transcript's "250 2.1.0 Sender OK" says nothing about the failure after it; a
+    Mailgun "bounce" is the address's unless its code or words say a block of us."""
+    from newsletter.bounces.classify import status_code
+    from newsletter.bounces.webhooks import mailgun_report
+
+    assert status_code("250 2.1.0 Sender OK\n550 5.1.1 User unknown") == "5.1.1"
+    assert status_code("451 4.4.1 timeout\n554 5.7.1 blocked") == "5.7.1"
+
+    def kind(reason: str | None, code: str, text: str) -> str:
+        event = {"event": "failed", "severity": "permanent", "recipient": "a@example.org",
+                 "reason": reason, "delivery-status": {"enhanced-code": code,
+                                                       "description": text}}  # fmt: skip
+        return mailgun_report(event)[0].kind.value  # type: ignore[index]
+
+    assert kind("bounce", "5.5.0", "Requested action not taken: mailbox unavailable") == "hard"
+    assert kind("bounce", "5.4.1", "Recipient address rejected: Access denied") == "hard"
+    assert kind("bounce", "5.7.1", "rate limited") == "rejected"
+    assert kind("bounce", "", "Service refused: client blocked using Spamhaus") == "rejected"
+    assert kind("bounce", "5.2.2", "mailbox full") == "soft"
+    assert kind("old", "", "gave up") == "rejected"
+    assert kind("esp-block", "5.1.1", "no such user") == "hard"
+    assert kind("bounce", "5.1.1", "rejected by local policy: user unknown") == "hard"

@@ -878,8 +878,10 @@ def test_acronym_plural_matches_its_singular(
     # means the same papers (the stemmer leaves a word without vowels alone).
     for typed, same in (("llms", "LLMs"), ("LLMS", "LLMs"), ("vlms", "VLMs"), ("cnns", "CNNs")):
         assert hits(corpus_index, typed) == hits(corpus_index, same), typed
-    shouting = DayIndex([PaperDoc(1, "LLMS THAT REASON", "x."), PaperDoc(2, "GANs at play", "y.")])
+    titles = ["LLMS THAT REASON", "GANs at play", "GPs for regression", "GPS traces"]
+    shouting = DayIndex([PaperDoc(k, t, "x.") for k, t in enumerate(titles, start=1)])
     assert hits(shouting, "LLMs") == {0} and hits(shouting, "gans") == {1}
+    assert hits(shouting, "GPS") == {3} and hits(shouting, "GPs") == {2}  # three letters
 
 
 def test_stemming_joins_word_forms_and_exact_keeps_them_apart(

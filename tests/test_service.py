@@ -353,12 +353,12 @@ def test_planning_while_an_ingest_stores_leaves_its_files_to_the_next_digest(
     subscribe(engine, email="all@example.org", topics=["*"], now=start - timedelta(days=1))
     add_paper(engine, title="Seen before", abstract="A.", seen=start - timedelta(hours=1))
     first, second = sorted(CORPUS.glob("*.txt"))[:2]
-    with jobs.storing(clock()) as stamp:  # what jobs.ingest holds while it stores
+    with jobs.storing() as stamp:  # what jobs.ingest holds while it stores
         new = ingest_file(engine=engine, path=first, now=stamp).new_papers
         clock.now += timedelta(seconds=1)
         jobs.plan()  # planning, meanwhile
         new += ingest_file(engine=engine, path=second, now=stamp).new_papers
-    assert jobs.settled(clock()) == clock()  # nothing storing: everything is settled
+    assert jobs.planning_window() == (clock(), clock())  # nothing storing: all settled
     clock.now = start + timedelta(days=1)
     jobs.plan()
     # The first digest held what was settled; the next, both files, every paper once.

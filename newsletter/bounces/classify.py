@@ -31,7 +31,9 @@ _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _ADDRESS_STATUS_RE = re.compile(r"5\.(1\.(?:[1-6]|10)|2\.1|4\.4)")
 # In a bounce's own words: an SMTP reply's enhanced code ("550 5.7.1", "550-5.1.1"),
 # not any three numbers with dots (a version, an address) ...
-_REPLY_STATUS_RE = re.compile(r"\b[245][0-9][0-9][ -]+([245]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+_REPLY_STATUS_RE = re.compile(r"\b[45][0-9][0-9][ -]+([45]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+# What says *we* were refused, not the address: policy, content, size, our sender address
+_REFUSES_US_RE = re.compile(r"5\.(7\.\d+|6\.\d+|3\.4|2\.3|1\.[78])")
 # ... and, when a bounce gives none, what only a refusal of *us* says: a blocklist, a rate
 # limit, a policy, a relay refused. Those are recorded, never a reason to suppress.
 _POLICY_RE = re.compile(
@@ -76,14 +78,25 @@ def parse(data: bytes) -> email.message.Message:
 
 
 def status_code(text: str) -> str | None:
-    """The enhanced status code a server's words give: after an SMTP reply code ("550
-    5.7.1 ..."), or opening them ("5.1.1 no such user")."""
-    found = _REPLY_STATUS_RE.search(text) or _STATUS_RE.match(text.strip())
-    return (
-        f"{found[1]}.{found[2]}.{found[3]}"
-        if found and found.re is _STATUS_RE
-        else (found[1] if found else None)
-    )
+    """The enhanced status code a server's words give: after a failure's SMTP reply code
+    ("550 5.7.1 ...", the first permanent one when a transcript holds several; a "250
+    2.1.0 Sender OK" before it says nothing), or opening them ("5.1.1 no such user")."""
+    replies = [m[1] for m in _REPLY_STATUS_RE.finditer(text)]
+    if replies:
+        return next((r for r in replies if r.startswith("5.")), replies[0])
+    found = _STATUS_RE.match(text.strip())
+    return f"{found[1]}.{found[2]}.{found[3]}" if found else None
+
+
+def refuses_us(status: str | None, text: str) -> bool:
+    """A failure that is about us or our message (policy, a block, content, size, our
+    sender address), by its code or, without one that says, its words ("rejected by
+    local policy: user unknown" with 5.1.1 is the address's)."""
+    if status is not None and _REFUSES_US_RE.fullmatch(status):
+        return True
+    if status is not None and _ADDRESS_STATUS_RE.fullmatch(status):
+        return False
+    return bool(_POLICY_RE.search(text))
 
 
 def status_kind(status: str | None, *, permanent: bool) -> Kind:

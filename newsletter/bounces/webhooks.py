@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from newsletter.bounces.classify import Kind, Report, status_code, status_kind
+from newsletter.bounces.classify import Kind, Report, refuses_us, status_code, status_kind
 
 MAILGUN_MAX_AGE = 15 * 60  # seconds
 _SNS_FIELDS = {
@@ -251,12 +251,16 @@ def mailgun_report(event: Mapping[str, Any]) -> tuple[Report, str] | None:
     code = str(status.get("enhanced-code") or "") or status_code(text)
     if event.get("severity") != "permanent":
         kind = Kind.DELAYED  # Mailgun is still trying (greylisting, a busy server)
-    elif code:  # the relay's code says whose fault: a "bounce" for 5.7.1 is a block
-        kind = status_kind(code, permanent=True)
     elif event.get("reason") in (None, "bounce", "suppress-bounce"):
-        kind = Kind.HARD
-    else:  # esp-block, old (gave up after retrying), generic: not the address
-        kind = Kind.REJECTED
+        # Mailgun judged the address: hard, unless the code or the words say a block of
+        # us (a "bounce" for 5.7.1 rate limited), or a full mailbox
+        kind = status_kind(code or None, permanent=True)
+        if refuses_us(code or None, text):
+            kind = Kind.REJECTED
+        elif kind == Kind.REJECTED:
+            kind = Kind.HARD  # a code of no clear meaning (5.5.0, 5.4.1): Mailgun's word
+    else:  # esp-block, old (gave up after retrying), generic: the address only if it says
+        kind = status_kind(code, permanent=True) if code else Kind.REJECTED
     return Report(kind, (recipient,), code or None, text, message_id, "mailgun"), return_path
 
 

@@ -61,9 +61,10 @@ _VOWELS = frozenset("aeiouy")
 def stem(token: str) -> str:
     if any(c.isdigit() for c in token) or not token.isascii():
         return token
-    if len(token) > 2 and token[-1] == "s" and _VOWELS.isdisjoint(token):
+    if len(token) > 3 and token[-1] == "s" and _VOWELS.isdisjoint(token):
         # An acronym's plural not written "LLMs" (a filter typed "llms", a title in
         # capitals): the stemmer leaves a word without vowels alone, and "llms" would
-        # meet only itself, never the "llm" every "LLMs" is.
+        # meet only itself, never the "llm" every "LLMs" is. Three letters are too
+        # few to tell: GPS, FPS and DNS are no plurals (and "gp" is Gaussian processes).
         return token[:-1]
     return _STEMMER.stemWord(token)

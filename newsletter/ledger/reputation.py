@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlmodel import select
 
 from newsletter.db import session_scope
@@ -63,7 +64,19 @@ class EditionRates:
 def rates_by_edition(*, engine: sa.Engine, last: int = 14) -> list[EditionRates]:
     """The ``last`` editions that sent digests, newest first."""
     digests = (Delivery.kind == DeliveryKind.DIGEST, Delivery.edition.is_not(None))  # type: ignore[union-attr]
-    tried = sa.or_(Delivery.sent_at.is_not(None), Delivery.attempts > 0)  # type: ignore[union-attr]
+    # Accepted, or bounced there and then (refused at RCPT): not a digest still retrying,
+    # nor one lost to our relay being down, which would dilute the rate.
+    bounce = sa.orm.aliased(Event)  # apart from the events a query below reads
+    refused = (
+        sa.select(bounce.id)
+        .where(
+            bounce.delivery_id == Delivery.id,
+            bounce.kind.in_([EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.REJECTED]),
+        )
+        .correlate(Delivery)
+        .exists()
+    )
+    tried = sa.or_(Delivery.sent_at.is_not(None), refused)  # type: ignore[union-attr]
     with session_scope(engine=engine) as session:
         sent = session.exec(
             select(Delivery.edition, sa.func.count())  # type: ignore[call-overload]

@@ -8,7 +8,6 @@ pages, JSON and error answers alike. Redirects are built from
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import sqlalchemy as sa
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from newsletter.config import on_this_machine
 from newsletter.db import error_reason
 from newsletter.health import WorkerHealth
 from newsletter.ledger import stats
@@ -128,7 +128,9 @@ def create_app(*, runtime: Runtime, health: WorkerHealth | None = None) -> Starl
 
 
 def _on_this_machine(request: Request) -> bool:
-    try:
-        return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
-    except ValueError:  # "testclient", a unix socket's peer
+    """The client is this machine, and no proxy on it speaks for another (a same-host
+    proxy the operator did not name in NEWSLETTER_TRUSTED_PROXIES makes every visitor
+    look local; the headers it adds give it away)."""
+    if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
         return False
+    return request.client is not None and on_this_machine(request.client.host)
