@@ -270,7 +270,7 @@ class Jobs:
 
     def report_if_due(self) -> None:
         """The report, once a day, at the first run from ``NEWSLETTER_REPORT_AT`` UTC on:
-        a service down at that hour (past midnight too) sends it when it is back, and a
+        a service down at that hour sends it when it is back, and a
         send that failed is tried again at the next run (a cron trigger fires once, and
         lost both). Due as a reader's digest is (``due.due_edition``, in UTC): since the
         latest report time, or the one before when it was missed and is the nearer."""
