@@ -270,10 +270,10 @@ class Jobs:
 
     def report_if_due(self) -> None:
         """The report, once a day, at the first run from ``NEWSLETTER_REPORT_AT`` UTC on:
-        a service down at that hour sends it when it is back, and a
-        send that failed is tried again at the next run (a cron trigger fires once, and
-        lost both). Due as a reader's digest is (``due.due_edition``, in UTC): since the
-        latest report time, or the one before when it was missed and is the nearer."""
+        a service down at that hour sends it when it is back, and a send that failed is
+        tried again at the next run (a cron trigger fires once, and lost both). Due as a
+        reader's digest is (``due.due_edition``, in UTC): since the latest report time,
+        or the one before when it was missed and is the nearer."""
         if not self.settings.operator_email or not self.leadership.held():
             return
         now = self.now()
@@ -472,6 +472,7 @@ def lock_path(settings: Settings) -> Path:
     other homes (``NEWSLETTER_HOME``) but one ``DATABASE_URL`` must meet on one lock,
     or both would plan and both send the operator's report."""
     database = sa.engine.make_url(settings.database_url).database
-    if database and database != ":memory:":
-        return Path(database).resolve().with_name(Path(database).name + ".scheduler.lock")
-    return settings.data_dir / "scheduler.lock"
+    if not database or database == ":memory:":
+        return settings.data_dir / "scheduler.lock"
+    path = Path(database).resolve()
+    return path.with_name(path.name + ".scheduler.lock")
